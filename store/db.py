@@ -1,0 +1,133 @@
+"""Engine creation and automatic migrations: the only module that knows dialect quirks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from store.errors import DatabaseError, DatabaseURLError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+_MIGRATION_LOCK_KEY = 0x6375726174650001  # Postgres advisory lock id: "curate" + 1
+
+
+def redacted(url: str) -> str:
+    """The URL with its password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database url>"
+
+
+def first_line(exc: BaseException) -> str:
+    """A driver error reduced to its first meaningful line (no SQL, no parameters)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine tuned for curate's access pattern: few writers, bulk chunks, concurrent readers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseURLError(f"invalid database URL {url!r}: expected e.g. sqlite:///curate.db") from None
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(url)
+        else:
+            connect_args: dict[str, Any] = {}
+            if parsed.get_backend_name() == "postgresql":
+                connect_args["connect_timeout"] = 10
+                connect_args["application_name"] = "curate"
+            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        raise DatabaseURLError(f"unsupported database URL {redacted(url)}: {first_line(exc)}") from None
+    return engine
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        parent = Path(database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise DatabaseError(f"cannot open database {url}: directory {parent} does not exist")
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide where transactions begin (pysqlite's implicit BEGIN breaks DDL
+        # atomicity and savepoints).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can fail with
+        # SQLITE_BUSY without waiting, while IMMEDIATE waits up to busy_timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> bool:
+    """Bring the schema to head; returns True if migrations ran. Safe when several processes start at once."""
+    head = head_revision()
+    if current_revision(engine) == head:
+        return False
+    cfg = alembic_config()
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # Session-level lock: concurrent first runs wait here instead of racing to create tables.
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            conn.commit()
+        try:
+            if MigrationContext.configure(conn).get_current_revision() != head:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+        finally:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                conn.commit()
+    return True
+
+
+def open_engine(url: str) -> Engine:
+    """Create the engine, check the connection and migrate; every failure becomes a ``DatabaseError``."""
+    engine = create_store_engine(url)
+    try:
+        migrate(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot use database {redacted(url)}: {first_line(exc)}") from exc
+    return engine

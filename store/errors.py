@@ -1,0 +1,11 @@
+"""Errors raised by the store. Messages never contain a database password."""
+
+from __future__ import annotations
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened, reached or written."""
+
+
+class DatabaseURLError(DatabaseError):
+    """The database URL is malformed or names a driver that is not installed."""

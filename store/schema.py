@@ -1,0 +1,174 @@
+"""Tables. The Alembic migrations in ``store/migrations`` create exactly these; a test checks they agree.
+
+Arrays (probabilities, boxes, embeddings) are stored as little-endian binary blobs, one row per item and model
+version: compact, fast to load into one contiguous numpy array, and the same on SQLite and Postgres.
+
+- ``predictions.probs``: float32 (K,) class probabilities (classification) — enough to re-rank with any
+  uncertainty measure without running the model again.
+- ``predictions.boxes``: float32 (n, 4) xyxy in original-image pixels (after EXIF orientation);
+  ``box_conf`` float32 (n,); ``box_scores`` float16 (n, K) per-box class scores; ``polygons`` for segmentation:
+  int32 (n,) point counts followed by float32 (sum, 2) points.
+- ``embeddings.vector``: float16 (D,), L2-normalised pooled backbone features (half the size of float32; the cosine
+  error is below 1e-3, far under any near-duplicate threshold).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Pool(Base):
+    """A directory or manifest that items were found in."""
+
+    __tablename__ = "pools"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    location: Mapped[str] = mapped_column(Text, unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "directory" | "manifest"
+    root: Mapped[str] = mapped_column(Text)  # directory that relative paths are relative to
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Item(Base):
+    """One distinct image content. Identical files share one item; the content id is stable across moves."""
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new | ok | failed
+    failure: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ItemPath(Base):
+    """Where an item was seen. ``size``/``mtime_ns`` let a rescan skip hashing unchanged files; paths that
+    disappear from the pool are deleted, so a path row always means "present at the last scan"."""
+
+    __tablename__ = "item_paths"
+    __table_args__ = (UniqueConstraint("pool_id", "path"), Index("ix_item_paths_item", "item_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(32))
+    task: Mapped[str] = mapped_column(String(16))
+    class_names: Mapped[list[Any]] = mapped_column(JSON)
+    imgsz: Mapped[int] = mapped_column(Integer)
+    embedding_dim: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScoringRun(Base):
+    __tablename__ = "scoring_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|completed|interrupted|failed
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    n_todo: Mapped[int] = mapped_column(Integer, default=0)
+    n_scored: Mapped[int] = mapped_column(Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    n_invalid: Mapped[int] = mapped_column(Integer, default=0)
+    device: Mapped[str | None] = mapped_column(String(32))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    images_per_s: Mapped[float | None] = mapped_column(Float)
+
+
+class Prediction(Base):
+    """The model's output for one item under one model version (see module docstring for blob layouts)."""
+
+    __tablename__ = "predictions"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16))  # ok | invalid
+    problem: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    probs: Mapped[bytes | None] = mapped_column(LargeBinary)
+    n_boxes: Mapped[int] = mapped_column(Integer, default=0)
+    boxes: Mapped[bytes | None] = mapped_column(LargeBinary)
+    box_conf: Mapped[bytes | None] = mapped_column(LargeBinary)
+    box_scores: Mapped[bytes | None] = mapped_column(LargeBinary)
+    polygons: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Selection(Base):
+    __tablename__ = "selections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id", ondelete="SET NULL"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    strategy: Mapped[str] = mapped_column(String(64))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    budget: Mapped[int] = mapped_column(Integer)
+    n_selected: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SelectionItem(Base):
+    __tablename__ = "selection_items"
+    __table_args__ = (Index("ix_selection_items_item", "item_id"),)
+    selection_id: Mapped[int] = mapped_column(ForeignKey("selections.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    cluster: Mapped[int | None] = mapped_column(Integer)
