@@ -1,0 +1,374 @@
+"""``curate`` command line: parse options, call ``curation``, print with rich.
+
+No logic lives here. Library errors are typed; each becomes one ``Error: ...`` line on stderr and a documented
+exit code (README, "Exit codes"). ``--debug`` adds the traceback. ``--json`` prints one JSON document on stdout and
+nothing else there; progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+app = typer.Typer(
+    name="curate",
+    help="Decide which images to label next, and keep Label Studio's queue in that order.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Options shared by every command
+
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default sqlite:///curate.db; env CURATE_DB).")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (default ./curate.yaml if present).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug detail.")]
+PoolOpt = Annotated[str | None, typer.Option("--pool", help="Image directory or manifest (.txt/.csv/.jsonl).")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Ultralytics .pt/.yaml or TorchScript classifier (local file).")
+]
+ModelVersionOpt = Annotated[
+    str | None, typer.Option("--model-version", help="Version tag to record (default: hash of the weights).")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding worker processes.")]
+RescoreOpt = Annotated[bool, typer.Option("--rescore", help="Score again items this model version already scored.")]
+
+
+class RichProgress:
+    """``curation.progress.Progress`` on a rich progress bar (stderr); warnings print once each."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, description: str, total: int | None) -> None:
+        self.finish()
+        if not self.enabled:
+            return
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, rate="")
+
+    def advance(self, amount: int = 1, rate: float | None = None) -> None:
+        if self._progress is not None and self._task is not None:
+            fields = {"rate": f"{rate:.1f} img/s"} if rate else {}
+            self._progress.update(self._task, advance=amount, **fields)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+@contextmanager
+def _handled(debug: bool) -> Iterator[None]:
+    """Translate library errors into one line and an exit code."""
+    from curation.errors import CurateError, ExitCode
+    from store.errors import DatabaseError, DatabaseURLError
+    from strategies.errors import EmptyPoolError, PoolExhaustedError, StrategyError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("Interrupted: work done so far is saved; run the command again to continue.")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+    except Exception as exc:
+        if isinstance(exc, CurateError):
+            code = exc.exit_code
+        elif isinstance(exc, DatabaseURLError):
+            code = ExitCode.USAGE
+        elif isinstance(exc, DatabaseError):
+            code = ExitCode.DATABASE
+        elif isinstance(exc, EmptyPoolError | PoolExhaustedError):
+            code = ExitCode.NOTHING_TO_SELECT
+        elif isinstance(exc, StrategyError):
+            code = ExitCode.USAGE
+        else:
+            code = ExitCode.INTERNAL
+        if debug:
+            err_console.print_exception(show_locals=False)
+        message = str(exc) if code != ExitCode.INTERNAL else f"unexpected {type(exc).__name__}: {exc}"
+        err_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False, markup=True)
+        if code == ExitCode.INTERNAL and not debug:
+            err_console.print("This is a bug in curate; rerun with --debug for the traceback.")
+        raise typer.Exit(code) from None
+
+
+def _settings(config: Path | None, overrides: dict[tuple[str, ...], tuple[Any, str]]) -> Any:
+    from curation.config import load_settings
+
+    return load_settings(config, overrides)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _progress(json_out: bool) -> RichProgress:
+    return RichProgress(err_console, enabled=err_console.is_terminal)
+
+
+def _print_scoring(summary: dict[str, Any]) -> None:
+    line = (
+        f"Scored {summary['scored']} new item(s) with [bold]{summary['model_version']}[/bold] "
+        f"({summary['task']}, {summary['device']})"
+    )
+    if summary["scored"] or summary["failed"]:
+        line += f" at {summary['images_per_s']:.1f} img/s"
+    line += f"; {summary['already_scored']} already scored"
+    if summary["failed"]:
+        line += f"; [yellow]{summary['failed']} unreadable[/yellow]"
+    if summary["invalid"]:
+        line += f"; [yellow]{summary['invalid']} invalid output[/yellow]"
+    if summary["duplicate_paths"]:
+        line += f"; {summary['duplicate_paths']} exact-duplicate path(s)"
+    err_console.print(line, highlight=False)
+
+
+def _common(
+    db: str | None, pool: str | None = None, model: str | None = None, model_version: str | None = None,
+    device: str | None = None, batch_size: int | None = None, workers: int | None = None,
+) -> dict[tuple[str, ...], tuple[Any, str]]:
+    return {
+        ("db",): (db, "--db"),
+        ("pool", "path"): (pool, "--pool"),
+        ("model", "path"): (model, "--model"),
+        ("model", "version"): (model_version, "--model-version"),
+        ("scoring", "device"): (device, "--device"),
+        ("scoring", "batch_size"): (batch_size, "--batch-size"),
+        ("scoring", "workers"): (workers, "--workers"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@app.command()
+def score(
+    pool: PoolOpt = None,
+    model: ModelOpt = None,
+    model_version: ModelVersionOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    rescore: RescoreOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Scan the pool and score every image the current model has not scored yet."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
+        with pipeline.open_store(settings) as store:
+            outcome = pipeline.score(store, settings, rescore=rescore, progress=_progress(json_out))
+        summary = outcome.summary()
+        if json_out:
+            _print_json(summary)
+        else:
+            _print_scoring(summary)
+
+
+@app.command()
+def select(
+    budget: Annotated[int | None, typer.Option("--budget", "-n", help="How many items to select.")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", "-s", help="Strategy name (see docs).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection to FILE.jsonl or .csv.")] = None,
+    push: Annotated[bool, typer.Option("--push/--no-push", help="Push the selection to Label Studio.")] = True,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for random choices.")] = None,
+    pool: PoolOpt = None,
+    model: ModelOpt = None,
+    model_version: ModelVersionOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    rescore: RescoreOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score what is unscored, then select the BUDGET items most worth labeling next."""
+    with _handled(debug):
+        from curation import pipeline
+
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides[("select", "budget")] = (budget, "--budget")
+        overrides[("select", "out")] = (str(out) if out else None, "--out")
+        overrides[("strategy", "name")] = (strategy, "--strategy")
+        overrides[("strategy", "seed")] = (seed, "--seed")
+        settings = _settings(config, overrides)
+        out_path = Path(settings.select.out) if settings.select.out else None
+        with pipeline.open_store(settings) as store:
+            outcome = pipeline.select(
+                store, settings, budget=settings.select.budget, out=out_path, rescore=rescore,
+                progress=_progress(json_out),
+            )
+        summary = outcome.summary()
+        if json_out:
+            _print_json(summary)
+            return
+        _print_scoring(summary["scoring"])
+        for warning in summary["warnings"]:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        table = Table(title=f"Selection #{summary['selection_id']}: {summary['strategy']}, "
+                      f"{summary['selected']} of {summary['available']} candidates")
+        for col in ("rank", "score", "item", "path"):
+            table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+        shown = outcome.rows[:25]
+        for row in shown:
+            table.add_row(str(row["rank"]), f"{row['score']:.4f}", row["item_id"][:12], row["path"])
+        if len(outcome.rows) > len(shown):
+            table.caption = f"… {len(outcome.rows) - len(shown)} more" + (
+                f" in {summary['out']}" if summary["out"] else " (use --out FILE to save all)"
+            )
+        out_console.print(table)
+        if summary["out"]:
+            err_console.print(f"Wrote {summary['selected']} rows to {summary['out']}")
+
+
+@app.command()
+def status(
+    pool: PoolOpt = None,
+    model_version: ModelVersionOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show pool size, scored/failed/selected/labeled counts, model versions, scores and recent runs."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _common(db, pool, None, model_version))
+        with pipeline.open_store(settings) as store:
+            report = pipeline.status(store, settings)
+        if json_out:
+            _print_json(report)
+            return
+        _print_status(report)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    counts = report["counts"]
+    table = Table(title=f"curate status — {report['pool'] or 'all pools'} ({report['database']})")
+    table.add_column("")
+    table.add_column("items", justify="right")
+    rows = [
+        ("pool items (distinct images)", counts["items"]),
+        ("exact-duplicate paths", counts["duplicate_paths"]),
+        (f"scored by {report['current_model_version'] or '—'}", counts["scored"]),
+        ("unscored", counts["unscored"]),
+        ("unreadable (failed)", counts["failed"]),
+        ("invalid model output", counts["invalid"]),
+        ("selected", counts["selected"]),
+    ]
+    for key in ("queued", "labeled"):
+        if key in counts:
+            rows.append((key, counts[key]))
+    for label, value in rows:
+        table.add_row(label, str(value))
+    out_console.print(table)
+
+    if report["model_versions"]:
+        mv = Table(title="Model versions")
+        for col in ("version", "task", "classes", "predictions", "created"):
+            mv.add_column(col)
+        for v in report["model_versions"]:
+            mv.add_row(v["version"], v["task"], str(v["classes"]), str(v["predictions"]), v["created_at"][:19])
+        out_console.print(mv)
+
+    dist = report["score_distribution"]
+    if dist:
+        q = dist["quantiles"]
+        out_console.print(
+            f"Uncertainty ({dist['measure']}) over {dist['candidates']} candidates: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in q.items())
+        )
+        counts_h = dist["histogram"]["counts"]
+        peak = max(counts_h) or 1
+        edges = dist["histogram"]["edges"]
+        for i, c in enumerate(counts_h):
+            out_console.print(f"  {edges[i]:.2f}–{edges[i + 1]:.2f} {'█' * round(30 * c / peak):<30} {c}")
+
+    if report["recent_runs"]:
+        runs = Table(title="Recent scoring runs")
+        for col in ("id", "model version", "status", "scored", "failed", "invalid", "img/s", "started"):
+            runs.add_column(col)
+        for r in report["recent_runs"]:
+            rate = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "—"
+            runs.add_row(str(r["id"]), r["model_version"], r["status"], str(r["scored"]), str(r["failed"]),
+                         str(r["invalid"]), rate, (r["started_at"] or "")[:19])
+        out_console.print(runs)
+    if report["recent_selections"]:
+        sels = Table(title="Recent selections")
+        for col in ("id", "strategy", "selected", "budget", "model version", "created"):
+            sels.add_column(col)
+        for s in report["recent_selections"]:
+            sels.add_row(str(s["id"]), s["strategy"], str(s["selected"]), str(s["budget"]), s["model_version"],
+                         (s["created_at"] or "")[:19])
+        out_console.print(sels)
+    if report["failures"]:
+        out_console.print(f"Unreadable files (first {len(report['failures'])}):")
+        for f in report["failures"]:
+            out_console.print(f"  {f['path']}: {f['reason']}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+

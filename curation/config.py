@@ -1,0 +1,379 @@
+"""Configuration: one validated ``Settings`` object built from four layers.
+
+Precedence (highest first): command-line flag > ``CURATE_*`` environment variable > ``--config FILE`` (YAML) >
+built-in default. Nested keys use ``__`` in environment variables (``CURATE_SCORING__BATCH_SIZE=64``). Label Studio's
+own variables ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``).
+
+Validation happens once, here. Every error names the key and the layer it came from (the file, the variable or the
+flag), so a user can fix it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from curation.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "curate.yaml"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PoolSettings(_Section):
+    path: str | None = None
+    """Directory (scanned recursively) or manifest file (.txt, .csv, .jsonl) of image paths."""
+    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    max_pixels: int = Field(default=89_478_485, gt=0)
+    """Images with more pixels are refused as decompression bombs (Pillow's default limit)."""
+    hash_workers: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, value: list[str]) -> list[str]:
+        out = []
+        for ext in value:
+            ext = ext.strip().lower()
+            out.append(ext if ext.startswith(".") else f".{ext}")
+        return out
+
+
+class TorchScriptSettings(_Section):
+    """Preprocessing for a TorchScript image classifier (Ultralytics models carry their own)."""
+
+    imgsz: int = Field(default=224, gt=0)
+    resize: Literal["center_crop", "stretch"] = "center_crop"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    output: Literal["logits", "probs"] = "logits"
+    class_names: list[str] | None = None
+
+
+class ModelSettings(_Section):
+    path: str | None = None
+    """Anything ``ultralytics.YOLO()`` accepts locally (.pt, .yaml) or a TorchScript classifier (.torchscript/.ts)."""
+    version: str | None = None
+    """Explicit version tag; default: a hash of the weights."""
+    format: Literal["auto", "ultralytics", "torchscript"] = "auto"
+    imgsz: int | None = Field(default=None, gt=0)
+    torchscript: TorchScriptSettings = Field(default_factory=TorchScriptSettings)
+
+
+class ScoringSettings(_Section):
+    device: str = "auto"
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    workers: int | None = Field(default=None, ge=0, le=64)
+    """DataLoader worker processes; default: min(4, CPU count)."""
+    half: bool | None = None
+    """fp16 inference; default: on for CUDA, off for CPU."""
+    chunk_size: int = Field(default=512, ge=1)
+    """Items per database commit: an interrupted run loses at most this much work."""
+    box_conf: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Boxes kept per image for detection/segmentation (NMS confidence threshold)."""
+    iou: float = Field(default=0.7, ge=0.0, le=1.0)
+    max_det: int = Field(default=100, ge=1, le=3000)
+
+
+class DetectionAggregation(_Section):
+    """How per-box uncertainty becomes one number per image."""
+
+    reducer: Literal["max", "mean", "sum", "topk_mean"] = "max"
+    top_k: int = Field(default=3, ge=1)
+    conf: float = Field(default=0.25, ge=0.0, le=1.0)
+    """Boxes below this confidence are ignored when scoring (they are still stored)."""
+    empty: float | str = 1.0
+    """Score of an image with no box above ``conf``; ``exclude`` never selects such images."""
+
+    @field_validator("empty", mode="before")
+    @classmethod
+    def _empty_policy(cls, value: Any) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == "exclude":
+            return "exclude"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not number >= 0 or number == float("inf"):
+            raise ValueError("must be a number >= 0 or 'exclude'")
+        return number
+
+
+class StrategySettings(_Section):
+    name: str = "entropy"
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Strategy-specific options, e.g. ``{candidates: 10}`` for hybrid."""
+    detection: DetectionAggregation = Field(default_factory=DetectionAggregation)
+
+
+class SelectSettings(_Section):
+    budget: int = Field(default=100, ge=1)
+    out: str | None = None
+
+
+class LabelStudioSettings(_Section):
+    url: str | None = None
+    api_key: SecretStr | None = None
+    project: str | None = None
+    """Project title or numeric id."""
+    timeout: float = Field(default=60.0, gt=0)
+    import_chunk: int = Field(default=500, ge=1, le=10_000)
+    document_root: str | None = None
+    """Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to build local-files URLs."""
+    url_prefix: str | None = None
+    """If set, image URLs are ``url_prefix + path relative to the pool root`` (http(s):// or s3://)."""
+
+
+class Settings(BaseSettings):
+    """Everything curate can be configured with. See ``configs/default.yaml`` for comments."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CURATE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    db: str = "sqlite:///curate.db"
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    strategy: StrategySettings = Field(default_factory=StrategySettings)
+    select: SelectSettings = Field(default_factory=SelectSettings)
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Layers are merged by load_settings() so that errors can name their origin; only init data is used here.
+        return (init_settings,)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+_LS_ENV_ALIASES = {"LABEL_STUDIO_URL": ("label_studio", "url"), "LABEL_STUDIO_API_KEY": ("label_studio", "api_key")}
+
+
+def find_config_file(explicit: str | Path | None) -> Path | None:
+    """``--config`` wins, then ``CURATE_CONFIG``, then ``./curate.yaml`` if it exists."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("CURATE_CONFIG")
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML in config file {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Environment values as nested dict plus, for each leaf, the variable it came from."""
+    source = EnvSettingsSource(Settings, env_prefix="CURATE_", env_nested_delimiter="__", case_sensitive=False)
+    source.env_vars = {k.lower(): v for k, v in environ.items()}
+    data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for alias, path in _LS_ENV_ALIASES.items():
+        if environ.get(alias):
+            _set(data, path, environ[alias])
+            origins[path] = f"environment variable {alias}"
+    curate_data = source()
+    _merge(data, curate_data)
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith("CURATE_") or upper == "CURATE_CONFIG" or upper.startswith("CURATE_TEST"):
+            continue
+        path = tuple(part.lower() for part in upper[len("CURATE_") :].split("__"))
+        origins[path] = f"environment variable {upper}"
+        if path[0] not in Settings.model_fields:
+            # EnvSettingsSource drops unknown names; report them instead of silently ignoring a typo.
+            _set(data, path, environ[key])
+    return data, origins
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _has(data: Mapping[str, Any], path: tuple[str | int, ...]) -> bool:
+    node: Any = data
+    for part in path:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _valid_keys(loc: tuple[str | int, ...]) -> list[str]:
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[tuple[str, ...], tuple[Any, str]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build validated settings. ``overrides`` maps a key path to ``(value, flag name)`` for set CLI flags."""
+    environ = os.environ if environ is None else environ
+    path = find_config_file(config_file)
+    file_data = _read_yaml(path) if path is not None else {}
+    env_data, env_origins = _env_layer(environ)
+    cli_data: dict[str, Any] = {}
+    cli_origins: dict[tuple[str, ...], str] = {}
+    for key_path, (value, flag) in (overrides or {}).items():
+        if value is None:
+            continue
+        _set(cli_data, key_path, value)
+        cli_origins[key_path] = f"option {flag}"
+
+    merged: dict[str, Any] = {}
+    _merge(merged, file_data)
+    _merge(merged, env_data)
+    _merge(merged, cli_data)
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, file_data, env_origins, cli_origins)) from None
+    if path is not None and settings.pool.path and not Path(settings.pool.path).is_absolute() and _has(
+        file_data, ("pool", "path")
+    ) and not _has(cli_data, ("pool", "path")) and not _has(env_data, ("pool", "path")):
+        # A relative pool path in a config file means relative to that file, not to the working directory.
+        settings.pool.path = str((path.parent / settings.pool.path).resolve())
+    return settings
+
+
+def _describe(
+    exc: ValidationError,
+    path: Path | None,
+    file_data: Mapping[str, Any],
+    env_origins: Mapping[tuple[str, ...], str],
+    cli_origins: Mapping[tuple[str, ...], str],
+) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = _trim_loc(tuple(err["loc"]), keep_unknown=err["type"] == "extra_forbidden")
+        key = ".".join(str(p) for p in loc)
+        origin = _origin(loc, path, file_data, env_origins, cli_origins)
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(loc)
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            lines.append(f"unknown config key '{key}' {origin}{suggestion}")
+        else:
+            shown = "" if "api_key" in key else f" (got {err.get('input')!r})"
+            lines.append(f"invalid config key '{key}' {origin}: {err['msg']}{shown}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def _trim_loc(loc: tuple[str | int, ...], *, keep_unknown: bool) -> tuple[str | int, ...]:
+    """Cut pydantic's union/type tags off an error location so that it names config keys only."""
+    out: list[str | int] = []
+    model: Any = Settings
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            if isinstance(part, int):
+                out.append(part)
+                continue
+            break
+        if part in fields:
+            out.append(part)
+            annotation = fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        else:
+            if keep_unknown:
+                out.append(part)
+            break
+    return tuple(out)
+
+
+def _origin(
+    loc: tuple[str | int, ...],
+    path: Path | None,
+    file_data: Mapping[str, Any],
+    env_origins: Mapping[tuple[str, ...], str],
+    cli_origins: Mapping[tuple[str, ...], str],
+) -> str:
+    str_loc = tuple(str(p) for p in loc)
+    for origins in (cli_origins, env_origins):
+        for depth in range(len(str_loc), 0, -1):
+            prefix = str_loc[:depth]
+            if prefix in origins:
+                return f"(from {origins[prefix]})"
+        below = [name for key, name in origins.items() if key[: len(str_loc)] == str_loc]
+        if below:
+            return f"(from {below[0]})"
+    if path is not None and _has(file_data, loc):
+        return f"in {path}"
+    return "(built-in default)"
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe to print: the password is masked."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"

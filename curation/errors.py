@@ -1,0 +1,83 @@
+"""Typed errors raised by the library; ``cli.py`` maps each to one line and an exit code.
+
+Every error names the thing that is wrong (a file, a config key, a server) so that the message alone tells the
+user what to fix. Messages never contain secrets: adapters pass redacted text only.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """Process exit codes, documented in the README ("Exit codes")."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: unexpected exception (traceback with --debug)
+    USAGE = 2  # bad command-line usage or bad configuration
+    NOT_FOUND = 3  # pool, manifest or model file missing or unreadable
+    DATABASE = 4  # database unreachable, locked or failing
+    LABEL_STUDIO = 5  # Label Studio unreachable, timing out, or answering with an error
+    AUTH = 6  # Label Studio refused the token
+    NOTHING_TO_SELECT = 7  # the pool has no selectable item
+    LOCKED = 8  # another curate run holds the lock on this database
+    MODEL = 9  # the model cannot be loaded or produced unusable output
+    INTERRUPTED = 130  # Ctrl-C; work done so far is committed
+
+
+class CurateError(Exception):
+    """Base class of every error the CLI turns into a clean message."""
+
+    exit_code: int = ExitCode.INTERNAL
+
+
+class ConfigError(CurateError):
+    """A configuration value is invalid; the message names the key and where it came from."""
+
+    exit_code = ExitCode.USAGE
+
+
+class PoolError(CurateError):
+    """The pool path or manifest is missing or unreadable."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ModelLoadError(CurateError):
+    """The model file is missing, unreadable, or not a model we can run."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ModelOutputError(CurateError):
+    """The model runs but its output cannot be used (wrong shape, unknown task)."""
+
+    exit_code = ExitCode.MODEL
+
+
+class LockHeldError(CurateError):
+    """Another curate run holds the database lock."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class NothingToSelectError(CurateError):
+    """No item is selectable (empty pool, everything failed, selected or labeled)."""
+
+    exit_code = ExitCode.NOTHING_TO_SELECT
+
+
+class LabelStudioError(CurateError):
+    """Label Studio is unreachable, timed out, or rejected a request."""
+
+    exit_code = ExitCode.LABEL_STUDIO
+
+
+class LabelStudioAuthError(LabelStudioError):
+    """Label Studio refused the API key."""
+
+    exit_code = ExitCode.AUTH
+
+
+class ProjectConfigMismatchError(LabelStudioError):
+    """The Label Studio project's labeling config does not match the model's classes."""
+
+    exit_code = ExitCode.USAGE

@@ -1,0 +1,224 @@
+"""The jobs behind the commands: scan → score → select, and status. ``cli.py`` only parses, calls and prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from curation.config import Settings
+from curation.errors import ModelLoadError
+from curation.images import Geometry
+from curation.model import DetectionOptions, ModelRuntime, load_model, resolve_device
+from curation.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
+from curation.progress import NullProgress, Progress
+from curation.scoring import ScoringReport, score_items
+from curation.selection import (
+    FALLBACK_MEASURE,
+    SelectionResult,
+    build_strategy,
+    candidate_uncertainty,
+    run_selection,
+    selection_rows,
+    write_selection,
+)
+from store.repository import ModelVersionRecord, Store
+
+
+@dataclass
+class ScoreOutcome:
+    pool: PoolSource
+    pool_id: int
+    scan: ScanReport
+    model: ModelVersionRecord
+    device: str
+    scoring: ScoringReport
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pool": str(self.pool.location),
+            "files": self.scan.files,
+            "new_items": self.scan.new_items,
+            "duplicate_paths": self.scan.duplicate_paths,
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.scan.skipped],
+            "model_version": self.model.version,
+            "task": self.model.task,
+            "device": self.device,
+            "scored": self.scoring.scored,
+            "failed": self.scoring.failed,
+            "invalid": self.scoring.invalid,
+            "already_scored": self.scan.files - self.scan.duplicate_paths - self.scoring.todo,
+            "seconds": round(self.scoring.seconds, 3),
+            "images_per_s": round(self.scoring.images_per_s, 2),
+            "failures": [{"path": p, "reason": r} for p, r in self.scoring.failures],
+        }
+
+
+@dataclass
+class SelectOutcome:
+    score: ScoreOutcome
+    selection: SelectionResult
+    rows: list[dict[str, Any]]
+    out: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "selection_id": self.selection.selection_id,
+            "strategy": self.selection.strategy,
+            "model_version": self.selection.model_version,
+            "budget": self.selection.budget,
+            "selected": len(self.rows),
+            "available": self.selection.available,
+            "out": None if self.out is None else str(self.out),
+            "warnings": self.selection.warnings,
+            "scoring": self.score.summary(),
+            "items": self.rows,
+            **self.extra,
+        }
+
+
+def open_store(settings: Settings) -> Store:
+    store = Store.open(settings.db)
+    store.close_stale_runs()
+    return store
+
+
+def load_runtime(settings: Settings) -> ModelRuntime:
+    """Load the configured model on the configured device and learn its embedding size with one warm-up batch."""
+    device = resolve_device(settings.scoring.device)
+    runtime = load_model(
+        settings.model,
+        device,
+        half=settings.scoring.half,
+        detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
+    )
+    size = runtime.info.imgsz
+    blank = torch.full((1, 3, size, size), 114, dtype=torch.uint8)
+    try:
+        runtime.infer(blank, [Geometry(size, size, 1.0, 0.0, 0.0)])
+    except RuntimeError as exc:  # e.g. a TorchScript model that wants another input size
+        raise ModelLoadError(f"model {runtime.info.source} fails on a {size}x{size} input: {exc}") from None
+    return runtime
+
+
+def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
+    info = runtime.info
+    return store.register_model_version(
+        version=info.version, source=info.source, format=info.format, task=info.task,
+        class_names=info.class_names, imgsz=info.imgsz, embedding_dim=runtime.embedding_dim,
+    )
+
+
+def scan(store: Store, settings: Settings, progress: Progress | None = None) -> tuple[PoolSource, int, ScanReport]:
+    progress = progress or NullProgress()
+    source = resolve_pool(settings.pool.path)
+    progress.start(f"scanning {source.location}", None)
+    try:
+        pool_id, report = scan_pool(
+            store, source, tuple(settings.pool.extensions), settings.pool.hash_workers,
+            on_progress=lambda done, total: progress.advance(1),
+        )
+    finally:
+        progress.finish()
+    for path, reason in report.skipped:
+        progress.warn(f"skipped {path}: {reason}")
+    return source, pool_id, report
+
+
+def score(
+    store: Store,
+    settings: Settings,
+    *,
+    rescore: bool = False,
+    progress: Progress | None = None,
+    runtime: ModelRuntime | None = None,
+) -> ScoreOutcome:
+    """Scan the pool and score every item the current model version has not scored yet."""
+    progress = progress or NullProgress()
+    source, pool_id, scan_report = scan(store, settings, progress)
+    runtime = runtime or load_runtime(settings)
+    mv = register_model(store, runtime)
+    todo = store.items_to_score(pool_id, mv.id, rescore=rescore)
+    items = [(item_id, absolute_path(source.root, path)) for item_id, path in todo]
+    report = score_items(
+        store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress
+    )
+    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)
+
+
+def select(
+    store: Store,
+    settings: Settings,
+    *,
+    budget: int,
+    strategy: str | None = None,
+    out: Path | None = None,
+    rescore: bool = False,
+    progress: Progress | None = None,
+) -> SelectOutcome:
+    """Score what is unscored, then select ``budget`` new items and (optionally) write them to ``out``."""
+    build_strategy(settings.strategy, strategy)  # fail on a bad strategy before spending time on scoring
+    scored = score(store, settings, rescore=rescore, progress=progress)
+    result = run_selection(store, scored.pool_id, scored.model, settings.strategy, budget, strategy)
+    rows = selection_rows(result, str(scored.pool.root))
+    if out is not None:
+        write_selection(out, rows)
+    return SelectOutcome(scored, result, rows, out)
+
+
+def status(store: Store, settings: Settings) -> dict[str, Any]:
+    """Counts, model versions, score distribution and recent runs, as plain data."""
+    pool_id = None
+    pool_location = None
+    if settings.pool.path:
+        source = resolve_pool(settings.pool.path)
+        pool_location = str(source.location)
+        pool_id = store.find_pool(pool_location)
+    versions = store.model_versions()
+    runs = store.recent_runs()
+    current: ModelVersionRecord | None = None
+    if settings.model.version:
+        current = store.model_version(settings.model.version)
+    elif runs:
+        current = store.model_version(runs[0]["model_version"])
+    counts = store.status_counts(pool_id, current.id if current else None)
+    distribution = None
+    if current is not None and pool_id is not None:
+        strategy = build_strategy(settings.strategy)
+        measure = strategy.measure or FALLBACK_MEASURE
+        cands = candidate_uncertainty(store, pool_id, current, measure, settings.strategy.detection)
+        values = cands.uncertainty[~np.isnan(cands.uncertainty)]
+        if len(values):
+            qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
+            hist, edges = np.histogram(values, bins=10)
+            distribution = {
+                "measure": measure,
+                "candidates": len(values),
+                "quantiles": dict(zip(["min", "p25", "median", "p75", "p90", "max"], map(float, qs), strict=True)),
+                "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
+            }
+    return {
+        "database": store.display_url,
+        "pool": pool_location,
+        "counts": counts,
+        "current_model_version": current.version if current else None,
+        "model_versions": [
+            {"version": mv.version, "task": mv.task, "classes": len(mv.class_names), "predictions": n,
+             "source": mv.source, "created_at": mv.created_at.isoformat()}
+            for mv, n in versions
+        ],
+        "score_distribution": distribution,
+        "recent_runs": [
+            {**r, "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"])} for r in runs
+        ],
+        "recent_selections": [{**s, "created_at": _iso(s["created_at"])} for s in store.recent_selections()],
+        "failures": [{"path": p, "reason": r} for p, r in store.failures(pool_id, limit=20)],
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()

@@ -1,0 +1,258 @@
+"""Pools: find image files (directory walk or manifest), give each a content id, register them in the store.
+
+The content id is the SHA-256 of the file bytes (first 32 hex digits): a moved or renamed file keeps its id and
+is not scored again, and exact duplicates collapse into one item. Files whose size and mtime are unchanged since
+the last scan are not re-hashed, so a rescan of an unchanged pool costs one ``stat`` per file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curation.errors import PoolError
+from store.repository import ScannedFile, Store
+
+MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PoolSource:
+    """Where images come from. Paths are stored relative to ``root`` when they lie under it."""
+
+    location: Path  # the directory or the manifest file, absolute
+    kind: str  # "directory" | "manifest"
+    root: Path  # directory relative paths are resolved against
+
+
+@dataclass
+class ScanReport:
+    files: int = 0
+    hashed: int = 0
+    new_items: int = 0
+    duplicate_paths: int = 0
+    removed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an item at all
+
+
+def resolve_pool(path: str | Path | None) -> PoolSource:
+    """Validate the ``--pool`` argument once, at the boundary."""
+    if path is None or str(path).strip() == "":
+        raise PoolError("no pool given: pass --pool DIR (or a manifest file) or set pool.path in the config")
+    location = Path(path).expanduser()
+    try:
+        location = location.resolve(strict=True)
+    except FileNotFoundError:
+        raise PoolError(f"pool not found: {path}") from None
+    except (OSError, RuntimeError) as exc:
+        raise PoolError(f"cannot access pool {path}: {exc}") from None
+    if location.is_dir():
+        if not os.access(location, os.R_OK | os.X_OK):
+            raise PoolError(f"pool directory is not readable: {location}")
+        return PoolSource(location, "directory", location)
+    if location.is_file():
+        if location.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise PoolError(
+                f"pool {location} is a file but not a manifest: expected a directory or a "
+                f"{', '.join(MANIFEST_SUFFIXES)} file"
+            )
+        if not os.access(location, os.R_OK):
+            raise PoolError(f"pool manifest is not readable: {location}")
+        return PoolSource(location, "manifest", location.parent)
+    raise PoolError(f"pool is neither a directory nor a file: {location}")
+
+
+def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[Path]:
+    """Recursive walk. Symlinks are followed only while they stay inside ``root``; loops are visited once."""
+    real_root = root.resolve()
+    visited: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = directory.stat()
+        except OSError as exc:
+            skipped.append((str(directory), f"cannot read directory: {exc.strerror or exc}"))
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in visited:
+            continue
+        visited.add(key)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((str(directory), f"cannot read directory: {exc.strerror or exc}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_symlink():
+                    target = path.resolve()
+                    if not target.is_relative_to(real_root):
+                        skipped.append((str(path), "symlink leaves the pool root"))
+                        continue
+                    if not target.exists():
+                        skipped.append((str(path), "broken symlink"))
+                        continue
+                is_dir = entry.is_dir()
+            except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on resolve()
+                skipped.append((str(path), f"cannot follow: {exc}"))
+                continue
+            if is_dir:
+                subdirs.append(path)
+            elif path.suffix.lower() in extensions:
+                yield path
+        stack.extend(reversed(subdirs))
+
+
+def read_manifest(manifest: Path) -> Iterator[Path]:
+    """Paths listed in a .txt (one per line, # comments), .csv (a ``path`` column, else the first) or .jsonl file
+    (objects with ``path``, or bare strings). Relative paths are relative to the manifest's directory."""
+    base = manifest.parent
+    suffix = manifest.suffix.lower()
+    try:
+        with manifest.open(encoding="utf-8", newline="") as fh:
+            if suffix == ".txt":
+                raw: Iterator[str] = (
+                    line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")
+                )
+            elif suffix == ".csv":
+                raw = _csv_paths(fh, manifest)
+            else:
+                raw = _jsonl_paths(fh, manifest)
+            for entry in raw:
+                p = Path(entry).expanduser()
+                yield p if p.is_absolute() else base / p
+    except UnicodeDecodeError as exc:
+        raise PoolError(f"manifest {manifest} is not UTF-8 text: {exc.reason}") from None
+    except OSError as exc:
+        raise PoolError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
+
+
+def _csv_paths(fh: object, manifest: Path) -> Iterator[str]:
+    reader = csv.reader(fh)  # type: ignore[arg-type]
+    header = next(reader, None)
+    if header is None:
+        return
+    lowered = [h.strip().lower() for h in header]
+    column = lowered.index("path") if "path" in lowered else 0
+    if "path" not in lowered and header and header[0].strip():
+        yield header[0].strip()  # no header row: the first line is data
+    for row in reader:
+        if len(row) > column and row[column].strip():
+            yield row[column].strip()
+
+
+def _jsonl_paths(fh: object, manifest: Path) -> Iterator[str]:
+    for number, line in enumerate(fh, start=1):  # type: ignore[arg-type]
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PoolError(f"manifest {manifest} line {number}: invalid JSON ({exc.msg})") from None
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict) and isinstance(value.get("path"), str):
+            yield value["path"]
+        else:
+            raise PoolError(f"manifest {manifest} line {number}: expected a string or an object with \"path\"")
+
+
+def content_id(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def stored_path(source: PoolSource, path: Path) -> str:
+    """Paths are stored relative to the pool root when under it (portable databases), else absolute."""
+    absolute = path if path.is_absolute() else (Path.cwd() / path)
+    absolute = Path(os.path.normpath(absolute))
+    try:
+        return absolute.relative_to(source.root).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def absolute_path(root: str | Path, stored: str) -> Path:
+    p = Path(stored)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def scan_pool(
+    store: Store,
+    source: PoolSource,
+    extensions: tuple[str, ...],
+    hash_workers: int = 4,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, ScanReport]:
+    """Find the pool's files and register them. Returns the pool id and what changed."""
+    report = ScanReport()
+    pool_id = store.get_or_create_pool(str(source.location), source.kind, str(source.root))
+    known = store.known_paths(pool_id)
+    paths = (
+        walk_directory(source.location, extensions, report.skipped)
+        if source.kind == "directory"
+        else read_manifest(source.location)
+    )
+    seen: set[str] = set()
+    to_hash: list[tuple[str, Path, int, int]] = []
+    for path in paths:
+        key = stored_path(source, path)
+        if key in seen:
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            report.skipped.append((str(path), "file not found"))
+            continue
+        except OSError as exc:
+            report.skipped.append((str(path), f"cannot stat: {exc.strerror or exc}"))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            report.skipped.append((str(path), "not a regular file"))
+            continue
+        seen.add(key)
+        old = known.get(key)
+        if old is None or old.size != st.st_size or old.mtime_ns != st.st_mtime_ns:
+            to_hash.append((key, path, st.st_size, st.st_mtime_ns))
+    report.files = len(seen)
+
+    changed: list[ScannedFile] = []
+
+    def _hash(job: tuple[str, Path, int, int]) -> ScannedFile | tuple[str, str, str]:
+        key, path, size, mtime_ns = job
+        try:
+            return ScannedFile(key, size, mtime_ns, content_id(path))
+        except OSError as exc:
+            return (key, str(path), f"cannot read: {exc.strerror or exc}")
+
+    with ThreadPoolExecutor(max_workers=hash_workers) as pool:  # hashlib releases the GIL on large buffers
+        for done, result in enumerate(pool.map(_hash, to_hash), start=1):
+            if isinstance(result, ScannedFile):
+                changed.append(result)
+            else:
+                key, shown, reason = result
+                report.skipped.append((shown, reason))
+                seen.discard(key)
+            if on_progress is not None:
+                on_progress(done, len(to_hash))
+    report.hashed = len(changed)
+    gone = [p for p in known if p not in seen]
+    report.removed = len(gone)
+    report.files = len(seen)
+    report.new_items, report.duplicate_paths = store.apply_scan(pool_id, changed, gone)
+    return pool_id, report

@@ -1,0 +1,201 @@
+"""Batched scoring: a DataLoader decodes and resizes in worker processes, the model runs whole batches on the
+device, and results are committed in chunks so that an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from curation.config import ScoringSettings
+from curation.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, stretch
+from curation.model import ItemOutput, ModelRuntime
+from curation.progress import NullProgress, Progress
+from store.repository import ScoredChunk, Store, encode_polygons
+
+_PREPROCESS = {"letterbox": letterbox, "center_crop": center_crop, "stretch": stretch}
+
+
+@dataclass(frozen=True)
+class Sample:
+    position: int
+    image: torch.Tensor | None  # uint8 (3, S, S)
+    geometry: Geometry | None
+    error: str | None
+
+
+class PoolDataset(Dataset[Sample]):
+    """Decodes one image per index; a bad file yields an error sample instead of raising."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: str, imgsz: int, max_pixels: int) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self.imgsz = imgsz
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int) -> Sample:
+        try:
+            decoded = load_rgb(self.paths[position], self.max_pixels, target=self.imgsz)
+            array, geometry = _PREPROCESS[self.preprocess](decoded.rgb, self.imgsz, decoded.width, decoded.height)
+        except ImageDecodeError as exc:
+            return Sample(position, None, None, str(exc))
+        except MemoryError:
+            return Sample(position, None, None, "out of memory while decoding")
+        tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # CHW, own writable copy
+        return Sample(position, tensor, geometry, None)
+
+
+def collate(samples: list[Sample]) -> dict[str, Any]:
+    good = [s for s in samples if s.image is not None]
+    return {
+        "images": torch.stack([s.image for s in good]) if good else None,  # type: ignore[misc]
+        "positions": [s.position for s in good],
+        "geometries": [s.geometry for s in good],
+        "failures": [(s.position, s.error or "unreadable") for s in samples if s.image is None],
+    }
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker decodes one image at a time; nested thread pools would only fight over the cores.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def default_workers(requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    return max(0, min(4, (os.cpu_count() or 1)))
+
+
+@dataclass
+class ScoringReport:
+    todo: int = 0
+    scored: int = 0
+    failed: int = 0
+    invalid: int = 0
+    seconds: float = 0.0
+    run_id: int | None = None
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        done = self.scored + self.invalid + self.failed
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry) -> dict[str, Any]:
+    """The ``predictions`` row for one model output (blob layouts: ``store.schema``)."""
+    n = len(output.boxes)
+    has_boxes = output.probs is None
+    return {
+        "item_id": item_id,
+        "status": "invalid" if output.problem else "ok",
+        "problem": output.problem,
+        "width": geometry.width,
+        "height": geometry.height,
+        "probs": None if output.probs is None else np.asarray(output.probs, "<f4").tobytes(),
+        "n_boxes": n,
+        "boxes": np.asarray(output.boxes, "<f4").tobytes() if has_boxes else None,
+        "box_conf": np.asarray(output.box_conf, "<f4").tobytes() if has_boxes else None,
+        "box_scores": np.asarray(output.box_scores, "<f2").tobytes() if has_boxes else None,
+        "polygons": encode_polygons(output.polygons) if output.polygons else None,
+    }
+
+
+def score_items(
+    store: Store,
+    runtime: ModelRuntime,
+    model_version_id: int,
+    pool_id: int,
+    items: Sequence[tuple[int, Path]],
+    settings: ScoringSettings,
+    max_pixels: int,
+    progress: Progress | None = None,
+) -> ScoringReport:
+    """Score ``items`` (item id, absolute path) and store every result; bad files are recorded as failed."""
+    progress = progress or NullProgress()
+    report = ScoringReport(todo=len(items))
+    if not items:
+        return report
+    workers = default_workers(settings.workers)
+    dataset = PoolDataset([p for _, p in items], runtime.info.preprocess, runtime.info.imgsz, max_pixels)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=runtime.device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    run_id = store.start_run(model_version_id, pool_id, len(items), str(runtime.device), settings.batch_size)
+    report.run_id = run_id
+    chunk = ScoredChunk()
+    start = time.perf_counter()
+    progress.start(f"scoring with {runtime.info.version}", len(items))
+
+    def flush() -> None:
+        nonlocal chunk
+        if len(chunk):
+            store.write_chunk(run_id, model_version_id, chunk)
+            report.scored += len(chunk.predictions) - chunk.n_invalid
+            report.invalid += chunk.n_invalid
+            report.failed += len(chunk.failures)
+            chunk = ScoredChunk()
+
+    status = "failed"
+    try:
+        for batch in loader:
+            for position, reason in batch["failures"]:
+                item_id, path = items[position]
+                chunk.failures.append((item_id, reason))
+                report.failures.append((str(path), reason))
+                progress.warn(f"skipped {path}: {reason}")
+            if batch["images"] is not None:
+                outputs = runtime.infer(batch["images"], batch["geometries"])
+                for position, geometry, output in zip(batch["positions"], batch["geometries"], outputs, strict=True):
+                    item_id, path = items[position]
+                    chunk.predictions.append(prediction_row(item_id, output, geometry))
+                    chunk.embeddings.append(
+                        {"item_id": item_id, "vector": np.asarray(output.embedding, "<f2").tobytes()}
+                    )
+                    chunk.decoded.append((item_id, geometry.width, geometry.height))
+                    if output.problem:
+                        chunk.n_invalid += 1
+                        progress.warn(f"flagged {path}: {output.problem}")
+            done = len(batch["failures"]) + len(batch["positions"])
+            elapsed = time.perf_counter() - start
+            if len(chunk) >= settings.chunk_size:
+                flush()
+            processed = report.scored + report.invalid + report.failed + len(chunk)
+            progress.advance(done, rate=processed / elapsed if elapsed > 0 else None)
+        flush()
+        status = "completed"
+    except KeyboardInterrupt:
+        flush()  # keep what was computed: the rerun continues from here
+        report.interrupted = True
+        status = "interrupted"
+        raise
+    finally:
+        report.seconds = time.perf_counter() - start
+        progress.finish()
+        store.finish_run(run_id, status, report.images_per_s if status == "completed" else None)
+    return report
