@@ -42,9 +42,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 # ---------------------------------------------------------------------------------------------------------------------
 # Options shared by every command
 
-DbOpt = Annotated[
-    str | None, typer.Option("--db", help="Database URL (default sqlite:///curate.db; env CURATE_DB).")
-]
+DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default sqlite:///curate.db; env CURATE_DB).")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (default ./curate.yaml if present).")
 ]
@@ -92,8 +90,10 @@ class RichProgress:
 
     def advance(self, amount: int = 1, rate: float | None = None) -> None:
         if self._progress is not None and self._task is not None:
-            fields = {"rate": f"{rate:.1f} img/s"} if rate else {}
-            self._progress.update(self._task, advance=amount, **fields)
+            if rate:
+                self._progress.update(self._task, advance=amount, rate=f"{rate:.1f} img/s")
+            else:
+                self._progress.update(self._task, advance=amount)
 
     def finish(self) -> None:
         if self._progress is not None:
@@ -174,8 +174,13 @@ def _print_scoring(summary: dict[str, Any]) -> None:
 
 
 def _common(
-    db: str | None, pool: str | None = None, model: str | None = None, model_version: str | None = None,
-    device: str | None = None, batch_size: int | None = None, workers: int | None = None,
+    db: str | None,
+    pool: str | None = None,
+    model: str | None = None,
+    model_version: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
 ) -> dict[tuple[str, ...], tuple[Any, str]]:
     return {
         ("db",): (db, "--db"),
@@ -252,30 +257,71 @@ def select(
         out_path = Path(settings.select.out) if settings.select.out else None
         with pipeline.open_store(settings) as store:
             outcome = pipeline.select(
-                store, settings, budget=settings.select.budget, out=out_path, rescore=rescore,
+                store,
+                settings,
+                budget=settings.select.budget,
+                out=out_path,
+                rescore=rescore,
                 progress=_progress(json_out),
             )
-        summary = outcome.summary()
-        if json_out:
-            _print_json(summary)
-            return
-        _print_scoring(summary["scoring"])
-        for warning in summary["warnings"]:
-            err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-        table = Table(title=f"Selection #{summary['selection_id']}: {summary['strategy']}, "
-                      f"{summary['selected']} of {summary['available']} candidates")
-        for col in ("rank", "score", "item", "path"):
-            table.add_column(col, justify="right" if col in ("rank", "score") else "left")
-        shown = outcome.rows[:25]
-        for row in shown:
-            table.add_row(str(row["rank"]), f"{row['score']:.4f}", row["item_id"][:12], row["path"])
-        if len(outcome.rows) > len(shown):
-            table.caption = f"… {len(outcome.rows) - len(shown)} more" + (
-                f" in {summary['out']}" if summary["out"] else " (use --out FILE to save all)"
+        _report_selection(outcome, json_out)
+
+
+def _report_selection(outcome: Any, json_out: bool) -> None:
+    summary = outcome.summary()
+    if json_out:
+        _print_json(summary)
+        return
+    _print_scoring(summary["scoring"])
+    for warning in summary["warnings"]:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    table = Table(
+        title=f"Selection #{summary['selection_id']}: {summary['strategy']}, "
+        f"{summary['selected']} of {summary['available']} candidates"
+    )
+    for col in ("rank", "score", "item", "path"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    shown = outcome.rows[:25]
+    for row in shown:
+        table.add_row(str(row["rank"]), f"{row['score']:.4f}", row["item_id"][:12], row["path"])
+    if len(outcome.rows) > len(shown):
+        table.caption = f"… {len(outcome.rows) - len(shown)} more" + (
+            f" in {summary['out']}" if summary["out"] else " (use --out FILE to save all)"
+        )
+    out_console.print(table)
+    if summary["out"]:
+        err_console.print(f"Wrote {summary['selected']} rows to {summary['out']}")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo pool, model and database go.")] = Path(
+        "demo"
+    ),
+    budget: Annotated[int, typer.Option("--budget", "-n", help="How many items to select.")] = 20,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the demo directory first.")] = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Offline demo: generate a pool with broken files, train a tiny model, select what to label next."""
+    with _handled(debug):
+        from curation import pipeline
+        from curation.demo import prepare_demo
+
+        progress = _progress(json_out)
+        assets = prepare_demo(directory, fresh=fresh, progress=progress)
+        overrides = _common(db or assets.db_url, str(assets.pool), str(assets.model))
+        overrides[("select", "out")] = (str(assets.root / "selection.jsonl"), "--out")
+        settings = _settings(config, overrides)
+        with pipeline.open_store(settings) as store:
+            outcome = pipeline.select(store, settings, budget=budget, out=Path(settings.select.out), progress=progress)
+        _report_selection(outcome, json_out)
+        if not json_out:
+            err_console.print(
+                f"\nDemo files are in {assets.root}. Try: curate status --db {settings.db} --pool {assets.pool}"
             )
-        out_console.print(table)
-        if summary["out"]:
-            err_console.print(f"Wrote {summary['selected']} rows to {summary['out']}")
 
 
 @app.command()
@@ -348,16 +394,30 @@ def _print_status(report: dict[str, Any]) -> None:
             runs.add_column(col)
         for r in report["recent_runs"]:
             rate = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "—"
-            runs.add_row(str(r["id"]), r["model_version"], r["status"], str(r["scored"]), str(r["failed"]),
-                         str(r["invalid"]), rate, (r["started_at"] or "")[:19])
+            runs.add_row(
+                str(r["id"]),
+                r["model_version"],
+                r["status"],
+                str(r["scored"]),
+                str(r["failed"]),
+                str(r["invalid"]),
+                rate,
+                (r["started_at"] or "")[:19],
+            )
         out_console.print(runs)
     if report["recent_selections"]:
         sels = Table(title="Recent selections")
         for col in ("id", "strategy", "selected", "budget", "model version", "created"):
             sels.add_column(col)
         for s in report["recent_selections"]:
-            sels.add_row(str(s["id"]), s["strategy"], str(s["selected"]), str(s["budget"]), s["model_version"],
-                         (s["created_at"] or "")[:19])
+            sels.add_row(
+                str(s["id"]),
+                s["strategy"],
+                str(s["selected"]),
+                str(s["budget"]),
+                s["model_version"],
+                (s["created_at"] or "")[:19],
+            )
         out_console.print(sels)
     if report["failures"]:
         out_console.print(f"Unreadable files (first {len(report['failures'])}):")
@@ -371,4 +431,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -167,14 +167,17 @@ class Settings(BaseSettings):
 # Loading
 
 
-_LS_ENV_ALIASES = {"LABEL_STUDIO_URL": ("label_studio", "url"), "LABEL_STUDIO_API_KEY": ("label_studio", "api_key")}
+_LS_ENV_ALIASES = {
+    "LABEL_STUDIO_URL": ("label_studio", "url"),
+    "LABEL_STUDIO_API_KEY": ("label_studio", "api_key"),
+}
 
 
-def find_config_file(explicit: str | Path | None) -> Path | None:
+def find_config_file(explicit: str | Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
     """``--config`` wins, then ``CURATE_CONFIG``, then ``./curate.yaml`` if it exists."""
     if explicit:
         return Path(explicit)
-    env = os.environ.get("CURATE_CONFIG")
+    env = (os.environ if environ is None else environ).get("CURATE_CONFIG")
     if env:
         return Path(env)
     default = Path(DEFAULT_CONFIG_NAME)
@@ -210,21 +213,23 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[s
     source.env_vars = {k.lower(): v for k, v in environ.items()}
     data: dict[str, Any] = {}
     origins: dict[tuple[str, ...], str] = {}
-    for alias, path in _LS_ENV_ALIASES.items():
+    for alias, alias_path in _LS_ENV_ALIASES.items():
         if environ.get(alias):
-            _set(data, path, environ[alias])
-            origins[path] = f"environment variable {alias}"
-    curate_data = source()
-    _merge(data, curate_data)
+            _set(data, alias_path, environ[alias])
+            origins[alias_path] = f"environment variable {alias}"
+    _merge(data, source())
     for key in environ:
         upper = key.upper()
-        if not upper.startswith("CURATE_") or upper == "CURATE_CONFIG" or upper.startswith("CURATE_TEST"):
+        if not upper.startswith("CURATE_"):
             continue
-        path = tuple(part.lower() for part in upper[len("CURATE_") :].split("__"))
-        origins[path] = f"environment variable {upper}"
-        if path[0] not in Settings.model_fields:
-            # EnvSettingsSource drops unknown names; report them instead of silently ignoring a typo.
-            _set(data, path, environ[key])
+        key_path: tuple[str, ...] = tuple(part.lower() for part in upper[len("CURATE_") :].split("__"))
+        if key_path[0] in Settings.model_fields:
+            origins[key_path] = f"environment variable {upper}"
+        elif len(key_path) > 1:
+            # A nested name (CURATE_X__Y) is meant as a config key: EnvSettingsSource would drop a typo silently.
+            # Other CURATE_* variables (CURATE_CONFIG, test switches) are not settings.
+            origins[key_path] = f"environment variable {upper}"
+            _set(data, key_path, environ[key])
     return data, origins
 
 
@@ -250,9 +255,9 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
 def _has(data: Mapping[str, Any], path: tuple[str | int, ...]) -> bool:
     node: Any = data
     for part in path:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, Mapping) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
         else:
             return False
@@ -276,7 +281,7 @@ def load_settings(
 ) -> Settings:
     """Build validated settings. ``overrides`` maps a key path to ``(value, flag name)`` for set CLI flags."""
     environ = os.environ if environ is None else environ
-    path = find_config_file(config_file)
+    path = find_config_file(config_file, environ)
     file_data = _read_yaml(path) if path is not None else {}
     env_data, env_origins = _env_layer(environ)
     cli_data: dict[str, Any] = {}
@@ -295,9 +300,14 @@ def load_settings(
         settings = Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, file_data, env_origins, cli_origins)) from None
-    if path is not None and settings.pool.path and not Path(settings.pool.path).is_absolute() and _has(
-        file_data, ("pool", "path")
-    ) and not _has(cli_data, ("pool", "path")) and not _has(env_data, ("pool", "path")):
+    if (
+        path is not None
+        and settings.pool.path
+        and not Path(settings.pool.path).is_absolute()
+        and _has(file_data, ("pool", "path"))
+        and not _has(cli_data, ("pool", "path"))
+        and not _has(env_data, ("pool", "path"))
+    ):
         # A relative pool path in a config file means relative to that file, not to the working directory.
         settings.pool.path = str((path.parent / settings.pool.path).resolve())
     return settings
@@ -318,7 +328,9 @@ def _describe(
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(loc)
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            suggestion = (
+                f"; did you mean '{hint[0]}'?" if hint else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            )
             lines.append(f"unknown config key '{key}' {origin}{suggestion}")
         else:
             shown = "" if "api_key" in key else f" (got {err.get('input')!r})"

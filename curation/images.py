@@ -139,7 +139,7 @@ def letterbox(rgb: NDArray[np.uint8], size: int, orig_w: int, orig_h: int) -> tu
     new_w, new_h = max(1, round(orig_w * scale)), max(1, round(orig_h * scale))
     if (w, h) != (new_w, new_h):
         interp = cv2.INTER_AREA if new_w < w else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
+        rgb = np.asarray(cv2.resize(rgb, (new_w, new_h), interpolation=interp), dtype=np.uint8)
     pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
     top, left = round(pad_y - 0.1), round(pad_x - 0.1)
     canvas = np.full((size, size, 3), 114, dtype=np.uint8)

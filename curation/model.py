@@ -136,8 +136,8 @@ class ModelRuntime:
 
     # -- embeddings ------------------------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        head = self.net.model[-1]  # type: ignore[index]
-        target = head.linear if self.info.task == "classify" else head
+        head: Any = self.net.model[-1]  # type: ignore[index]
+        target: torch.nn.Module = head.linear if self.info.task == "classify" else head
 
         def grab(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             feats = args[0]
@@ -245,8 +245,12 @@ class ModelRuntime:
         finite = torch.isfinite(pred).flatten(1).all(dim=1) & torch.isfinite(embeddings).all(dim=1)
         safe = torch.nan_to_num(pred, nan=0.0, posinf=0.0, neginf=0.0)
         kept, keep_idx = non_max_suppression(
-            safe, conf_thres=self.detection.conf, iou_thres=self.detection.iou, max_det=self.detection.max_det,
-            nc=nc, return_idxs=True,
+            safe,
+            conf_thres=self.detection.conf,
+            iou_thres=self.detection.iou,
+            max_det=self.detection.max_det,
+            nc=nc,
+            return_idxs=True,
         )
         emb_np = embeddings.cpu().numpy().astype(np.float32)
         results = []
@@ -276,7 +280,7 @@ class ModelRuntime:
 
         size = self.info.imgsz
         masks = process_mask(proto.float(), coeffs.float(), boxes.float(), (size, size), upsample=True)
-        polygons = []
+        polygons: list[NDArray[np.float32]] = []
         for mask in masks.cpu().numpy().astype(np.uint8):
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             if not contours:
@@ -338,9 +342,7 @@ def _load_ultralytics(
             "or a TorchScript file (.torchscript)"
         )
     if suffix == ".pt" and not path.is_file():
-        raise ModelLoadError(
-            f"model weights not found: {spec} (curate never downloads models; pass a local file)"
-        )
+        raise ModelLoadError(f"model weights not found: {spec} (curate never downloads models; pass a local file)")
     _prepare_ultralytics()
     try:
         from ultralytics import YOLO
@@ -382,7 +384,7 @@ def _load_ultralytics(
         preprocess="center_crop" if task == "classify" else "letterbox",
     )
     net.eval()
-    head = net.model[-1]  # type: ignore[index]
+    head = net.model[-1]
     if getattr(head, "one2one_cv2", None) is not None and getattr(head, "cv2", None) is not None:
         head.end2end = False  # keep the one-to-many branch: NMS with full per-box class scores
     if hasattr(net, "fuse"):

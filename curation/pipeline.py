@@ -108,8 +108,13 @@ def load_runtime(settings: Settings) -> ModelRuntime:
 def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
     info = runtime.info
     return store.register_model_version(
-        version=info.version, source=info.source, format=info.format, task=info.task,
-        class_names=info.class_names, imgsz=info.imgsz, embedding_dim=runtime.embedding_dim,
+        version=info.version,
+        source=info.source,
+        format=info.format,
+        task=info.task,
+        class_names=info.class_names,
+        imgsz=info.imgsz,
+        embedding_dim=runtime.embedding_dim,
     )
 
 
@@ -119,7 +124,10 @@ def scan(store: Store, settings: Settings, progress: Progress | None = None) -> 
     progress.start(f"scanning {source.location}", None)
     try:
         pool_id, report = scan_pool(
-            store, source, tuple(settings.pool.extensions), settings.pool.hash_workers,
+            store,
+            source,
+            tuple(settings.pool.extensions),
+            settings.pool.hash_workers,
             on_progress=lambda done, total: progress.advance(1),
         )
     finally:
@@ -144,9 +152,7 @@ def score(
     mv = register_model(store, runtime)
     todo = store.items_to_score(pool_id, mv.id, rescore=rescore)
     items = [(item_id, absolute_path(source.root, path)) for item_id, path in todo]
-    report = score_items(
-        store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress
-    )
+    report = score_items(store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress)
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)
 
 
@@ -207,8 +213,14 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
         "counts": counts,
         "current_model_version": current.version if current else None,
         "model_versions": [
-            {"version": mv.version, "task": mv.task, "classes": len(mv.class_names), "predictions": n,
-             "source": mv.source, "created_at": mv.created_at.isoformat()}
+            {
+                "version": mv.version,
+                "task": mv.task,
+                "classes": len(mv.class_names),
+                "predictions": n,
+                "source": mv.source,
+                "created_at": mv.created_at.isoformat(),
+            }
             for mv, n in versions
         ],
         "score_distribution": distribution,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from curation.errors import PoolError
 from store.repository import ScannedFile, Store
@@ -122,9 +123,7 @@ def read_manifest(manifest: Path) -> Iterator[Path]:
     try:
         with manifest.open(encoding="utf-8", newline="") as fh:
             if suffix == ".txt":
-                raw: Iterator[str] = (
-                    line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")
-                )
+                raw: Iterator[str] = (line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#"))
             elif suffix == ".csv":
                 raw = _csv_paths(fh, manifest)
             else:
@@ -138,8 +137,8 @@ def read_manifest(manifest: Path) -> Iterator[Path]:
         raise PoolError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
 
 
-def _csv_paths(fh: object, manifest: Path) -> Iterator[str]:
-    reader = csv.reader(fh)  # type: ignore[arg-type]
+def _csv_paths(fh: IO[str], manifest: Path) -> Iterator[str]:
+    reader = csv.reader(fh)
     header = next(reader, None)
     if header is None:
         return
@@ -152,9 +151,9 @@ def _csv_paths(fh: object, manifest: Path) -> Iterator[str]:
             yield row[column].strip()
 
 
-def _jsonl_paths(fh: object, manifest: Path) -> Iterator[str]:
-    for number, line in enumerate(fh, start=1):  # type: ignore[arg-type]
-        line = line.strip()
+def _jsonl_paths(fh: IO[str], manifest: Path) -> Iterator[str]:
+    for number, raw in enumerate(fh, start=1):
+        line = raw.strip()
         if not line:
             continue
         try:
@@ -166,7 +165,7 @@ def _jsonl_paths(fh: object, manifest: Path) -> Iterator[str]:
         elif isinstance(value, dict) and isinstance(value.get("path"), str):
             yield value["path"]
         else:
-            raise PoolError(f"manifest {manifest} line {number}: expected a string or an object with \"path\"")
+            raise PoolError(f'manifest {manifest} line {number}: expected a string or an object with "path"')
 
 
 def content_id(path: Path) -> str:

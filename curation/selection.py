@@ -71,7 +71,11 @@ def candidate_uncertainty(
     keep = det.box_conf >= detection.conf
     box_unc = uncertainty_scores(det.box_scores[keep], measure)
     values = aggregate_boxes(
-        box_unc, det.box_image_index[keep], len(det.item_ids), reducer=detection.reducer, top_k=detection.top_k,
+        box_unc,
+        det.box_image_index[keep],
+        len(det.item_ids),
+        reducer=detection.reducer,
+        top_k=detection.top_k,
         empty=detection.empty,
     )
     return Candidates(det.item_ids, values)
@@ -120,13 +124,23 @@ def run_selection(
     if mv.task != "classify":
         options["detection"] = settings.detection.model_dump()
     selection_id = store.record_selection(
-        pool_id=pool_id, model_version_id=mv.id, strategy=strategy.name, options=options, budget=budget,
-        item_ids=[int(i) for i in item_ids], scores=[float(s) for s in picked.scores],
+        pool_id=pool_id,
+        model_version_id=mv.id,
+        strategy=strategy.name,
+        options=options,
+        budget=budget,
+        item_ids=[int(i) for i in item_ids],
+        scores=[float(s) for s in picked.scores],
         clusters=None if picked.clusters is None else [int(c) for c in picked.clusters],
     )
     return SelectionResult(
-        selection_id=selection_id, strategy=strategy.name, model_version=mv.version, budget=budget,
-        available=available, items=store.selection_items(selection_id), warnings=warnings,
+        selection_id=selection_id,
+        strategy=strategy.name,
+        model_version=mv.version,
+        budget=budget,
+        available=available,
+        items=store.selection_items(selection_id),
+        warnings=warnings,
     )
 
 

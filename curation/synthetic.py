@@ -34,7 +34,10 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         return [(cx + r * math.cos(2 * math.pi * i / n), cy + r * math.sin(2 * math.pi * i / n)) for i in range(n)]
     corners = 4 if shape == "square" else 3
     return [
-        (cx + r * math.cos(angle + 2 * math.pi * i / corners), cy + r * math.sin(angle + 2 * math.pi * i / corners))
+        (
+            cx + r * math.cos(angle + 2 * math.pi * i / corners),
+            cy + r * math.sin(angle + 2 * math.pi * i / corners),
+        )
         for i in range(corners)
     ]
 
@@ -69,7 +72,12 @@ def classification_image(rng: np.random.Generator, shape: str, size: int) -> Ima
 
 
 def make_classification_dataset(
-    root: Path, n_train: int = 30, n_val: int = 10, size: int = 64, seed: int = 0, classes: tuple[str, ...] = SHAPES
+    root: Path,
+    n_train: int = 30,
+    n_val: int = 10,
+    size: int = 64,
+    seed: int = 0,
+    classes: tuple[str, ...] = SHAPES,
 ) -> Path:
     """Ultralytics classification layout under ``root``; returns ``root``."""
     rng = np.random.default_rng(seed)
@@ -83,7 +91,12 @@ def make_classification_dataset(
 
 
 def make_pool(
-    root: Path, n: int = 60, size: int = 96, seed: int = 1, classes: tuple[str, ...] = SHAPES, fmt: str = "jpg"
+    root: Path,
+    n: int = 60,
+    size: int = 96,
+    seed: int = 1,
+    classes: tuple[str, ...] = SHAPES,
+    fmt: str = "jpg",
 ) -> list[Path]:
     """An unlabeled pool of shape images (a few with two shapes: genuinely ambiguous ones)."""
     rng = np.random.default_rng(seed)
@@ -101,7 +114,12 @@ def make_pool(
 
 
 def make_detection_dataset(
-    root: Path, n_train: int = 40, n_val: int = 12, size: int = 128, seed: int = 0, segment: bool = False,
+    root: Path,
+    n_train: int = 40,
+    n_val: int = 12,
+    size: int = 128,
+    seed: int = 0,
+    segment: bool = False,
     classes: tuple[str, ...] = SHAPES,
 ) -> Path:
     """YOLO detection (or segmentation) dataset with ``data.yaml``; returns the yaml path."""

@@ -207,16 +207,17 @@ class Store:
             )
             return {r.path: KnownPath(r.item_id, r.size, r.mtime_ns) for r in rows}
 
-    def apply_scan(
-        self, pool_id: int, changed: Sequence[ScannedFile], gone: Iterable[str]
-    ) -> tuple[int, int]:
+    def apply_scan(self, pool_id: int, changed: Sequence[ScannedFile], gone: Iterable[str]) -> tuple[int, int]:
         """Register new/changed files and forget vanished paths. Returns (new items, paths that are duplicates)."""
         new_items = 0
         with self._tx() as conn:
             gone_list = list(gone)
             for start in range(0, len(gone_list), BATCH):
-                chunk = gone_list[start : start + BATCH]
-                conn.execute(delete(ItemPath).where(ItemPath.pool_id == pool_id, ItemPath.path.in_(chunk)))
+                conn.execute(
+                    delete(ItemPath).where(
+                        ItemPath.pool_id == pool_id, ItemPath.path.in_(gone_list[start : start + BATCH])
+                    )
+                )
             for start in range(0, len(changed), BATCH):
                 chunk = changed[start : start + BATCH]
                 contents = {f.content_id: f.size for f in chunk}
@@ -235,14 +236,22 @@ class Store:
                 stmt = self._insert(ItemPath)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["pool_id", "path"],
-                    set_={"item_id": stmt.excluded.item_id, "size": stmt.excluded.size,
-                          "mtime_ns": stmt.excluded.mtime_ns},
+                    set_={
+                        "item_id": stmt.excluded.item_id,
+                        "size": stmt.excluded.size,
+                        "mtime_ns": stmt.excluded.mtime_ns,
+                    },
                 )
                 conn.execute(
                     stmt,
                     [
-                        {"pool_id": pool_id, "path": f.path, "item_id": ids[f.content_id], "size": f.size,
-                         "mtime_ns": f.mtime_ns}
+                        {
+                            "pool_id": pool_id,
+                            "path": f.path,
+                            "item_id": ids[f.content_id],
+                            "size": f.size,
+                            "mtime_ns": f.mtime_ns,
+                        }
                         for f in chunk
                     ],
                 )
@@ -259,28 +268,46 @@ class Store:
     # Model versions
 
     def register_model_version(
-        self, *, version: str, source: str, format: str, task: str, class_names: list[str], imgsz: int,
+        self,
+        *,
+        version: str,
+        source: str,
+        format: str,
+        task: str,
+        class_names: list[str],
+        imgsz: int,
         embedding_dim: int | None,
     ) -> ModelVersionRecord:
         with self._tx() as conn:
             conn.execute(
                 self._insert(ModelVersion)
-                .values(version=version, source=source, format=format, task=task, class_names=class_names,
-                        imgsz=imgsz, embedding_dim=embedding_dim, created_at=utcnow())
+                .values(
+                    version=version,
+                    source=source,
+                    format=format,
+                    task=task,
+                    class_names=class_names,
+                    imgsz=imgsz,
+                    embedding_dim=embedding_dim,
+                    created_at=utcnow(),
+                )
                 .on_conflict_do_nothing(index_elements=["version"])
             )
             row = conn.execute(select(MV).where(MV.c.version == version)).one()
             if embedding_dim is not None and row.embedding_dim != embedding_dim:
-                conn.execute(
-                    update(ModelVersion).where(ModelVersion.id == row.id).values(embedding_dim=embedding_dim)
-                )
+                conn.execute(update(ModelVersion).where(ModelVersion.id == row.id).values(embedding_dim=embedding_dim))
             return self._mv_record(row, embedding_dim)
 
     @staticmethod
     def _mv_record(row: Any, embedding_dim: int | None = None) -> ModelVersionRecord:
         return ModelVersionRecord(
-            id=row.id, version=row.version, source=row.source, format=row.format, task=row.task,
-            class_names=list(row.class_names), imgsz=row.imgsz,
+            id=row.id,
+            version=row.version,
+            source=row.source,
+            format=row.format,
+            task=row.task,
+            class_names=list(row.class_names),
+            imgsz=row.imgsz,
             embedding_dim=embedding_dim if embedding_dim is not None else row.embedding_dim,
             created_at=row.created_at,
         )
@@ -325,7 +352,8 @@ class Store:
         if not rescore:
             stmt = stmt.where(
                 ~exists().where(
-                    Prediction.item_id == pool_items.c.item_id, Prediction.model_version_id == model_version_id
+                    Prediction.item_id == pool_items.c.item_id,
+                    Prediction.model_version_id == model_version_id,
                 )
             )
         with self._tx() as conn:
@@ -336,9 +364,18 @@ class Store:
             return int(
                 conn.execute(
                     insert(ScoringRun)
-                    .values(model_version_id=model_version_id, pool_id=pool_id, n_todo=n_todo, device=device,
-                            batch_size=batch_size, status="running", started_at=utcnow(), n_scored=0,
-                            n_failed=0, n_invalid=0)
+                    .values(
+                        model_version_id=model_version_id,
+                        pool_id=pool_id,
+                        n_todo=n_todo,
+                        device=device,
+                        batch_size=batch_size,
+                        status="running",
+                        started_at=utcnow(),
+                        n_scored=0,
+                        n_failed=0,
+                        n_invalid=0,
+                    )
                     .returning(ScoringRun.id)
                 ).scalar_one()
             )
@@ -348,8 +385,9 @@ class Store:
         with self._tx() as conn:
             if chunk.failures:
                 conn.execute(
-                    update(Item).where(Item.id == bindparam("b_id")).values(status="failed",
-                                                                            failure=bindparam("b_reason")),
+                    update(Item)
+                    .where(Item.id == bindparam("b_id"))
+                    .values(status="failed", failure=bindparam("b_reason")),
                     [{"b_id": i, "b_reason": r} for i, r in chunk.failures],
                 )
             if chunk.decoded:
@@ -360,11 +398,25 @@ class Store:
                     [{"b_id": i, "b_w": w, "b_h": h} for i, w, h in chunk.decoded],
                 )
             if chunk.predictions:
-                rows = [dict(p, model_version_id=model_version_id, run_id=run_id, created_at=utcnow())
-                        for p in chunk.predictions]
+                rows = [
+                    dict(p, model_version_id=model_version_id, run_id=run_id, created_at=utcnow())
+                    for p in chunk.predictions
+                ]
                 stmt = self._insert(Prediction)
-                cols = ("run_id", "status", "problem", "width", "height", "probs", "n_boxes", "boxes",
-                        "box_conf", "box_scores", "polygons", "created_at")
+                cols = (
+                    "run_id",
+                    "status",
+                    "problem",
+                    "width",
+                    "height",
+                    "probs",
+                    "n_boxes",
+                    "boxes",
+                    "box_conf",
+                    "box_scores",
+                    "polygons",
+                    "created_at",
+                )
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["item_id", "model_version_id"],
                     set_={c: getattr(stmt.excluded, c) for c in cols},
@@ -397,9 +449,7 @@ class Store:
     def close_stale_runs(self) -> int:
         """Mark runs left 'running' by a killed process as interrupted (their committed chunks stay)."""
         with self._tx() as conn:
-            result = conn.execute(
-                update(ScoringRun).where(ScoringRun.status == "running").values(status="interrupted")
-            )
+            result = conn.execute(update(ScoringRun).where(ScoringRun.status == "running").values(status="interrupted"))
             return int(result.rowcount or 0)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -413,7 +463,10 @@ class Store:
             .join(Item, Item.id == pool_items.c.item_id)
             .join(
                 Prediction,
-                and_(Prediction.item_id == pool_items.c.item_id, Prediction.model_version_id == model_version_id),
+                and_(
+                    Prediction.item_id == pool_items.c.item_id,
+                    Prediction.model_version_id == model_version_id,
+                ),
             )
             .where(Item.status == "ok", Prediction.status == "ok")
             .where(~exists().where(SelectionItem.item_id == pool_items.c.item_id))
@@ -431,7 +484,7 @@ class Store:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ClassificationScores(ids, np.zeros((0, 0), dtype=np.float32))
-        flat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
+        flat = np.frombuffer(b"".join(r[1] or b"" for r in rows), dtype="<f4")
         return ClassificationScores(ids, flat.reshape(len(rows), -1).astype(np.float32, copy=False))
 
     def candidate_detection(self, pool_id: int, model_version_id: int, n_classes: int) -> DetectionScores:
@@ -511,22 +564,42 @@ class Store:
     # Selections
 
     def record_selection(
-        self, *, pool_id: int, model_version_id: int, strategy: str, options: dict[str, Any], budget: int,
-        item_ids: Sequence[int], scores: Sequence[float], clusters: Sequence[int | None] | None = None,
+        self,
+        *,
+        pool_id: int,
+        model_version_id: int,
+        strategy: str,
+        options: dict[str, Any],
+        budget: int,
+        item_ids: Sequence[int],
+        scores: Sequence[float],
+        clusters: Sequence[int | None] | None = None,
     ) -> int:
         with self._tx() as conn:
             selection_id = int(
                 conn.execute(
                     insert(Selection)
-                    .values(pool_id=pool_id, model_version_id=model_version_id, strategy=strategy,
-                            options=options, budget=budget, n_selected=len(item_ids), created_at=utcnow())
+                    .values(
+                        pool_id=pool_id,
+                        model_version_id=model_version_id,
+                        strategy=strategy,
+                        options=options,
+                        budget=budget,
+                        n_selected=len(item_ids),
+                        created_at=utcnow(),
+                    )
                     .returning(Selection.id)
                 ).scalar_one()
             )
             cl = list(clusters) if clusters is not None else [None] * len(item_ids)
             rows = [
-                {"selection_id": selection_id, "item_id": int(i), "rank": r + 1, "score": float(s),
-                 "cluster": None if c is None else int(c)}
+                {
+                    "selection_id": selection_id,
+                    "item_id": int(i),
+                    "rank": r + 1,
+                    "score": float(s),
+                    "cluster": None if c is None else int(c),
+                }
                 for r, (i, s, c) in enumerate(zip(item_ids, scores, cl, strict=True))
             ]
             for start in range(0, len(rows), BATCH):
@@ -535,18 +608,28 @@ class Store:
 
     def selection_items(self, selection_id: int) -> list[SelectedItem]:
         stmt = (
-            select(SelectionItem.item_id, Item.content_id, func.min(ItemPath.path), SelectionItem.rank,
-                   SelectionItem.score, SelectionItem.cluster)
+            select(
+                SelectionItem.item_id,
+                Item.content_id,
+                func.min(ItemPath.path),
+                SelectionItem.rank,
+                SelectionItem.score,
+                SelectionItem.cluster,
+            )
             .join(Item, Item.id == SelectionItem.item_id)
             .outerjoin(ItemPath, ItemPath.item_id == SelectionItem.item_id)
             .where(SelectionItem.selection_id == selection_id)
-            .group_by(SelectionItem.item_id, Item.content_id, SelectionItem.rank, SelectionItem.score,
-                      SelectionItem.cluster)
+            .group_by(
+                SelectionItem.item_id,
+                Item.content_id,
+                SelectionItem.rank,
+                SelectionItem.score,
+                SelectionItem.cluster,
+            )
             .order_by(SelectionItem.rank)
         )
         with self._tx() as conn:
-            return [SelectedItem(int(r[0]), r[1], r[2] or "", int(r[3]), float(r[4]), r[5])
-                    for r in conn.execute(stmt)]
+            return [SelectedItem(int(r[0]), r[1], r[2] or "", int(r[3]), float(r[4]), r[5]) for r in conn.execute(stmt)]
 
     # ------------------------------------------------------------------------------------------------------------
     # Status
@@ -557,8 +640,11 @@ class Store:
                 ids = select(Item.id.label("item_id")).subquery()
                 n_paths = conn.execute(select(func.count()).select_from(ItemPath)).scalar_one()
             else:
-                ids = select(func.distinct(ItemPath.item_id).label("item_id")).where(
-                    ItemPath.pool_id == pool_id).subquery()
+                ids = (
+                    select(func.distinct(ItemPath.item_id).label("item_id"))
+                    .where(ItemPath.pool_id == pool_id)
+                    .subquery()
+                )
                 n_paths = conn.execute(
                     select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)
                 ).scalar_one()
@@ -569,19 +655,30 @@ class Store:
             ).scalar_one()
             selected = conn.execute(
                 select(func.count(func.distinct(SelectionItem.item_id))).where(
-                    SelectionItem.item_id.in_(select(ids.c.item_id)))
+                    SelectionItem.item_id.in_(select(ids.c.item_id))
+                )
             ).scalar_one()
             scored = invalid = 0
             if model_version_id is not None:
-                base = select(func.count()).select_from(Prediction).where(
-                    Prediction.model_version_id == model_version_id, Prediction.item_id.in_(select(ids.c.item_id))
+                base = (
+                    select(func.count())
+                    .select_from(Prediction)
+                    .where(
+                        Prediction.model_version_id == model_version_id,
+                        Prediction.item_id.in_(select(ids.c.item_id)),
+                    )
                 )
                 scored = conn.execute(base.where(Prediction.status == "ok")).scalar_one()
                 invalid = conn.execute(base.where(Prediction.status == "invalid")).scalar_one()
             return {
-                "items": int(total), "paths": int(n_paths), "duplicate_paths": int(n_paths - total),
-                "failed": int(failed), "scored": int(scored), "invalid": int(invalid),
-                "unscored": int(total - failed - scored - invalid), "selected": int(selected),
+                "items": int(total),
+                "paths": int(n_paths),
+                "duplicate_paths": int(n_paths - total),
+                "failed": int(failed),
+                "scored": int(scored),
+                "invalid": int(invalid),
+                "unscored": int(total - failed - scored - invalid),
+                "selected": int(selected),
             }
 
     def failures(self, pool_id: int | None, limit: int = 50) -> list[tuple[str, str]]:
@@ -607,9 +704,19 @@ class Store:
         )
         with self._tx() as conn:
             return [
-                {"id": r.id, "model_version": r.model_version, "status": r.status, "started_at": r.started_at,
-                 "finished_at": r.finished_at, "scored": r.n_scored, "failed": r.n_failed, "invalid": r.n_invalid,
-                 "todo": r.n_todo, "device": r.device, "images_per_s": r.images_per_s}
+                {
+                    "id": r.id,
+                    "model_version": r.model_version,
+                    "status": r.status,
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "scored": r.n_scored,
+                    "failed": r.n_failed,
+                    "invalid": r.n_invalid,
+                    "todo": r.n_todo,
+                    "device": r.device,
+                    "images_per_s": r.images_per_s,
+                }
                 for r in conn.execute(stmt)
             ]
 
@@ -622,7 +729,13 @@ class Store:
         )
         with self._tx() as conn:
             return [
-                {"id": s.id, "model_version": s.model_version, "strategy": s.strategy, "budget": s.budget,
-                 "selected": s.n_selected, "created_at": s.created_at}
+                {
+                    "id": s.id,
+                    "model_version": s.model_version,
+                    "strategy": s.strategy,
+                    "budget": s.budget,
+                    "selected": s.n_selected,
+                    "created_at": s.created_at,
+                }
                 for s in conn.execute(stmt)
             ]

@@ -15,7 +15,7 @@ version: compact, fast to load into one contiguous numpy array, and the same on 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -48,7 +48,7 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Pool(Base):
@@ -126,9 +126,7 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
-    )
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(16))  # ok | invalid
     problem: Mapped[str | None] = mapped_column(Text)
@@ -146,9 +144,7 @@ class Prediction(Base):
 class Embedding(Base):
     __tablename__ = "embeddings"
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
-    )
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 

@@ -35,9 +35,7 @@ def check_count(value: object, what: str) -> int:
 def real_array(values: ArrayLike, what: str, ndim: int) -> NDArray[np.number]:
     """``values`` as a real numeric array with ``ndim`` dimensions (no copy when it already is one)."""
     arr = np.asarray(values)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InvalidScoresError(f"{what} must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim != ndim:
         raise InvalidScoresError(f"{what} must be a {ndim}-D array, got shape {arr.shape}")

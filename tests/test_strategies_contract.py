@@ -179,9 +179,7 @@ def test_registered_names() -> None:
 def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(UnknownStrategyError) as info:
         get_strategy("foo")
-    assert str(info.value) == (
-        "unknown strategy 'foo'; valid: entropy, least_confidence, margin, random, ratio"
-    )
+    assert str(info.value) == ("unknown strategy 'foo'; valid: entropy, least_confidence, margin, random, ratio")
     assert info.value.name == "foo"
     assert info.value.valid == ("entropy", "least_confidence", "margin", "random", "ratio")
 

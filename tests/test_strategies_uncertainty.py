@@ -156,9 +156,7 @@ def test_invalid_scores_are_rejected(scores: object, message: str, name: str) ->
 def test_unknown_measure_lists_valid_ones() -> None:
     with pytest.raises(UnknownStrategyError) as info:
         uncertainty_scores([[0.5, 0.5]], "bald")
-    assert str(info.value) == (
-        "unknown uncertainty measure 'bald'; valid: entropy, least_confidence, margin, ratio"
-    )
+    assert str(info.value) == ("unknown uncertainty measure 'bald'; valid: entropy, least_confidence, margin, ratio")
     assert info.value.name == "bald"
     assert info.value.valid == ("entropy", "least_confidence", "margin", "ratio")
     assert isinstance(info.value, ValueError)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a test run: install curate with its test tools, then run pytest.
+# Label Studio is installed by the test-suite into its own cached virtualenv on first use.
+# Extra arguments go to pytest (e.g. ./scripts/test.sh -k store -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh dev
+export YOLO_OFFLINE=1
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,111 @@
+"""Shared fixtures: databases (SQLite and the real Postgres), tiny real YOLO models, generated pools.
+
+Postgres: ``CURATE_TEST_PG_URL`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each test gets
+its own schema, dropped afterwards. If the server does not answer, Postgres tests are skipped — unless
+``CURATE_REQUIRE_POSTGRES=1`` (set by CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+PG_URL = os.environ.get("CURATE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _postgres_available() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_base_url() -> str:
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CURATE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"Postgres required but not reachable at {PG_URL}: {problem}")
+        pytest.skip(f"Postgres not reachable at {PG_URL}: {problem}")
+    return PG_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_base_url: str) -> Iterator[str]:
+    """A URL whose search_path is a fresh schema: tests never see each other's tables."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"curate_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(postgres_base_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in postgres_base_url else "?"
+    yield f"{postgres_base_url}{sep}options={quote(f'-csearch_path={schema}')}"
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test on SQLite and on Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'curate.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_model(models_dir: Path) -> Path:
+    """A real YOLOv8n classifier trained for a few seconds on generated shapes."""
+    from curation.synthetic import make_classification_dataset
+    from curation.training import train_from_scratch
+
+    data = make_classification_dataset(models_dir / "cls_data", n_train=20, n_val=6, size=64, seed=0)
+    return train_from_scratch("yolov8n-cls.yaml", data, models_dir / "cls_run", epochs=2, imgsz=64, batch=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_det_model(models_dir: Path) -> Path:
+    from curation.synthetic import make_detection_dataset
+    from curation.training import train_from_scratch
+
+    data = make_detection_dataset(models_dir / "det_data", n_train=16, n_val=4, size=96, seed=0)
+    return train_from_scratch("yolov8n.yaml", data, models_dir / "det_run", epochs=1, imgsz=96, batch=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_model(models_dir: Path) -> Path:
+    from curation.synthetic import make_detection_dataset
+    from curation.training import train_from_scratch
+
+    data = make_detection_dataset(models_dir / "seg_data", n_train=16, n_val=4, size=96, seed=0, segment=True)
+    return train_from_scratch("yolov8n-seg.yaml", data, models_dir / "seg_run", epochs=1, imgsz=96, batch=8)
+
+
+@pytest.fixture
+def pool_dir(tmp_path: Path) -> Path:
+    from curation.synthetic import make_pool
+
+    root = tmp_path / "pool"
+    make_pool(root, n=24, size=80, seed=3)
+    return root

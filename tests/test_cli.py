@@ -1,0 +1,213 @@
+"""CLI contract: one clear line per error, documented exit codes, no traceback without --debug."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from cli import app
+from curation.errors import ExitCode
+from curation.synthetic import make_pool
+
+runner = CliRunner()
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def small_pool(tmp_path: Path) -> Path:
+    make_pool(tmp_path / "pool", n=3, size=32)
+    return tmp_path / "pool"
+
+
+def assert_one_clean_error(code: int, err: str, expected_code: int, *fragments: str) -> None:
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_missing_model_file(tmp_path: Path, small_pool: Path) -> None:
+    code, _, err = run(
+        "score",
+        "--pool",
+        str(small_pool),
+        "--model",
+        str(tmp_path / "nope.pt"),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert_one_clean_error(code, err, ExitCode.NOT_FOUND, "model weights not found", "nope.pt", "never downloads")
+
+
+def test_hub_name_is_not_downloaded(tmp_path: Path, small_pool: Path) -> None:
+    code, _, err = run(
+        "score", "--pool", str(small_pool), "--model", "yolov8n.pt", "--db", f"sqlite:///{tmp_path / 'c.db'}"
+    )
+    assert_one_clean_error(code, err, ExitCode.NOT_FOUND, "yolov8n.pt")
+
+
+def test_corrupt_weights(tmp_path: Path, small_pool: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, err = run(
+        "score", "--pool", str(small_pool), "--model", str(bad), "--db", f"sqlite:///{tmp_path / 'c.db'}"
+    )
+    assert_one_clean_error(code, err, ExitCode.NOT_FOUND, "cannot load model", "bad.pt")
+
+
+def test_bad_pool_path(tmp_path: Path) -> None:
+    code, _, err = run(
+        "score",
+        "--pool",
+        str(tmp_path / "nowhere"),
+        "--model",
+        "yolov8n-cls.yaml",
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert_one_clean_error(code, err, ExitCode.NOT_FOUND, "pool not found", "nowhere")
+
+
+def test_bad_config(tmp_path: Path, small_pool: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scoring:\n  batch_size: -1\n")
+    code, _, err = run("score", "--pool", str(small_pool), "--config", str(cfg))
+    assert_one_clean_error(code, err, ExitCode.USAGE, "scoring.batch_size", str(cfg))
+
+
+def test_unknown_strategy_lists_valid_ones(tmp_path: Path, small_pool: Path) -> None:
+    code, _, err = run(
+        "select",
+        "--no-push",
+        "--pool",
+        str(small_pool),
+        "--model",
+        "yolov8n-cls.yaml",
+        "--strategy",
+        "entropie",
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert_one_clean_error(code, err, ExitCode.USAGE, "entropie", "entropy", "least_confidence", "random")
+
+
+def test_unreachable_database(tmp_path: Path, small_pool: Path) -> None:
+    code, _, err = run("status", "--db", "postgresql+psycopg://curate:pw-secret@127.0.0.1:1/curate")
+    assert_one_clean_error(code, err, ExitCode.DATABASE, "127.0.0.1:1")
+    assert "pw-secret" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    code, _, err = run("status", "--db", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "--debug")
+    assert code == ExitCode.DATABASE and "Traceback" in err
+
+
+def test_cuda_requested_without_cuda(tmp_path: Path, small_pool: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run(
+        "score",
+        "--pool",
+        str(small_pool),
+        "--model",
+        "yolov8n-cls.yaml",
+        "--device",
+        "cuda",
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert_one_clean_error(code, err, ExitCode.USAGE, "CUDA is not available")
+
+
+def test_status_json_on_empty_database(tmp_path: Path) -> None:
+    code, out, err = run("status", "--json", "--db", f"sqlite:///{tmp_path / 'c.db'}")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["counts"]["items"] == 0 and data["model_versions"] == []
+
+
+def test_out_with_unknown_extension(tmp_path: Path, small_pool: Path) -> None:
+    code, _, err = run(
+        "select",
+        "--no-push",
+        "--pool",
+        str(small_pool),
+        "--model",
+        "yolov8n-cls.yaml",
+        "--budget",
+        "1",
+        "--out",
+        str(tmp_path / "sel.xlsx"),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert_one_clean_error(code, err, ExitCode.USAGE, "sel.xlsx", ".jsonl or .csv")
+
+
+def test_csv_out(tmp_path: Path, small_pool: Path) -> None:
+    out = tmp_path / "sel.csv"
+    code, _, err = run(
+        "select",
+        "--no-push",
+        "--pool",
+        str(small_pool),
+        "--model",
+        "yolov8n-cls.yaml",
+        "--budget",
+        "2",
+        "--out",
+        str(out),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert code == 0, err
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("rank,item_id,path,score,strategy") and len(lines) == 3
+
+
+def _commands() -> list[str]:
+    group = get_command(app)
+    names = []
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        sub = getattr(cmd, "commands", None)
+        if sub:
+            names.extend(f"{name} {s}" for s in sub)
+        else:
+            names.append(name)
+    return names
+
+
+def test_every_command_has_help_and_is_documented() -> None:
+    readme = README.read_text()
+    for name in _commands():
+        result = runner.invoke(app, [*name.split(), "--help"])
+        assert result.exit_code == 0 and len(result.stdout.strip()) > 40, name
+        assert re.search(rf"curate {re.escape(name)}\b", readme), f"`curate {name}` is not in the README"
+
+
+def test_every_command_takes_the_common_options() -> None:
+    for name in _commands():
+        help_text = runner.invoke(app, [*name.split(), "--help"], terminal_width=200).stdout
+        for option in ("--db", "--config", "--json", "--debug"):
+            assert option in help_text, f"curate {name} lacks {option}"
+
+
+def test_exit_codes_are_documented() -> None:
+    readme = README.read_text()
+    for name, value in vars(ExitCode).items():
+        if name.isupper():
+            assert re.search(rf"\|\s*{value}\s*\|", readme), f"exit code {value} ({name}) missing from README"

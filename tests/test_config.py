@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from curation.config import load_settings
+from curation.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None, {}, environ={})
+    assert s.db == "sqlite:///curate.db"
+    assert s.scoring.batch_size == 32
+    assert s.strategy.detection.empty == 1.0
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "scoring:\n  batch_size: 8\n  device: cpu\nstrategy:\n  name: margin\n")
+    env = {"CURATE_SCORING__BATCH_SIZE": "16", "CURATE_STRATEGY__SEED": "5"}
+    s = load_settings(cfg, {("scoring", "batch_size"): (64, "--batch-size")}, environ=env)
+    assert s.scoring.batch_size == 64  # flag
+    assert s.strategy.seed == 5  # env over default
+    assert s.strategy.name == "margin"  # file over default
+    assert s.scoring.device == "cpu"
+    s = load_settings(cfg, {}, environ=env)
+    assert s.scoring.batch_size == 16  # env over file
+    s = load_settings(cfg, {}, environ={})
+    assert s.scoring.batch_size == 8  # file over default
+
+
+def test_unset_flags_do_not_override(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "db: sqlite:///x.db\n")
+    s = load_settings(cfg, {("db",): (None, "--db")}, environ={})
+    assert s.db == "sqlite:///x.db"
+
+
+def test_error_names_key_and_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "scoring:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, {}, environ={})
+    message = str(info.value)
+    assert "scoring.batch_size" in message and str(cfg) in message and "lots" in message
+
+
+def test_error_names_env_variable_and_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CURATE_SCORING__WORKERS"):
+        load_settings(None, {}, environ={"CURATE_SCORING__WORKERS": "-3"})
+    with pytest.raises(ConfigError, match="--batch-size"):
+        load_settings(None, {("scoring", "batch_size"): (0, "--batch-size")}, environ={})
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "scoring:\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'scoring.batchsize' in .*did you mean 'batch_size'"):
+        load_settings(cfg, {}, environ={})
+    with pytest.raises(ConfigError, match="CURATE_SCORNG__BATCH_SIZE"):
+        load_settings(None, {}, environ={"CURATE_SCORNG__BATCH_SIZE": "1"})
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "scoring:\n  batch_size: [1\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML in config file .*c\.yaml \(line \d+"):
+        load_settings(cfg, {}, environ={})
+
+
+def test_non_mapping_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must contain a mapping"):
+        load_settings(write(tmp_path / "c.yaml", "- a\n- b\n"), {}, environ={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml", {}, environ={})
+
+
+def test_label_studio_env_aliases_and_secret(tmp_path: Path) -> None:
+    env = {"LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "s3cr3t-token"}
+    s = load_settings(None, {}, environ=env)
+    assert s.label_studio.url == "http://ls:8080"
+    assert s.label_studio.api_key is not None and s.label_studio.api_key.get_secret_value() == "s3cr3t-token"
+    assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s.model_dump())
+    # curate's own variable wins over Label Studio's
+    s = load_settings(None, {}, environ={**env, "CURATE_LABEL_STUDIO__URL": "http://other:1"})
+    assert s.label_studio.url == "http://other:1"
+
+
+def test_relative_pool_path_is_relative_to_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conf").mkdir()
+    cfg = write(tmp_path / "conf" / "c.yaml", "pool:\n  path: ../images\n")
+    monkeypatch.chdir("/")
+    s = load_settings(cfg, {}, environ={})
+    assert s.pool.path == str((tmp_path / "images").resolve())
+
+
+def test_detection_empty_policy_values() -> None:
+    assert (
+        load_settings(None, {}, environ={"CURATE_STRATEGY__DETECTION__EMPTY": "exclude"}).strategy.detection.empty
+        == "exclude"
+    )
+    assert (
+        load_settings(None, {}, environ={"CURATE_STRATEGY__DETECTION__EMPTY": "0.25"}).strategy.detection.empty == 0.25
+    )
+    with pytest.raises(ConfigError, match="must be a number >= 0 or 'exclude'"):
+        load_settings(None, {}, environ={"CURATE_STRATEGY__DETECTION__EMPTY": "-1"})
+
+
+def test_curate_config_env_selects_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "scoring:\n  batch_size: 3\n")
+    assert load_settings(None, {}, environ={"CURATE_CONFIG": str(cfg)}).scoring.batch_size == 3
+
+
+def test_shipped_configs_are_valid() -> None:
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    for cfg in configs:
+        load_settings(cfg, {}, environ={})

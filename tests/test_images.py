@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curation.images import ImageDecodeError, center_crop, letterbox, load_rgb
+from curation.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, write_bad_files
+
+MAX_PIXELS = 89_478_485
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_bad_files(tmp_path_factory.mktemp("bad"), size=64)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("truncated_jpeg", "corrupt image"),
+        ("zero_bytes", "not an image"),
+        ("text_as_jpg", "not an image"),
+        ("html_as_jpg", "not an image"),
+        ("bomb", "image too large"),
+    ],
+)
+def test_unreadable_files_fail_with_a_reason(bad_files: dict[str, Path], name: str, reason: str) -> None:
+    assert name in BAD_UNREADABLE
+    with pytest.raises(ImageDecodeError, match=reason):
+        load_rgb(bad_files[name], MAX_PIXELS)
+
+
+@pytest.mark.parametrize("name", BAD_CONVERTIBLE)
+def test_convertible_files_become_rgb(bad_files: dict[str, Path], name: str) -> None:
+    decoded = load_rgb(bad_files[name], MAX_PIXELS)
+    assert decoded.rgb.dtype == np.uint8 and decoded.rgb.ndim == 3 and decoded.rgb.shape[2] == 3
+    assert decoded.rgb.shape[:2] == (decoded.height, decoded.width)
+
+
+def test_exif_orientation_is_applied(bad_files: dict[str, Path]) -> None:
+    stored = Image.open(bad_files["exif_rotated"]).size
+    decoded = load_rgb(bad_files["exif_rotated"], MAX_PIXELS)
+    assert (decoded.width, decoded.height) == (stored[1], stored[0])
+
+
+def test_sixteen_bit_grayscale_maps_linearly(bad_files: dict[str, Path]) -> None:
+    decoded = load_rgb(bad_files["gray16"], MAX_PIXELS)
+    flat = decoded.rgb[..., 0].reshape(-1)
+    assert flat[0] == 0 and flat[-1] == 255
+    assert np.all(np.diff(flat.astype(int)) >= 0)  # a ramp stays a ramp, no clipping at 255
+    assert (decoded.rgb[..., 0] == decoded.rgb[..., 2]).all()
+
+
+def test_max_pixels_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(path)
+    with pytest.raises(ImageDecodeError, match=r"300x200 .*pool.max_pixels"):
+        load_rgb(path, max_pixels=50_000)
+
+
+def test_jpeg_draft_decoding_keeps_full_resolution_geometry(tmp_path: Path) -> None:
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (2000, 1000), (10, 200, 30)).save(path, quality=90)
+    decoded = load_rgb(path, MAX_PIXELS, target=64)
+    assert (decoded.width, decoded.height) == (2000, 1000)
+    assert decoded.rgb.shape[1] < 2000  # decoded at reduced scale
+    canvas, geo = letterbox(decoded.rgb, 64, decoded.width, decoded.height)
+    assert canvas.shape == (64, 64, 3) and geo.scale == pytest.approx(64 / 2000)
+
+
+def test_letterbox_geometry_maps_back_to_original() -> None:
+    rgb = np.zeros((100, 300, 3), np.uint8)
+    rgb[40:60, 140:160] = 255  # a white square at x 140..160, y 40..60
+    canvas, geo = letterbox(rgb, 96, 300, 100)
+    ys, xs = np.nonzero(canvas[..., 0] > 200)
+    x0 = (xs.min() - geo.pad_x) / geo.scale
+    y0 = (ys.min() - geo.pad_y) / geo.scale
+    assert abs(x0 - 140) <= 4 and abs(y0 - 40) <= 4
+    assert (canvas[: int(geo.pad_y) - 1] == 114).all()  # grey padding above
+
+
+def test_center_crop_size() -> None:
+    crop, _ = center_crop(np.zeros((50, 200, 3), np.uint8), 32, 200, 50)
+    assert crop.shape == (32, 32, 3)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from curation.config import IMAGE_EXTENSIONS
+from curation.errors import PoolError
+from curation.pool import content_id, resolve_pool, scan_pool, walk_directory
+from curation.synthetic import make_pool
+from store.repository import Store
+
+EXT = IMAGE_EXTENSIONS
+
+
+def test_resolve_pool_errors(tmp_path: Path) -> None:
+    with pytest.raises(PoolError, match=r"pool not found: .*missing"):
+        resolve_pool(tmp_path / "missing")
+    with pytest.raises(PoolError, match="no pool given"):
+        resolve_pool(None)
+    bad = tmp_path / "pool.xlsx"
+    bad.write_text("x")
+    with pytest.raises(PoolError, match="not a manifest"):
+        resolve_pool(bad)
+
+
+def test_walk_recurses_filters_extensions_and_guards_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for p in (root / "x.JPG", root / "a" / "y.png", root / "a" / "b" / "z.webp", outside / "o.jpg"):
+        p.write_bytes(b"data" + p.name.encode())
+    (root / "notes.txt").write_text("no")
+    (root / "link_out").symlink_to(outside)  # leaves the root: skipped
+    (root / "file_out.jpg").symlink_to(outside / "o.jpg")  # leaves the root: skipped
+    (root / "a" / "loop").symlink_to(root)  # a loop: must terminate
+    (root / "a" / "inside.jpg").symlink_to(root / "x.JPG")  # stays inside: kept
+    (root / "dangling.jpg").symlink_to(root / "nothing.jpg")
+    skipped: list[tuple[str, str]] = []
+    found = sorted(p.relative_to(root).as_posix() for p in walk_directory(root, EXT, skipped))
+    assert found == ["a/b/z.webp", "a/inside.jpg", "a/y.png", "x.JPG"]
+    reasons = {Path(p).name: r for p, r in skipped}
+    assert reasons["link_out"] == "symlink leaves the pool root"
+    assert reasons["file_out.jpg"] == "symlink leaves the pool root"
+    assert reasons["dangling.jpg"] == "broken symlink"
+
+
+def test_manifests_txt_csv_jsonl(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    images = make_pool(tmp_path / "imgs", n=4, size=32)
+    (tmp_path / "list.txt").write_text("# comment\n" + "\n".join(f"imgs/{p.name}" for p in images[:3]) + "\n\n")
+    (tmp_path / "list.csv").write_text("id,path\n" + "".join(f"{i},imgs/{p.name}\n" for i, p in enumerate(images)))
+    (tmp_path / "list.jsonl").write_text(
+        json.dumps({"path": str(images[0])}) + "\n" + json.dumps(f"imgs/{images[1].name}") + "\n"
+    )
+    expected = {"list.txt": 3, "list.csv": 4, "list.jsonl": 2}
+    for name, n in expected.items():
+        _, report = scan_pool(store, resolve_pool(tmp_path / name), EXT)
+        assert report.files == n, name
+    (tmp_path / "broken.jsonl").write_text('{"path": "a.jpg"}\nnot json\n')
+    with pytest.raises(PoolError, match=r"broken.jsonl line 2: invalid JSON"):
+        scan_pool(store, resolve_pool(tmp_path / "broken.jsonl"), EXT)
+    (tmp_path / "missing.txt").write_text("imgs/none.jpg\n")
+    _, report = scan_pool(store, resolve_pool(tmp_path / "missing.txt"), EXT)
+    assert report.files == 0 and report.skipped[0][1] == "file not found"
+    store.close()
+
+
+def test_content_ids_are_stable_across_moves_and_duplicates_collapse(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    root = tmp_path / "pool"
+    paths = make_pool(root, n=5, size=32)
+    shutil.copy(paths[0], root / "copy_of_0.jpg")
+    source = resolve_pool(root)
+    pool_id, report = scan_pool(store, source, EXT)
+    assert report.files == 6 and report.new_items == 5 and report.duplicate_paths == 1
+    ids_before = {p: k.item_id for p, k in store.known_paths(pool_id).items()}
+    assert ids_before["copy_of_0.jpg"] == ids_before[paths[0].name]
+
+    # unchanged rescan: nothing hashed
+    _, report = scan_pool(store, source, EXT)
+    assert report.hashed == 0 and report.new_items == 0
+
+    # rename + move into a subfolder: same item, no new item
+    (root / "sub").mkdir()
+    paths[1].rename(root / "sub" / "renamed.jpg")
+    _, report = scan_pool(store, source, EXT)
+    assert report.new_items == 0 and report.removed == 1
+    ids_after = {p: k.item_id for p, k in store.known_paths(pool_id).items()}
+    assert ids_after["sub/renamed.jpg"] == ids_before[paths[1].name]
+    assert paths[1].name not in ids_after
+
+    # content change: a new item
+    paths[2].write_bytes(paths[2].read_bytes() + b"\x00")
+    os.utime(paths[2], ns=(1, 1))
+    _, report = scan_pool(store, source, EXT)
+    assert report.new_items == 1
+    assert content_id(paths[2]) != content_id(paths[3])
+    store.close()
+
+
+def test_unreadable_file_is_reported_not_fatal(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root can read any file")
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    root = tmp_path / "pool"
+    paths = make_pool(root, n=2, size=32)
+    paths[0].chmod(0)
+    _, report = scan_pool(store, resolve_pool(root), EXT)
+    assert report.files == 1 and "cannot read" in report.skipped[0][1]
+    store.close()

@@ -1,0 +1,232 @@
+"""Store tests, each run on SQLite and on the real Postgres server."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from store.db import current_revision, head_revision
+from store.errors import DatabaseError, DatabaseURLError
+from store.repository import ScannedFile, ScoredChunk, Store
+from store.schema import Base
+
+
+def _register(store: Store, n: int, pool: str = "/pool") -> tuple[int, list[int]]:
+    pool_id = store.get_or_create_pool(pool, "directory", pool)
+    files = [ScannedFile(f"img_{i}.jpg", 100 + i, 1_000 + i, f"{i:032x}") for i in range(n)]
+    store.apply_scan(pool_id, files, [])
+    known = store.known_paths(pool_id)
+    return pool_id, [known[f"img_{i}.jpg"].item_id for i in range(n)]
+
+
+def _mv(store: Store, version: str = "m-1", task: str = "classify", k: int = 3) -> int:
+    return store.register_model_version(
+        version=version,
+        source="m.pt",
+        format="ultralytics",
+        task=task,
+        class_names=[f"c{i}" for i in range(k)],
+        imgsz=64,
+        embedding_dim=4,
+    ).id
+
+
+def _chunk(item_ids: list[int], rng: np.random.Generator, k: int = 3) -> ScoredChunk:
+    chunk = ScoredChunk()
+    for i in item_ids:
+        p = rng.dirichlet(np.ones(k)).astype(np.float32)
+        chunk.predictions.append(
+            {
+                "item_id": i,
+                "status": "ok",
+                "problem": None,
+                "width": 64,
+                "height": 48,
+                "probs": p.astype("<f4").tobytes(),
+                "n_boxes": 0,
+                "boxes": None,
+                "box_conf": None,
+                "box_scores": None,
+                "polygons": None,
+            }
+        )
+        e = rng.normal(size=4).astype(np.float32)
+        chunk.embeddings.append({"item_id": i, "vector": (e / np.linalg.norm(e)).astype("<f2").tobytes()})
+        chunk.decoded.append((i, 64, 48))
+    return chunk
+
+
+def test_migrations_run_on_first_use_and_match_the_models(db_url: str) -> None:
+    store = Store.open(db_url)
+    assert current_revision(store.engine) == head_revision()
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], f"migrations and store/schema.py disagree: {diff}"
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"items", "item_paths", "predictions", "embeddings", "selections", "selection_items"} <= tables
+    store.close()
+    Store.open(db_url).close()  # second open: no migration, no error
+
+
+def test_scan_registration_and_duplicates(db_url: str) -> None:
+    store = Store.open(db_url)
+    pool_id = store.get_or_create_pool("/pool", "directory", "/pool")
+    files = [
+        ScannedFile("a.jpg", 1, 1, "aa"),
+        ScannedFile("b.jpg", 1, 1, "bb"),
+        ScannedFile("c.jpg", 1, 1, "aa"),
+    ]
+    new, dups = store.apply_scan(pool_id, files, [])
+    assert (new, dups) == (2, 1)
+    new, dups = store.apply_scan(pool_id, [], ["c.jpg"])
+    assert (new, dups) == (0, 0)
+    assert set(store.known_paths(pool_id)) == {"a.jpg", "b.jpg"}
+    assert store.get_or_create_pool("/pool", "directory", "/pool") == pool_id
+    store.close()
+
+
+def test_chunks_round_trip_and_resume(db_url: str) -> None:
+    rng = np.random.default_rng(0)
+    store = Store.open(db_url)
+    pool_id, ids = _register(store, 10)
+    mv = _mv(store)
+    assert len(store.items_to_score(pool_id, mv)) == 10
+    run = store.start_run(mv, pool_id, 10, "cpu", 4)
+    chunk = _chunk(ids[:4], rng)
+    chunk.failures.append((ids[4], "corrupt image: truncated"))
+    store.write_chunk(run, mv, chunk)
+    # a "crash" here: the next run only sees the 5 items not yet done
+    todo = store.items_to_score(pool_id, mv)
+    assert [i for i, _ in todo] == ids[5:]
+    assert len(store.items_to_score(pool_id, mv, rescore=True)) == 9  # failed items never come back
+    store.write_chunk(run, mv, _chunk(ids[5:], rng))
+    store.finish_run(run, "completed", 12.5)
+    assert store.items_to_score(pool_id, mv) == []
+
+    scores = store.candidate_classification(pool_id, mv)
+    assert list(scores.item_ids) == sorted(ids[:4] + ids[5:])
+    assert scores.probs.shape == (9, 3) and np.allclose(scores.probs.sum(axis=1), 1, atol=1e-5)
+    emb, found = store.load_embeddings(mv, scores.item_ids[::-1].copy(), 4)
+    assert found.all() and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-2)
+    counts = store.status_counts(pool_id, mv)
+    assert counts["items"] == 10 and counts["failed"] == 1 and counts["scored"] == 9 and counts["unscored"] == 0
+    assert store.failures(pool_id) == [("img_4.jpg", "corrupt image: truncated")]
+    runs = store.recent_runs()
+    assert runs[0]["scored"] == 9 and runs[0]["failed"] == 1 and runs[0]["status"] == "completed"
+
+    # rescoring the same item replaces its row instead of duplicating it
+    store.write_chunk(run, mv, _chunk(ids[:1], rng))
+    assert len(store.candidate_classification(pool_id, mv).item_ids) == 9
+    store.close()
+
+
+def test_invalid_and_selected_items_are_not_candidates(db_url: str) -> None:
+    rng = np.random.default_rng(1)
+    store = Store.open(db_url)
+    pool_id, ids = _register(store, 6)
+    mv = _mv(store)
+    run = store.start_run(mv, pool_id, 6, "cpu", 4)
+    chunk = _chunk(ids, rng)
+    chunk.predictions[0]["status"] = "invalid"
+    chunk.predictions[0]["problem"] = "model output contains NaN or infinity"
+    chunk.n_invalid = 1
+    store.write_chunk(run, mv, chunk)
+    sel = store.record_selection(
+        pool_id=pool_id,
+        model_version_id=mv,
+        strategy="entropy",
+        options={},
+        budget=2,
+        item_ids=[ids[1], ids[2]],
+        scores=[0.9, 0.8],
+    )
+    items = store.selection_items(sel)
+    assert [(i.item_id, i.rank) for i in items] == [(ids[1], 1), (ids[2], 2)]
+    assert items[0].path == "img_1.jpg" and len(items[0].content_id) == 32
+    cands = store.candidate_classification(pool_id, mv)
+    assert list(cands.item_ids) == ids[3:]
+    assert list(store.reference_item_ids(pool_id)) == [ids[1], ids[2]]
+    counts = store.status_counts(pool_id, mv)
+    assert counts["invalid"] == 1 and counts["selected"] == 2
+    store.close()
+
+
+def test_detection_blobs_round_trip(db_url: str) -> None:
+    store = Store.open(db_url)
+    pool_id, ids = _register(store, 3)
+    mv = _mv(store, "det-1", "detect", k=2)
+    run = store.start_run(mv, pool_id, 3, "cpu", 4)
+    chunk = ScoredChunk()
+    boxes = {ids[0]: 2, ids[1]: 0, ids[2]: 1}
+    for i, n in boxes.items():
+        chunk.predictions.append(
+            {
+                "item_id": i,
+                "status": "ok",
+                "problem": None,
+                "width": 100,
+                "height": 80,
+                "probs": None,
+                "n_boxes": n,
+                "boxes": np.arange(4 * n, dtype="<f4").tobytes(),
+                "box_conf": np.full(n, 0.5, "<f4").tobytes(),
+                "box_scores": np.full((n, 2), 0.25, "<f2").tobytes(),
+                "polygons": None,
+            }
+        )
+        chunk.decoded.append((i, 100, 80))
+    store.write_chunk(run, mv, chunk)
+    det = store.candidate_detection(pool_id, mv, 2)
+    assert list(det.n_boxes) == [2, 0, 1]
+    assert list(det.box_image_index) == [0, 0, 2]
+    assert det.box_scores.shape == (3, 2)
+    pred = store.prediction(ids[0], mv, 2)
+    assert pred is not None and pred.boxes.shape == (2, 4) and pred.boxes[1, 3] == 7
+    store.close()
+
+
+def _open_and_migrate(url: str) -> str:
+    try:
+        Store.open(url).close()
+        return "ok"
+    except Exception as exc:
+        return repr(exc)
+
+
+def test_concurrent_first_use_migrates_once(db_url: str) -> None:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        results = pool.map(_open_and_migrate, [db_url] * 3)
+    assert results == ["ok", "ok", "ok"]
+
+
+def test_bad_urls_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseURLError, match="invalid database URL"):
+        Store.open("not a url")
+    with pytest.raises(DatabaseURLError, match="unsupported database URL"):
+        Store.open("nosuchdb://x/y")
+    with pytest.raises(DatabaseError, match=r"directory .* does not exist"):
+        Store.open(f"sqlite:///{tmp_path}/missing/dir/c.db")
+
+
+def test_unreachable_postgres_error_hides_password() -> None:
+    url = "postgresql+psycopg://curate:hunter2secret@127.0.0.1:1/curate"
+    with pytest.raises(DatabaseError) as info:
+        Store.open(url)
+    assert "hunter2secret" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value) and "***" in str(info.value)
+
+
+def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    Store.open(url).close()
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
