@@ -72,11 +72,13 @@ class ModelSettings(_Section):
 class ScoringSettings(_Section):
     device: str = "auto"
     """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    """Images per forward pass; default: 64 (CUDA) or 32 (CPU) for classification, 32 (CUDA) or 8 (CPU) for
+    detection and segmentation (large activations thrash a CPU's caches at bigger batches)."""
     workers: int | None = Field(default=None, ge=0, le=64)
     """DataLoader worker processes; default: min(4, CPU count)."""
-    half: bool | None = None
-    """fp16 inference; default: on for CUDA, off for CPU."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """``auto``: fp16 on CUDA; bf16 on CPUs with native bf16 (AMX / AVX512-BF16); fp32 otherwise."""
     chunk_size: int = Field(default=512, ge=1)
     """Items per database commit: an interrupted run loses at most this much work."""
     box_conf: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -255,9 +257,9 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
 def _has(data: Mapping[str, Any], path: tuple[str | int, ...]) -> bool:
     node: Any = data
     for part in path:
-        if (isinstance(node, Mapping) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         else:
             return False

@@ -93,7 +93,7 @@ def load_runtime(settings: Settings) -> ModelRuntime:
     runtime = load_model(
         settings.model,
         device,
-        half=settings.scoring.half,
+        precision=settings.scoring.precision,
         detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
     )
     size = runtime.info.imgsz

@@ -77,6 +77,14 @@ def _worker_init(_worker_id: int) -> None:
         pass
 
 
+def default_batch_size(requested: int | None, task: str, device: torch.device) -> int:
+    if requested is not None:
+        return requested
+    if task == "classify":
+        return 64 if device.type == "cuda" else 32
+    return 32 if device.type == "cuda" else 8
+
+
 def default_workers(requested: int | None) -> int:
     if requested is not None:
         return requested
@@ -135,10 +143,11 @@ def score_items(
     if not items:
         return report
     workers = default_workers(settings.workers)
+    batch_size = default_batch_size(settings.batch_size, runtime.info.task, runtime.device)
     dataset = PoolDataset([p for _, p in items], runtime.info.preprocess, runtime.info.imgsz, max_pixels)
     loader = DataLoader(
         dataset,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=runtime.device.type == "cuda",
@@ -146,7 +155,7 @@ def score_items(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    run_id = store.start_run(model_version_id, pool_id, len(items), str(runtime.device), settings.batch_size)
+    run_id = store.start_run(model_version_id, pool_id, len(items), str(runtime.device), batch_size)
     report.run_id = run_id
     chunk = ScoredChunk()
     start = time.perf_counter()
