@@ -17,7 +17,7 @@ def test_defaults_without_any_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     s = load_settings(None, {}, environ={})
     assert s.db == "sqlite:///curate.db"
-    assert s.scoring.batch_size == 32
+    assert s.scoring.batch_size is None  # chosen per task and device at run time
     assert s.strategy.detection.empty == 1.0
 
 
