@@ -121,9 +121,9 @@ def ranking_agreement(a: dict[str, float], b: dict[str, float], top: float = 0.1
     }
 
 
-def bench_forward(runtime: object, imgsz: int, batch: int, n: int) -> float:
+def bench_forward(runtime: object, shape: tuple[int, int], batch: int, n: int) -> float:
     """The ceiling: uint8 batches already in memory, forward pass only (no decode, no NMS, no database)."""
-    x = torch.randint(0, 255, (batch, 3, imgsz, imgsz), dtype=torch.uint8)
+    x = torch.randint(0, 255, (batch, 3, *shape), dtype=torch.uint8)
     if runtime.device.type == "cuda":  # type: ignore[attr-defined]
         x = x.pin_memory()
     runtime.forward(x)  # type: ignore[attr-defined]
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--task", choices=sorted(ARCH), default="classify")
     parser.add_argument("--imgsz", type=int, default=None, help="default 224 classify, 640 detect/segment")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: curate's per-task default")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
@@ -153,16 +153,22 @@ def main() -> None:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     model = ARCH[args.task]
+    from curation.images import rect_shape
+    from curation.scoring import default_batch_size
+
+    batch = default_batch_size(args.batch_size, args.task, torch.device(device))
+    # the canvas curate feeds the network: square crops for classification, 4:3 rectangles for 640x480 photos
+    shape = (imgsz, imgsz) if args.task == "classify" else rect_shape(640, 480, imgsz)
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"
         paths = make_images(pool, args.images)
         naive = bench_naive(model, paths, imgsz, device)
-        cur = bench_curate(model, pool, imgsz, device, args.batch_size, args.workers, "auto")
-        forward = bench_forward(cur["runtime"], imgsz, args.batch_size, args.images)
+        cur = bench_curate(model, pool, imgsz, device, batch, args.workers, "auto")
+        forward = bench_forward(cur["runtime"], shape, batch, args.images)
         precision = cur["runtime"].precision
         if precision != "fp32":
-            cur32 = bench_curate(model, pool, imgsz, device, args.batch_size, args.workers, "fp32")
-            forward32 = bench_forward(cur32["runtime"], imgsz, args.batch_size, args.images)
+            cur32 = bench_curate(model, pool, imgsz, device, batch, args.workers, "fp32")
+            forward32 = bench_forward(cur32["runtime"], shape, batch, args.images)
             agreement = ranking_agreement(cur32["uncertainty"], cur["uncertainty"])
         else:
             cur32, forward32, agreement = cur, forward, None
@@ -176,7 +182,7 @@ def main() -> None:
         "model": model,
         "imgsz": imgsz,
         "images": args.images,
-        "batch_size": args.batch_size,
+        "batch_size": batch,
         "device": device,
         "precision": precision,
         "machine": machine,
@@ -196,7 +202,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.task} {model} @ {imgsz}px, {args.images} images, batch {args.batch_size}, {device} ({machine})")
+    print(f"{args.task} {model} @ {imgsz}px, {args.images} images, batch {batch}, {device} ({machine})")
     print(f"  naive YOLO.predict loop (fp32)     : {result['naive_images_per_s']:8.1f} img/s")
     print(
         f"  curate score ({precision:>4})              : {result['curate_images_per_s']:8.1f} img/s  "

@@ -76,7 +76,10 @@ class ScoringSettings(_Section):
     """Images per forward pass; default: 64 (CUDA) or 32 (CPU) for classification, 32 (CUDA) or 8 (CPU) for
     detection and segmentation (large activations thrash a CPU's caches at bigger batches)."""
     workers: int | None = Field(default=None, ge=0, le=64)
-    """DataLoader worker processes; default: min(4, CPU count)."""
+    """Decoding worker processes; default: min(8, cores) with CUDA, else a third of the cores (at least 1)."""
+    threads: int | None = Field(default=None, ge=1, le=256)
+    """CPU inference threads; default: for classification the cores the decoding workers leave free (at least
+    1), for detection and segmentation all cores (their forward pass dominates)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """``auto``: fp16 on CUDA; bf16 on CPUs with native bf16 (AMX / AVX512-BF16); fp32 otherwise."""
     chunk_size: int = Field(default=512, ge=1)

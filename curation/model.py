@@ -45,6 +45,7 @@ class ModelInfo:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output: str = "probs"  # what a TorchScript model returns: "logits" (softmax applied here) or "probs"
+    stride: int = 32  # input sides must be multiples of this (detection)
 
 
 @dataclass
@@ -407,6 +408,7 @@ def _load_ultralytics(
     trained_imgsz = train_args.get("imgsz") if isinstance(train_args, dict) else None
     imgsz = settings.imgsz or (trained_imgsz if isinstance(trained_imgsz, int) else None)
     imgsz = imgsz or (224 if task == "classify" else 640)
+    stride = 32
     if task != "classify":
         stride = int(max(getattr(net, "stride", torch.tensor([32])).max().item(), 32))
         imgsz = int(np.ceil(imgsz / stride) * stride)
@@ -419,6 +421,7 @@ def _load_ultralytics(
         version=version,
         imgsz=imgsz,
         preprocess="center_crop" if task == "classify" else "letterbox",
+        stride=stride,
     )
     net.eval()
     head: Any = net.model[-1]
@@ -431,6 +434,9 @@ def _load_ultralytics(
         # bf16 keeps ~3 significant digits: enough for convolutions, not for the layers that produce numbers we
         # store. Box distances (DFL) and class logits run in fp32: boxes stay within ~0.5 px of fp32, not ~2 px.
         _run_in_fp32(head.linear if task == "classify" else getattr(head, "dfl", None), device)
+    for module in net.modules():
+        if isinstance(module, torch.nn.SiLU | torch.nn.ReLU):
+            module.inplace = True  # inference only: no autograd needs the pre-activation, skip one allocation
     net.to(memory_format=torch.channels_last)  # oneDNN and cuDNN both run NHWC convolutions faster
     if precision == "fp16":
         net.half()

@@ -15,7 +15,7 @@ from curation.images import Geometry
 from curation.model import DetectionOptions, ModelRuntime, load_model, resolve_device
 from curation.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
 from curation.progress import NullProgress, Progress
-from curation.scoring import ScoringReport, score_items
+from curation.scoring import ScoreJob, ScoringReport, score_items
 from curation.selection import (
     FALLBACK_MEASURE,
     SelectionResult,
@@ -151,7 +151,7 @@ def score(
     runtime = runtime or load_runtime(settings)
     mv = register_model(store, runtime)
     todo = store.items_to_score(pool_id, mv.id, rescore=rescore)
-    items = [(item_id, absolute_path(source.root, path)) for item_id, path in todo]
+    items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
     report = score_items(store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress)
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)
 

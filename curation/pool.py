@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from curation.errors import PoolError
+from curation.images import original_size
 from store.repository import ScannedFile, Store
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
@@ -235,9 +236,14 @@ def scan_pool(
     def _hash(job: tuple[str, Path, int, int]) -> ScannedFile | tuple[str, str, str]:
         key, path, size, mtime_ns = job
         try:
-            return ScannedFile(key, size, mtime_ns, content_id(path))
+            digest = content_id(path)
         except OSError as exc:
             return (key, str(path), f"cannot read: {exc.strerror or exc}")
+        try:
+            width, height = original_size(path)
+        except Exception:  # not an image: decoding will fail later and record the reason once
+            return ScannedFile(key, size, mtime_ns, digest)
+        return ScannedFile(key, size, mtime_ns, digest, width, height)
 
     with ThreadPoolExecutor(max_workers=hash_workers) as pool:  # hashlib releases the GIL on large buffers
         for done, result in enumerate(pool.map(_hash, to_hash), start=1):

@@ -16,12 +16,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from curation.config import ScoringSettings
-from curation.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, stretch
+from curation.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
 from curation.model import ItemOutput, ModelRuntime
 from curation.progress import NullProgress, Progress
 from store.repository import ScoredChunk, Store, encode_polygons
 
-_PREPROCESS = {"letterbox": letterbox, "center_crop": center_crop, "stretch": stretch}
+_PREPROCESS = {"center_crop": center_crop, "stretch": stretch}
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One item to score; ``width``/``height`` (from the file header, if known) let detection batch by shape."""
+
+    item_id: int
+    path: Path
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,19 @@ class Sample:
 class PoolDataset(Dataset[Sample]):
     """Decodes one image per index; a bad file yields an error sample instead of raising."""
 
-    def __init__(self, paths: Sequence[Path], preprocess: str, imgsz: int, max_pixels: int) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        preprocess: str,
+        imgsz: int,
+        max_pixels: int,
+        shapes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
         self.imgsz = imgsz
         self.max_pixels = max_pixels
+        self.shapes = list(shapes) if shapes is not None else [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -47,7 +65,11 @@ class PoolDataset(Dataset[Sample]):
     def __getitem__(self, position: int) -> Sample:
         try:
             decoded = load_rgb(self.paths[position], self.max_pixels, target=self.imgsz)
-            array, geometry = _PREPROCESS[self.preprocess](decoded.rgb, self.imgsz, decoded.width, decoded.height)
+            if self.preprocess == "letterbox":
+                shape = self.shapes[position]
+                array, geometry = letterbox(decoded.rgb, self.imgsz, decoded.width, decoded.height, shape)
+            else:
+                array, geometry = _PREPROCESS[self.preprocess](decoded.rgb, self.imgsz, decoded.width, decoded.height)
         except ImageDecodeError as exc:
             return Sample(position, None, None, str(exc))
         except MemoryError:
@@ -85,10 +107,32 @@ def default_batch_size(requested: int | None, task: str, device: torch.device) -
     return 32 if device.type == "cuda" else 8
 
 
-def default_workers(requested: int | None) -> int:
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(requested: int | None, device: torch.device | None = None) -> int:
+    """Decoding processes. With CUDA the CPU only decodes; on a CPU the cores are shared with inference, where
+    a batch costs more than its decoding, so decoding gets about a third of them."""
     if requested is not None:
         return requested
-    return max(0, min(4, (os.cpu_count() or 1)))
+    cores = _cores()
+    if device is not None and device.type == "cuda":
+        return min(8, cores)
+    return max(1, cores // 3)
+
+
+def default_threads(requested: int | None, workers: int, task: str) -> int:
+    """CPU inference threads. A small classifier's forward pass costs about as much as decoding its input, so
+    the cores are split between them (oversubscribing 2 cores costs ~20 %); a detector's forward pass is ~6x its
+    decoding, so it keeps every core and the workers fill the gaps."""
+    if requested is not None:
+        return requested
+    cores = _cores()
+    return max(1, cores - workers) if task == "classify" else cores
 
 
 @dataclass
@@ -127,12 +171,40 @@ def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry) -> dict
     }
 
 
+def shape_batches(
+    jobs: Sequence[ScoreJob], preprocess: str, imgsz: int, stride: int, batch_size: int
+) -> tuple[list[tuple[int, int] | None], list[list[int]]]:
+    """Per-item canvas shapes and batches of equal shape.
+
+    Detection letterboxes each image to the smallest stride-aligned rectangle (as Ultralytics' ``rect`` does)
+    instead of a square; items are grouped by that shape so that every batch stacks. Items whose size is unknown
+    get the square canvas.
+    """
+    shapes: list[tuple[int, int] | None] = [
+        rect_shape(j.width, j.height, imgsz, stride) if preprocess == "letterbox" and j.width and j.height else None
+        for j in jobs
+    ]
+    square = (imgsz, imgsz)
+    order = sorted(range(len(jobs)), key=lambda i: (shapes[i] or square, i))
+    batches: list[list[int]] = []
+    for position in order:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (shapes[batches[-1][0]] or square) == (shapes[position] or square)
+        ):
+            batches[-1].append(position)
+        else:
+            batches.append([position])
+    return shapes, batches
+
+
 def score_items(
     store: Store,
     runtime: ModelRuntime,
     model_version_id: int,
     pool_id: int,
-    items: Sequence[tuple[int, Path]],
+    items: Sequence[ScoreJob],
     settings: ScoringSettings,
     max_pixels: int,
     progress: Progress | None = None,
@@ -142,12 +214,14 @@ def score_items(
     report = ScoringReport(todo=len(items))
     if not items:
         return report
-    workers = default_workers(settings.workers)
+    workers = default_workers(settings.workers, runtime.device)
     batch_size = default_batch_size(settings.batch_size, runtime.info.task, runtime.device)
-    dataset = PoolDataset([p for _, p in items], runtime.info.preprocess, runtime.info.imgsz, max_pixels)
+    info = runtime.info
+    shapes, batches = shape_batches(items, info.preprocess, info.imgsz, info.stride, batch_size)
+    dataset = PoolDataset([j.path for j in items], info.preprocess, info.imgsz, max_pixels, shapes)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=runtime.device.type == "cuda",
@@ -155,6 +229,9 @@ def score_items(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
+    threads_before = torch.get_num_threads()
+    if runtime.device.type == "cpu":
+        torch.set_num_threads(default_threads(settings.threads, workers, runtime.info.task))
     run_id = store.start_run(model_version_id, pool_id, len(items), str(runtime.device), batch_size)
     report.run_id = run_id
     chunk = ScoredChunk()
@@ -174,14 +251,14 @@ def score_items(
     try:
         for batch in loader:
             for position, reason in batch["failures"]:
-                item_id, path = items[position]
+                item_id, path = items[position].item_id, items[position].path
                 chunk.failures.append((item_id, reason))
                 report.failures.append((str(path), reason))
                 progress.warn(f"skipped {path}: {reason}")
             if batch["images"] is not None:
                 outputs = runtime.infer(batch["images"], batch["geometries"])
                 for position, geometry, output in zip(batch["positions"], batch["geometries"], outputs, strict=True):
-                    item_id, path = items[position]
+                    item_id, path = items[position].item_id, items[position].path
                     chunk.predictions.append(prediction_row(item_id, output, geometry))
                     chunk.embeddings.append(
                         {"item_id": item_id, "vector": np.asarray(output.embedding, "<f2").tobytes()}
@@ -204,6 +281,7 @@ def score_items(
         status = "interrupted"
         raise
     finally:
+        torch.set_num_threads(threads_before)
         report.seconds = time.perf_counter() - start
         progress.finish()
         store.finish_run(run_id, status, report.images_per_s if status == "completed" else None)

@@ -51,6 +51,16 @@ class ScannedFile:
     size: int
     mtime_ns: int
     content_id: str
+    width: int | None = None  # from the header (EXIF-oriented), if readable
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemToScore:
+    item_id: int
+    path: str
+    width: int | None
+    height: int | None
 
 
 @dataclass(frozen=True)
@@ -220,13 +230,20 @@ class Store:
                 )
             for start in range(0, len(changed), BATCH):
                 chunk = changed[start : start + BATCH]
-                contents = {f.content_id: f.size for f in chunk}
+                contents = {f.content_id: f for f in chunk}
                 before = conn.execute(select(func.count()).select_from(Item)).scalar_one()
                 conn.execute(
                     self._insert(Item).on_conflict_do_nothing(index_elements=["content_id"]),
                     [
-                        {"content_id": c, "size": s, "status": "new", "created_at": utcnow()}
-                        for c, s in contents.items()
+                        {
+                            "content_id": c,
+                            "size": f.size,
+                            "status": "new",
+                            "width": f.width,
+                            "height": f.height,
+                            "created_at": utcnow(),
+                        }
+                        for c, f in contents.items()
                     ],
                 )
                 new_items += conn.execute(select(func.count()).select_from(Item)).scalar_one() - before
@@ -340,11 +357,11 @@ class Store:
             .subquery()
         )
 
-    def items_to_score(self, pool_id: int, model_version_id: int, rescore: bool = False) -> list[tuple[int, str]]:
+    def items_to_score(self, pool_id: int, model_version_id: int, rescore: bool = False) -> list[ItemToScore]:
         """Items of the pool without a prediction under this model version (all decodable ones if rescore)."""
         pool_items = self._pool_items(pool_id)
         stmt = (
-            select(pool_items.c.item_id, pool_items.c.path)
+            select(pool_items.c.item_id, pool_items.c.path, Item.width, Item.height)
             .join(Item, Item.id == pool_items.c.item_id)
             .where(Item.status != "failed")
             .order_by(pool_items.c.item_id)
@@ -357,7 +374,7 @@ class Store:
                 )
             )
         with self._tx() as conn:
-            return [(int(r.item_id), str(r.path)) for r in conn.execute(stmt)]
+            return [ItemToScore(int(r.item_id), str(r.path), r.width, r.height) for r in conn.execute(stmt)]
 
     def start_run(self, model_version_id: int, pool_id: int, n_todo: int, device: str, batch_size: int) -> int:
         with self._tx() as conn:

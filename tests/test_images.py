@@ -85,3 +85,39 @@ def test_letterbox_geometry_maps_back_to_original() -> None:
 def test_center_crop_size() -> None:
     crop, _ = center_crop(np.zeros((50, 200, 3), np.uint8), 32, 200, 50)
     assert crop.shape == (32, 32, 3)
+
+
+def test_rect_shape_is_stride_aligned_and_keeps_the_long_side() -> None:
+    from curation.images import rect_shape
+
+    assert rect_shape(640, 480, 640) == (480, 640)
+    assert rect_shape(480, 640, 640) == (640, 480)
+    assert rect_shape(1920, 1080, 640) == (384, 640)  # 360 rounded up to the stride
+    assert rect_shape(100, 100, 640) == (640, 640)
+    assert rect_shape(5000, 10, 640, stride=32) == (32, 640)
+
+
+def test_letterbox_to_a_rectangle_maps_back_to_original() -> None:
+    from curation.images import rect_shape
+
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    rgb[100:140, 300:360] = 255
+    shape = rect_shape(640, 480, 320)
+    canvas, geo = letterbox(rgb, 320, 640, 480, shape)
+    assert canvas.shape == (*shape, 3) == (256, 320, 3)
+    ys, xs = np.nonzero(canvas[..., 0] > 200)
+    assert abs((xs.min() - geo.pad_x) / geo.scale - 300) <= 2
+    assert abs((ys.min() - geo.pad_y) / geo.scale - 100) <= 2
+
+
+def test_shape_batches_never_mix_shapes() -> None:
+    from curation.scoring import ScoreJob, shape_batches
+
+    dims = [(640, 480), (480, 640), (640, 480), (None, None), (640, 480), (480, 640)]
+    jobs = [ScoreJob(i, Path(f"{i}.jpg"), w, h) for i, (w, h) in enumerate(dims)]
+    shapes, batches = shape_batches(jobs, "letterbox", 320, 32, batch_size=2)
+    assert sorted(p for b in batches for p in b) == list(range(6))
+    for batch in batches:
+        assert len({shapes[p] or (320, 320) for p in batch}) == 1 and len(batch) <= 2
+    shapes, batches = shape_batches(jobs, "center_crop", 224, 32, batch_size=4)
+    assert shapes == [None] * 6 and [len(b) for b in batches] == [4, 2]

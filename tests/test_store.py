@@ -103,7 +103,7 @@ def test_chunks_round_trip_and_resume(db_url: str) -> None:
     store.write_chunk(run, mv, chunk)
     # a "crash" here: the next run only sees the 5 items not yet done
     todo = store.items_to_score(pool_id, mv)
-    assert [i for i, _ in todo] == ids[5:]
+    assert [t.item_id for t in todo] == ids[5:]
     assert len(store.items_to_score(pool_id, mv, rescore=True)) == 9  # failed items never come back
     store.write_chunk(run, mv, _chunk(ids[5:], rng))
     store.finish_run(run, "completed", 12.5)
