@@ -59,6 +59,10 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding worker processes.")]
 RescoreOpt = Annotated[bool, typer.Option("--rescore", help="Score again items this model version already scored.")]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", "-p", help="Label Studio project title or id (label_studio.project).")
+]
+StrategyOpt = Annotated[str | None, typer.Option("--strategy", "-s", help="Strategy name (see README).")]
 
 
 class RichProgress:
@@ -228,9 +232,10 @@ def score(
 @app.command()
 def select(
     budget: Annotated[int | None, typer.Option("--budget", "-n", help="How many items to select.")] = None,
-    strategy: Annotated[str | None, typer.Option("--strategy", "-s", help="Strategy name (see docs).")] = None,
+    strategy: StrategyOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection to FILE.jsonl or .csv.")] = None,
     push: Annotated[bool, typer.Option("--push/--no-push", help="Push the selection to Label Studio.")] = True,
+    project: ProjectOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for random choices.")] = None,
     pool: PoolOpt = None,
     model: ModelOpt = None,
@@ -253,6 +258,7 @@ def select(
         overrides[("select", "out")] = (str(out) if out else None, "--out")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides[("strategy", "seed")] = (seed, "--seed")
+        overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
         with pipeline.open_store(settings) as store:
@@ -262,6 +268,7 @@ def select(
                 budget=settings.select.budget,
                 out=out_path,
                 rescore=rescore,
+                push=push,
                 progress=_progress(json_out),
             )
         _report_selection(outcome, json_out)
@@ -291,6 +298,22 @@ def _report_selection(outcome: Any, json_out: bool) -> None:
     out_console.print(table)
     if summary["out"]:
         err_console.print(f"Wrote {summary['selected']} rows to {summary['out']}")
+    if "push" in summary:
+        _print_push(summary["push"])
+
+
+def _print_push(push: dict[str, Any]) -> None:
+    line = (
+        f"Label Studio: pushed {push['pushed']} task(s) to project [bold]{push['project']}[/bold] "
+        f"(#{push['project_id']}{', created' if push['created_project'] else ''}); queue {push['queue_size']} "
+        f"task(s), served by lowest score under model_version {push['model_version_tag']}"
+    )
+    err_console.print(line, highlight=False)
+    if push["reconciled"]:
+        err_console.print(f"  reconciled {push['reconciled']} task(s) already in Label Studio (no duplicates made)")
+    for path in push["missing_files"]:
+        err_console.print(f"[yellow]warning:[/yellow] not pushed, file no longer in the pool: {path}", highlight=False)
+    err_console.print(f"  {push['project_url']}", highlight=False)
 
 
 @app.command()
@@ -300,28 +323,63 @@ def demo(
     ),
     budget: Annotated[int, typer.Option("--budget", "-n", help="How many items to select.")] = 20,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the demo directory first.")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep Label Studio running until Ctrl-C (default).")
+    ] = True,
+    push: Annotated[bool, typer.Option("--push/--no-push", help="Start Label Studio and push the queue.")] = True,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Label Studio port (default 8080, else a free one).")
+    ] = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Offline demo: generate a pool with broken files, train a tiny model, select what to label next."""
+    """Offline demo: generate a pool with broken files, train a tiny model, start a local Label Studio and push
+    the selection into it as a prioritized queue."""
     with _handled(debug):
         from curation import pipeline
-        from curation.demo import prepare_demo
+        from curation.demo import DEMO_PROJECT, prepare_demo, start_demo_label_studio
 
         progress = _progress(json_out)
         assets = prepare_demo(directory, fresh=fresh, progress=progress)
         overrides = _common(db or assets.db_url, str(assets.pool), str(assets.model))
         overrides[("select", "out")] = (str(assets.root / "selection.jsonl"), "--out")
-        settings = _settings(config, overrides)
-        with pipeline.open_store(settings) as store:
-            outcome = pipeline.select(store, settings, budget=budget, out=Path(settings.select.out), progress=progress)
-        _report_selection(outcome, json_out)
-        if not json_out:
-            err_console.print(
-                f"\nDemo files are in {assets.root}. Try: curate status --db {settings.db} --pool {assets.pool}"
-            )
+        server = login = None
+        if push:
+            err_console.print("Starting a local Label Studio (the first run installs it into its own virtualenv)…")
+            server, login = start_demo_label_studio(assets.root, port)
+            overrides[("label_studio", "url")] = (server.url, "demo")
+            overrides[("label_studio", "api_key")] = (login.api_key, "demo")
+            overrides[("label_studio", "project")] = (DEMO_PROJECT, "demo")
+            overrides[("label_studio", "document_root")] = (str(assets.root), "demo")
+        try:
+            settings = _settings(config, overrides)
+            with pipeline.open_store(settings) as store:
+                outcome = pipeline.select(
+                    store, settings, budget=budget, out=Path(settings.select.out), push=push, progress=progress
+                )
+            _report_selection(outcome, json_out)
+            if json_out:
+                return
+            err_console.print(f"\nDemo files are in {assets.root}. Try: curate status --db {settings.db}")
+            if server is not None and login is not None:
+                push_info = outcome.summary()["push"]
+                err_console.print(
+                    f"\n[bold]Label Studio[/bold] {push_info['project_url']}\n  login: {login.username}  "
+                    f'password: {login.password}\n  Click "Label All Tasks": tasks come in curate\'s order.',
+                    highlight=False,
+                )
+                if serve:
+                    err_console.print("Press Ctrl-C to stop Label Studio.")
+                    import time
+
+                    while server.is_running():
+                        time.sleep(1)
+                    err_console.print("Label Studio stopped.")
+        finally:
+            if server is not None:
+                server.stop()
 
 
 @app.command()
@@ -423,6 +481,156 @@ def _print_status(report: dict[str, Any]) -> None:
         out_console.print(f"Unreadable files (first {len(report['failures'])}):")
         for f in report["failures"]:
             out_console.print(f"  {f['path']}: {f['reason']}", highlight=False)
+
+
+def _ls_overrides(db: str | None, project: str | None) -> dict[tuple[str, ...], tuple[Any, str]]:
+    overrides = _common(db)
+    overrides[("label_studio", "project")] = (project, "--project")
+    return overrides
+
+
+@app.command()
+def push(
+    selection: Annotated[
+        int | None, typer.Option("--selection", help="Push this selection (default: every selection not yet pushed).")
+    ] = None,
+    project: ProjectOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Push selected items that are not in the Label Studio project yet, as prioritized tasks with predictions."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _ls_overrides(db, project))
+        with pipeline.open_store(settings) as store:
+            report = pipeline.push(store, settings, selection_id=selection, progress=_progress(json_out))
+        if json_out:
+            _print_json(report.summary())
+        else:
+            _print_push(report.summary())
+
+
+@app.command()
+def reprioritize(
+    strategy: StrategyOpt = None,
+    queue_size: Annotated[
+        int | None, typer.Option("--queue-size", help="Top the queue up so that N unlabeled tasks wait.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite the ranking even if nothing changed.")] = False,
+    project: ProjectOpt = None,
+    pool: PoolOpt = None,
+    model: ModelOpt = None,
+    model_version: ModelVersionOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
+    with _handled(debug):
+        from curation import pipeline
+
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides[("label_studio", "project")] = (project, "--project")
+        overrides[("strategy", "name")] = (strategy, "--strategy")
+        settings = _settings(config, overrides)
+        with pipeline.open_store(settings) as store:
+            scored, report = pipeline.reprioritize(
+                store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress(json_out)
+            )
+        summary = {**report.summary(), "scoring": scored.summary()}
+        if report.push is not None:
+            summary["push"] = report.push.summary()
+        if json_out:
+            _print_json(summary)
+            return
+        _print_scoring(summary["scoring"])
+        if report.push is not None and report.push.pushed:
+            _print_push(summary["push"])
+        if not report.changed:
+            err_console.print(f"Queue of {report.queue_size} task(s) unchanged: {report.reason}.")
+            return
+        err_console.print(
+            f"Re-ranked {report.queue_size} queued task(s) {report.reason[len('re-ranked ') :]}: {report.moved} moved; "
+            f"Label Studio now serves by model_version {report.tag}"
+        )
+        table = Table(title="Next in the queue")
+        for col in ("position", "was", "task", "item"):
+            table.add_column(col)
+        for row in report.top:
+            table.add_row(str(row["position"]), str(row["was"] or "new"), str(row["task_id"]), row["item_id"][:12])
+        out_console.print(table)
+
+
+@app.command()
+def pull(
+    project: ProjectOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fetch finished annotations (and skips) from Label Studio; labeled items are never selected again."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _ls_overrides(db, project))
+        with pipeline.open_store(settings) as store:
+            report = pipeline.pull(store, settings, progress=_progress(json_out))
+        summary = report.summary()
+        if json_out:
+            _print_json(summary)
+            return
+        err_console.print(
+            f"Pulled {summary['new_annotations']} new annotation(s) from {summary['tasks_seen']} updated task(s) of "
+            f"[bold]{summary['project']}[/bold]: {summary['labeled_tasks']} labeled, {summary['skipped_tasks']} "
+            f"skipped" + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else ""),
+            highlight=False,
+        )
+
+
+ls_app = typer.Typer(help="Label Studio project set-up.", no_args_is_help=True)
+app.add_typer(ls_app, name="ls")
+
+
+@ls_app.command("init")
+def ls_init(
+    project: ProjectOpt = None,
+    model: ModelOpt = None,
+    model_version: ModelVersionOpt = None,
+    pool: PoolOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Create the Label Studio project from the model's task and classes, or check an existing one's labels."""
+    with _handled(debug):
+        from curation import pipeline
+
+        overrides = _common(db, pool, model, model_version)
+        overrides[("label_studio", "project")] = (project, "--project")
+        settings = _settings(config, overrides)
+        with pipeline.open_store(settings) as store:
+            info = pipeline.ls_init(store, settings)
+        if json_out:
+            _print_json(info)
+            return
+        verb = "Created" if info["created"] else "Checked"
+        err_console.print(
+            f"{verb} project [bold]{info['project']}[/bold] (#{info['project_id']}) on {info['server']} as "
+            f"{info['user']}: {info['task']} with {len(info['labels'])} labels matching {info['model_version']}",
+            highlight=False,
+        )
+        if info["local_storage"]:
+            err_console.print(f"  local files served from {info['local_storage']}", highlight=False)
+        err_console.print(f"  {info['project_url']}", highlight=False)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.ls_server import LocalLabelStudio
 from curation.progress import NullProgress, Progress
 from curation.synthetic import make_classification_dataset, make_pool, write_bad_files
 from curation.training import train_from_scratch
@@ -64,3 +65,54 @@ def prepare_demo(
         )
         progress.finish()
     return DemoAssets(root, pool, weights, f"sqlite:///{root / 'curate.db'}")
+
+
+DEMO_USER = "demo@curate.local"
+DEMO_PROJECT = "curate demo queue"
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    username: str
+    password: str
+    api_key: str
+
+
+def demo_login(root: Path) -> DemoLogin:
+    """The demo server's credentials, created once and kept beside its data (a data dir keeps its first token)."""
+    import json
+    import os
+    import secrets
+
+    path = root / "label-studio" / "credentials.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return DemoLogin(data["username"], data["password"], data["api_key"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    login = DemoLogin(DEMO_USER, secrets.token_urlsafe(12), secrets.token_hex(20))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"username": login.username, "password": login.password, "api_key": login.api_key}, fh)
+    return login
+
+
+def start_demo_label_studio(root: Path, port: int | None = None) -> tuple[LocalLabelStudio, DemoLogin]:
+    """A local Label Studio serving the demo directory, on ``port`` (default 8080, or a free one if taken)."""
+    import socket
+
+    from curation.ls_server import start_local_label_studio
+
+    login = demo_login(root)
+    if port is None:
+        with socket.socket() as probe:
+            port = 8080 if probe.connect_ex(("127.0.0.1", 8080)) != 0 else None
+    server = start_local_label_studio(
+        root,
+        port=port,
+        data_dir=root / "label-studio" / "data",
+        api_key=login.api_key,
+        username=login.username,
+        password=login.password,
+        log_path=root / "label-studio" / "server.log",
+    )
+    return server, login

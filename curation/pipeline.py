@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from curation import queue
 from curation.config import Settings
-from curation.errors import ModelLoadError
+from curation.errors import ModelLoadError, NothingToSelectError
 from curation.images import Geometry
 from curation.model import DetectionOptions, ModelRuntime, load_model, resolve_device
 from curation.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
@@ -164,16 +165,117 @@ def select(
     strategy: str | None = None,
     out: Path | None = None,
     rescore: bool = False,
+    push: bool = False,
     progress: Progress | None = None,
 ) -> SelectOutcome:
-    """Score what is unscored, then select ``budget`` new items and (optionally) write them to ``out``."""
+    """Score what is unscored, select ``budget`` new items, write them to ``out`` and push them to Label Studio.
+
+    With ``push``, Label Studio is checked (reachable, key accepted, project config matching the model) before
+    anything is selected, so a bad token or URL records nothing.
+    """
     build_strategy(settings.strategy, strategy)  # fail on a bad strategy before spending time on scoring
+    ls = None
+    if push:
+        ls = queue.connect(settings)
+        ls.whoami()
     scored = score(store, settings, rescore=rescore, progress=progress)
+    project = queue.open_project(store, settings, ls, scored.model) if ls is not None else None
     result = run_selection(store, scored.pool_id, scored.model, settings.strategy, budget, strategy)
     rows = selection_rows(result, str(scored.pool.root))
     if out is not None:
         write_selection(out, rows)
-    return SelectOutcome(scored, result, rows, out)
+    outcome = SelectOutcome(scored, result, rows, out)
+    if ls is not None:
+        store.mark_selection_for_push(result.selection_id)
+        report = queue.push(store, settings, ls, scored.model, project=project, progress=progress)
+        outcome.extra["push"] = report.summary()
+    return outcome
+
+
+def push(
+    store: Store, settings: Settings, *, selection_id: int | None = None, progress: Progress | None = None
+) -> queue.PushReport:
+    """Push selected items that are not tasks yet (``selection_id``: mark that selection for pushing first)."""
+    if selection_id is not None:
+        if not store.selection_exists(selection_id):
+            raise NothingToSelectError(f"there is no selection #{selection_id} in {store.display_url}")
+        store.mark_selection_for_push(selection_id)
+    ls = queue.connect(settings)
+    ls.whoami()
+    mv = _model_for_push(store, settings)
+    return queue.push(store, settings, ls, mv, progress=progress)
+
+
+def _model_for_push(store: Store, settings: Settings) -> ModelVersionRecord:
+    """Pre-annotations come from the model that made the newest selection (or ``model.version``)."""
+    if settings.model.version:
+        mv = store.model_version(settings.model.version)
+        if mv is None:
+            raise ModelLoadError(f"model version {settings.model.version!r} is not in {store.display_url}")
+        return mv
+    latest = store.recent_selections(limit=1)
+    if not latest:
+        raise NothingToSelectError("nothing to push: no selection yet (run curate select)")
+    mv = store.model_version(latest[0]["model_version"])
+    if mv is None:  # pragma: no cover - foreign key
+        raise ModelLoadError(f"model version {latest[0]['model_version']!r} is missing")
+    return mv
+
+
+def reprioritize(
+    store: Store,
+    settings: Settings,
+    *,
+    strategy: str | None = None,
+    queue_size: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> tuple[ScoreOutcome, queue.ReprioritizeReport]:
+    """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``)."""
+    build_strategy(settings.strategy, strategy)
+    ls = queue.connect(settings)
+    ls.whoami()
+    scored = score(store, settings, progress=progress)
+    report = queue.reprioritize(
+        store,
+        settings,
+        ls,
+        scored.model,
+        scored.pool_id,
+        strategy_name=strategy,
+        queue_size=queue_size,
+        force=force,
+        progress=progress,
+    )
+    return scored, report
+
+
+def pull(store: Store, settings: Settings, *, progress: Progress | None = None) -> queue.PullReport:
+    ls = queue.connect(settings)
+    ls.whoami()
+    return queue.pull(store, settings, ls, progress=progress)
+
+
+def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
+    """Create the project if needed (config from the model's task and classes) or check it; add local storage."""
+    ls = queue.connect(settings)
+    user = ls.whoami()
+    runtime = load_runtime(settings)
+    mv = register_model(store, runtime)
+    project = queue.open_project(store, settings, ls, mv)
+    storage = queue.ensure_storage(settings, ls, project)
+    return {
+        "server": ls.url,
+        "user": user,
+        "project_id": project.record.project_id,
+        "project": project.record.title,
+        "project_url": project.url,
+        "created": project.created,
+        "task": mv.task,
+        "labels": mv.class_names,
+        "model_version": mv.version,
+        "local_storage": storage,
+    }
 
 
 def status(store: Store, settings: Settings) -> dict[str, Any]:

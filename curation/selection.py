@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
 from curation.pool import absolute_path
-from store.repository import ModelVersionRecord, SelectedItem, Store
+from store.repository import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem, Store
 from strategies import (
     EmptyPoolError,
     PoolExhaustedError,
@@ -58,27 +58,73 @@ def build_strategy(settings: StrategySettings, name: str | None = None) -> Strat
         raise ConfigError(f"strategy: {exc}") from None
 
 
-def candidate_uncertainty(
-    store: Store, pool_id: int, mv: ModelVersionRecord, measure: str, detection: DetectionAggregation
-) -> Candidates:
-    """Per-item uncertainty of every selectable item (higher = more worth labeling)."""
-    if mv.task == "classify":
-        scores = store.candidate_classification(pool_id, mv.id)
+def _uncertainty(
+    scores: ClassificationScores | DetectionScores,
+    mv: ModelVersionRecord,
+    measure: str,
+    detection: DetectionAggregation,
+) -> NDArray[np.float64]:
+    if isinstance(scores, ClassificationScores):
         if len(scores.item_ids) == 0:
-            return Candidates(scores.item_ids, np.zeros(0))
-        return Candidates(scores.item_ids, uncertainty_scores(scores.probs, measure))
-    det = store.candidate_detection(pool_id, mv.id, len(mv.class_names))
-    keep = det.box_conf >= detection.conf
-    box_unc = uncertainty_scores(det.box_scores[keep], measure)
-    values = aggregate_boxes(
+            return np.zeros(0)
+        return uncertainty_scores(scores.probs, measure)
+    keep = scores.box_conf >= detection.conf
+    box_unc = uncertainty_scores(scores.box_scores[keep], measure)
+    return aggregate_boxes(
         box_unc,
-        det.box_image_index[keep],
-        len(det.item_ids),
+        scores.box_image_index[keep],
+        len(scores.item_ids),
         reducer=detection.reducer,
         top_k=detection.top_k,
         empty=detection.empty,
     )
-    return Candidates(det.item_ids, values)
+
+
+def candidate_uncertainty(
+    store: Store, pool_id: int, mv: ModelVersionRecord, measure: str, detection: DetectionAggregation
+) -> Candidates:
+    """Per-item uncertainty of every selectable item (higher = more worth labeling)."""
+    scores: ClassificationScores | DetectionScores = (
+        store.candidate_classification(pool_id, mv.id)
+        if mv.task == "classify"
+        else store.candidate_detection(pool_id, mv.id, len(mv.class_names))
+    )
+    return Candidates(scores.item_ids, _uncertainty(scores, mv, measure, detection))
+
+
+def uncertainty_for_items(
+    store: Store,
+    mv: ModelVersionRecord,
+    item_ids: NDArray[np.int64],
+    measure: str,
+    detection: DetectionAggregation,
+    *,
+    with_embeddings: bool = False,
+) -> tuple[NDArray[np.float64], NDArray[np.float32] | None, NDArray[np.float32] | None]:
+    """Uncertainty (NaN where the model has no valid output) and, on request, embeddings of ``item_ids`` plus
+    the embeddings of labeled items (the reference diversity strategies spread away from), aligned with
+    ``item_ids``."""
+    ids = [int(i) for i in item_ids]
+    scores: ClassificationScores | DetectionScores = (
+        store.classification_for(mv.id, ids)
+        if mv.task == "classify"
+        else store.detection_for(mv.id, ids, len(mv.class_names))
+    )
+    values = _uncertainty(scores, mv, measure, detection)
+    out: NDArray[np.float64] = np.full(len(ids), np.nan)
+    position = {int(i): k for k, i in enumerate(scores.item_ids)}
+    for k, item in enumerate(ids):
+        if item in position:
+            out[k] = values[position[item]]
+    embeddings = reference = None
+    if with_embeddings and mv.embedding_dim:
+        embeddings, found = store.load_embeddings(mv.id, np.asarray(ids, dtype=np.int64), mv.embedding_dim)
+        out = np.asarray(np.where(found, out, np.nan), dtype=np.float64)
+        labeled = store.labeled_item_ids()
+        if len(labeled):
+            ref, ref_found = store.load_embeddings(mv.id, labeled, mv.embedding_dim)
+            reference = ref[ref_found]
+    return out, embeddings, reference
 
 
 def run_selection(

@@ -21,10 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from store.db import first_line, open_engine, redacted
 from store.errors import DatabaseError
+from store.ls_records import LabelStudioRecords
 from store.schema import (
+    Annotation,
     Embedding,
     Item,
     ItemPath,
+    LSTask,
     ModelVersion,
     Pool,
     Prediction,
@@ -150,7 +153,7 @@ def decode_polygons(blob: bytes | None, n: int) -> list[NDArray[np.float32]]:
     return [points[bounds[i] : bounds[i + 1]].astype(np.float32) for i in range(n)]
 
 
-class Store:
+class Store(LabelStudioRecords):
     """Database access for one curate database (SQLite or Postgres)."""
 
     def __init__(self, engine: Engine, url: str) -> None:
@@ -487,13 +490,50 @@ class Store:
             )
             .where(Item.status == "ok", Prediction.status == "ok")
             .where(~exists().where(SelectionItem.item_id == pool_items.c.item_id))
+            .where(~exists().where(LSTask.item_id == pool_items.c.item_id))
+            .where(~exists().where(Annotation.item_id == pool_items.c.item_id))
         )
 
     def candidate_classification(self, pool_id: int, model_version_id: int) -> ClassificationScores:
+        """Probabilities of every selectable item of the pool (see ``_candidate_ids``), by item id."""
+        return self._classification(
+            model_version_id, Prediction.item_id.in_(self._candidate_ids(pool_id, model_version_id))
+        )
+
+    def candidate_detection(self, pool_id: int, model_version_id: int, n_classes: int) -> DetectionScores:
+        return self._detection(
+            model_version_id, n_classes, Prediction.item_id.in_(self._candidate_ids(pool_id, model_version_id))
+        )
+
+    def classification_for(self, model_version_id: int, item_ids: Sequence[int]) -> ClassificationScores:
+        """Valid probabilities of the given items (those without one are absent from the result)."""
+        parts = [
+            self._classification(model_version_id, Prediction.item_id.in_(list(item_ids[i : i + BATCH])))
+            for i in range(0, len(item_ids), BATCH)
+        ]
+        parts = [p for p in parts if len(p.item_ids)]
+        if not parts:
+            return ClassificationScores(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+        return ClassificationScores(
+            np.concatenate([p.item_ids for p in parts]), np.concatenate([p.probs for p in parts])
+        )
+
+    def detection_for(self, model_version_id: int, item_ids: Sequence[int], n_classes: int) -> DetectionScores:
+        parts = [
+            self._detection(model_version_id, n_classes, Prediction.item_id.in_(list(item_ids[i : i + BATCH])))
+            for i in range(0, len(item_ids), BATCH)
+        ]
+        return DetectionScores(
+            np.concatenate([p.item_ids for p in parts]) if parts else np.zeros(0, np.int64),
+            np.concatenate([p.n_boxes for p in parts]) if parts else np.zeros(0, np.int64),
+            np.concatenate([p.box_conf for p in parts]) if parts else np.zeros(0, np.float32),
+            np.concatenate([p.box_scores for p in parts]) if parts else np.zeros((0, n_classes), np.float32),
+        )
+
+    def _classification(self, model_version_id: int, condition: Any) -> ClassificationScores:
         stmt = (
             select(Prediction.item_id, Prediction.probs)
-            .where(Prediction.model_version_id == model_version_id)
-            .where(Prediction.item_id.in_(self._candidate_ids(pool_id, model_version_id)))
+            .where(Prediction.model_version_id == model_version_id, Prediction.status == "ok", condition)
             .order_by(Prediction.item_id)
         )
         with self._tx() as conn:
@@ -504,11 +544,10 @@ class Store:
         flat = np.frombuffer(b"".join(r[1] or b"" for r in rows), dtype="<f4")
         return ClassificationScores(ids, flat.reshape(len(rows), -1).astype(np.float32, copy=False))
 
-    def candidate_detection(self, pool_id: int, model_version_id: int, n_classes: int) -> DetectionScores:
+    def _detection(self, model_version_id: int, n_classes: int, condition: Any) -> DetectionScores:
         stmt = (
             select(Prediction.item_id, Prediction.n_boxes, Prediction.box_conf, Prediction.box_scores)
-            .where(Prediction.model_version_id == model_version_id)
-            .where(Prediction.item_id.in_(self._candidate_ids(pool_id, model_version_id)))
+            .where(Prediction.model_version_id == model_version_id, Prediction.status == "ok", condition)
             .order_by(Prediction.item_id)
         )
         with self._tx() as conn:
@@ -518,6 +557,11 @@ class Store:
         conf = np.frombuffer(b"".join(r[2] or b"" for r in rows), dtype="<f4").astype(np.float32)
         scores = np.frombuffer(b"".join(r[3] or b"" for r in rows), dtype="<f2").astype(np.float32)
         return DetectionScores(ids, n_boxes, conf, scores.reshape(-1, n_classes))
+
+    def labeled_item_ids(self) -> NDArray[np.int64]:
+        stmt = select(func.distinct(Annotation.item_id)).where(Annotation.was_cancelled.is_(False))
+        with self._tx() as conn:
+            return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
 
     def load_embeddings(
         self, model_version_id: int, item_ids: NDArray[np.int64], dim: int
@@ -557,17 +601,32 @@ class Store:
             return np.array(sorted(r[0] for r in conn.execute(stmt)), dtype=np.int64)
 
     def prediction(self, item_id: int, model_version_id: int, n_classes: int) -> StoredPrediction | None:
+        return self.predictions(model_version_id, [item_id], n_classes).get(item_id)
+
+    def predictions(
+        self, model_version_id: int, item_ids: Sequence[int], n_classes: int
+    ) -> dict[int, StoredPrediction]:
+        """Stored model outputs of many items, in batched queries (valid ones only)."""
+        out: dict[int, StoredPrediction] = {}
+        ids = list(item_ids)
         with self._tx() as conn:
-            row = conn.execute(
-                select(Prediction.__table__).where(
-                    Prediction.item_id == item_id, Prediction.model_version_id == model_version_id
+            for start in range(0, len(ids), BATCH):
+                rows = conn.execute(
+                    select(Prediction.__table__).where(
+                        Prediction.model_version_id == model_version_id,
+                        Prediction.status == "ok",
+                        Prediction.item_id.in_(ids[start : start + BATCH]),
+                    )
                 )
-            ).one_or_none()
-        if row is None:
-            return None
+                for row in rows:
+                    out[int(row.item_id)] = self._stored(row, n_classes)
+        return out
+
+    @staticmethod
+    def _stored(row: Any, n_classes: int) -> StoredPrediction:
         n = row.n_boxes or 0
         return StoredPrediction(
-            item_id=item_id,
+            item_id=int(row.item_id),
             width=row.width,
             height=row.height,
             probs=None if row.probs is None else np.frombuffer(row.probs, dtype="<f4").astype(np.float32),
@@ -687,7 +746,7 @@ class Store:
                 )
                 scored = conn.execute(base.where(Prediction.status == "ok")).scalar_one()
                 invalid = conn.execute(base.where(Prediction.status == "invalid")).scalar_one()
-            return {
+            counts = {
                 "items": int(total),
                 "paths": int(n_paths),
                 "duplicate_paths": int(n_paths - total),
@@ -697,6 +756,7 @@ class Store:
                 "unscored": int(total - failed - scored - invalid),
                 "selected": int(selected),
             }
+        return {**counts, **self.ls_counts(pool_id)}
 
     def failures(self, pool_id: int | None, limit: int = 50) -> list[tuple[str, str]]:
         stmt = (

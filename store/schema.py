@@ -30,12 +30,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
@@ -157,6 +158,8 @@ class Selection(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     budget: Mapped[int] = mapped_column(Integer)
     n_selected: Mapped[int] = mapped_column(Integer)
+    push: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """The selection is meant for Label Studio: items not yet in the project are pushed by the next push."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -168,3 +171,70 @@ class SelectionItem(Base):
     rank: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
     cluster: Mapped[int | None] = mapped_column(Integer)
+
+
+class LSProject(Base):
+    """A Label Studio project curate pushes to. ``active_tag`` is the prediction model_version the project's
+    label stream currently ranks by (curate's latest ranking)."""
+
+    __tablename__ = "ls_projects"
+    __table_args__ = (UniqueConstraint("server", "project_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server: Mapped[str] = mapped_column(Text)  # base URL, never a token
+    project_id: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text)
+    task: Mapped[str] = mapped_column(String(16))
+    active_tag: Mapped[str | None] = mapped_column(String(200))
+    ranking_signature: Mapped[str | None] = mapped_column(String(64))
+    pulled_until: Mapped[str | None] = mapped_column(String(40))  # Label Studio updated_at watermark
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LSTask(Base):
+    """One item's task in one project. ``position`` is its place in curate's queue (1 = served next)."""
+
+    __tablename__ = "ls_tasks"
+    __table_args__ = (
+        UniqueConstraint("ls_project_id", "item_id"),
+        UniqueConstraint("ls_project_id", "task_id"),
+        Index("ix_ls_tasks_item", "item_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_project_id: Mapped[int] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    task_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | labeled | skipped
+    position: Mapped[int | None] = mapped_column(Integer)
+    cluster: Mapped[int | None] = mapped_column(Integer)
+    selection_id: Mapped[int | None] = mapped_column(ForeignKey("selections.id", ondelete="SET NULL"))
+    pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LSPushIntent(Base):
+    """Items about to be imported. A row that survives a run means the import's outcome is unknown (killed
+    process, proxy error after the server committed): the next push reconciles these items by curation_id."""
+
+    __tablename__ = "ls_push_intents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_project_id: Mapped[int] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
+    content_ids: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Annotation(Base):
+    """A finished (or skipped) annotation pulled from Label Studio, normalised per task type in ``labels``."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("ls_project_id", "annotation_id"), Index("ix_annotations_item", "item_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_project_id: Mapped[int] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
+    annotation_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    was_cancelled: Mapped[bool] = mapped_column(default=False)
+    annotator: Mapped[str | None] = mapped_column(Text)
+    lead_time: Mapped[float | None] = mapped_column(Float)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -109,3 +109,45 @@ def pool_dir(tmp_path: Path) -> Path:
     root = tmp_path / "pool"
     make_pool(root, n=24, size=80, seed=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def ls_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: every test pool lives under it."""
+    return tmp_path_factory.mktemp("ls-root")
+
+
+@pytest.fixture(scope="session")
+def label_studio(ls_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Label Studio server for the whole session (installed into its own cached virtualenv on first
+    use). Set CURATE_SKIP_LABEL_STUDIO=1 to skip these tests on a machine that cannot install it."""
+    if os.environ.get("CURATE_SKIP_LABEL_STUDIO") == "1":
+        pytest.skip("CURATE_SKIP_LABEL_STUDIO=1")
+    from curation.ls_server import start_local_label_studio
+
+    server = start_local_label_studio(ls_root, data_dir=tmp_path_factory.mktemp("ls-data"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ls_env(label_studio: object, ls_root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point curate at the test server through the documented environment variables."""
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url,  # type: ignore[attr-defined]
+        "LABEL_STUDIO_API_KEY": label_studio.api_key,  # type: ignore[attr-defined]
+        "CURATE_LABEL_STUDIO__DOCUMENT_ROOT": str(ls_root),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def ls_pool(ls_root: Path) -> Path:
+    """A fresh pool folder under Label Studio's document root."""
+    from curation.synthetic import make_pool
+
+    root = ls_root / f"pool-{uuid.uuid4().hex[:8]}"
+    make_pool(root, n=24, size=80, seed=3)
+    return root

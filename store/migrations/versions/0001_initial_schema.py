@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 23:27:19.258446
+Create Date: 2026-11-21 23:50:00.139495
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['item_id'], ['items.id'], name=op.f('fk_item_paths_item_id_items'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['pool_id'], ['pools.id'], name=op.f('fk_item_paths_pool_id_pools'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_item_paths')),
-    sa.UniqueConstraint('pool_id', 'path', name=op.f('uq_item_paths_pool_id'))
+    sa.UniqueConstraint('pool_id', 'path', name=op.f('uq_item_paths_pool_id_path'))
     )
     with op.batch_alter_table('item_paths', schema=None) as batch_op:
         batch_op.create_index('ix_item_paths_item', ['item_id'], unique=False)

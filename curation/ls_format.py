@@ -1,0 +1,201 @@
+"""Label Studio's formats, as pure functions: labeling configs, pre-annotation results, image URLs, and pulled
+annotations normalised per task type. No HTTP here (that is ``curation.labelstudio``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from curation.errors import ConfigError, ProjectConfigMismatchError
+from store.repository import StoredPrediction
+
+IMAGE_NAME = "image"
+CONTROL_NAME = "label"
+CONTROL_TAG = {"classify": "Choices", "detect": "RectangleLabels", "segment": "PolygonLabels"}
+RESULT_TYPE = {"classify": "choices", "detect": "rectanglelabels", "segment": "polygonlabels"}
+
+
+@dataclass(frozen=True)
+class LabelingInterface:
+    """Where curate writes in a project's labeling config: the control tag, the image tag and its data key."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+
+
+def label_config(task: str, class_names: list[str]) -> str:
+    """A labeling config for the model's task and classes (class names are XML-escaped)."""
+    if task not in CONTROL_TAG:
+        raise ConfigError(f"no Label Studio labeling interface for task {task!r}")
+    tag = CONTROL_TAG[task]
+    child = "Choice" if task == "classify" else "Label"
+    extra = ' choice="single-radio" showInline="true"' if task == "classify" else ""
+    options = "\n".join(f"    <{child} value={quoteattr(name)}/>" for name in class_names)
+    return (
+        "<View>\n"
+        f'  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}" zoom="true"/>\n'
+        f'  <{tag} name="{CONTROL_NAME}" toName="{IMAGE_NAME}"{extra}>\n'
+        f"{options}\n"
+        f"  </{tag}>\n"
+        "</View>\n"
+    )
+
+
+def check_label_config(parsed: dict[str, Any], task: str, class_names: list[str]) -> LabelingInterface:
+    """Find the control for ``task`` in a project's parsed labeling config and compare its labels with the
+    model's classes; any difference is an error that lists exactly which labels mismatch."""
+    wanted = CONTROL_TAG[task]
+    controls = [(name, c) for name, c in parsed.items() if isinstance(c, dict) and c.get("type") == wanted]
+    if not controls:
+        found = ", ".join(sorted({str(c.get("type")) for c in parsed.values() if isinstance(c, dict)})) or "none"
+        raise ProjectConfigMismatchError(
+            f"the project's labeling config has no <{wanted}> control for this {task} model (found: {found})"
+        )
+    name, control = controls[0]
+    images = [i for i in control.get("inputs", []) if i.get("type") == "Image"]
+    if not images:
+        raise ProjectConfigMismatchError(f"<{wanted} name={name!r}> is not attached to an <Image> tag")
+    labels = [str(label) for label in control.get("labels", [])]
+    missing = [c for c in class_names if c not in labels]
+    extra = [label for label in labels if label not in class_names]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"model classes missing from the project: {', '.join(missing)}")
+        if extra:
+            parts.append(f"project labels the model does not predict: {', '.join(extra)}")
+        raise ProjectConfigMismatchError(
+            f"labels of <{wanted} name={name!r}> do not match the model: " + "; ".join(parts)
+        )
+    to_name = control.get("to_name", [IMAGE_NAME])
+    return LabelingInterface(from_name=name, to_name=to_name[0], data_key=str(images[0].get("value", IMAGE_NAME)))
+
+
+def image_url(path: Path, pool_root: Path, document_root: str | None, url_prefix: str | None) -> str:
+    """The URL Label Studio loads an image from.
+
+    ``url_prefix`` (http(s):// or s3://) wins: prefix + the path relative to the pool root. Otherwise the file is
+    served by Label Studio's local-files storage: ``/data/local-files/?d=<path relative to the document root>``.
+    """
+    if url_prefix:
+        try:
+            relative = path.resolve().relative_to(pool_root.resolve())
+        except ValueError:
+            raise ConfigError(
+                f"image {path} is outside the pool root {pool_root}; cannot build a URL with url_prefix"
+            ) from None
+        return url_prefix.rstrip("/") + "/" + quote(relative.as_posix(), safe="/")
+    if not document_root:
+        raise ConfigError(
+            "set label_studio.document_root (the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) or "
+            "label_studio.url_prefix so that Label Studio can load the images"
+        )
+    root = Path(document_root).expanduser().resolve()
+    try:
+        relative = path.resolve().relative_to(root)
+    except ValueError:
+        raise ConfigError(
+            f"image {path} is outside Label Studio's document root {root}: Label Studio cannot serve it"
+        ) from None
+    return "/data/local-files/?d=" + quote(relative.as_posix(), safe="/")
+
+
+def _region(
+    from_name: str, to_name: str, kind: str, value: dict[str, Any], width: int, height: int, score: float | None
+) -> dict[str, Any]:
+    region: dict[str, Any] = {
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": kind,
+        "value": value,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+    }
+    if score is not None:
+        region["score"] = round(float(score), 5)
+    return region
+
+
+def prediction_result(
+    task: str, pred: StoredPrediction, class_names: list[str], ui: LabelingInterface, min_conf: float
+) -> list[dict[str, Any]]:
+    """The model's output as a Label Studio pre-annotation (percent coordinates of the EXIF-oriented image)."""
+    if task == "classify":
+        if pred.probs is None or len(pred.probs) == 0:
+            return []
+        top = int(np.argmax(pred.probs))
+        value: dict[str, Any] = {"choices": [class_names[top]]}
+        return [_region(ui.from_name, ui.to_name, "choices", value, pred.width, pred.height, float(pred.probs[top]))]
+    out: list[dict[str, Any]] = []
+    w, h = max(pred.width, 1), max(pred.height, 1)
+    for i in range(len(pred.boxes)):
+        conf = float(pred.box_conf[i])
+        if conf < min_conf:
+            continue
+        label = class_names[int(np.argmax(pred.box_scores[i]))] if pred.box_scores.shape[1] else class_names[0]
+        if task == "segment" and i < len(pred.polygons) and len(pred.polygons[i]) >= 3:
+            points = [[round(float(x) / w * 100, 3), round(float(y) / h * 100, 3)] for x, y in pred.polygons[i]]
+            value = {"points": points, "polygonlabels": [label], "closed": True}
+            out.append(_region(ui.from_name, ui.to_name, "polygonlabels", value, w, h, conf))
+            continue
+        if task == "segment":
+            continue  # a mask too small to outline: a polygon control cannot take a rectangle
+        x1, y1, x2, y2 = (float(v) for v in pred.boxes[i])
+        value = {
+            "x": round(x1 / w * 100, 4),
+            "y": round(y1 / h * 100, 4),
+            "width": round((x2 - x1) / w * 100, 4),
+            "height": round((y2 - y1) / h * 100, 4),
+            "rotation": 0,
+            "rectanglelabels": [label],
+        }
+        out.append(_region(ui.from_name, ui.to_name, "rectanglelabels", value, w, h, conf))
+    return out
+
+
+def normalize_annotation(task: str, result: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reduce an annotation's ``result`` to what training needs, in pixels where there are coordinates:
+    classification ``{"classes": [...]}``, detection ``{"boxes": [{label, x1, y1, x2, y2}]}``, segmentation
+    ``{"polygons": [{label, points}]}``, plus ``width``/``height`` when the result carries them."""
+    labels: dict[str, Any] = {"task": task}
+    if task == "classify":
+        classes: list[str] = []
+        for region in result:
+            classes.extend(str(c) for c in region.get("value", {}).get("choices", []))
+        labels["classes"] = classes
+        return labels
+    boxes: list[dict[str, Any]] = []
+    polygons: list[dict[str, Any]] = []
+    for region in result:
+        value = region.get("value", {})
+        w = float(region.get("original_width") or 0)
+        h = float(region.get("original_height") or 0)
+        if w and h:
+            labels["width"], labels["height"] = int(w), int(h)
+        names = value.get("rectanglelabels") or value.get("polygonlabels") or value.get("labels") or []
+        label = str(names[0]) if names else None
+        if "points" in value:
+            pts = [[float(x) * w / 100, float(y) * h / 100] for x, y in value["points"]]
+            polygons.append({"label": label, "points": pts})
+        elif {"x", "y", "width", "height"} <= set(value):
+            x, y = float(value["x"]) * w / 100, float(value["y"]) * h / 100
+            boxes.append(
+                {
+                    "label": label,
+                    "x1": x,
+                    "y1": y,
+                    "x2": x + float(value["width"]) * w / 100,
+                    "y2": y + float(value["height"]) * h / 100,
+                }
+            )
+    labels["boxes"] = boxes
+    if task == "segment":
+        labels["polygons"] = polygons
+    return labels

@@ -1,0 +1,672 @@
+"""Keeping a Label Studio project's queue in curate's order: push, reprioritize, pull.
+
+The queue contract (open-source Label Studio): with sampling "Uncertainty sampling", the label stream serves the
+task whose prediction — among predictions whose ``model_version`` equals the project's ``model_version`` — has
+the lowest ``score``. curate therefore writes one prediction per queued task under a ranking tag
+(``curate-<model version>-<UTC time>``) with ``score`` = queue position / 1,000,000 (lowest = served next), switches the
+project to that tag, and deletes its older tags so that the Data Manager's score column stays true.
+
+Idempotency: every import is preceded by an intent record; tasks are recorded with the intent's removal in one
+transaction. An intent found later (killed process, proxy error after the server committed) is resolved by
+looking the items up by ``curation_id`` in Label Studio before anything is imported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.config import Settings
+from curation.errors import ConfigError, LabelStudioError
+from curation.labelstudio import ImportOutcomeUnknown, LabelStudioClient, parse_ls_time, watermark_with_margin
+from curation.ls_format import (
+    LabelingInterface,
+    check_label_config,
+    image_url,
+    label_config,
+    normalize_annotation,
+    prediction_result,
+)
+from curation.pool import absolute_path
+from curation.progress import NullProgress, Progress
+from curation.selection import FALLBACK_MEASURE, build_strategy, uncertainty_for_items
+from store.ls_records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
+from store.repository import ModelVersionRecord, Store, StoredPrediction
+from strategies import PoolView
+
+TAG_PREFIX = "curate-"
+
+
+def connect(settings: Settings) -> LabelStudioClient:
+    cfg = settings.label_studio
+    if not cfg.url:
+        raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (or label_studio.url), or use --no-push")
+    key = cfg.api_key.get_secret_value() if cfg.api_key else ""
+    return LabelStudioClient(cfg.url, key, timeout=cfg.timeout)
+
+
+@dataclass
+class ProjectHandle:
+    record: LSProjectRecord
+    ui: LabelingInterface
+    remote: dict[str, Any]
+    created: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{self.record.server}/projects/{self.record.project_id}"
+
+
+def open_project(
+    store: Store, settings: Settings, ls: LabelStudioClient, mv: ModelVersionRecord, *, create: bool = True
+) -> ProjectHandle:
+    """Find (or create) the configured project and check its labeling config against the model's classes."""
+    name = settings.label_studio.project
+    if not name:
+        raise ConfigError("no Label Studio project: pass --project NAME_OR_ID (or set label_studio.project)")
+    remote = ls.find_project(name)
+    created = False
+    if remote is None:
+        if not create or name.isdigit():
+            raise LabelStudioError(f"Label Studio at {ls.url} has no project {name!r}")
+        remote = ls.create_project(
+            name, label_config(mv.task, mv.class_names), description="Queue ordered by curate (active learning)."
+        )
+        created = True
+    ui = check_label_config(remote.get("parsed_label_config") or {}, mv.task, mv.class_names)
+    record = store.ls_project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
+    return ProjectHandle(record, ui, remote, created)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reconciliation
+
+
+def reconcile(store: Store, ls: LabelStudioClient, project: ProjectHandle) -> int:
+    """Resolve imports whose outcome is unknown, and adopt curate tasks this database does not know yet.
+
+    Returns the number of tasks found in Label Studio and recorded here (no task is ever imported twice).
+    """
+    pid = project.record.project_id
+    adopted = 0
+    for intent_id, content_ids in store.ls_intents(project.record.id):
+        adopted += _record_found(store, project, ls.tasks_by_curation_id(pid, content_ids), intent_id)
+    if store.ls_count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
+        adopted += _record_found(store, project, ls.all_curate_tasks(pid), None)
+    return adopted
+
+
+def _record_found(store: Store, project: ProjectHandle, found: dict[str, list[int]], intent_id: int | None) -> int:
+    items = store.items_by_content(sorted(found))
+    rows = [
+        {"item_id": items[cid], "task_id": min(task_ids), "position": None, "cluster": None, "selection_id": None}
+        for cid, task_ids in found.items()
+        if cid in items
+    ]
+    return store.ls_record_tasks(project.record.id, rows, intent_id)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Push
+
+
+@dataclass
+class PushReport:
+    project_id: int
+    project_title: str
+    project_url: str
+    created_project: bool
+    pushed: int = 0
+    reconciled: int = 0
+    missing_files: list[str] = field(default_factory=list)
+    tag: str | None = None
+    queue_size: int = 0
+    first: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "project": self.project_title,
+            "project_url": self.project_url,
+            "created_project": self.created_project,
+            "pushed": self.pushed,
+            "reconciled": self.reconciled,
+            "missing_files": self.missing_files,
+            "model_version_tag": self.tag,
+            "queue_size": self.queue_size,
+            "first": self.first,
+        }
+
+
+def new_tag(mv: ModelVersionRecord) -> str:
+    return f"{TAG_PREFIX}{mv.version}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"[:190]
+
+
+def _task_payload(
+    item: PendingItem,
+    position: int,
+    tag: str,
+    project: ProjectHandle,
+    mv: ModelVersionRecord,
+    settings: Settings,
+    min_conf: float,
+    pred: StoredPrediction | None,
+) -> dict[str, Any]:
+    cfg = settings.label_studio
+    root = Path(item.pool_root or "/")
+    path = absolute_path(root, item.path)
+    data = {
+        project.ui.data_key: image_url(path, root, cfg.document_root, cfg.url_prefix),
+        "curation_id": item.content_id,
+        "curation_rank": position,
+        "curation_score": round(item.score, 6),
+        "curation_strategy": item.strategy,
+        "curation_model_version": mv.version,
+    }
+    task: dict[str, Any] = {"data": data}
+    if pred is not None:
+        task["predictions"] = [
+            {
+                "model_version": tag,
+                "score": queue_score(position),
+                "result": prediction_result(mv.task, pred, mv.class_names, project.ui, min_conf),
+            }
+        ]
+    return task
+
+
+def push(
+    store: Store,
+    settings: Settings,
+    ls: LabelStudioClient,
+    mv: ModelVersionRecord,
+    *,
+    project: ProjectHandle | None = None,
+    progress: Progress | None = None,
+) -> PushReport:
+    """Import every push-marked selected item that is not a task yet, then make the label stream serve the
+    whole queue (older queued tasks first, then the new ones in selection order)."""
+    progress = progress or NullProgress()
+    project = project or open_project(store, settings, ls, mv)
+    report = PushReport(project.record.project_id, project.record.title, project.url, project.created)
+    report.reconciled = reconcile(store, ls, project)
+    ensure_storage(settings, ls, project)
+
+    queue = store.ls_queue(project.record.id)
+    pending = store.ls_pending(project.record.id)
+    for item in pending:
+        path = absolute_path(item.pool_root or "/", item.path)
+        if not item.path or not path.is_file():
+            report.missing_files.append(item.path or item.content_id)
+    pending = [p for p in pending if p.path and absolute_path(p.pool_root or "/", p.path).is_file()]
+
+    live_tag = str(project.remote.get("model_version") or "")
+    active = project.record.active_tag
+    serving = bool(active and live_tag == active)
+    if not pending and serving:
+        report.tag = live_tag
+        report.queue_size = len(queue)
+        report.first = _describe_first(queue)
+        return report  # nothing new, and the project already serves curate's ranking
+
+    # While the project serves curate's ranking, new tasks are appended under the same tag: their scores continue
+    # after the last queued position, so nothing else is rewritten (Label Studio deletes predictions slowly).
+    # Otherwise a new ranking tag is written for the whole queue: old tasks first, in their order, then the new.
+    last = max((q.position or 0 for q in queue), default=0)
+    append = serving and all(q.position is not None for q in queue) and last + len(pending) < MAX_POSITION
+    tag = active if append and active else new_tag(mv)
+    first_new = last if append else len(queue)
+    min_conf = settings.strategy.detection.conf
+    chunk_size = settings.label_studio.import_chunk
+    progress.start(f"pushing {len(pending)} tasks to {project.record.title}", len(pending))
+    new_rows: list[dict[str, Any]] = []
+    try:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            positions = list(range(first_new + start + 1, first_new + start + len(chunk) + 1))
+            preds = store.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
+            payload = [
+                _task_payload(item, pos, tag, project, mv, settings, min_conf, preds.get(item.item_id))
+                for item, pos in zip(chunk, positions, strict=True)
+            ]
+            rows = _import_chunk(store, ls, project, chunk, positions, payload)
+            new_rows.extend(rows)
+            report.pushed += len(rows)
+            progress.advance(len(chunk))
+    finally:
+        progress.finish()
+
+    clusters = {r["task_id"]: r["cluster"] for r in new_rows if r["cluster"] is not None}
+    if not append:
+        old = [(q, i + 1) for i, q in enumerate(queue)]
+        _write_predictions(
+            store, ls, project, mv, tag, [(q.item_id, q.task_id, pos) for q, pos in old], settings, progress
+        )
+        store.ls_set_positions(project.record.id, [(q.item_id, pos, q.cluster) for q, pos in old])
+        clusters.update({q.task_id: q.cluster for q in queue if q.cluster is not None})
+    _set_clusters(ls, project.record.project_id, tag, clusters)
+    if not append:
+        ls.set_ranking(project.record.project_id, tag)
+        _drop_other_tags(ls, project.record.project_id, tag)
+        store.ls_set_ranking(project.record.id, tag, None)
+    else:
+        store.ls_set_ranking(project.record.id, tag, None)  # the queue changed: the next reprioritize re-ranks
+    report.tag = tag
+    final = store.ls_queue(project.record.id)
+    report.queue_size = len(final)
+    report.first = _describe_first(final)
+    return report
+
+
+MAX_POSITION = 1_000_000
+
+
+def queue_score(position: int) -> float:
+    """The prediction score Label Studio ranks by, lowest first: the queue position in millionths.
+
+    Bulk prediction imports silently drop scores outside [0, 1]; a fixed scale (rather than position / queue size)
+    lets new tasks be appended after the queue without rewriting every other prediction.
+    """
+    return position / MAX_POSITION
+
+
+def _import_chunk(
+    store: Store,
+    ls: LabelStudioClient,
+    project: ProjectHandle,
+    chunk: Sequence[PendingItem],
+    positions: list[int],
+    payload: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Import one chunk exactly once, whatever happens to the request."""
+    pid = project.record.project_id
+    intent = store.ls_add_intent(project.record.id, [p.content_id for p in chunk])
+    by_content = {p.content_id: (p, pos, task) for p, pos, task in zip(chunk, positions, payload, strict=True)}
+    try:
+        task_ids = ls.import_tasks(pid, payload)
+        imported = dict(zip([p.content_id for p in chunk], task_ids, strict=True))
+    except ImportOutcomeUnknown:
+        # The server may have committed: look before importing anything again.
+        found = ls.tasks_by_curation_id(pid, list(by_content))
+        imported = {cid: min(ids) for cid, ids in found.items() if cid in by_content}
+        missing = [cid for cid in by_content if cid not in imported]
+        if missing:
+            retry = [by_content[c][2] for c in missing]
+            imported.update(dict(zip(missing, ls.import_tasks(pid, retry), strict=True)))
+    rows = [
+        {
+            "item_id": by_content[cid][0].item_id,
+            "task_id": tid,
+            "position": by_content[cid][1],
+            "cluster": by_content[cid][0].cluster,
+            "selection_id": by_content[cid][0].selection_id,
+        }
+        for cid, tid in imported.items()
+    ]
+    store.ls_record_tasks(project.record.id, rows, intent)
+    return rows
+
+
+def ensure_storage(settings: Settings, ls: LabelStudioClient, project: ProjectHandle) -> str | None:
+    """Local-files serving needs a local storage in the project covering the pool (a subfolder of the root).
+    Returns the storage path, or None when images are served from ``url_prefix``."""
+    cfg = settings.label_studio
+    if cfg.url_prefix or not cfg.document_root or not settings.pool.path:
+        return None
+    from curation.pool import resolve_pool
+
+    root = resolve_pool(settings.pool.path).root
+    document_root = Path(cfg.document_root).expanduser().resolve()
+    if root == document_root or not root.is_relative_to(document_root):
+        raise ConfigError(
+            f"the pool {root} must be a subfolder of Label Studio's document root {document_root} "
+            "(label_studio.document_root = the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+        )
+    ls.ensure_local_storage(project.record.project_id, str(root))
+    return str(root)
+
+
+def _write_predictions(
+    store: Store,
+    ls: LabelStudioClient,
+    project: ProjectHandle,
+    mv: ModelVersionRecord,
+    tag: str,
+    tasks: Sequence[tuple[int, int, int]],
+    settings: Settings,
+    progress: Progress,
+) -> None:
+    """(item id, task id, position) → one prediction each under ``tag``, in bulk."""
+    if not tasks:
+        return
+    min_conf = settings.strategy.detection.conf
+    chunk = max(100, settings.label_studio.import_chunk * 2)
+    progress.start(f"writing {len(tasks)} predictions", len(tasks))
+    try:
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start : start + chunk]
+            stored = store.predictions(mv.id, [item_id for item_id, _, _ in part], len(mv.class_names))
+            preds = []
+            for item_id, task_id, position in part:
+                pred = stored.get(item_id)
+                result = prediction_result(mv.task, pred, mv.class_names, project.ui, min_conf) if pred else []
+                preds.append({"task": task_id, "model_version": tag, "score": queue_score(position), "result": result})
+            ls.import_predictions(project.record.project_id, preds)
+            progress.advance(len(part))
+    finally:
+        progress.finish()
+
+
+def _set_clusters(ls: LabelStudioClient, project_id: int, tag: str, clusters: dict[int, int]) -> None:
+    """Bulk imports drop ``cluster``; PATCH sets it, so annotators are served from clusters they labeled least."""
+    if not clusters:
+        return
+    ids = ls.prediction_ids(project_id, tag)
+    for task_id, cluster in clusters.items():
+        if task_id in ids:
+            ls.set_cluster(ids[task_id], cluster)
+
+
+def _drop_other_tags(ls: LabelStudioClient, project_id: int, keep: str) -> None:
+    for tag, count in ls.model_versions(project_id).items():
+        if tag.startswith(TAG_PREFIX) and tag != keep:
+            ls.delete_model_version(project_id, tag, count)
+
+
+def _describe_first(queue: Sequence[QueuedTask]) -> dict[str, Any] | None:
+    if not queue:
+        return None
+    first = queue[0]
+    return {"task_id": first.task_id, "item_id": first.content_id, "position": first.position}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reprioritize
+
+
+@dataclass
+class ReprioritizeReport:
+    project_id: int
+    project_title: str
+    project_url: str
+    changed: bool
+    reason: str
+    tag: str | None
+    queue_size: int
+    topped_up: int = 0
+    moved: int = 0
+    top: list[dict[str, Any]] = field(default_factory=list)
+    push: PushReport | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "project": self.project_title,
+            "project_url": self.project_url,
+            "changed": self.changed,
+            "reason": self.reason,
+            "model_version_tag": self.tag,
+            "queue_size": self.queue_size,
+            "topped_up": self.topped_up,
+            "moved": self.moved,
+            "top": self.top,
+        }
+
+
+def ranking_signature(
+    mv: ModelVersionRecord, strategy: str, options: dict[str, Any], seed: int, item_ids: Sequence[int]
+) -> str:
+    blob = json.dumps(
+        [mv.version, strategy, options, seed, sorted(int(i) for i in item_ids)], sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def rank_queue(
+    store: Store, settings: Settings, mv: ModelVersionRecord, queue: Sequence[QueuedTask], strategy_name: str | None
+) -> tuple[list[QueuedTask], dict[int, int | None]]:
+    """Order the queued tasks with the strategy. Tasks the model could not score keep their relative order at
+    the end. Returns the new order and each item's cluster."""
+    strategy = build_strategy(settings.strategy, strategy_name)
+    item_ids = np.array([q.item_id for q in queue], dtype=np.int64)
+    uncertainty, embeddings, reference = uncertainty_for_items(
+        store,
+        mv,
+        item_ids,
+        strategy.measure or FALLBACK_MEASURE,
+        settings.strategy.detection,
+        with_embeddings=strategy.needs_embeddings,
+    )
+    valid = ~np.isnan(uncertainty)
+    order: list[int] = []
+    clusters: dict[int, int | None] = {}
+    if valid.any():
+        view = PoolView(
+            uncertainty=uncertainty, embeddings=embeddings, reference_embeddings=reference, seed=settings.strategy.seed
+        )
+        picked = strategy.select(view, int(valid.sum()))
+        order = [int(i) for i in picked.indices]
+        if picked.clusters is not None:
+            clusters = {int(item_ids[i]): int(c) for i, c in zip(picked.indices, picked.clusters, strict=True)}
+    chosen = set(order)
+    order += [i for i in range(len(queue)) if i not in chosen]
+    return [queue[i] for i in order], clusters
+
+
+def reprioritize(
+    store: Store,
+    settings: Settings,
+    ls: LabelStudioClient,
+    mv: ModelVersionRecord,
+    pool_id: int,
+    *,
+    strategy_name: str | None = None,
+    queue_size: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ReprioritizeReport:
+    """Re-rank every queued, unlabeled task with the strategy and make the label stream follow; with
+    ``queue_size``, first top the queue up with newly selected items. A no-op when nothing changed."""
+    from curation.selection import run_selection
+
+    progress = progress or NullProgress()
+    project = open_project(store, settings, ls, mv)
+    reconcile(store, ls, project)
+    topped_up = 0
+    push_report = None
+    queue = store.ls_queue(project.record.id)
+    if queue_size is not None and len(queue) < queue_size:
+        from curation.errors import NothingToSelectError
+
+        try:
+            result = run_selection(store, pool_id, mv, settings.strategy, queue_size - len(queue), strategy_name)
+            store.mark_selection_for_push(result.selection_id)
+        except NothingToSelectError:
+            result = None
+        if result is not None or store.ls_pending(project.record.id):
+            push_report = push(store, settings, ls, mv, progress=progress)
+            topped_up = push_report.pushed
+            project = open_project(store, settings, ls, mv)
+            queue = store.ls_queue(project.record.id)
+
+    strategy = build_strategy(settings.strategy, strategy_name)
+    signature = ranking_signature(
+        mv, strategy.name, dict(settings.strategy.options), settings.strategy.seed, [q.item_id for q in queue]
+    )
+
+    def report(
+        changed: bool, reason: str, tag: str | None, moved: int = 0, top: list[dict[str, Any]] | None = None
+    ) -> ReprioritizeReport:
+        return ReprioritizeReport(
+            project_id=project.record.project_id,
+            project_title=project.record.title,
+            project_url=project.url,
+            changed=changed,
+            reason=reason,
+            tag=tag,
+            queue_size=len(queue),
+            topped_up=topped_up,
+            moved=moved,
+            top=top or [],
+            push=push_report,
+        )
+
+    if not queue:
+        return report(False, "the queue is empty", project.record.active_tag)
+    live_tag = str(project.remote.get("model_version") or "")
+    if (
+        not force
+        and signature == project.record.ranking_signature
+        and project.record.active_tag
+        and live_tag == project.record.active_tag
+    ):
+        return report(False, "nothing changed since the last ranking", project.record.active_tag)
+
+    ordered, clusters = rank_queue(store, settings, mv, queue, strategy_name)
+    tag = new_tag(mv)
+    tasks = [(q.item_id, q.task_id, pos) for pos, q in enumerate(ordered, start=1)]
+    _write_predictions(store, ls, project, mv, tag, tasks, settings, progress)
+    task_of = {q.item_id: q.task_id for q in ordered}
+    _set_clusters(ls, project.record.project_id, tag, {task_of[i]: c for i, c in clusters.items() if c is not None})
+    ls.set_ranking(project.record.project_id, tag)
+    _drop_other_tags(ls, project.record.project_id, tag)
+    store.ls_set_positions(
+        project.record.id,
+        [(q.item_id, pos, clusters.get(q.item_id)) for q, pos in zip(ordered, range(1, len(ordered) + 1), strict=True)],
+    )
+    store.ls_set_ranking(project.record.id, tag, signature)
+
+    old = {q.item_id: q.position for q in queue}
+    moved = sum(1 for pos, q in enumerate(ordered, start=1) if old.get(q.item_id) != pos)
+    top = [
+        {"position": pos, "was": old.get(q.item_id), "task_id": q.task_id, "item_id": q.content_id}
+        for pos, q in enumerate(ordered[:10], start=1)
+    ]
+    return report(True, f"re-ranked with {strategy.name}", tag, moved, top)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pull
+
+
+@dataclass
+class PullReport:
+    project_id: int
+    project_title: str
+    tasks_seen: int = 0
+    new_annotations: int = 0
+    labeled_tasks: int = 0
+    skipped_tasks: int = 0
+    foreign_tasks: int = 0
+    watermark: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "project": self.project_title,
+            "tasks_seen": self.tasks_seen,
+            "new_annotations": self.new_annotations,
+            "labeled_tasks": self.labeled_tasks,
+            "skipped_tasks": self.skipped_tasks,
+            "foreign_tasks": self.foreign_tasks,
+            "watermark": self.watermark,
+        }
+
+
+def known_project(store: Store, settings: Settings, ls: LabelStudioClient) -> ProjectHandle:
+    """The configured project, which this database must have pushed to already (its task type is known)."""
+    name = settings.label_studio.project
+    if not name:
+        raise ConfigError("no Label Studio project: pass --project NAME_OR_ID (or set label_studio.project)")
+    remote = ls.find_project(name)
+    if remote is None:
+        raise LabelStudioError(f"Label Studio at {ls.url} has no project {name!r}")
+    records = [p for p in store.ls_projects() if p.server == ls.url and p.project_id == int(remote["id"])]
+    if not records:
+        raise LabelStudioError(
+            f"curate has not pushed to project {name!r} from {store.display_url} yet: nothing to pull"
+        )
+    ui = LabelingInterface(from_name="", to_name="", data_key="image")
+    return ProjectHandle(records[0], ui, remote)
+
+
+def pull(
+    store: Store,
+    settings: Settings,
+    ls: LabelStudioClient,
+    *,
+    progress: Progress | None = None,
+) -> PullReport:
+    """Fetch annotations of tasks updated since the last pull, page by page; each page is committed with the
+    new watermark, so a killed pull resumes and a rerun stores nothing twice."""
+    progress = progress or NullProgress()
+    project = known_project(store, settings, ls)
+    report = PullReport(project.record.project_id, project.record.title)
+    since = watermark_with_margin(project.record.pulled_until)
+    progress.start(f"pulling annotations from {project.record.title}", None)
+    try:
+        for page in ls.updated_tasks(project.record.project_id, since):
+            _store_page(store, project, page, report)
+            progress.advance(len(page))
+    finally:
+        progress.finish()
+    return report
+
+
+def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]], report: PullReport) -> None:
+    task_ids = [int(t["id"]) for t in page]
+    known = store.ls_items_for_tasks(project.record.id, task_ids)
+    unknown_cids = {
+        int(t["id"]): str((t.get("data") or {}).get("curation_id"))
+        for t in page
+        if int(t["id"]) not in known and (t.get("data") or {}).get("curation_id")
+    }
+    by_content = store.items_by_content(sorted(set(unknown_cids.values()))) if unknown_cids else {}
+    adopted = [(by_content[c], tid) for tid, c in unknown_cids.items() if c in by_content]
+    known.update({tid: item for item, tid in adopted})
+    annotations: list[PulledAnnotation] = []
+    watermark = report.watermark
+    for task in page:
+        report.tasks_seen += 1
+        updated = task.get("updated_at")
+        if updated and (watermark is None or parse_ls_time(updated) > parse_ls_time(watermark)):  # type: ignore[operator]
+            watermark = updated
+        item_id = known.get(int(task["id"]))
+        if item_id is None:
+            report.foreign_tasks += 1
+            continue
+        done = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+        if any(not a.get("was_cancelled") for a in done):
+            report.labeled_tasks += 1
+        elif done:
+            report.skipped_tasks += 1
+        for a in done:
+            annotations.append(
+                PulledAnnotation(
+                    annotation_id=int(a["id"]),
+                    task_id=int(task["id"]),
+                    item_id=item_id,
+                    was_cancelled=bool(a.get("was_cancelled")),
+                    annotator=_annotator(a.get("completed_by")),
+                    lead_time=float(a["lead_time"]) if a.get("lead_time") is not None else None,
+                    labels=normalize_annotation(project.record.task, a.get("result") or []),
+                    result=a.get("result") or [],
+                    created_at=parse_ls_time(a.get("created_at")),
+                    updated_at=parse_ls_time(a.get("updated_at")),
+                )
+            )
+    report.new_annotations += store.ls_store_annotations(project.record.id, annotations, adopted, watermark)
+    report.watermark = watermark
+
+
+def _annotator(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return str(value.get("email") or value.get("id"))
+    return None if value is None else str(value)

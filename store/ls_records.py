@@ -1,0 +1,438 @@
+"""What curate remembers about Label Studio: projects, which item is which task, the queue order, pending
+imports and pulled annotations. Mixed into ``Store``; only SQL here, no HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, select, update
+
+from store.schema import (
+    Annotation,
+    Item,
+    ItemPath,
+    LSProject,
+    LSPushIntent,
+    LSTask,
+    Selection,
+    SelectionItem,
+    utcnow,
+)
+
+BATCH = 2000
+
+
+@dataclass(frozen=True)
+class LSProjectRecord:
+    id: int
+    server: str
+    project_id: int
+    title: str
+    task: str
+    active_tag: str | None
+    ranking_signature: str | None
+    pulled_until: str | None
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    item_id: int
+    content_id: str
+    task_id: int
+    position: int | None
+    cluster: int | None
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    """A selected item not yet in the project."""
+
+    item_id: int
+    content_id: str
+    path: str
+    pool_root: str | None
+    selection_id: int
+    rank: int
+    score: float
+    cluster: int | None
+    strategy: str
+
+
+@dataclass(frozen=True)
+class PulledAnnotation:
+    annotation_id: int
+    task_id: int
+    item_id: int
+    was_cancelled: bool
+    annotator: str | None
+    lead_time: float | None
+    labels: dict[str, Any]
+    result: list[Any]
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class LabelStudioRecords:
+    """Label Studio bookkeeping; every method is one transaction."""
+
+    dialect: str
+
+    def _tx(self) -> AbstractContextManager[Connection]:  # provided by Store
+        raise NotImplementedError
+
+    def _insert(self, table: Any) -> Any:  # provided by Store
+        raise NotImplementedError
+
+    # -- projects ----------------------------------------------------------------------------------------------------
+    def ls_project(self, server: str, project_id: int, title: str, task: str) -> LSProjectRecord:
+        with self._tx() as conn:
+            conn.execute(
+                self._insert(LSProject)
+                .values(server=server, project_id=project_id, title=title, task=task, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["server", "project_id"])
+            )
+            conn.execute(
+                update(LSProject)
+                .where(LSProject.server == server, LSProject.project_id == project_id)
+                .values(title=title, task=task)
+            )
+            row = conn.execute(
+                select(LSProject.__table__).where(LSProject.server == server, LSProject.project_id == project_id)
+            ).one()
+        return _project(row)
+
+    def ls_project_by_id(self, ls_project_id: int) -> LSProjectRecord:
+        with self._tx() as conn:
+            return _project(conn.execute(select(LSProject.__table__).where(LSProject.id == ls_project_id)).one())
+
+    def ls_projects(self) -> list[LSProjectRecord]:
+        with self._tx() as conn:
+            return [_project(r) for r in conn.execute(select(LSProject.__table__).order_by(LSProject.id))]
+
+    def ls_set_ranking(self, ls_project_id: int, tag: str | None, signature: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(LSProject)
+                .where(LSProject.id == ls_project_id)
+                .values(active_tag=tag, ranking_signature=signature)
+            )
+
+    # -- tasks -------------------------------------------------------------------------------------------------------
+    def ls_task_ids(self, ls_project_id: int) -> dict[int, int]:
+        """item id → task id for every task curate knows in the project."""
+        with self._tx() as conn:
+            rows = conn.execute(select(LSTask.item_id, LSTask.task_id).where(LSTask.ls_project_id == ls_project_id))
+            return {int(i): int(t) for i, t in rows}
+
+    def ls_count_tasks(self, ls_project_id: int) -> int:
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
+                ).scalar_one()
+            )
+
+    def ls_record_tasks(self, ls_project_id: int, rows: Sequence[dict[str, Any]], intent_id: int | None = None) -> int:
+        """Record imported (or reconciled) tasks and clear the import intent, atomically. Returns rows added.
+
+        ``rows``: ``item_id``, ``task_id``, ``position``, ``cluster``, ``selection_id``. An item already mapped
+        keeps its first task (a duplicate made outside curate is never adopted twice).
+        """
+        added = 0
+        with self._tx() as conn:
+            stmt = self._insert(LSTask).on_conflict_do_nothing()
+            for start in range(0, len(rows), BATCH):
+                chunk = [
+                    {"ls_project_id": ls_project_id, "status": "queued", "pushed_at": utcnow(), **r}
+                    for r in rows[start : start + BATCH]
+                ]
+                before = conn.execute(
+                    select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
+                ).scalar_one()
+                conn.execute(stmt, chunk)
+                added += (
+                    conn.execute(
+                        select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
+                    ).scalar_one()
+                    - before
+                )
+            if intent_id is not None:
+                conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
+        return int(added)
+
+    def ls_queue(self, ls_project_id: int) -> list[QueuedTask]:
+        """Queued (not yet labeled or skipped) tasks in queue order."""
+        stmt = (
+            select(LSTask.item_id, Item.content_id, LSTask.task_id, LSTask.position, LSTask.cluster)
+            .join(Item, Item.id == LSTask.item_id)
+            .where(LSTask.ls_project_id == ls_project_id, LSTask.status == "queued")
+            .order_by(LSTask.position.is_(None), LSTask.position, LSTask.id)
+        )
+        with self._tx() as conn:
+            return [QueuedTask(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in conn.execute(stmt)]
+
+    def ls_set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
+        """(item id, position, cluster) for the queued tasks, after a ranking was written to Label Studio."""
+        with self._tx() as conn:
+            stmt = (
+                update(LSTask)
+                .where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == bindparam("b_item"))
+                .values(position=bindparam("b_pos"), cluster=bindparam("b_cluster"))
+            )
+            for start in range(0, len(positions), BATCH):
+                conn.execute(
+                    stmt,
+                    [{"b_item": i, "b_pos": p, "b_cluster": c} for i, p, c in positions[start : start + BATCH]],
+                )
+
+    # -- pending imports ---------------------------------------------------------------------------------------------
+    def ls_add_intent(self, ls_project_id: int, content_ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    insert(LSPushIntent)
+                    .values(ls_project_id=ls_project_id, content_ids=list(content_ids), created_at=utcnow())
+                    .returning(LSPushIntent.id)
+                ).scalar_one()
+            )
+
+    def ls_intents(self, ls_project_id: int) -> list[tuple[int, list[str]]]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(LSPushIntent.id, LSPushIntent.content_ids)
+                .where(LSPushIntent.ls_project_id == ls_project_id)
+                .order_by(LSPushIntent.id)
+            )
+            return [(int(i), list(c)) for i, c in rows]
+
+    def ls_clear_intent(self, intent_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
+
+    # -- what to push ------------------------------------------------------------------------------------------------
+    def mark_selection_for_push(self, selection_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute(update(Selection).where(Selection.id == selection_id).values(push=True))
+
+    def selection_exists(self, selection_id: int) -> bool:
+        with self._tx() as conn:
+            return conn.execute(select(Selection.id).where(Selection.id == selection_id)).first() is not None
+
+    def ls_pending(self, ls_project_id: int) -> list[PendingItem]:
+        """Items of push-marked selections that are not tasks of the project yet, oldest selection first."""
+        from store.schema import Pool
+
+        stmt = (
+            select(
+                SelectionItem.item_id,
+                Item.content_id,
+                SelectionItem.selection_id,
+                SelectionItem.rank,
+                SelectionItem.score,
+                SelectionItem.cluster,
+                Selection.strategy,
+                Selection.pool_id,
+            )
+            .join(Selection, Selection.id == SelectionItem.selection_id)
+            .join(Item, Item.id == SelectionItem.item_id)
+            .where(Selection.push.is_(True))
+            .where(~exists().where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == SelectionItem.item_id))
+            .order_by(SelectionItem.selection_id, SelectionItem.rank)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(stmt).all()
+            ids = sorted({int(r[0]) for r in rows})
+            paths: dict[int, list[tuple[int, str, str]]] = {}
+            for start in range(0, len(ids), BATCH):
+                for found in conn.execute(
+                    select(ItemPath.item_id, ItemPath.pool_id, ItemPath.path, Pool.root)
+                    .join(Pool, Pool.id == ItemPath.pool_id)
+                    .where(ItemPath.item_id.in_(ids[start : start + BATCH]))
+                    .order_by(ItemPath.path)
+                ):
+                    paths.setdefault(int(found[0]), []).append((int(found[1]), found[2], found[3]))
+        out: list[PendingItem] = []
+        seen: set[int] = set()
+        for item_id, content_id, selection_id, rank, score, cluster, strategy, pool_id in rows:
+            if item_id in seen:  # selected twice (possible across pools): push once
+                continue
+            seen.add(item_id)
+            where = paths.get(int(item_id), [])
+            # prefer a path in the pool the item was selected from; an item with no path left is still pushed
+            # (its file vanished: the push reports it instead of silently dropping it)
+            best = next((w for w in where if w[0] == pool_id), where[0] if where else None)
+            out.append(
+                PendingItem(
+                    int(item_id),
+                    content_id,
+                    best[1] if best else "",
+                    best[2] if best else None,
+                    int(selection_id),
+                    int(rank),
+                    float(score),
+                    cluster,
+                    strategy,
+                )
+            )
+        return out
+
+    # -- annotations -------------------------------------------------------------------------------------------------
+    def ls_items_for_tasks(self, ls_project_id: int, task_ids: Sequence[int]) -> dict[int, int]:
+        """task id → item id for tasks curate created."""
+        out: dict[int, int] = {}
+        with self._tx() as conn:
+            for start in range(0, len(task_ids), BATCH):
+                rows = conn.execute(
+                    select(LSTask.task_id, LSTask.item_id).where(
+                        LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(task_ids[start : start + BATCH])
+                    )
+                )
+                out.update({int(t): int(i) for t, i in rows})
+        return out
+
+    def items_by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._tx() as conn:
+            for start in range(0, len(content_ids), BATCH):
+                rows = conn.execute(
+                    select(Item.content_id, Item.id).where(Item.content_id.in_(content_ids[start : start + BATCH]))
+                )
+                out.update({c: int(i) for c, i in rows})
+        return out
+
+    def ls_store_annotations(
+        self,
+        ls_project_id: int,
+        annotations: Sequence[PulledAnnotation],
+        adopted_tasks: Sequence[tuple[int, int]],
+        watermark: str | None,
+    ) -> int:
+        """Upsert one page of pulled annotations, update task statuses and advance the watermark, atomically.
+
+        ``adopted_tasks``: (item id, task id) of tasks curate finds in the project by curation_id but had not
+        recorded (e.g. pushed from another database). Returns the number of new annotations.
+        """
+        with self._tx() as conn:
+            if adopted_tasks:
+                conn.execute(
+                    self._insert(LSTask).on_conflict_do_nothing(),
+                    [
+                        {
+                            "ls_project_id": ls_project_id,
+                            "item_id": i,
+                            "task_id": t,
+                            "status": "queued",
+                            "pushed_at": utcnow(),
+                        }
+                        for i, t in adopted_tasks
+                    ],
+                )
+            before = conn.execute(
+                select(func.count()).select_from(Annotation).where(Annotation.ls_project_id == ls_project_id)
+            ).scalar_one()
+            if annotations:
+                stmt = self._insert(Annotation)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["ls_project_id", "annotation_id"],
+                    set_={
+                        c: getattr(stmt.excluded, c)
+                        for c in ("was_cancelled", "annotator", "lead_time", "labels", "result", "updated_at")
+                    },
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "ls_project_id": ls_project_id,
+                            "annotation_id": a.annotation_id,
+                            "task_id": a.task_id,
+                            "item_id": a.item_id,
+                            "was_cancelled": a.was_cancelled,
+                            "annotator": a.annotator,
+                            "lead_time": a.lead_time,
+                            "labels": a.labels,
+                            "result": a.result,
+                            "created_at": a.created_at,
+                            "updated_at": a.updated_at,
+                        }
+                        for a in annotations
+                    ],
+                )
+                task_ids = sorted({a.task_id for a in annotations})
+                labeled = exists().where(
+                    Annotation.ls_project_id == ls_project_id,
+                    Annotation.task_id == LSTask.task_id,
+                    Annotation.was_cancelled.is_(False),
+                )
+                skipped = exists().where(
+                    Annotation.ls_project_id == ls_project_id,
+                    Annotation.task_id == LSTask.task_id,
+                    Annotation.was_cancelled.is_(True),
+                )
+                for start in range(0, len(task_ids), BATCH):
+                    part = task_ids[start : start + BATCH]
+                    scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
+                    conn.execute(update(LSTask).where(scope, skipped).values(status="skipped", position=None))
+                    conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
+            after = conn.execute(
+                select(func.count()).select_from(Annotation).where(Annotation.ls_project_id == ls_project_id)
+            ).scalar_one()
+            if watermark is not None:
+                conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))
+        return int(after - before)
+
+    def labeled_items(self, pool_id: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+        """(item id, content id, labels) of the latest non-cancelled annotation of each labeled item."""
+        latest = (
+            select(Annotation.item_id, func.max(Annotation.id).label("aid"))
+            .where(Annotation.was_cancelled.is_(False))
+            .group_by(Annotation.item_id)
+            .subquery()
+        )
+        stmt = (
+            select(Annotation.item_id, Item.content_id, Annotation.labels)
+            .join(latest, latest.c.aid == Annotation.id)
+            .join(Item, Item.id == Annotation.item_id)
+            .order_by(Annotation.item_id)
+        )
+        if pool_id is not None:
+            stmt = stmt.where(exists().where(ItemPath.item_id == Annotation.item_id, ItemPath.pool_id == pool_id))
+        with self._tx() as conn:
+            return [(int(i), c, dict(lbl)) for i, c, lbl in conn.execute(stmt)]
+
+    def ls_counts(self, pool_id: int | None) -> dict[str, int]:
+        with self._tx() as conn:
+
+            def count(status: str) -> int:
+                stmt = select(func.count(func.distinct(LSTask.item_id))).where(LSTask.status == status)
+                if pool_id is not None:
+                    stmt = stmt.where(exists().where(ItemPath.item_id == LSTask.item_id, ItemPath.pool_id == pool_id))
+                return int(conn.execute(stmt).scalar_one())
+
+            labeled = select(func.count(func.distinct(Annotation.item_id))).where(Annotation.was_cancelled.is_(False))
+            if pool_id is not None:
+                labeled = labeled.where(
+                    exists().where(ItemPath.item_id == Annotation.item_id, ItemPath.pool_id == pool_id)
+                )
+            return {
+                "queued": count("queued"),
+                "skipped": count("skipped"),
+                "labeled": int(conn.execute(labeled).scalar_one()),
+            }
+
+
+def _project(row: Any) -> LSProjectRecord:
+    return LSProjectRecord(
+        id=row.id,
+        server=row.server,
+        project_id=row.project_id,
+        title=row.title,
+        task=row.task,
+        active_tag=row.active_tag,
+        ranking_signature=row.ranking_signature,
+        pulled_until=row.pulled_until,
+    )

@@ -1,0 +1,620 @@
+"""Against a real Label Studio server: push, the prioritized label stream, idempotency under faults, pull."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from curation.errors import ExitCode
+from curation.synthetic import make_pool
+from tests.ls_support import FaultProxy, LSApi, fresh_annotator
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def curate(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def curate_json(*args: str) -> dict[str, Any]:
+    code, out, err = curate(*args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def title() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def api(label_studio: Any) -> LSApi:
+    return LSApi(label_studio.url, label_studio.api_key)
+
+
+def curation_ids(api: LSApi, project_id: int) -> list[str]:
+    return [t["data"]["curation_id"] for t in api.tasks(project_id)]
+
+
+def lowest_score_task(api: LSApi, project: dict[str, Any]) -> int:
+    tag = project["model_version"]
+    preds = [p for p in api.predictions(project["id"]) if p["model_version"] == tag]
+    return min(preds, key=lambda p: p["score"])["task"]
+
+
+def test_acceptance_flow(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    args = (
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "10",
+        "--project",
+        name,
+        "--db",
+        db,
+    )
+    first = curate_json(*args)
+    assert first["push"]["pushed"] == 10 and first["push"]["created_project"]
+    project = api.project_by_title(name)
+    assert project["sampling"] == "Uncertainty sampling"
+    assert project["model_version"] == first["push"]["model_version_tag"]
+    tasks = api.tasks(project["id"])
+    assert len(tasks) == 10
+    rank1 = first["items"][0]["item_id"]
+    by_cid = {t["data"]["curation_id"]: t for t in tasks}
+    assert by_cid[rank1]["data"]["curation_rank"] == 1
+    # every task carries a prediction under the active tag with the model's top class
+    preds = [p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]]
+    assert len(preds) == 10 and all(p["result"][0]["type"] == "choices" for p in preds)
+    # the image is served by Label Studio
+    image = by_cid[rank1]["data"]["image"]
+    assert image.startswith("/data/local-files/?d=")
+    assert api.client.get(image).status_code == 200
+
+    annotator = fresh_annotator(label_studio.url)
+    served = annotator.get(f"/api/projects/{project['id']}/next")
+    assert served["data"]["curation_id"] == rank1
+
+    # the same command again: 10 new items, no duplicate curation_id
+    second = curate_json(*args)
+    assert second["push"]["pushed"] == 10
+    ids = curation_ids(api, project["id"])
+    assert len(ids) == 20 and len(set(ids)) == 20
+    # a push with nothing new changes nothing
+    again = curate_json("push", "--project", name, "--db", db)
+    assert again["pushed"] == 0 and len(curation_ids(api, project["id"])) == 20
+
+    # annotate three tasks (one of them as a skip afterwards on another task)
+    tasks = api.tasks(project["id"])
+    for task in tasks[:3]:
+        api.annotate(
+            task["id"],
+            [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["square"]}}],
+        )
+    api.annotate(tasks[3]["id"], [], cancelled=True)
+    pulled = curate_json("pull", "--project", name, "--db", db)
+    assert pulled["new_annotations"] == 4 and pulled["labeled_tasks"] == 3 and pulled["skipped_tasks"] == 1
+    status = curate_json("status", "--db", db)
+    assert status["counts"]["labeled"] == 3 and status["counts"]["skipped"] == 1
+    assert curate_json("pull", "--project", name, "--db", db)["new_annotations"] == 0  # rerun: nothing twice
+
+    # reprioritize with another strategy: the new rank 1 is the lowest-score task under the project's tag
+    before = api.project_by_title(name)["model_version"]
+    result = curate_json(
+        "reprioritize",
+        "--strategy",
+        "margin",
+        "--project",
+        name,
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--db",
+        db,
+    )
+    assert result["changed"] and result["queue_size"] == 16
+    project = api.project_by_title(name)
+    assert project["model_version"] == result["model_version_tag"] != before
+    new_rank1 = result["top"][0]["task_id"]
+    assert lowest_score_task(api, project) == new_rank1
+    assert fresh_annotator(label_studio.url).get(f"/api/projects/{project['id']}/next")["id"] == new_rank1
+    # only one curate ranking is left in the project (the Data Manager's score column stays true)
+    versions = api.get(f"/api/projects/{project['id']}/model-versions/")
+    assert [v for v in versions if v.startswith("curate-")] == [project["model_version"]]
+    # unchanged inputs: a fast no-op
+    noop = curate_json(
+        "reprioritize",
+        "--strategy",
+        "margin",
+        "--project",
+        name,
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--db",
+        db,
+    )
+    assert not noop["changed"] and api.project_by_title(name)["model_version"] == project["model_version"]
+
+
+def test_reprioritize_changes_what_next_serves(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "12",
+        "--strategy",
+        "entropy",
+        "--project",
+        name,
+        "--db",
+        db,
+    )
+    project = api.project_by_title(name)
+    head_before = fresh_annotator(label_studio.url).get(f"/api/projects/{project['id']}/next")["id"]
+    result = curate_json(
+        "reprioritize",
+        "--strategy",
+        "random",
+        "--project",
+        name,
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--db",
+        db,
+    )
+    head_after = fresh_annotator(label_studio.url).get(f"/api/projects/{project['id']}/next")["id"]
+    assert head_after == result["top"][0]["task_id"]
+    if result["top"][0]["was"] != 1:
+        assert head_after != head_before
+
+
+def test_queue_size_tops_up(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(
+        "select", "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--budget", "3", "--project", name, "--db", db
+    )
+    result = curate_json(
+        "reprioritize",
+        "--queue-size",
+        "8",
+        "--project",
+        name,
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--db",
+        db,
+    )
+    assert result["topped_up"] == 5 and result["queue_size"] == 8
+    project = api.project_by_title(name)
+    ids = curation_ids(api, project["id"])
+    assert len(ids) == 8 == len(set(ids))
+    tag = project["model_version"]
+    scores = sorted(p["score"] for p in api.predictions(project["id"]) if p["model_version"] == tag)
+    assert len(scores) == 8 and scores == sorted(set(scores))
+
+
+def test_detection_and_segmentation_pre_annotations(
+    tmp_path: Path, ls_env: dict[str, str], ls_root: Path, tiny_det_model: Path, tiny_seg_model: Path, api: LSApi
+) -> None:
+    pool = ls_root / f"det-{uuid.uuid4().hex[:6]}"
+    make_pool(pool, n=6, size=96, seed=12)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scoring:\n  box_conf: 0.0005\n  max_det: 5\nstrategy:\n  detection:\n    conf: 0.0005\n")
+    for model, tag_type, kind in (
+        (tiny_det_model, "RectangleLabels", "rectanglelabels"),
+        (tiny_seg_model, "PolygonLabels", "polygonlabels"),
+    ):
+        name = title()
+        curate_json(
+            "select",
+            "--pool",
+            str(pool),
+            "--model",
+            str(model),
+            "--budget",
+            "4",
+            "--project",
+            name,
+            "--db",
+            f"sqlite:///{tmp_path / (kind + '.db')}",
+            "--config",
+            str(cfg),
+        )
+        project = api.project_by_title(name)
+        assert f"<{tag_type}" in project["label_config"]
+        preds = [p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]]
+        assert len(preds) == 4
+        regions = [r for p in preds for r in p["result"]]
+        assert regions, f"no {kind} regions were pushed"
+        for region in regions:
+            assert region["type"] == kind
+            assert region["original_width"] == 96 and region["original_height"] == 96
+            value = region["value"]
+            if kind == "rectanglelabels":
+                assert 0 <= value["x"] <= 100 and 0 <= value["y"] <= 100 and value["width"] >= 0
+                assert value["rectanglelabels"][0] in ("circle", "square", "triangle")
+            else:
+                assert len(value["points"]) >= 3
+                assert all(0 <= x <= 100 and 0 <= y <= 100 for x, y in value["points"])
+
+
+def test_exif_rotated_boxes_use_the_displayed_size(
+    tmp_path: Path, ls_env: dict[str, str], ls_root: Path, tiny_det_model: Path, api: LSApi
+) -> None:
+    from PIL import Image
+
+    pool = ls_root / f"exif-{uuid.uuid4().hex[:6]}"
+    pool.mkdir()
+    img = Image.new("RGB", (160, 96), (30, 160, 60))
+    exif = img.getexif()
+    exif[0x0112] = 6  # displayed rotated: 96 wide, 160 high
+    img.save(pool / "rotated.jpg", exif=exif.tobytes())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scoring:\n  box_conf: 0.0001\n  max_det: 3\nstrategy:\n  detection:\n    conf: 0.0001\n")
+    name = title()
+    curate_json(
+        "select",
+        "--pool",
+        str(pool),
+        "--model",
+        str(tiny_det_model),
+        "--budget",
+        "1",
+        "--project",
+        name,
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+        "--config",
+        str(cfg),
+    )
+    project = api.project_by_title(name)
+    regions = [r for p in api.predictions(project["id"]) for r in p["result"]]
+    assert regions and all((r["original_width"], r["original_height"]) == (96, 160) for r in regions)
+
+
+def test_502_after_the_server_committed_creates_no_duplicates(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
+    label_studio: Any,
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json("ls", "init", "--project", name, "--model", str(tiny_cls_model), "--pool", str(ls_pool), "--db", db)
+    with FaultProxy(label_studio.url, mode="502-once") as proxy:
+        monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
+        result = curate_json(
+            "select",
+            "--pool",
+            str(ls_pool),
+            "--model",
+            str(tiny_cls_model),
+            "--budget",
+            "7",
+            "--project",
+            name,
+            "--db",
+            db,
+        )
+        assert proxy.imports_forwarded == 1
+    assert result["push"]["pushed"] == 7
+    ids = curation_ids(api, api.project_by_title(name)["id"])
+    assert len(ids) == 7 and len(set(ids)) == 7
+
+
+def _count_tasks(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM ls_tasks").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_after_import_committed_then_rerun(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+) -> None:
+    name = title()
+    db = tmp_path / "c.db"
+    env = {**os.environ}
+    with FaultProxy(label_studio.url, mode="hang-after-import") as proxy:
+        env["LABEL_STUDIO_URL"] = proxy.url
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli",
+            "select",
+            "--pool",
+            str(ls_pool),
+            "--model",
+            str(tiny_cls_model),
+            "--budget",
+            "9",
+            "--project",
+            name,
+            "--db",
+            f"sqlite:///{db}",
+        ]
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proxy.committed.wait(120), proc.communicate(timeout=5)
+        time.sleep(0.5)  # the server has committed; curate is waiting for the answer
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    project = api.project_by_title(name)
+    assert len(api.tasks(project["id"])) == 9  # in Label Studio, but curate never heard back
+    assert _count_tasks(db) == 0
+    result = curate_json("push", "--project", name, "--db", f"sqlite:///{db}")
+    assert result["reconciled"] == 9 and result["pushed"] == 0
+    ids = curation_ids(api, project["id"])
+    assert len(ids) == 9 and len(set(ids)) == 9
+    assert api.project_by_title(name)["model_version"] == result["model_version_tag"]
+
+
+def test_bad_token_is_one_clear_error_and_records_nothing(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "f" * 40
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", secret)
+    db = tmp_path / "c.db"
+    code, out, err = curate(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "3",
+        "--project",
+        title(),
+        "--db",
+        f"sqlite:///{db}",
+        "--debug",
+    )
+    assert code == ExitCode.AUTH, err
+    assert "refused the API key" in err and secret not in err + out
+    code, out, err = curate(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "3",
+        "--project",
+        title(),
+        "--db",
+        f"sqlite:///{db}",
+    )
+    assert code == ExitCode.AUTH and "Traceback" not in err and len([x for x in err.splitlines() if x]) == 1
+    assert not db.exists() or secret.encode() not in db.read_bytes()
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM selections").fetchone()[0] == 0
+
+
+def test_server_down_is_a_clear_error(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    code, _, err = curate("push", "--project", title(), "--db", f"sqlite:///{tmp_path / 'c.db'}")
+    assert code == ExitCode.LABEL_STUDIO and "cannot reach Label Studio at http://127.0.0.1:9" in err
+    assert "Traceback" not in err
+
+
+def test_secrets_never_reach_the_database(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, label_studio: Any
+) -> None:
+    db = tmp_path / "c.db"
+    curate_json(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "2",
+        "--project",
+        title(),
+        "--db",
+        f"sqlite:///{db}",
+    )
+    for path in tmp_path.glob("c.db*"):
+        assert label_studio.api_key.encode() not in path.read_bytes()
+
+
+def test_project_config_mismatch_names_the_labels(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    name = title()
+    api.post(
+        "/api/projects",
+        {
+            "title": name,
+            "label_config": (
+                '<View><Image name="image" value="$image"/><Choices name="cls" toName="image">'
+                '<Choice value="circle"/><Choice value="hexagon"/></Choices></View>'
+            ),
+        },
+    )
+    code, _, err = curate(
+        "ls",
+        "init",
+        "--project",
+        name,
+        "--model",
+        str(tiny_cls_model),
+        "--pool",
+        str(ls_pool),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert code == ExitCode.USAGE and "Traceback" not in err
+    assert "square" in err and "triangle" in err and "hexagon" in err
+
+
+def test_ls_init_creates_a_matching_project(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    name = title()
+    info = curate_json(
+        "ls",
+        "init",
+        "--project",
+        name,
+        "--model",
+        str(tiny_cls_model),
+        "--pool",
+        str(ls_pool),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert info["created"] and sorted(info["labels"]) == ["circle", "square", "triangle"]
+    assert info["local_storage"] == str(ls_pool)
+    again = curate_json(
+        "ls",
+        "init",
+        "--project",
+        name,
+        "--model",
+        str(tiny_cls_model),
+        "--pool",
+        str(ls_pool),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert not again["created"] and again["project_id"] == info["project_id"]
+
+
+def test_pool_outside_the_document_root_is_refused(
+    tmp_path: Path, ls_env: dict[str, str], tiny_cls_model: Path
+) -> None:
+    pool = tmp_path / "elsewhere"
+    make_pool(pool, n=3, size=48)
+    code, _, err = curate(
+        "select",
+        "--pool",
+        str(pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "2",
+        "--project",
+        title(),
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert code == ExitCode.USAGE and "document root" in err and "Traceback" not in err
+
+
+def test_url_prefix_images_are_passed_through(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__URL_PREFIX", "s3://bucket/pools/a b")
+    name = title()
+    curate_json(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "2",
+        "--project",
+        name,
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    images = [t["data"]["image"] for t in api.tasks(api.project_by_title(name)["id"])]
+    assert all(i.startswith("s3://bucket/pools/a b/img_") and i.endswith(".jpg") for i in images)
+
+
+def test_pull_is_incremental(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(
+        "select", "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--budget", "5", "--project", name, "--db", db
+    )
+    project = api.project_by_title(name)
+    tasks = api.tasks(project["id"])
+    time.sleep(1.5)  # older than the pull's safety margin
+    api.annotate(
+        tasks[0]["id"],
+        [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["circle"]}}],
+    )
+    assert curate_json("pull", "--project", name, "--db", db)["new_annotations"] == 1
+    time.sleep(1.5)
+    api.annotate(
+        tasks[1]["id"],
+        [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["triangle"]}}],
+    )
+    second = curate_json("pull", "--project", name, "--db", db)
+    # only the newly annotated task and the last one of the previous pull (re-read within the 1 s margin)
+    assert second["new_annotations"] == 1 and second["tasks_seen"] == 2
+    counts = Counter(a["labels"]["classes"][0] for a in _annotations(tmp_path / "c.db"))
+    assert counts == {"circle": 1, "triangle": 1}
+
+
+def test_a_new_database_adopts_existing_tasks_instead_of_duplicating(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    name = title()
+    args = ("select", "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--budget", "6", "--project", name)
+    curate_json(*args, "--db", f"sqlite:///{tmp_path / 'first.db'}")
+    # the database is lost; a new one selects the same items again
+    result = curate_json(*args, "--db", f"sqlite:///{tmp_path / 'second.db'}")
+    assert result["push"]["reconciled"] == 6 and result["push"]["pushed"] == 0
+    ids = curation_ids(api, api.project_by_title(name)["id"])
+    assert len(ids) == 6 == len(set(ids))
+
+
+def _annotations(db: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        return [{"labels": json.loads(row[0])} for row in conn.execute("SELECT labels FROM annotations")]
