@@ -63,6 +63,13 @@ ProjectOpt = Annotated[
     str | None, typer.Option("--project", "-p", help="Label Studio project title or id (label_studio.project).")
 ]
 StrategyOpt = Annotated[str | None, typer.Option("--strategy", "-s", help="Strategy name (see README).")]
+BalanceOpt = Annotated[
+    bool | None, typer.Option("--balance/--no-balance", help="Per-class quotas so rare classes are not starved.")
+]
+MinDistanceOpt = Annotated[
+    float | None,
+    typer.Option("--min-distance", help="Near-duplicate threshold (cosine distance; 0 = off, default 0.01)."),
+]
 
 
 class RichProgress:
@@ -236,6 +243,8 @@ def select(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection to FILE.jsonl or .csv.")] = None,
     push: Annotated[bool, typer.Option("--push/--no-push", help="Push the selection to Label Studio.")] = True,
     project: ProjectOpt = None,
+    balance: BalanceOpt = None,
+    min_distance: MinDistanceOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for random choices.")] = None,
     pool: PoolOpt = None,
     model: ModelOpt = None,
@@ -258,6 +267,8 @@ def select(
         overrides[("select", "out")] = (str(out) if out else None, "--out")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides[("strategy", "seed")] = (seed, "--seed")
+        overrides[("strategy", "balance")] = (balance, "--balance")
+        overrides[("strategy", "min_distance")] = (min_distance, "--min-distance")
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
@@ -520,6 +531,8 @@ def reprioritize(
         int | None, typer.Option("--queue-size", help="Top the queue up so that N unlabeled tasks wait.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite the ranking even if nothing changed.")] = False,
+    balance: BalanceOpt = None,
+    min_distance: MinDistanceOpt = None,
     project: ProjectOpt = None,
     pool: PoolOpt = None,
     model: ModelOpt = None,
@@ -539,6 +552,8 @@ def reprioritize(
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
+        overrides[("strategy", "balance")] = (balance, "--balance")
+        overrides[("strategy", "min_distance")] = (min_distance, "--min-distance")
         settings = _settings(config, overrides)
         with pipeline.open_store(settings) as store:
             scored, report = pipeline.reprioritize(

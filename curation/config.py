@@ -115,10 +115,15 @@ class DetectionAggregation(_Section):
 
 
 class StrategySettings(_Section):
-    name: str = "entropy"
-    seed: int = 0
+    name: str = "hybrid"
+    seed: int = Field(default=0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
-    """Strategy-specific options, e.g. ``{candidates: 10}`` for hybrid."""
+    """Strategy-specific options, e.g. ``{candidates: 10, weight: 0.5}`` for hybrid."""
+    min_distance: float = Field(default=0.01, ge=0.0, le=2.0)
+    """Near-duplicates: an item closer than this cosine distance (between centred embeddings, where unrelated
+    images sit near 1) to a selected, queued or labeled item is never selected (0 turns it off)."""
+    balance: bool = False
+    """Per-class quotas so that rare classes are not starved (classes predicted by the model)."""
     detection: DetectionAggregation = Field(default_factory=DetectionAggregation)
 
 

@@ -76,6 +76,7 @@ class SelectOutcome:
             "available": self.selection.available,
             "out": None if self.out is None else str(self.out),
             "warnings": self.selection.warnings,
+            "skipped_duplicates": self.selection.skipped_duplicates,
             "scoring": self.score.summary(),
             "items": self.rows,
             **self.extra,

@@ -36,10 +36,9 @@ from curation.ls_format import (
 )
 from curation.pool import absolute_path
 from curation.progress import NullProgress, Progress
-from curation.selection import FALLBACK_MEASURE, build_strategy, uncertainty_for_items
+from curation.selection import FALLBACK_MEASURE, build_strategy, items_uncertainty, pool_view
 from store.ls_records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
 from store.repository import ModelVersionRecord, Store, StoredPrediction
-from strategies import PoolView
 
 TAG_PREFIX = "curate-"
 
@@ -432,25 +431,17 @@ def ranking_signature(
 def rank_queue(
     store: Store, settings: Settings, mv: ModelVersionRecord, queue: Sequence[QueuedTask], strategy_name: str | None
 ) -> tuple[list[QueuedTask], dict[int, int | None]]:
-    """Order the queued tasks with the strategy. Tasks the model could not score keep their relative order at
-    the end. Returns the new order and each item's cluster."""
+    """Order the queued tasks with the strategy, diversity measured against labeled items. Tasks the strategy
+    does not place (no valid model output, or a near-duplicate of a better-placed task) keep their relative order
+    at the end: they are tasks already, so they stay in the queue. Returns the order and each item's cluster."""
     strategy = build_strategy(settings.strategy, strategy_name)
     item_ids = np.array([q.item_id for q in queue], dtype=np.int64)
-    uncertainty, embeddings, reference = uncertainty_for_items(
-        store,
-        mv,
-        item_ids,
-        strategy.measure or FALLBACK_MEASURE,
-        settings.strategy.detection,
-        with_embeddings=strategy.needs_embeddings,
-    )
-    valid = ~np.isnan(uncertainty)
+    cands = items_uncertainty(store, mv, item_ids, strategy.measure or FALLBACK_MEASURE, settings.strategy.detection)
+    view = pool_view(store, mv, cands, strategy, settings.strategy, store.labeled_item_ids())
+    valid = ~np.isnan(view.uncertainty if view.uncertainty is not None else cands.uncertainty)
     order: list[int] = []
     clusters: dict[int, int | None] = {}
     if valid.any():
-        view = PoolView(
-            uncertainty=uncertainty, embeddings=embeddings, reference_embeddings=reference, seed=settings.strategy.seed
-        )
         picked = strategy.select(view, int(valid.sum()))
         order = [int(i) for i in picked.indices]
         if picked.clusters is not None:

@@ -21,12 +21,14 @@ from curation.errors import ConfigError, NothingToSelectError
 from curation.pool import absolute_path
 from store.repository import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem, Store
 from strategies import (
+    ClassBalanced,
     EmptyPoolError,
     PoolExhaustedError,
     PoolView,
     Strategy,
     StrategyError,
     aggregate_boxes,
+    center_in_place,
     get_strategy,
     uncertainty_scores,
 )
@@ -38,6 +40,7 @@ FALLBACK_MEASURE = "least_confidence"  # used only to find excluded items for st
 class Candidates:
     item_ids: NDArray[np.int64]
     uncertainty: NDArray[np.float64]  # NaN = excluded
+    classes: NDArray[np.bool_]  # (N, C): the classes each item is predicted to contain
 
 
 @dataclass
@@ -48,36 +51,51 @@ class SelectionResult:
     budget: int
     available: int
     items: list[SelectedItem]
+    skipped_duplicates: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
-def build_strategy(settings: StrategySettings, name: str | None = None) -> Strategy:
+def build_strategy(settings: StrategySettings, name: str | None = None, balance: bool | None = None) -> Strategy:
+    """The configured strategy (``name`` overrides it), wrapped for class balance when asked."""
     try:
-        return get_strategy(name or settings.name, **settings.options)
+        strategy = get_strategy(name or settings.name, **settings.options)
     except StrategyError as exc:
         raise ConfigError(f"strategy: {exc}") from None
+    if settings.balance if balance is None else balance:
+        strategy = ClassBalanced(strategy)
+    return strategy
 
 
-def _uncertainty(
+def _scores_view(
     scores: ClassificationScores | DetectionScores,
     mv: ModelVersionRecord,
     measure: str,
     detection: DetectionAggregation,
-) -> NDArray[np.float64]:
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Per-item uncertainty and predicted classes from stored model outputs."""
+    k = len(mv.class_names)
     if isinstance(scores, ClassificationScores):
-        if len(scores.item_ids) == 0:
-            return np.zeros(0)
-        return uncertainty_scores(scores.probs, measure)
+        n = len(scores.item_ids)
+        classes = np.zeros((n, k), dtype=bool)
+        if n == 0:
+            return np.zeros(0), classes
+        classes[np.arange(n), np.argmax(scores.probs, axis=1)] = True
+        return uncertainty_scores(scores.probs, measure), classes
     keep = scores.box_conf >= detection.conf
     box_unc = uncertainty_scores(scores.box_scores[keep], measure)
-    return aggregate_boxes(
+    image = scores.box_image_index[keep]
+    values = aggregate_boxes(
         box_unc,
-        scores.box_image_index[keep],
+        image,
         len(scores.item_ids),
         reducer=detection.reducer,
         top_k=detection.top_k,
         empty=detection.empty,
     )
+    classes = np.zeros((len(scores.item_ids), k), dtype=bool)
+    if len(image):
+        classes[image, np.argmax(scores.box_scores[keep], axis=1)] = True
+    return values, classes
 
 
 def candidate_uncertainty(
@@ -89,42 +107,62 @@ def candidate_uncertainty(
         if mv.task == "classify"
         else store.candidate_detection(pool_id, mv.id, len(mv.class_names))
     )
-    return Candidates(scores.item_ids, _uncertainty(scores, mv, measure, detection))
+    values, classes = _scores_view(scores, mv, measure, detection)
+    return Candidates(scores.item_ids, values, classes)
 
 
-def uncertainty_for_items(
-    store: Store,
-    mv: ModelVersionRecord,
-    item_ids: NDArray[np.int64],
-    measure: str,
-    detection: DetectionAggregation,
-    *,
-    with_embeddings: bool = False,
-) -> tuple[NDArray[np.float64], NDArray[np.float32] | None, NDArray[np.float32] | None]:
-    """Uncertainty (NaN where the model has no valid output) and, on request, embeddings of ``item_ids`` plus
-    the embeddings of labeled items (the reference diversity strategies spread away from), aligned with
-    ``item_ids``."""
+def items_uncertainty(
+    store: Store, mv: ModelVersionRecord, item_ids: NDArray[np.int64], measure: str, detection: DetectionAggregation
+) -> Candidates:
+    """The same for given items, aligned with ``item_ids`` (NaN where the model has no valid output)."""
     ids = [int(i) for i in item_ids]
     scores: ClassificationScores | DetectionScores = (
         store.classification_for(mv.id, ids)
         if mv.task == "classify"
         else store.detection_for(mv.id, ids, len(mv.class_names))
     )
-    values = _uncertainty(scores, mv, measure, detection)
-    out: NDArray[np.float64] = np.full(len(ids), np.nan)
+    values, classes = _scores_view(scores, mv, measure, detection)
     position = {int(i): k for k, i in enumerate(scores.item_ids)}
-    for k, item in enumerate(ids):
-        if item in position:
-            out[k] = values[position[item]]
+    rows = np.array([position.get(i, -1) for i in ids], dtype=np.int64)
+    found = rows >= 0
+    out_values = np.full(len(ids), np.nan)
+    out_values[found] = values[rows[found]]
+    out_classes = np.zeros((len(ids), len(mv.class_names)), dtype=bool)
+    out_classes[found] = classes[rows[found]]
+    return Candidates(np.asarray(ids, dtype=np.int64), out_values, out_classes)
+
+
+def pool_view(
+    store: Store,
+    mv: ModelVersionRecord,
+    cands: Candidates,
+    strategy: Strategy,
+    settings: StrategySettings,
+    reference_ids: NDArray[np.int64],
+) -> PoolView:
+    """Everything the strategy may need, loaded once: embeddings only when the strategy or near-duplicate
+    suppression needs them (items without one are then excluded), and the reference set's embeddings."""
+    uncertainty = cands.uncertainty
     embeddings = reference = None
-    if with_embeddings and mv.embedding_dim:
-        embeddings, found = store.load_embeddings(mv.id, np.asarray(ids, dtype=np.int64), mv.embedding_dim)
-        out = np.asarray(np.where(found, out, np.nan), dtype=np.float64)
-        labeled = store.labeled_item_ids()
-        if len(labeled):
-            ref, ref_found = store.load_embeddings(mv.id, labeled, mv.embedding_dim)
-            reference = ref[ref_found]
-    return out, embeddings, reference
+    min_distance = settings.min_distance
+    if strategy.needs_embeddings or min_distance > 0:
+        if not mv.embedding_dim:
+            raise NothingToSelectError(f"model version {mv.version} has no stored embeddings; score again")
+        embeddings, found = store.load_embeddings(mv.id, cands.item_ids, mv.embedding_dim)
+        uncertainty = np.where(found, uncertainty, np.nan)
+        if len(reference_ids):
+            ref, ref_found = store.load_embeddings(mv.id, reference_ids, mv.embedding_dim)
+            reference = np.ascontiguousarray(ref[ref_found])
+        # distances between centred embeddings: comparable across models (see center_in_place)
+        center_in_place(embeddings, *([reference] if reference is not None else []))
+    return PoolView(
+        uncertainty=uncertainty,
+        embeddings=embeddings,
+        reference_embeddings=reference,
+        seed=settings.seed,
+        min_distance=min_distance if embeddings is not None else 0.0,
+        classes=cands.classes,
+    )
 
 
 def run_selection(
@@ -139,17 +177,8 @@ def run_selection(
     strategy = build_strategy(settings, strategy_name)
     warnings: list[str] = []
     cands = candidate_uncertainty(store, pool_id, mv, strategy.measure or FALLBACK_MEASURE, settings.detection)
-    uncertainty = cands.uncertainty
-    embeddings = reference = None
-    if strategy.needs_embeddings:
-        if not mv.embedding_dim:
-            raise NothingToSelectError(f"model version {mv.version} has no stored embeddings; rescore first")
-        embeddings, found = store.load_embeddings(mv.id, cands.item_ids, mv.embedding_dim)
-        uncertainty = np.where(found, uncertainty, np.nan)
-        ref_ids = store.reference_item_ids(pool_id)
-        if len(ref_ids):
-            ref, ref_found = store.load_embeddings(mv.id, ref_ids, mv.embedding_dim)
-            reference = ref[ref_found]
+    view = pool_view(store, mv, cands, strategy, settings, store.reference_item_ids(pool_id))
+    uncertainty = view.uncertainty if view.uncertainty is not None else cands.uncertainty
     available = int(np.count_nonzero(~np.isnan(uncertainty)))
     if available == 0:
         raise NothingToSelectError(
@@ -160,13 +189,22 @@ def run_selection(
     take = min(budget, available)
     if take < budget:
         warnings.append(f"only {available} selectable items remain; selecting {take} instead of {budget}")
-    view = PoolView(uncertainty=uncertainty, embeddings=embeddings, reference_embeddings=reference, seed=settings.seed)
     try:
         picked = strategy.select(view, take)
     except (EmptyPoolError, PoolExhaustedError) as exc:
         raise NothingToSelectError(str(exc)) from None
+    if picked.skipped:
+        warnings.append(
+            f"skipped {picked.skipped} near-duplicate(s) (cosine distance < {settings.min_distance} to a selected, "
+            "queued or labeled item)"
+        )
+    if 0 < len(picked) < take:
+        warnings.append(f"selected {len(picked)}: every other candidate is a near-duplicate")
+    if len(picked) == 0:
+        raise NothingToSelectError("nothing to select: every candidate is a near-duplicate of a taken item")
     item_ids = cands.item_ids[picked.indices]
     options: dict[str, Any] = dict(settings.options)
+    options["min_distance"] = view.min_distance
     if mv.task != "classify":
         options["detection"] = settings.detection.model_dump()
     selection_id = store.record_selection(
@@ -186,6 +224,7 @@ def run_selection(
         budget=budget,
         available=available,
         items=store.selection_items(selection_id),
+        skipped_duplicates=picked.skipped,
         warnings=warnings,
     )
 

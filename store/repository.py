@@ -11,11 +11,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func, insert, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -136,6 +137,16 @@ class SelectedItem:
 
 def _blob(array: NDArray[Any], dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def _column_ints(rows: Sequence[Any], column: int) -> NDArray[np.int64]:
+    """One integer column of fetched rows as an array; ``map``/``itemgetter`` keep the loop in C."""
+    return np.fromiter(map(itemgetter(column), rows), dtype=np.int64, count=len(rows))
+
+
+def _column_bytes(rows: Sequence[Any], column: int) -> bytes:
+    """One blob column of fetched rows concatenated in C (valid predictions always carry their blobs)."""
+    return b"".join(map(itemgetter(column), rows)) if rows else b""
 
 
 def encode_polygons(polygons: Sequence[NDArray[np.float32]]) -> bytes:
@@ -538,10 +549,10 @@ class Store(LabelStudioRecords):
         )
         with self._tx() as conn:
             rows = conn.execute(stmt).all()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ids = _column_ints(rows, 0)
         if not rows:
             return ClassificationScores(ids, np.zeros((0, 0), dtype=np.float32))
-        flat = np.frombuffer(b"".join(r[1] or b"" for r in rows), dtype="<f4")
+        flat = np.frombuffer(_column_bytes(rows, 1), dtype="<f4")
         return ClassificationScores(ids, flat.reshape(len(rows), -1).astype(np.float32, copy=False))
 
     def _detection(self, model_version_id: int, n_classes: int, condition: Any) -> DetectionScores:
@@ -552,10 +563,10 @@ class Store(LabelStudioRecords):
         )
         with self._tx() as conn:
             rows = conn.execute(stmt).all()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        n_boxes = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        conf = np.frombuffer(b"".join(r[2] or b"" for r in rows), dtype="<f4").astype(np.float32)
-        scores = np.frombuffer(b"".join(r[3] or b"" for r in rows), dtype="<f2").astype(np.float32)
+        ids = _column_ints(rows, 0)
+        n_boxes = _column_ints(rows, 1)
+        conf = np.frombuffer(_column_bytes(rows, 2), dtype="<f4").astype(np.float32)
+        scores = np.frombuffer(_column_bytes(rows, 3), dtype="<f2").astype(np.float32)
         return DetectionScores(ids, n_boxes, conf, scores.reshape(-1, n_classes))
 
     def labeled_item_ids(self) -> NDArray[np.int64]:
@@ -584,8 +595,8 @@ class Store(LabelStudioRecords):
             rows = conn.execute(stmt).all()
         if not rows:
             return out, found
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f2").reshape(len(rows), dim)
+        ids = _column_ints(rows, 0)
+        matrix = np.frombuffer(_column_bytes(rows, 1), dtype="<f2").reshape(len(rows), dim)
         pos = np.searchsorted(ids, sorted_ids)
         pos_clipped = np.minimum(pos, len(ids) - 1)
         hit = ids[pos_clipped] == sorted_ids
@@ -593,12 +604,19 @@ class Store(LabelStudioRecords):
         found[order[hit]] = True
         return out, found
 
-    def reference_item_ids(self, pool_id: int) -> NDArray[np.int64]:
-        """Items already taken (selected before): diversity strategies cover around them, dedup avoids them."""
-        pool_items = self._pool_items(pool_id)
-        stmt = select(pool_items.c.item_id).where(exists().where(SelectionItem.item_id == pool_items.c.item_id))
+    def reference_item_ids(self, pool_id: int | None = None) -> NDArray[np.int64]:
+        """Items already taken — selected, queued in Label Studio or labeled — (in the pool, if given): diversity
+        strategies cover around them and near-duplicate suppression avoids them."""
+        taken = union(
+            select(SelectionItem.item_id.label("item_id")),
+            select(LSTask.item_id),
+            select(Annotation.item_id).where(Annotation.was_cancelled.is_(False)),
+        ).subquery()
+        stmt = select(taken.c.item_id)
+        if pool_id is not None:
+            stmt = stmt.where(exists().where(ItemPath.item_id == taken.c.item_id, ItemPath.pool_id == pool_id))
         with self._tx() as conn:
-            return np.array(sorted(r[0] for r in conn.execute(stmt)), dtype=np.int64)
+            return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
 
     def prediction(self, item_id: int, model_version_id: int, n_classes: int) -> StoredPrediction | None:
         return self.predictions(model_version_id, [item_id], n_classes).get(item_id)

@@ -32,6 +32,9 @@ class PoolView:
             strategies avoid what is near them.
         seed: seeds every random choice, so a selection is reproducible.
         size: N, needed only when neither ``uncertainty`` nor ``embeddings`` is given.
+        min_distance: near-duplicate threshold (cosine distance): an item closer than this to a selected or
+            reference item is never selected. 0 disables it; > 0 needs ``embeddings``.
+        classes: (N, C) boolean, the classes each item is predicted to contain (for class balancing).
 
     Arrays are not copied; do not modify them while the view is in use.
     """
@@ -41,6 +44,8 @@ class PoolView:
     reference_embeddings: NDArray[np.float32] | None = None
     seed: int = 0
     size: int | None = None
+    min_distance: float = 0.0
+    classes: NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         lengths: dict[str, int] = {}
@@ -72,6 +77,12 @@ class PoolView:
             raise InvalidScoresError(f"PoolView arrays disagree on the number of items: {detail}")
         if not is_int(self.seed) or self.seed < 0:
             raise InvalidOptionError(f"PoolView.seed must be an integer >= 0, got {self.seed!r}")
+        if not 0.0 <= float(self.min_distance) <= 2.0:
+            raise InvalidOptionError(f"min_distance must be a cosine distance in [0, 2], got {self.min_distance}")
+        if self.min_distance > 0 and self.embeddings is None:
+            raise InvalidOptionError("near-duplicate suppression (min_distance > 0) needs embeddings")
+        if self.classes is not None and (np.ndim(self.classes) != 2 or len(self.classes) != len(self)):
+            raise InvalidScoresError(f"classes must be (items x classes), got shape {np.shape(self.classes)}")
 
     def __len__(self) -> int:
         if self.size is not None:
@@ -89,11 +100,14 @@ class Selection:
         indices: (k,) positions in the ``PoolView``, distinct.
         scores: (k,) the ranking score of each selected item (its uncertainty; for random, the random draw).
         clusters: (k,) cluster id of each selected item, for strategies that cluster; None otherwise.
+        skipped: near-duplicates passed over (they would have ranked in; a selected or reference item is closer
+            than ``PoolView.min_distance``).
     """
 
     indices: NDArray[np.int64]
     scores: NDArray[np.float64]
     clusters: NDArray[np.int64] | None = None
+    skipped: int = 0
 
     def __post_init__(self) -> None:
         if len(self.scores) != len(self.indices) or (

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from strategies.base import PoolView, Selection
-from strategies.errors import StrategyError, UnknownStrategyError
+from strategies.diversity import greedy_select
+from strategies.errors import InvalidOptionError, StrategyError, UnknownStrategyError
 from strategies.selectors import top_k
 from strategies.uncertainty import UNCERTAINTY_MEASURES, random_scores
 
@@ -36,8 +38,11 @@ class UncertaintyStrategy:
                 f"strategy {self.name!r} ranks by uncertainty: fill PoolView.uncertainty with the "
                 f"{self.measure!r} measure first"
             )
-        indices = top_k(pool.uncertainty, budget)
-        return Selection(indices=indices, scores=np.asarray(pool.uncertainty, dtype=np.float64)[indices])
+        scores = np.asarray(pool.uncertainty, dtype=np.float64)
+        if pool.min_distance > 0:
+            return ranked_without_duplicates(pool, scores, budget)
+        indices = top_k(scores, budget)
+        return Selection(indices=indices, scores=scores[indices])
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,24 @@ class RandomStrategy:
 
     def select(self, pool: PoolView, budget: int) -> Selection:
         draws = random_scores(len(pool), pool.seed)
-        candidates = None if pool.uncertainty is None else ~np.isnan(pool.uncertainty)
-        indices = top_k(draws, budget, candidates=candidates)
+        if pool.uncertainty is not None:
+            draws = np.where(np.isnan(pool.uncertainty), np.nan, draws)
+        if pool.min_distance > 0:
+            return ranked_without_duplicates(pool, draws, budget)
+        indices = top_k(draws, budget)
         return Selection(indices=indices, scores=draws[indices])
+
+
+def ranked_without_duplicates(pool: PoolView, scores: NDArray[np.float64], budget: int) -> Selection:
+    """The ``budget`` best by ``scores`` (NaN excluded), passing over near-duplicates of what is already taken."""
+    if pool.embeddings is None:
+        raise InvalidOptionError("near-duplicate suppression (min_distance > 0) needs embeddings")
+    picked = greedy_select(
+        pool.embeddings,
+        budget,
+        priority=scores,
+        weight=0.0,
+        reference=pool.reference_embeddings,
+        min_distance=pool.min_distance,
+    )
+    return Selection(indices=picked.indices, scores=scores[picked.indices], skipped=picked.skipped)

@@ -15,6 +15,7 @@ from typing import Any
 
 from strategies.base import Strategy
 from strategies.basic import RandomStrategy, UncertaintyStrategy
+from strategies.diverse import HybridStrategy, KCenterStrategy, KMeansStrategy
 from strategies.errors import InvalidOptionError, UnknownStrategyError
 
 __all__ = ["STRATEGIES", "StrategyFactory", "get_strategy", "strategy_names"]
@@ -28,6 +29,9 @@ STRATEGIES: Mapping[str, StrategyFactory] = MappingProxyType(
         "entropy": partial(UncertaintyStrategy, "entropy"),
         "ratio": partial(UncertaintyStrategy, "ratio"),
         "random": RandomStrategy,
+        "kcenter": KCenterStrategy,
+        "kmeans": KMeansStrategy,
+        "hybrid": HybridStrategy,
     }
 )
 

@@ -325,3 +325,112 @@ def test_embeddings_are_normalised_and_stored(tmp_path: Path, tiny_cls_model: Pa
     emb, found = store.load_embeddings(mv.id, ids, mv.embedding_dim)
     assert found.all() and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=5e-3)
     store.close()
+
+
+def _planted_pool(root: Path, clusters: int = 6, copies: int = 4, others: int = 24) -> dict[str, int]:
+    """A pool where each of ``clusters`` images has ``copies`` near-identical versions (re-encoded at another
+    quality, 1 % brighter): what a camera burst or a re-uploaded file looks like. Returns path → cluster."""
+    from PIL import Image, ImageEnhance
+
+    from curation.synthetic import make_pool
+
+    make_pool(root / "others", n=others, size=96, seed=21)
+    originals = make_pool(root / "bursts", n=clusters, size=96, seed=22)
+    planted = {}
+    for c, path in enumerate(originals):
+        planted[str(path)] = c
+        with Image.open(path) as im:
+            for j in range(copies):
+                copy = ImageEnhance.Brightness(im).enhance(1.0 + 0.01 * (j + 1))
+                target = root / "bursts" / f"{path.stem}_copy{j}.jpg"
+                copy.save(target, quality=80 - 5 * j)
+                planted[str(target)] = c
+    return planted
+
+
+class _ThumbnailClassifier(torch.nn.Module):
+    """A TorchScript classifier whose embedding is an 8x8 thumbnail: near-identical images get near-identical
+    embeddings whatever the training, so the test checks curate's duplicate handling, not a model's quality."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        thumb = torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)
+        logits = torch.stack([x[:, 0].mean(dim=(1, 2)), x[:, 1].mean(dim=(1, 2)), x[:, 2].mean(dim=(1, 2))], 1)
+        return logits * 3, thumb
+
+
+@pytest.fixture(scope="module")
+def thumbnail_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("thumb")
+    model = folder / "thumb.torchscript"
+    torch.jit.script(_ThumbnailClassifier()).save(str(model))
+    cfg = folder / "thumb.yaml"
+    cfg.write_text("model:\n  torchscript:\n    imgsz: 64\n    class_names: [red, green, blue]\n")
+    return model, cfg
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "kcenter", "kmeans", "entropy", "random"])
+def test_planted_near_duplicates_are_selected_at_most_once(
+    tmp_path: Path, thumbnail_model: tuple[Path, Path], strategy: str, db_url: str
+) -> None:
+    model, cfg = thumbnail_model
+    pool = tmp_path / "pool"
+    planted = _planted_pool(pool)
+    data = select_json(
+        "--pool",
+        str(pool),
+        "--model",
+        str(model),
+        "--config",
+        str(cfg),
+        "--budget",
+        "20",
+        "--strategy",
+        strategy,
+        "--db",
+        db_url,
+    )
+    hits = [planted[r["path"]] for r in data["items"] if r["path"] in planted]
+    assert len(hits) == len(set(hits)), f"{strategy} selected near-duplicates: {sorted(hits)}"
+    assert data["selected"] == 20
+    # a second batch never takes a copy of something already selected either
+    again = select_json(
+        "--pool",
+        str(pool),
+        "--model",
+        str(model),
+        "--config",
+        str(cfg),
+        "--budget",
+        "10",
+        "--strategy",
+        strategy,
+        "--db",
+        db_url,
+    )
+    hits2 = [planted[r["path"]] for r in again["items"] if r["path"] in planted]
+    assert not set(hits2) & set(hits) and len(hits2) == len(set(hits2))
+
+
+def test_diverse_selection_records_clusters_and_balance(tmp_path: Path, tiny_cls_model: Path) -> None:
+    pool = tmp_path / "pool"
+    make_pool(pool, n=40, size=64, seed=31)
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    data = select_json(
+        "--pool", str(pool), "--model", str(tiny_cls_model), "--budget", "9", "--strategy", "kcenter", "--db", db
+    )
+    clusters = [r["cluster"] for r in data["items"]]
+    assert all(c is not None for c in clusters) and len(set(clusters)) > 1
+    balanced = select_json(
+        "--pool",
+        str(pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "6",
+        "--balance",
+        "--strategy",
+        "entropy",
+        "--db",
+        db,
+    )
+    assert balanced["strategy"] == "entropy+balance" and balanced["selected"] == 6

@@ -618,3 +618,31 @@ def test_a_new_database_adopts_existing_tasks_instead_of_duplicating(
 def _annotations(db: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as conn:
         return [{"labels": json.loads(row[0])} for row in conn.execute("SELECT labels FROM annotations")]
+
+
+def test_diverse_selection_sets_prediction_clusters(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    name = title()
+    result = curate_json(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "9",
+        "--strategy",
+        "kcenter",
+        "--project",
+        name,
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    expected = {r["item_id"]: r["cluster"] for r in result["items"]}
+    project = api.project_by_title(name)
+    by_task = {t["id"]: t["data"]["curation_id"] for t in api.tasks(project["id"])}
+    preds = [p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]]
+    assert len(preds) == 9
+    assert {by_task[p["task"]]: p["cluster"] for p in preds} == expected
+    assert len(set(expected.values())) > 1

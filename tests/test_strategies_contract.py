@@ -172,16 +172,27 @@ def test_random_strategy_without_uncertainty_uses_size() -> None:
 
 
 def test_registered_names() -> None:
-    assert strategy_names() == ["entropy", "least_confidence", "margin", "random", "ratio"]
+    assert strategy_names() == [
+        "entropy",
+        "hybrid",
+        "kcenter",
+        "kmeans",
+        "least_confidence",
+        "margin",
+        "random",
+        "ratio",
+    ]
     assert set(STRATEGIES) == set(strategy_names())
 
 
 def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(UnknownStrategyError) as info:
         get_strategy("foo")
-    assert str(info.value) == ("unknown strategy 'foo'; valid: entropy, least_confidence, margin, random, ratio")
+    assert str(info.value) == (
+        "unknown strategy 'foo'; valid: entropy, hybrid, kcenter, kmeans, least_confidence, margin, random, ratio"
+    )
     assert info.value.name == "foo"
-    assert info.value.valid == ("entropy", "least_confidence", "margin", "random", "ratio")
+    assert info.value.valid == tuple(strategy_names())
 
 
 def test_hyphen_spelling_is_accepted() -> None:
@@ -287,3 +298,28 @@ def test_top_k_matches_brute_force_with_many_ties(values: list[float], data: st.
     k = data.draw(st.integers(1, len(ok)))
     expected = sorted(ok, key=lambda i: (-values[i], i))[:k]
     assert top_k(s, k, candidates=mask if use_mask else None).tolist() == expected
+
+
+@pytest.mark.parametrize("name", strategy_names())
+def test_near_duplicates_are_never_selected(name: str) -> None:
+    """With min_distance, no two selected items and no selected/reference pair are closer than it."""
+    from dataclasses import replace
+
+    base = make_pool(excluded=0)
+    assert base.embeddings is not None and base.reference_embeddings is not None
+    # plant near-copies of pool items and of a reference item
+    rng = np.random.default_rng(7)
+    copies = base.embeddings[:15] + rng.normal(scale=0.01, size=(15, DIM)).astype(np.float32)
+    ref_copies = base.reference_embeddings[:3] + rng.normal(scale=0.01, size=(3, DIM)).astype(np.float32)
+    emb = np.concatenate([base.embeddings, copies, ref_copies])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert base.uncertainty is not None
+    unc = np.concatenate([base.uncertainty, np.full(18, 0.99)])  # the copies look most uncertain
+    pool = replace(base, uncertainty=unc, embeddings=emb.astype(np.float32), min_distance=0.05)
+    picked = get_strategy(name).select(pool, 30)
+    chosen = emb[picked.indices]
+    sims = chosen @ chosen.T
+    np.fill_diagonal(sims, -1)
+    assert 1 - sims.max() >= 0.05 - 1e-6, "two selected items are near-duplicates"
+    assert 1 - (chosen @ base.reference_embeddings.T).max() >= 0.05 - 1e-6, "a selected item duplicates a reference"
+    assert len(set(picked.indices.tolist())) == len(picked) <= 30
