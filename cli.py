@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,8 +37,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out_console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup is off by default: paths, reasons and names from the outside print as they are; the few styled lines
+# pass markup=True and escape what they interpolate.
+out_console = Console(soft_wrap=True, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Options shared by every command
@@ -113,7 +116,7 @@ class RichProgress:
             self._task = None
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False)
 
 
 @contextmanager
@@ -146,7 +149,7 @@ def _handled(debug: bool) -> Iterator[None]:
         if debug:
             err_console.print_exception(show_locals=False)
         message = str(exc) if code != ExitCode.INTERNAL else f"unexpected {type(exc).__name__}: {exc}"
-        err_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False, markup=True)
+        err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, markup=True)
         if code == ExitCode.INTERNAL and not debug:
             err_console.print("This is a bug in curate; rerun with --debug for the traceback.")
         raise typer.Exit(code) from None
@@ -169,7 +172,7 @@ def _progress(json_out: bool) -> RichProgress:
 
 def _print_scoring(summary: dict[str, Any]) -> None:
     line = (
-        f"Scored {summary['scored']} new item(s) with [bold]{summary['model_version']}[/bold] "
+        f"Scored {summary['scored']} new item(s) with [bold]{escape(summary['model_version'])}[/bold] "
         f"({summary['task']}, {summary['device']})"
     )
     if summary["scored"] or summary["failed"]:
@@ -181,7 +184,7 @@ def _print_scoring(summary: dict[str, Any]) -> None:
         line += f"; [yellow]{summary['invalid']} invalid output[/yellow]"
     if summary["duplicate_paths"]:
         line += f"; {summary['duplicate_paths']} exact-duplicate path(s)"
-    err_console.print(line, highlight=False)
+    err_console.print(line, highlight=False, markup=True)
 
 
 def _common(
@@ -227,7 +230,7 @@ def score(
         from curation import pipeline
 
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
-        with pipeline.open_store(settings) as store:
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             outcome = pipeline.score(store, settings, rescore=rescore, progress=_progress(json_out))
         summary = outcome.summary()
         if json_out:
@@ -272,7 +275,7 @@ def select(
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
-        with pipeline.open_store(settings) as store:
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             outcome = pipeline.select(
                 store,
                 settings,
@@ -292,7 +295,7 @@ def _report_selection(outcome: Any, json_out: bool) -> None:
         return
     _print_scoring(summary["scoring"])
     for warning in summary["warnings"]:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, markup=True)
     table = Table(
         title=f"Selection #{summary['selection_id']}: {summary['strategy']}, "
         f"{summary['selected']} of {summary['available']} candidates"
@@ -315,15 +318,19 @@ def _report_selection(outcome: Any, json_out: bool) -> None:
 
 def _print_push(push: dict[str, Any]) -> None:
     line = (
-        f"Label Studio: pushed {push['pushed']} task(s) to project [bold]{push['project']}[/bold] "
+        f"Label Studio: pushed {push['pushed']} task(s) to project [bold]{escape(push['project'])}[/bold] "
         f"(#{push['project_id']}{', created' if push['created_project'] else ''}); queue {push['queue_size']} "
         f"task(s), served by lowest score under model_version {push['model_version_tag']}"
     )
-    err_console.print(line, highlight=False)
+    err_console.print(line, highlight=False, markup=True)
     if push["reconciled"]:
         err_console.print(f"  reconciled {push['reconciled']} task(s) already in Label Studio (no duplicates made)")
     for path in push["missing_files"]:
-        err_console.print(f"[yellow]warning:[/yellow] not pushed, file no longer in the pool: {path}", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/yellow] not pushed, file no longer in the pool: {escape(path)}",
+            highlight=False,
+            markup=True,
+        )
     err_console.print(f"  {push['project_url']}", highlight=False)
 
 
@@ -380,6 +387,7 @@ def demo(
                     f"\n[bold]Label Studio[/bold] {push_info['project_url']}\n  login: {login.username}  "
                     f'password: {login.password}\n  Click "Label All Tasks": tasks come in curate\'s order.',
                     highlight=False,
+                    markup=True,
                 )
                 if serve:
                     err_console.print("Press Ctrl-C to stop Label Studio.")
@@ -516,7 +524,7 @@ def push(
         from curation import pipeline
 
         settings = _settings(config, _ls_overrides(db, project))
-        with pipeline.open_store(settings) as store:
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             report = pipeline.push(store, settings, selection_id=selection, progress=_progress(json_out))
         if json_out:
             _print_json(report.summary())
@@ -555,7 +563,7 @@ def reprioritize(
         overrides[("strategy", "balance")] = (balance, "--balance")
         overrides[("strategy", "min_distance")] = (min_distance, "--min-distance")
         settings = _settings(config, overrides)
-        with pipeline.open_store(settings) as store:
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             scored, report = pipeline.reprioritize(
                 store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress(json_out)
             )
@@ -596,7 +604,7 @@ def pull(
         from curation import pipeline
 
         settings = _settings(config, _ls_overrides(db, project))
-        with pipeline.open_store(settings) as store:
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             report = pipeline.pull(store, settings, progress=_progress(json_out))
         summary = report.summary()
         if json_out:
@@ -604,9 +612,11 @@ def pull(
             return
         err_console.print(
             f"Pulled {summary['new_annotations']} new annotation(s) from {summary['tasks_seen']} updated task(s) of "
-            f"[bold]{summary['project']}[/bold]: {summary['labeled_tasks']} labeled, {summary['skipped_tasks']} "
-            f"skipped" + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else ""),
+            f"[bold]{escape(summary['project'])}[/bold]: {summary['labeled_tasks']} labeled, "
+            f"{summary['skipped_tasks']} skipped"
+            + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else ""),
             highlight=False,
+            markup=True,
         )
 
 
@@ -639,13 +649,227 @@ def ls_init(
             return
         verb = "Created" if info["created"] else "Checked"
         err_console.print(
-            f"{verb} project [bold]{info['project']}[/bold] (#{info['project_id']}) on {info['server']} as "
+            f"{verb} project [bold]{escape(info['project'])}[/bold] (#{info['project_id']}) on {info['server']} as "
             f"{info['user']}: {info['task']} with {len(info['labels'])} labels matching {info['model_version']}",
             highlight=False,
+            markup=True,
         )
         if info["local_storage"]:
             err_console.print(f"  local files served from {info['local_storage']}", highlight=False)
         err_console.print(f"  {info['project_url']}", highlight=False)
+
+
+TrainOpts = Annotated[int | None, typer.Option("--epochs", help="Training epochs (train.epochs).")]
+
+
+def _train_overrides(
+    epochs: int | None, imgsz: int | None, batch_size: int | None
+) -> dict[tuple[str, ...], tuple[Any, str]]:
+    return {
+        ("train", "epochs"): (epochs, "--epochs"),
+        ("train", "imgsz"): (imgsz, "--imgsz"),
+        ("train", "batch_size"): (batch_size, "--batch-size"),
+    }
+
+
+@app.command()
+def train(
+    epochs: TrainOpts = None,
+    imgsz: Annotated[int | None, typer.Option("--imgsz", help="Training input size (train.imgsz).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")] = None,
+    model: ModelOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune the current model on the labeled items; register it, promoted only if it beats the current one."""
+    with _handled(debug):
+        from curation import pipeline
+
+        overrides = _common(db, None, model)
+        overrides.update(_train_overrides(epochs, imgsz, batch_size))
+        settings = _settings(config, overrides)
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
+            report = pipeline.train(store, settings, progress=_progress(json_out))
+        summary = report.summary()
+        if json_out:
+            _print_json(summary)
+            return
+        _print_training(summary)
+
+
+def _print_training(t: dict[str, Any]) -> None:
+    if not t["trained"]:
+        err_console.print(f"Not trained: {t['reason']}", highlight=False)
+        return
+    metric = t["metric"]
+    err_console.print(
+        f"Trained [bold]{escape(t['version'])}[/bold] from {t['parent']} on {t['n_train']} items "
+        f"({t['n_val']} held out): {metric} {t['candidate_metrics'][metric]:.4f} vs current "
+        f"{t['current_metrics'][metric]:.4f}. {escape(t['reason'][0].upper() + t['reason'][1:])}.",
+        highlight=False,
+        markup=True,
+    )
+    for warning in t.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, markup=True)
+
+
+models_app = typer.Typer(
+    help="The model registry: trained versions, their metrics, and the current model.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Every model version: status, metric on the held-out split, parent, labels used."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _common(db))
+        with pipeline.open_store(settings) as store:
+            data = pipeline.models(store)
+        if json_out:
+            _print_json(data)
+            return
+        table = Table(title=f"Model versions (current: {data['current'] or '—'})")
+        for col in ("version", "status", "task", "metric", "labels", "parent", "trained"):
+            table.add_column(col)
+        for v in data["versions"]:
+            metric = f"{v['metric']} {v['value']:.4f}" if v["metric"] and v["value"] is not None else "—"
+            table.add_row(
+                v["version"],
+                v["status"],
+                v["task"],
+                metric,
+                str(v["n_labeled"] or "—"),
+                v["parent"] or "—",
+                (v["trained_at"] or "")[:19] or "—",
+            )
+        out_console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str | None, typer.Argument(help="Model version (default: the current one).")] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """One model version in detail: weights, metrics, parent, dataset hash, classes."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _common(db))
+        with pipeline.open_store(settings) as store:
+            data = pipeline.model_detail(store, version)
+        if json_out:
+            _print_json(data)
+            return
+        for key, value in data.items():
+            out_console.print(f"[bold]{key}[/bold]: {escape(str(value))}", highlight=False, markup=True)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="The model version to make current.")],
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Make VERSION the current model (used by score, select, reprioritize and loop from now on)."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _common(db))
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
+            data = pipeline.promote(store, version)
+        if json_out:
+            _print_json(data)
+            return
+        err_console.print(f"Current model: {data['current']} (was {data['previous'] or '—'})", highlight=False)
+
+
+@models_app.command("current")
+def models_current(
+    db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+) -> None:
+    """Print the current model version."""
+    with _handled(debug):
+        from curation import pipeline
+
+        settings = _settings(config, _common(db))
+        with pipeline.open_store(settings) as store:
+            data = pipeline.model_detail(store, None)
+        if json_out:
+            _print_json(data)
+            return
+        out_console.print(data["version"], highlight=False)
+
+
+@app.command()
+def loop(
+    min_new_labels: Annotated[
+        int | None,
+        typer.Option("--min-new-labels", help="Train only after this many new labels (train.min_new_labels)."),
+    ] = None,
+    queue_size: Annotated[
+        int | None, typer.Option("--queue-size", help="Top the queue up so that N unlabeled tasks wait.")
+    ] = None,
+    strategy: StrategyOpt = None,
+    epochs: TrainOpts = None,
+    project: ProjectOpt = None,
+    pool: PoolOpt = None,
+    model: ModelOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
+    with _handled(debug):
+        from curation import pipeline
+
+        overrides = _common(db, pool, model)
+        overrides[("label_studio", "project")] = (project, "--project")
+        overrides[("strategy", "name")] = (strategy, "--strategy")
+        overrides.update(_train_overrides(epochs, None, None))
+        settings = _settings(config, overrides)
+        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
+            report = pipeline.loop(
+                store,
+                settings,
+                min_new_labels=min_new_labels,
+                queue_size=queue_size,
+                strategy=strategy,
+                progress=_progress(json_out),
+            )
+        summary = report.summary()
+        if json_out:
+            _print_json(summary)
+            return
+        pulled = summary["pulled"]
+        if pulled:
+            err_console.print(
+                f"pull: {pulled['new_annotations']} new annotation(s) ({pulled['labeled_tasks']} labeled, "
+                f"{pulled['skipped_tasks']} skipped)",
+                highlight=False,
+            )
+        if summary["training"]:
+            _print_training(summary["training"])
+        for note in summary["notes"]:
+            err_console.print(note, highlight=False)
+        q = summary["queue"]
+        err_console.print(
+            f"model {summary['current_model']}: scored {summary['scoring']['scored']} new; queue of {q['queue_size']} "
+            + (f"re-ranked ({q['moved']} moved)" if q["changed"] else f"unchanged ({q['reason']})")
+            + (f", {q['topped_up']} added" if q["topped_up"] else "")
+            + f" — {summary['seconds']:.1f} s",
+            highlight=False,
+        )
 
 
 def main() -> None:

@@ -132,6 +132,37 @@ class SelectSettings(_Section):
     out: str | None = None
 
 
+class TrainSettings(_Section):
+    """Fine-tuning from labeled items (``curate train`` and ``curate loop``)."""
+
+    epochs: int = Field(default=10, ge=1)
+    imgsz: int | None = Field(default=None, gt=0)
+    """Training input size; default: the current model's."""
+    batch_size: int = Field(default=16, ge=1)
+    device: str = "auto"
+    metric: Literal["auto", "accuracy", "map50_95", "map50", "f1"] = "auto"
+    """Promotion metric on the held-out split; auto = accuracy (classify) or mAP50-95 (detect, segment)."""
+    min_delta: float = Field(default=0.0, ge=0.0)
+    """A candidate must beat the current model by more than this to be promoted."""
+    promote: Literal["auto", "always", "never"] = "auto"
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0)
+    min_new_labels: int = Field(default=20, ge=0)
+    """``curate loop`` trains only when at least this many items were labeled since the last training."""
+    models_dir: str | None = None
+    """Where trained weights are kept; default: ``curate-models/`` beside a SQLite database, else ./curate-models."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Extra Ultralytics ``train()`` arguments, e.g. ``{lr0: 0.001, optimizer: AdamW, mosaic: 0}``."""
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str | None = None
+    """Log training runs (params, metrics, weights) here; also env MLFLOW_TRACKING_URI."""
+    experiment: str = "curate"
+    registered_model: str | None = None
+    """Register trained weights as versions of this MLflow model (usable as ``models:/NAME/VERSION``)."""
+
+
 class LabelStudioSettings(_Section):
     url: str | None = None
     api_key: SecretStr | None = None
@@ -159,6 +190,8 @@ class Settings(BaseSettings):
     strategy: StrategySettings = Field(default_factory=StrategySettings)
     select: SelectSettings = Field(default_factory=SelectSettings)
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -46,6 +46,7 @@ class ModelInfo:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output: str = "probs"  # what a TorchScript model returns: "logits" (softmax applied here) or "probs"
     stride: int = 32  # input sides must be multiples of this (detection)
+    digest: str = ""  # SHA-256 of the weights (identifies the model whatever its file is called)
 
 
 @dataclass
@@ -412,7 +413,8 @@ def _load_ultralytics(
     if task != "classify":
         stride = int(max(getattr(net, "stride", torch.tensor([32])).max().item(), 32))
         imgsz = int(np.ceil(imgsz / stride) * stride)
-    version = settings.version or f"{path.stem}-{weights_digest(net)[:12]}"
+    digest = weights_digest(net)
+    version = settings.version or f"{path.stem}-{digest[:12]}"
     info = ModelInfo(
         source=str(path.resolve()) if path.is_file() else spec,
         format="ultralytics",
@@ -422,6 +424,7 @@ def _load_ultralytics(
         imgsz=imgsz,
         preprocess="center_crop" if task == "classify" else "letterbox",
         stride=stride,
+        digest=digest,
     )
     net.eval()
     head: Any = net.model[-1]
@@ -476,16 +479,18 @@ def _load_torchscript(settings: ModelSettings, path: Path, device: torch.device,
         names = [f"class_{i}" for i in range(int(logits.shape[1]))]
     if precision == "fp16":
         net.half()
+    digest = weights_digest(net)
     info = ModelInfo(
         source=str(path.resolve()),
         format="torchscript",
         task="classify",
         class_names=list(names),
-        version=settings.version or f"{path.stem}-{weights_digest(net)[:12]}",
+        version=settings.version or f"{path.stem}-{digest[:12]}",
         imgsz=ts.imgsz,
         preprocess=ts.resize,
         mean=ts.mean,
         std=ts.std,
         output=ts.output,
+        digest=digest,
     )
     return ModelRuntime(info, net, device, precision, DetectionOptions())

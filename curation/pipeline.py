@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +10,12 @@ import numpy as np
 import torch
 
 from curation import queue
-from curation.config import Settings
-from curation.errors import ModelLoadError, NothingToSelectError
+from curation.config import ModelSettings, Settings
+from curation.errors import LabelStudioError, ModelLoadError, NothingToSelectError
+from curation.faults import checkpoint
 from curation.images import Geometry
+from curation.lock import RunLock
+from curation.mlflow_support import is_registry_uri
 from curation.model import DetectionOptions, ModelRuntime, load_model, resolve_device
 from curation.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
 from curation.progress import NullProgress, Progress
@@ -26,6 +29,7 @@ from curation.selection import (
     selection_rows,
     write_selection,
 )
+from curation.training import TrainReport, train_round
 from store.repository import ModelVersionRecord, Store
 
 
@@ -89,15 +93,42 @@ def open_store(settings: Settings) -> Store:
     return store
 
 
-def load_runtime(settings: Settings) -> ModelRuntime:
-    """Load the configured model on the configured device and learn its embedding size with one warm-up batch."""
+def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
+    """Which model to run: ``--model``/``model.path`` if given (an MLflow ``models:/`` URI is fetched first), else
+    the registry's current model."""
+    model = settings.model
+    if model.path and is_registry_uri(model.path):
+        from curation.mlflow_support import resolve_model_uri
+
+        local = resolve_model_uri(model.path, settings)
+        return model.model_copy(update={"path": str(local)})
+    if model.path or store is None:
+        return model
+    current = store.current_model()
+    if current is None:
+        raise ModelLoadError(
+            "no model given and the registry has no current model: pass --model (a .pt, .yaml or TorchScript "
+            "file) or set model.path"
+        )
+    path = current.weights_path or current.source
+    return model.model_copy(update={"path": path, "version": model.version or current.version})
+
+
+def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime:
+    """Load the model (see ``model_settings``) on the configured device and learn its embedding size with one
+    warm-up batch. Weights the database already knows keep their registered version name."""
     device = resolve_device(settings.scoring.device)
+    chosen = model_settings(settings, store)
     runtime = load_model(
-        settings.model,
+        chosen,
         device,
         precision=settings.scoring.precision,
         detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
     )
+    if store is not None and not chosen.version and runtime.info.digest:
+        known = store.model_version_by_digest(runtime.info.digest)
+        if known is not None:
+            runtime.info = replace(runtime.info, version=known.version)
     size = runtime.info.imgsz
     blank = torch.full((1, 3, size, size), 114, dtype=torch.uint8)
     try:
@@ -108,8 +139,9 @@ def load_runtime(settings: Settings) -> ModelRuntime:
 
 
 def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
+    """Record the model version; the first model a database ever uses becomes its current model."""
     info = runtime.info
-    return store.register_model_version(
+    mv = store.register_model_version(
         version=info.version,
         source=info.source,
         format=info.format,
@@ -117,7 +149,12 @@ def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
         class_names=info.class_names,
         imgsz=info.imgsz,
         embedding_dim=runtime.embedding_dim,
+        digest=info.digest or None,
+        weights_path=info.source if Path(info.source).is_file() else None,
     )
+    if store.current_model() is None:
+        store.set_current(mv.id, note="first model used with this database")
+    return mv
 
 
 def scan(store: Store, settings: Settings, progress: Progress | None = None) -> tuple[PoolSource, int, ScanReport]:
@@ -150,7 +187,7 @@ def score(
     """Scan the pool and score every item the current model version has not scored yet."""
     progress = progress or NullProgress()
     source, pool_id, scan_report = scan(store, settings, progress)
-    runtime = runtime or load_runtime(settings)
+    runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
     todo = store.items_to_score(pool_id, mv.id, rescore=rescore)
     items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
@@ -261,7 +298,7 @@ def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     """Create the project if needed (config from the model's task and classes) or check it; add local storage."""
     ls = queue.connect(settings)
     user = ls.whoami()
-    runtime = load_runtime(settings)
+    runtime = load_runtime(settings, store)
     mv = register_model(store, runtime)
     project = queue.open_project(store, settings, ls, mv)
     storage = queue.ensure_storage(settings, ls, project)
@@ -292,8 +329,10 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
     current: ModelVersionRecord | None = None
     if settings.model.version:
         current = store.model_version(settings.model.version)
-    elif runs:
-        current = store.model_version(runs[0]["model_version"])
+    else:
+        current = store.current_model()
+        if current is None and runs:
+            current = store.model_version(runs[0]["model_version"])
     counts = store.status_counts(pool_id, current.id if current else None)
     distribution = None
     if current is not None and pool_id is not None:
@@ -337,3 +376,156 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
 
 def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runs that change the database hold the run lock; training, the registry, and the loop
+
+
+def run_lock(store: Store) -> RunLock:
+    """The per-database run lock (see ``curation.lock``): a second run exits at once with who holds it."""
+    return RunLock(store)
+
+
+def _current_or_fail(store: Store) -> ModelVersionRecord:
+    current = store.current_model()
+    if current is None:
+        raise ModelLoadError("the registry has no current model yet: run curate score or select with --model first")
+    return current
+
+
+def train(store: Store, settings: Settings, *, progress: Progress | None = None) -> TrainReport:
+    """Fine-tune the current model (or ``--model``'s version) on the labeled items; promote only if better."""
+    if settings.model.path:
+        runtime = load_runtime(settings, store)
+        base = register_model(store, runtime)
+    else:
+        base = _current_or_fail(store)
+    return train_round(store, settings, base, progress=progress)
+
+
+def models(store: Store) -> dict[str, Any]:
+    current = store.current_model()
+    return {
+        "current": current.version if current else None,
+        "versions": [_describe_version(mv, n, store) for mv, n in store.model_versions()],
+    }
+
+
+def model_detail(store: Store, version: str | None) -> dict[str, Any]:
+    mv = store.model_version(version) if version else store.current_model()
+    if mv is None:
+        raise ModelLoadError(
+            f"no model version {version!r} in {store.display_url}"
+            if version
+            else "the registry has no current model yet"
+        )
+    counts = {m.version: n for m, n in store.model_versions()}
+    return _describe_version(mv, counts.get(mv.version, 0), store) | {
+        "class_names": mv.class_names,
+        "metrics": mv.metrics,
+    }
+
+
+def promote(store: Store, version: str) -> dict[str, Any]:
+    mv = store.model_version(version)
+    if mv is None:
+        raise ModelLoadError(f"no model version {version!r} in {store.display_url}")
+    if mv.weights_path and not Path(mv.weights_path).is_file():
+        raise ModelLoadError(f"the weights of {version} are missing: {mv.weights_path}")
+    previous = store.current_model()
+    store.set_current(mv.id, note="promoted by hand")
+    return {"current": mv.version, "previous": previous.version if previous else None}
+
+
+def _describe_version(mv: ModelVersionRecord, predictions: int, store: Store) -> dict[str, Any]:
+    parent = store.model_version_by_id(mv.parent_id) if mv.parent_id else None
+    return {
+        "version": mv.version,
+        "status": mv.status,
+        "task": mv.task,
+        "classes": len(mv.class_names),
+        "parent": parent.version if parent else None,
+        "metric": mv.metric_name,
+        "value": mv.metric_value,
+        "n_labeled": mv.n_labeled,
+        "dataset_hash": mv.dataset_hash,
+        "weights": mv.weights_path or mv.source,
+        "trained_at": _iso(mv.trained_at),
+        "created_at": _iso(mv.created_at),
+        "predictions": predictions,
+        "note": mv.note,
+    }
+
+
+@dataclass
+class LoopReport:
+    pulled: dict[str, Any] | None = None
+    new_labels: int = 0
+    training: dict[str, Any] | None = None
+    current_model: str | None = None
+    scoring: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pulled": self.pulled,
+            "new_labels": self.new_labels,
+            "training": self.training,
+            "current_model": self.current_model,
+            "scoring": self.scoring,
+            "queue": self.queue,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def loop(
+    store: Store,
+    settings: Settings,
+    *,
+    min_new_labels: int | None = None,
+    queue_size: int | None = None,
+    strategy: str | None = None,
+    progress: Progress | None = None,
+) -> LoopReport:
+    """One turn of the cycle, for cron: pull → train if enough new labels → promote if better → rescore with the
+    current model → reprioritize and top up the queue."""
+    import time
+
+    started = time.perf_counter()
+    report = LoopReport()
+    ls = queue.connect(settings)
+    ls.whoami()
+    if settings.model.path and store.current_model() is None:
+        register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
+    # the loop always follows the registry: a promoted model takes over the queue from the next step on
+    settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": None, "version": None})})
+    try:
+        report.pulled = queue.pull(store, settings, ls, progress=progress).summary()
+    except LabelStudioError as exc:
+        if "has not pushed" not in str(exc) and "has no project" not in str(exc):
+            raise
+        report.notes.append(f"nothing pulled: {exc}")
+    current = store.current_model()
+    threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
+    labeled = len(store.labeled_examples(current.task)) if current else 0
+    last = store.latest_trained()
+    baseline = last.n_labeled or 0 if last else 0
+    report.new_labels = labeled - baseline
+    if current is not None and report.new_labels >= max(threshold, 1):
+        outcome = train_round(store, settings, current, progress=progress)
+        report.training = outcome.summary()
+        if not outcome.trained:
+            report.notes.append(f"not trained: {outcome.reason}")
+    elif current is not None:
+        report.notes.append(f"not trained: {report.new_labels} new label(s), {threshold} needed")
+    checkpoint("loop-before-rescore")
+    scored, ranked = reprioritize(store, settings, strategy=strategy, queue_size=queue_size, progress=progress)
+    report.current_model = scored.model.version
+    report.scoring = scored.summary()
+    report.queue = ranked.summary()
+    report.seconds = time.perf_counter() - started
+    return report

@@ -25,6 +25,7 @@ import numpy as np
 
 from curation.config import Settings
 from curation.errors import ConfigError, LabelStudioError
+from curation.faults import checkpoint
 from curation.labelstudio import ImportOutcomeUnknown, LabelStudioClient, parse_ls_time, watermark_with_margin
 from curation.ls_format import (
     LabelingInterface,
@@ -290,6 +291,7 @@ def _import_chunk(
     by_content = {p.content_id: (p, pos, task) for p, pos, task in zip(chunk, positions, payload, strict=True)}
     try:
         task_ids = ls.import_tasks(pid, payload)
+        checkpoint("push-after-import")
         imported = dict(zip([p.content_id for p in chunk], task_ids, strict=True))
     except ImportOutcomeUnknown:
         # The server may have committed: look before importing anything again.

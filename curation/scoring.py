@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from curation.config import ScoringSettings
+from curation.faults import checkpoint
 from curation.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
 from curation.model import ItemOutput, ModelRuntime
 from curation.progress import NullProgress, Progress
@@ -242,6 +243,7 @@ def score_items(
         nonlocal chunk
         if len(chunk):
             store.write_chunk(run_id, model_version_id, chunk)
+            checkpoint("score-after-chunk")
             report.scored += len(chunk.predictions) - chunk.n_invalid
             report.invalid += chunk.n_invalid
             report.failed += len(chunk.failures)

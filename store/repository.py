@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from store.db import first_line, open_engine, redacted
 from store.errors import DatabaseError
 from store.ls_records import LabelStudioRecords
+from store.registry_records import RegistryRecords
 from store.schema import (
     Annotation,
     Embedding,
@@ -78,6 +79,17 @@ class ModelVersionRecord:
     imgsz: int
     embedding_dim: int | None
     created_at: datetime
+    digest: str | None = None
+    weights_path: str | None = None
+    parent_id: int | None = None
+    status: str = "external"
+    metric_name: str | None = None
+    metric_value: float | None = None
+    metrics: dict[str, Any] | None = None
+    dataset_hash: str | None = None
+    n_labeled: int | None = None
+    note: str | None = None
+    trained_at: datetime | None = None
 
 
 @dataclass
@@ -164,7 +176,7 @@ def decode_polygons(blob: bytes | None, n: int) -> list[NDArray[np.float32]]:
     return [points[bounds[i] : bounds[i + 1]].astype(np.float32) for i in range(n)]
 
 
-class Store(LabelStudioRecords):
+class Store(LabelStudioRecords, RegistryRecords):
     """Database access for one curate database (SQLite or Postgres)."""
 
     def __init__(self, engine: Engine, url: str) -> None:
@@ -308,6 +320,8 @@ class Store(LabelStudioRecords):
         class_names: list[str],
         imgsz: int,
         embedding_dim: int | None,
+        digest: str | None = None,
+        weights_path: str | None = None,
     ) -> ModelVersionRecord:
         with self._tx() as conn:
             conn.execute(
@@ -320,14 +334,25 @@ class Store(LabelStudioRecords):
                     class_names=class_names,
                     imgsz=imgsz,
                     embedding_dim=embedding_dim,
+                    digest=digest,
+                    weights_path=weights_path,
+                    status="external",
                     created_at=utcnow(),
                 )
                 .on_conflict_do_nothing(index_elements=["version"])
             )
             row = conn.execute(select(MV).where(MV.c.version == version)).one()
+            changes: dict[str, Any] = {}
             if embedding_dim is not None and row.embedding_dim != embedding_dim:
-                conn.execute(update(ModelVersion).where(ModelVersion.id == row.id).values(embedding_dim=embedding_dim))
-            return self._mv_record(row, embedding_dim)
+                changes["embedding_dim"] = embedding_dim
+            if digest and not row.digest:
+                changes["digest"] = digest
+            if weights_path and not row.weights_path:
+                changes["weights_path"] = weights_path
+            if changes:
+                conn.execute(update(ModelVersion).where(ModelVersion.id == row.id).values(**changes))
+                row = conn.execute(select(MV).where(MV.c.id == row.id)).one()
+            return self._mv_record(row)
 
     @staticmethod
     def _mv_record(row: Any, embedding_dim: int | None = None) -> ModelVersionRecord:
@@ -341,6 +366,17 @@ class Store(LabelStudioRecords):
             imgsz=row.imgsz,
             embedding_dim=embedding_dim if embedding_dim is not None else row.embedding_dim,
             created_at=row.created_at,
+            digest=row.digest,
+            weights_path=row.weights_path,
+            parent_id=row.parent_id,
+            status=row.status,
+            metric_name=row.metric_name,
+            metric_value=row.metric_value,
+            metrics=dict(row.metrics) if row.metrics else None,
+            dataset_hash=row.dataset_hash,
+            n_labeled=row.n_labeled,
+            note=row.note,
+            trained_at=row.trained_at,
         )
 
     def model_version(self, version: str) -> ModelVersionRecord | None:

@@ -103,6 +103,48 @@ class ModelVersion(Base):
     imgsz: Mapped[int] = mapped_column(Integer)
     embedding_dim: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the model registry (filled for models curate trained, and for the first model a database used)
+    digest: Mapped[str | None] = mapped_column(String(64), index=True)
+    weights_path: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="external", server_default="external")
+    """external (used, not trained here) | candidate | current | retired"""
+    metric_name: Mapped[str | None] = mapped_column(String(32))
+    metric_value: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    n_labeled: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    trained_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Split(Base):
+    """Train/validation assignment of a labeled item; assigned once and never changed, so the held-out set
+    stays held out across training rounds and candidates are compared on the same items."""
+
+    __tablename__ = "splits"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8))  # train | val
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Setting(Base):
+    """Small named values the database keeps (the current model version)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class LockHolder(Base):
+    """Who holds the run lock (Postgres; the lock itself is an advisory lock released when its session ends)."""
+
+    __tablename__ = "lock_holders"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(Text)
+    command: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ScoringRun(Base):

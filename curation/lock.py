@@ -1,0 +1,130 @@
+"""One curate run at a time per database: cron may start ``curate loop`` while the last one still runs.
+
+- SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the database file; the holder's pid, host, command and
+  start time are written into it.
+- Postgres: a session-level advisory lock held on a dedicated connection; the holder is recorded in
+  ``lock_holders``.
+
+Both are released by the operating system or the server when the process dies, ``kill -9`` included, so a crashed
+run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from curation.errors import LockHeldError
+from store.repository import Store
+
+LOCK_NAME = "curate-run"
+_ADVISORY_KEY = 0x6375726174650002  # "curate" + 2 (1 is the migration lock)
+
+
+def _describe(pid: Any, host: Any, command: Any, started: Any) -> str:
+    return f"another run holds the lock (pid {pid} on {host}, started {started}: {command})"
+
+
+class RunLock:
+    """Context manager; raises ``LockHeldError`` at once if another run holds the lock."""
+
+    def __init__(self, store: Store, command: str | None = None) -> None:
+        self.store = store
+        self.command = command or " ".join(["curate", *sys.argv[1:]])[:500]
+        self._file: IO[str] | None = None
+        self._conn: Any = None
+
+    def __enter__(self) -> RunLock:
+        if self.store.dialect == "sqlite":
+            self._lock_file()
+        elif self.store.dialect == "postgresql":
+            self._lock_advisory()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    # -- SQLite ------------------------------------------------------------------------------------------------------
+    def lock_path(self) -> Path | None:
+        database = make_url(self.store.url).database
+        if not database or database == ":memory:":
+            return None
+        return Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")
+
+    def _lock_file(self) -> None:
+        import fcntl
+
+        path = self.lock_path()
+        if path is None:
+            return
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                info = json.loads(handle.read() or "{}")
+            except json.JSONDecodeError:
+                info = {}
+            handle.close()
+            raise LockHeldError(
+                _describe(
+                    info.get("pid", "?"), info.get("host", "?"), info.get("command", "?"), info.get("started", "?")
+                )
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": self.command,
+                    "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+            )
+        )
+        handle.flush()
+        self._file = handle
+
+    # -- Postgres ----------------------------------------------------------------------------------------------------
+    def _lock_advisory(self) -> None:
+        conn = self.store.engine.connect()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _ADVISORY_KEY}).scalar()
+        conn.commit()
+        if not got:
+            conn.close()
+            holder = self.store.lock_holder(LOCK_NAME)
+            if holder is None:
+                raise LockHeldError("another run holds the lock (holder unknown)")
+            pid, host, command, started = holder
+            raise LockHeldError(_describe(pid, host, command, started.isoformat(timespec="seconds")))
+        with self.store.engine.begin() as tx:
+            self.store.record_lock_holder(tx, LOCK_NAME, os.getpid(), socket.gethostname(), self.command)
+        self._conn = conn

@@ -1,0 +1,266 @@
+"""The whole cycle with real components: Label Studio, tiny YOLO models, SQLite/Postgres — training, promotion,
+the run lock, kill -9 at failpoints, MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from curation.errors import ExitCode
+from curation.lock import RunLock
+from curation.synthetic import SHAPES, classification_image
+from store.repository import Store
+from tests.ls_support import LSApi
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def curate_json(*args: str) -> dict[str, Any]:
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def labeled_pool(root: Path, per_class: int = 16, seed: int = 40) -> dict[str, str]:
+    """Images whose true class is known: path (relative to the LS document root's parent) → class."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    truth = {}
+    for cls in SHAPES:
+        for i in range(per_class):
+            path = root / f"{cls}_{i:03d}.jpg"
+            classification_image(rng, cls, 64).save(path, quality=92)
+            truth[path.name] = cls
+    return truth
+
+
+def annotate(api: LSApi, project_id: int, truth: dict[str, str], n: int, wrong: bool = False) -> int:
+    """Label n tasks through the API with their true class (or a constant wrong one)."""
+    done = 0
+    for task in api.tasks(project_id):
+        if done >= n or task.get("annotations"):
+            continue
+        name = Path(unquote(task["data"]["image"].split("?d=")[-1])).name
+        label = "circle" if wrong else truth[name]
+        api.annotate(
+            task["id"], [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+        )
+        done += 1
+    return done
+
+
+@pytest.fixture
+def api(label_studio: Any) -> LSApi:
+    return LSApi(label_studio.url, label_studio.api_key)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, ls_env: dict[str, str], ls_root: Path, tiny_cls_model: Path) -> dict[str, Any]:
+    pool = ls_root / f"loop-{uuid.uuid4().hex[:8]}"
+    truth = labeled_pool(pool)
+    project = f"loop-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text(
+        f"pool:\n  path: {pool}\nlabel_studio:\n  project: {project}\n"
+        "train:\n  epochs: 2\n  batch_size: 16\n  min_new_labels: 12\n"
+        f"  models_dir: {tmp_path / 'models'}\n"
+    )
+    return {
+        "pool": pool,
+        "truth": truth,
+        "project": project,
+        "cfg": str(cfg),
+        "db": f"sqlite:///{tmp_path / 'c.db'}",
+        "model": str(tiny_cls_model),
+    }
+
+
+def test_loop_trains_registers_promotes_only_when_better_and_reorders(setup: dict[str, Any], api: LSApi) -> None:
+    s = setup
+    common = ("--config", s["cfg"], "--db", s["db"])
+    curate_json("select", "--model", s["model"], "--budget", "36", *common)
+    project = api.project_by_title(s["project"])
+    assert annotate(api, project["id"], s["truth"], 24) == 24
+
+    result = curate_json("loop", "--queue-size", "15", *common)
+    assert result["pulled"]["new_annotations"] == 24 and result["new_labels"] == 24
+    training = result["training"]
+    assert training["trained"], training["reason"]
+    metric = training["metric"]
+    assert metric == "accuracy"
+    better = training["candidate_metrics"][metric] > training["current_metrics"][metric]
+    assert training["promoted"] == better
+
+    models = curate_json("models", "list", *common)
+    versions = {v["version"]: v for v in models["versions"]}
+    new = versions[training["version"]]
+    assert new["parent"] == training["parent"] and new["metric"] == metric and new["n_labeled"] == 24
+    assert Path(new["weights"]).is_file() and new["dataset_hash"] == training["dataset_hash"]
+    assert models["current"] == (training["version"] if better else training["parent"])
+    assert new["status"] == ("current" if better else "candidate")
+    detail = curate_json("models", "show", training["version"], *common)
+    assert detail["metrics"][metric] == pytest.approx(training["candidate_metrics"][metric])
+
+    # the queue follows the current model: its ranking tag names the current version
+    project = api.project_by_title(s["project"])
+    assert project["model_version"].startswith(f"curate-{models['current']}-")
+    assert result["queue"]["queue_size"] == 15
+
+    # promote by hand (as if it had been better): from now on the loop ranks with it
+    curate_json("models", "promote", training["version"], *common)
+    assert curate_json("models", "current", *common)["version"] == training["version"]
+    again = curate_json("loop", *common)
+    assert again["training"] is None and again["current_model"] == training["version"]
+    assert again["scoring"]["scored"] == 48 - 0  # the new current model scores the whole pool once
+    assert api.project_by_title(s["project"])["model_version"].startswith(f"curate-{training['version']}-")
+    # nothing new: a fast no-op
+    idle = curate_json("loop", *common)
+    assert idle["training"] is None and idle["scoring"]["scored"] == 0 and not idle["queue"]["changed"]
+
+
+def test_wrong_labels_are_not_promoted_when_not_better(setup: dict[str, Any], api: LSApi) -> None:
+    s = setup
+    common = ("--config", s["cfg"], "--db", s["db"])
+    curate_json("select", "--model", s["model"], "--budget", "30", *common)
+    annotate(api, api.project_by_title(s["project"])["id"], s["truth"], 20, wrong=True)
+    curate_json("pull", *common)
+    report = curate_json("train", *common)
+    # every label says "circle": classification cannot train without every class in both splits
+    assert not report["trained"] and "every class" in report["reason"]
+    models = curate_json("models", "list", *common)
+    assert len(models["versions"]) == 1 and models["current"] == report["parent"]
+
+
+def test_a_second_run_exits_with_the_lock_message(setup: dict[str, Any]) -> None:
+    s = setup
+    store = Store.open(s["db"])
+    with RunLock(store, command="curate loop (first)"):
+        for command in (["loop"], ["select", "--model", s["model"], "--budget", "2"], ["reprioritize"]):
+            result = runner.invoke(app, [*command, "--config", s["cfg"], "--db", s["db"]])
+            assert result.exit_code == ExitCode.LOCKED, result.stderr
+            assert f"another run holds the lock (pid {os.getpid()}" in result.stderr
+            assert "curate loop (first)" in result.stderr and "Traceback" not in result.stderr
+    store.close()
+
+
+def test_lock_on_postgres(setup: dict[str, Any], postgres_url: str) -> None:
+    s = setup
+    store = Store.open(postgres_url)
+    with RunLock(store, command="curate loop (pg first)"):
+        result = runner.invoke(app, ["loop", "--config", s["cfg"], "--db", postgres_url])
+        assert result.exit_code == ExitCode.LOCKED and "curate loop (pg first)" in result.stderr
+    store.close()
+
+
+def _run(args: list[str], failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ}
+    env.pop("CURATE_FAILPOINT", None)
+    if failpoint:
+        env["CURATE_FAILPOINT"] = failpoint
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "score-after-chunk",
+        "push-after-import",
+        "train-after-weights-saved",
+        "train-after-register",
+        "loop-before-rescore",
+    ],
+)
+def test_kill_9_mid_loop_then_rerun_loses_nothing(
+    setup: dict[str, Any], api: LSApi, failpoint: str, ls_root: Path
+) -> None:
+    s = setup
+    common = ["--config", s["cfg"], "--db", s["db"]]
+    assert _run(["select", "--model", s["model"], "--budget", "24", *common]).returncode == 0
+    project = api.project_by_title(s["project"])
+    annotate(api, project["id"], s["truth"], 16)
+    # new images arrive, so that the loop has scoring, training and pushing to do
+    extra = labeled_pool(s["pool"] / "new", per_class=4, seed=41)
+    killed = _run(["loop", "--queue-size", "20", *common], failpoint)
+    assert killed.returncode == -9, (failpoint, killed.stderr[-2000:])
+    rerun = _run(["loop", "--queue-size", "20", *common, "--json"])
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    # no duplicate task, ever
+    ids = [t["data"]["curation_id"] for t in api.tasks(project["id"])]
+    assert len(ids) == len(set(ids))
+    store = Store.open(s["db"])
+    try:
+        # no score lost: every pool item is scored by the current model
+        current = store.current_model()
+        assert current is not None
+        pool_id = store.find_pool(str(s["pool"]))
+        assert pool_id is not None
+        counts = store.status_counts(pool_id, current.id)
+        assert counts["items"] == 48 + len(extra) and counts["unscored"] == 0
+        # no half-registered model: every trained version is complete, and exactly one is current
+        versions = [mv for mv, _ in store.model_versions()]
+        assert sum(mv.status == "current" for mv in versions) == 1
+        for mv in versions:
+            if mv.trained_at is not None:
+                assert mv.weights_path and Path(mv.weights_path).is_file() and mv.metrics and mv.dataset_hash
+        trained = [mv for mv in versions if mv.trained_at is not None]
+        assert len(trained) == 1, [mv.version for mv in trained]  # the killed round was not registered twice
+        # every queued task is known and the project serves curate's ranking
+        queued = store.ls_queue(store.ls_projects()[0].id)
+        assert len(queued) == 20
+        assert api.project_by_title(s["project"])["model_version"].startswith("curate-")
+    finally:
+        store.close()
+    assert not list((Path(s["cfg"]).parent / "models").glob(".*.tmp"))
+
+
+def test_mlflow_logging_and_registry_uri(
+    setup: dict[str, Any], api: LSApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    s = setup
+    tracking = f"file://{tmp_path / 'mlruns'}"
+    cfg = Path(s["cfg"])
+    cfg.write_text(
+        cfg.read_text() + f"mlflow:\n  tracking_uri: {tracking}\n  registered_model: shapes\n"
+        "  experiment: curate-test\n"
+    )
+    common = ("--config", s["cfg"], "--db", s["db"])
+    curate_json("select", "--model", s["model"], "--budget", "36", *common)
+    annotate(api, api.project_by_title(s["project"])["id"], s["truth"], 24)
+    curate_json("pull", *common)
+    report = curate_json("train", *common)
+    assert report["trained"] and report["mlflow_run"] and not report["warnings"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking)
+    run = mlflow.get_run(report["mlflow_run"])
+    assert run.data.params["parent"] == report["parent"] and "candidate_accuracy" in run.data.metrics
+    assert run.data.tags["curate.version"] == report["version"]
+    # the registered version loads back by its models:/ URI, and is the same weights (same version name)
+    scored = curate_json("score", "--model", "models:/shapes/1", *common)
+    assert scored["model_version"] == report["version"]
+
+
+def test_mlflow_missing_is_one_clear_error(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now fails, as without the extra
+    result = runner.invoke(app, ["score", "--model", "models:/shapes/1", "--config", setup["cfg"], "--db", setup["db"]])
+    assert result.exit_code == ExitCode.USAGE
+    assert "pip install 'curate[mlflow]'" in result.stderr and "Traceback" not in result.stderr
