@@ -872,6 +872,95 @@ def loop(
         )
 
 
+@app.command()
+def simulate(
+    dataset: Annotated[Path, typer.Option("--dataset", help="Labeled dataset: a folder per class, or a data.yaml.")],
+    strategies: Annotated[
+        str, typer.Option("--strategies", help="Comma-separated strategies (random is always included).")
+    ] = "random,entropy,hybrid",
+    initial: Annotated[int, typer.Option("--initial", help="Random labeled items to start from.")] = 50,
+    step: Annotated[int, typer.Option("--step", help="Items selected per round.")] = 50,
+    rounds: Annotated[int, typer.Option("--rounds", help="Selection rounds per strategy and seed.")] = 6,
+    seeds: Annotated[int, typer.Option("--seeds", help="Repeats with different initial sets.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Base seed: test split and initial sets.")] = 0,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out share, never selectable.")] = 0.2,
+    trainer: Annotated[
+        str, typer.Option("--trainer", help="linear (fast, on frozen embeddings) or finetune (Ultralytics).")
+    ] = "linear",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per round for --trainer finetune.")] = 10,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON with every round of every seed.")] = Path(
+        "simulation.json"
+    ),
+    png: Annotated[Path | None, typer.Option("--png", help="Learning-curve plot (default: beside --out).")] = None,
+    model: ModelOpt = None,
+    imgsz: Annotated[int | None, typer.Option("--imgsz", help="Model input size (model.imgsz).")] = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Keep the dataset's scores in this database (reused by reruns).")
+    ] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Learning curves of strategies against random on a labeled dataset: do they save labels on your data?"""
+    with _handled(debug):
+        from curation.simulate import SimulationConfig, fmt_fraction, plot_curves, simulate, write_json
+
+        overrides = _common(db, None, None, None, device, batch_size, workers)
+        overrides[("model", "imgsz")] = (imgsz, "--imgsz")
+        settings = _settings(config, overrides)
+        model_spec = model or settings.model.path or "yolov8n-cls.yaml"
+        cfg = SimulationConfig(
+            dataset=dataset,
+            strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+            initial=initial,
+            step=step,
+            rounds=rounds,
+            seeds=seeds,
+            seed=seed,
+            test_fraction=test_fraction,
+            trainer=trainer,
+            epochs=epochs,
+            keep_db=db is not None,
+        )
+        result = simulate(cfg, settings, model_spec, progress=_progress(json_out))
+        write_json(result, out)
+        picture = plot_curves(result, png or out.with_suffix(".png"))
+        data = result.to_json() | {"out": str(out), "png": str(picture)}
+        if json_out:
+            _print_json(data)
+            return
+        curves = result.curves()
+        table = Table(
+            title=f"test {result.metric} (mean ± std over {cfg.seeds} seeds), {cfg.trainer} trainer, "
+            f"model {result.model}"
+        )
+        table.add_column("labels", justify="right")
+        for name in curves:
+            table.add_column(name, justify="right")
+        for n in sorted(next(iter(curves.values()))):
+            table.add_row(str(n), *(f"{curves[s][n][0]:.3f} ± {curves[s][n][1]:.3f}" for s in curves))
+        out_console.print(table)
+        head = result.headline()
+        out_console.print(
+            f"Labels needed to reach random's final {result.metric} ({head['random_final_metric']:.3f} with "
+            f"{head['random_final_labels']} labels):"
+        )
+        for name, h in head["strategies"].items():
+            if name == "random":
+                continue
+            needed = h["labels_to_reach_random_final"]
+            below = h["rounds_below_random"]
+            out_console.print(
+                f"  {name:>18}: {f'{needed:.0f}' if needed is not None else '—':>6} labels = "
+                f"{fmt_fraction(h['fraction_of_random_labels'])} of random's"
+                + (f"; below random at {len(below)} round(s)" if below else "; never below random")
+            )
+        err_console.print(f"Wrote {out} and {picture}")
+
+
 def main() -> None:
     app()
 

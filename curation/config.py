@@ -117,8 +117,13 @@ class DetectionAggregation(_Section):
 class StrategySettings(_Section):
     name: str = "hybrid"
     seed: int = Field(default=0, ge=0)
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Strategy-specific options, e.g. ``{candidates: 10, weight: 0.5}`` for hybrid."""
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Options per strategy name, e.g. ``{hybrid: {candidates: 10, weight: 0.5}}``: the registry's
+    ``{name: options}`` shape, so switching ``--strategy`` picks up the right ones."""
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        return dict(self.options.get(name.replace("-", "_"), {}) or self.options.get(name, {}) or {})
+
     min_distance: float = Field(default=0.01, ge=0.0, le=2.0)
     """Near-duplicates: an item closer than this cosine distance (between centred embeddings, where unrelated
     images sit near 1) to a selected, queued or labeled item is never selected (0 turns it off)."""

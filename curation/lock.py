@@ -27,7 +27,13 @@ from curation.errors import LockHeldError
 from store.repository import Store
 
 LOCK_NAME = "curate-run"
-_ADVISORY_KEY = 0x6375726174650002  # "curate" + 2 (1 is the migration lock)
+
+
+def advisory_key(name: str) -> int:
+    """A signed 64-bit Postgres advisory-lock key for ``name``."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _describe(pid: Any, host: Any, command: Any, started: Any) -> str:
@@ -42,6 +48,7 @@ class RunLock:
         self.command = command or " ".join(["curate", *sys.argv[1:]])[:500]
         self._file: IO[str] | None = None
         self._conn: Any = None
+        self._key = 0
 
     def __enter__(self) -> RunLock:
         if self.store.dialect == "sqlite":
@@ -64,7 +71,7 @@ class RunLock:
             self._file = None
         if self._conn is not None:
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
                 self._conn.commit()
             finally:
                 self._conn.close()
@@ -116,7 +123,11 @@ class RunLock:
     # -- Postgres ----------------------------------------------------------------------------------------------------
     def _lock_advisory(self) -> None:
         conn = self.store.engine.connect()
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _ADVISORY_KEY}).scalar()
+        # Advisory locks are per Postgres database; curate databases can share one in different schemas, so the
+        # key is derived from the database and schema names.
+        where = conn.execute(text("SELECT current_database() || '/' || current_schema()")).scalar()
+        self._key = advisory_key(f"run:{where}")
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
         conn.commit()
         if not got:
             conn.close()

@@ -491,7 +491,11 @@ def reprioritize(
 
     strategy = build_strategy(settings.strategy, strategy_name)
     signature = ranking_signature(
-        mv, strategy.name, dict(settings.strategy.options), settings.strategy.seed, [q.item_id for q in queue]
+        mv,
+        strategy.name,
+        settings.strategy.options_for(strategy_name or settings.strategy.name),
+        settings.strategy.seed,
+        [q.item_id for q in queue],
     )
 
     def report(

@@ -58,7 +58,8 @@ class SelectionResult:
 def build_strategy(settings: StrategySettings, name: str | None = None, balance: bool | None = None) -> Strategy:
     """The configured strategy (``name`` overrides it), wrapped for class balance when asked."""
     try:
-        strategy = get_strategy(name or settings.name, **settings.options)
+        chosen = name or settings.name
+        strategy = get_strategy(chosen, **settings.options_for(chosen))
     except StrategyError as exc:
         raise ConfigError(f"strategy: {exc}") from None
     if settings.balance if balance is None else balance:
@@ -132,6 +133,32 @@ def items_uncertainty(
     return Candidates(np.asarray(ids, dtype=np.int64), out_values, out_classes)
 
 
+def build_view(
+    uncertainty: NDArray[np.float64],
+    classes: NDArray[np.bool_] | None,
+    embeddings: NDArray[np.float32] | None,
+    reference: NDArray[np.float32] | None,
+    settings: StrategySettings,
+) -> PoolView:
+    """The ``PoolView`` every selection runs on — ``curate select``, ``reprioritize`` and ``simulate`` alike.
+    Embeddings (and the reference set) are centred in place: distances between centred embeddings are comparable
+    across models (see ``center_in_place``)."""
+    if embeddings is not None:
+        center_in_place(embeddings, *([reference] if reference is not None and len(reference) else []))
+    return PoolView(
+        uncertainty=uncertainty,
+        embeddings=embeddings,
+        reference_embeddings=reference if reference is not None and len(reference) else None,
+        seed=settings.seed,
+        min_distance=settings.min_distance if embeddings is not None else 0.0,
+        classes=classes,
+    )
+
+
+def needs_embeddings(strategy: Strategy, settings: StrategySettings) -> bool:
+    return strategy.needs_embeddings or settings.min_distance > 0
+
+
 def pool_view(
     store: Store,
     mv: ModelVersionRecord,
@@ -144,8 +171,7 @@ def pool_view(
     suppression needs them (items without one are then excluded), and the reference set's embeddings."""
     uncertainty = cands.uncertainty
     embeddings = reference = None
-    min_distance = settings.min_distance
-    if strategy.needs_embeddings or min_distance > 0:
+    if needs_embeddings(strategy, settings):
         if not mv.embedding_dim:
             raise NothingToSelectError(f"model version {mv.version} has no stored embeddings; score again")
         embeddings, found = store.load_embeddings(mv.id, cands.item_ids, mv.embedding_dim)
@@ -153,16 +179,7 @@ def pool_view(
         if len(reference_ids):
             ref, ref_found = store.load_embeddings(mv.id, reference_ids, mv.embedding_dim)
             reference = np.ascontiguousarray(ref[ref_found])
-        # distances between centred embeddings: comparable across models (see center_in_place)
-        center_in_place(embeddings, *([reference] if reference is not None else []))
-    return PoolView(
-        uncertainty=uncertainty,
-        embeddings=embeddings,
-        reference_embeddings=reference,
-        seed=settings.seed,
-        min_distance=min_distance if embeddings is not None else 0.0,
-        classes=cands.classes,
-    )
+    return build_view(uncertainty, cands.classes, embeddings, reference, settings)
 
 
 def run_selection(
@@ -203,7 +220,7 @@ def run_selection(
     if len(picked) == 0:
         raise NothingToSelectError("nothing to select: every candidate is a near-duplicate of a taken item")
     item_ids = cands.item_ids[picked.indices]
-    options: dict[str, Any] = dict(settings.options)
+    options: dict[str, Any] = settings.options_for(strategy_name or settings.name)
     options["min_distance"] = view.min_distance
     if mv.task != "classify":
         options["detection"] = settings.detection.model_dump()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from store.errors import DatabaseError, DatabaseURLError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
-_MIGRATION_LOCK_KEY = 0x6375726174650001  # Postgres advisory lock id: "curate" + 1
 
 
 def redacted(url: str) -> str:
@@ -106,9 +106,13 @@ def migrate(engine: Engine) -> bool:
         return False
     cfg = alembic_config()
     with engine.connect() as conn:
+        key = 0
         if conn.dialect.name == "postgresql":
-            # Session-level lock: concurrent first runs wait here instead of racing to create tables.
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            # Session-level lock: concurrent first runs wait here instead of racing to create tables. Per database
+            # and schema, since several curate databases may share one Postgres database.
+            where = conn.execute(text("SELECT current_database() || '/' || current_schema()")).scalar()
+            key = int.from_bytes(hashlib.sha256(f"migrate:{where}".encode()).digest()[:8], "big", signed=True)
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             conn.commit()
         try:
             if MigrationContext.configure(conn).get_current_revision() != head:
@@ -117,7 +121,7 @@ def migrate(engine: Engine) -> bool:
                 conn.commit()
         finally:
             if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
     return True
 

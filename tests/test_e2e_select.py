@@ -348,24 +348,11 @@ def _planted_pool(root: Path, clusters: int = 6, copies: int = 4, others: int = 
     return planted
 
 
-class _ThumbnailClassifier(torch.nn.Module):
-    """A TorchScript classifier whose embedding is an 8x8 thumbnail: near-identical images get near-identical
-    embeddings whatever the training, so the test checks curate's duplicate handling, not a model's quality."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        thumb = torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)
-        logits = torch.stack([x[:, 0].mean(dim=(1, 2)), x[:, 1].mean(dim=(1, 2)), x[:, 2].mean(dim=(1, 2))], 1)
-        return logits * 3, thumb
-
-
 @pytest.fixture(scope="module")
 def thumbnail_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("thumb")
-    model = folder / "thumb.torchscript"
-    torch.jit.script(_ThumbnailClassifier()).save(str(model))
-    cfg = folder / "thumb.yaml"
-    cfg.write_text("model:\n  torchscript:\n    imgsz: 64\n    class_names: [red, green, blue]\n")
-    return model, cfg
+    from tests.models import save_thumbnail_model
+
+    return save_thumbnail_model(tmp_path_factory.mktemp("thumb"))
 
 
 @pytest.mark.parametrize("strategy", ["hybrid", "kcenter", "kmeans", "entropy", "random"])

@@ -130,12 +130,14 @@ def test_hybrid_with_weight_zero_is_pure_uncertainty(n: int, seed: int, data: st
     u = np.round(rng.random(n), 2)  # many ties
     pool = PoolView(uncertainty=u, embeddings=unit(rng, n, 5), reference_embeddings=unit(rng, 2, 5))
     k = data.draw(st.integers(1, n))
-    hybrid = HybridStrategy(weight=0.0, candidates=1.0).select(pool, k)
     plain = UncertaintyStrategy("margin").select(pool, k)
-    assert hybrid.indices.tolist() == plain.indices.tolist()
+    for diversify in ("kmeans", "greedy"):
+        hybrid = HybridStrategy(weight=0.0, diversify=diversify).select(pool, k)
+        assert hybrid.indices.tolist() == plain.indices.tolist()
 
 
-def test_hybrid_prefers_diverse_uncertain_items() -> None:
+@pytest.mark.parametrize("diversify", ["kmeans", "greedy"])
+def test_hybrid_prefers_diverse_uncertain_items(diversify: str) -> None:
     rng = np.random.default_rng(1)
     base = unit(rng, 1, 16)[0]
     dupes = base + rng.normal(scale=0.01, size=(10, 16))  # ten near-identical, very uncertain images
@@ -145,7 +147,7 @@ def test_hybrid_prefers_diverse_uncertain_items() -> None:
     u = np.concatenate([np.full(10, 0.95), rng.uniform(0.6, 0.9, 30)])
     pool = PoolView(uncertainty=u, embeddings=x)
     pure = UncertaintyStrategy("margin").select(pool, 5)
-    hybrid = HybridStrategy(weight=0.7).select(pool, 5)
+    hybrid = HybridStrategy(weight=0.7, diversify=diversify).select(pool, 5)
     assert all(i < 10 for i in pure.indices)  # uncertainty alone takes the duplicates
     assert sum(int(i) < 10 for i in hybrid.indices) == 1  # the hybrid takes one of them
 

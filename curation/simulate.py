@@ -1,0 +1,693 @@
+"""``curate simulate``: does a strategy save labels on *your* data? Learning curves against random, honestly.
+
+On a fully labeled dataset: a fixed test split is held out (stratified, from ``--seed``) and never selectable; each
+seed starts from its own random initial labeled set; each strategy then repeatedly selects ``step`` items — with
+exactly the code ``curate select`` runs (``build_strategy`` → ``build_view`` → ``Strategy.select``) — their labels
+are revealed, the model is retrained, and the metric is measured on the test split. Random is always included.
+
+Trainers:
+
+- ``linear`` (default, fast on a CPU): the model's embeddings are computed once (curate's batched scoring), then a
+  softmax regression (L2-regularised, full-batch L-BFGS, deterministic) is refitted on the labeled embeddings every
+  round; its probabilities drive the uncertainty measures. Classification only.
+- ``finetune``: the full Ultralytics fine-tune from the model every round, then curate scores the pool with the new
+  weights (probabilities or boxes, and embeddings). Classification and detection; meant for a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from curation.config import IMAGE_EXTENSIONS, Settings
+from curation.errors import ConfigError, PoolError
+from curation.progress import NullProgress, Progress
+from curation.selection import build_strategy, build_view, needs_embeddings
+from strategies import uncertainty_scores
+
+TRAINERS = ("linear", "finetune")
+FALLBACK_MEASURE = "least_confidence"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    dataset: Path
+    strategies: tuple[str, ...]
+    initial: int = 50
+    step: int = 50
+    rounds: int = 6
+    seeds: int = 3
+    seed: int = 0
+    test_fraction: float = 0.2
+    trainer: str = "linear"
+    epochs: int = 10  # finetune trainer
+    l2: float = 1e-3  # linear trainer
+    keep_db: bool = False  # score into settings.db (reused by reruns) instead of a scratch database
+
+
+@dataclass
+class Dataset:
+    """The labeled images (the pool to simulate on), their class index, and the class names."""
+
+    paths: list[Path]
+    labels: NDArray[np.int64]
+    class_names: list[str]
+    task: str = "classify"
+    detection_labels: list[list[tuple[int, float, float, float, float]]] = field(default_factory=list)
+    root: Path | None = None
+
+    def relative(self, index: int) -> str:
+        path = self.paths[int(index)]
+        return str(path.relative_to(self.root)) if self.root and path.is_relative_to(self.root) else str(path)
+
+
+@dataclass
+class SimulationResult:
+    config: SimulationConfig
+    model: str
+    metric: str
+    pool_size: int
+    test_size: int
+    records: list[dict[str, Any]]
+    test_items: list[str] = field(default_factory=list)
+
+    def curves(self) -> dict[str, dict[int, tuple[float, float]]]:
+        """strategy → n_labeled → (mean, std) over seeds."""
+        out: dict[str, dict[int, list[float]]] = {}
+        for r in self.records:
+            out.setdefault(r["strategy"], {}).setdefault(r["n_labeled"], []).append(r["metric"])
+        return {
+            s: {n: (float(np.mean(v)), float(np.std(v))) for n, v in sorted(points.items())}
+            for s, points in out.items()
+        }
+
+    def headline(self) -> dict[str, Any]:
+        """For each strategy, the labels it needed to reach random's final mean metric, as a fraction of random's
+        labels (linear interpolation between rounds; None if never reached)."""
+        curves = self.curves()
+        random_curve = curves["random"]
+        final_n = max(random_curve)
+        target = random_curve[final_n][0]
+        out: dict[str, Any] = {"random_final_metric": target, "random_final_labels": final_n, "strategies": {}}
+        for name, curve in curves.items():
+            needed = _labels_to_reach(curve, target)
+            below = [n for n, (m, _) in curve.items() if m < random_curve.get(n, (m, 0))[0] - 1e-12]
+            out["strategies"][name] = {
+                "labels_to_reach_random_final": needed,
+                "fraction_of_random_labels": None if needed is None else needed / final_n,
+                "final_metric": curve[max(curve)][0],
+                "rounds_below_random": below,
+            }
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "dataset": str(c.dataset),
+            "model": self.model,
+            "trainer": c.trainer,
+            "metric": self.metric,
+            "strategies": list(c.strategies),
+            "initial": c.initial,
+            "step": c.step,
+            "rounds": c.rounds,
+            "seeds": c.seeds,
+            "seed": c.seed,
+            "test_fraction": c.test_fraction,
+            "pool_size": self.pool_size,
+            "test_size": self.test_size,
+            "test_items": self.test_items,
+            "records": self.records,
+            "curves": {
+                s: {str(n): {"mean": m, "std": sd} for n, (m, sd) in pts.items()} for s, pts in self.curves().items()
+            },
+            "headline": self.headline(),
+        }
+
+
+def _labels_to_reach(curve: dict[int, tuple[float, float]], target: float) -> float | None:
+    points = sorted(curve.items())
+    for i, (n, (m, _)) in enumerate(points):
+        if m >= target - 1e-12:
+            if i == 0:
+                return float(n)
+            n0, (m0, _) = points[i - 1]
+            return float(n0 + (n - n0) * (target - m0) / (m - m0)) if m > m0 else float(n)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def load_dataset(path: Path) -> Dataset:
+    """A folder per class (any depth above: ``train/``, ``val/`` are merged), or an Ultralytics detection dataset
+    (a ``data.yaml``)."""
+    path = path.expanduser().resolve()
+    if not path.exists():
+        raise PoolError(f"dataset not found: {path}")
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return _load_detection(path)
+    if (path / "data.yaml").is_file():
+        return _load_detection(path / "data.yaml")
+    images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not images:
+        raise PoolError(f"no images under {path}: expected a folder per class")
+    names = sorted({p.parent.name for p in images})
+    if len(names) < 2:
+        raise PoolError(f"{path} has images of one class only ({names[0]}): expected a folder per class")
+    index = {n: i for i, n in enumerate(names)}
+    return Dataset(images, np.array([index[p.parent.name] for p in images], dtype=np.int64), names, root=path)
+
+
+def _load_detection(data_yaml: Path) -> Dataset:
+    import yaml
+
+    spec = yaml.safe_load(data_yaml.read_text()) or {}
+    root = Path(spec.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = (data_yaml.parent / root).resolve()
+    names_spec = spec.get("names") or {}
+    names = [str(names_spec[i]) for i in sorted(names_spec)] if isinstance(names_spec, dict) else list(names_spec)
+    paths: list[Path] = []
+    boxes: list[list[tuple[int, float, float, float, float]]] = []
+    for key in ("train", "val", "test"):
+        folder = spec.get(key)
+        if not folder:
+            continue
+        for image in sorted((root / folder).rglob("*")):
+            if image.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            label_file = Path(str(image.parent).replace("images", "labels", 1)) / (image.stem + ".txt")
+            rows = []
+            if label_file.is_file():
+                for line in label_file.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) == 5:
+                        rows.append((int(parts[0]), *(float(v) for v in parts[1:])))
+            paths.append(image)
+            boxes.append(rows)  # type: ignore[arg-type]
+    if not paths:
+        raise PoolError(f"no images found through {data_yaml}")
+    first = np.array([b[0][0] if b else -1 for b in boxes], dtype=np.int64)
+    return Dataset(paths, first, names, task="detect", detection_labels=boxes, root=root)
+
+
+def dataset_imgsz(paths: Sequence[Path], sample: int = 64) -> int:
+    """The median long side of the dataset's images, rounded up to a multiple of 32 (32 to 640)."""
+    from curation.images import original_size
+
+    sides = []
+    for path in list(paths)[:: max(1, len(paths) // sample)][:sample]:
+        try:
+            sides.append(max(original_size(path)))
+        except Exception:  # an unreadable image: scoring reports it
+            continue
+    side = float(np.median(sides)) if sides else 224.0
+    return int(min(640, max(32, math.ceil(side / 32) * 32)))
+
+
+def split_test(labels: NDArray[np.int64], fraction: float, seed: int) -> NDArray[np.bool_]:
+    """A stratified test mask, fixed by ``seed``: every class keeps at least one item for the pool."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        k = min(len(members) - 1, round(fraction * len(members)))
+        test[members[:k]] = True
+    return test
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The linear trainer
+
+
+def standardize(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Per-dimension standardisation with statistics of all images (labels are not involved)."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    return ((x - mean) / np.where(std > 1e-8, std, 1.0)).astype(np.float32)
+
+
+def fit_linear(
+    x: NDArray[np.float32], y: NDArray[np.int64], n_classes: int, l2: float = 1e-3, iterations: int = 100
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Softmax regression by full-batch L-BFGS from zero weights: deterministic for the same inputs."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    w = torch.zeros((x.shape[1], n_classes), requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def predict_proba(x: NDArray[np.float32], w: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+    logits = x @ w + b
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The simulation
+
+
+@dataclass
+class PoolState:
+    """What the model tells us about every image this round."""
+
+    probs: NDArray[np.float32] | None  # (N, K) classification
+    embeddings: NDArray[np.float32]  # (N, D) as stored (L2-normalised)
+    uncertainty_for: Callable[[str, NDArray[np.int64]], tuple[NDArray[np.float64], NDArray[np.bool_]]]
+
+
+def select_round(
+    strategy_name: str,
+    settings: Settings,
+    state: PoolState,
+    candidates: NDArray[np.int64],
+    labeled: NDArray[np.int64],
+    budget: int,
+) -> NDArray[np.int64]:
+    """One selection exactly as ``curate select`` makes it, over the simulation's candidates."""
+    strategy = build_strategy(settings.strategy, strategy_name)
+    uncertainty, classes = state.uncertainty_for(strategy.measure or FALLBACK_MEASURE, candidates)
+    embeddings = reference = None
+    if needs_embeddings(strategy, settings.strategy):
+        embeddings = state.embeddings[candidates].copy()
+        reference = state.embeddings[labeled].copy()
+    view = build_view(uncertainty, classes, embeddings, reference, settings.strategy)
+    picked = strategy.select(view, min(budget, int(np.count_nonzero(~np.isnan(uncertainty)))))
+    return candidates[picked.indices]
+
+
+def simulate(
+    config: SimulationConfig, settings: Settings, model_spec: str, *, progress: Progress | None = None
+) -> SimulationResult:
+    progress = progress or NullProgress()
+    if config.trainer not in TRAINERS:
+        raise ConfigError(f"unknown trainer {config.trainer!r}; valid: {', '.join(TRAINERS)}")
+    names = list(dict.fromkeys(["random", *config.strategies]))  # random is always the baseline
+    for name in names:
+        build_strategy(settings.strategy, name)  # a bad name fails before any work
+    if config.initial < 1 or config.step < 1 or config.rounds < 1 or config.seeds < 1:
+        raise ConfigError("--initial, --step, --rounds and --seeds must be at least 1")
+    data = load_dataset(config.dataset)
+    if not settings.model.imgsz and model_spec.endswith((".yaml", ".yml")):
+        # an architecture has no trained input size: use the dataset's (upscaling 32 px digits to 224 px only
+        # blurs what random features can see)
+        settings = settings.model_copy(
+            update={"model": settings.model.model_copy(update={"imgsz": dataset_imgsz(data.paths)})}
+        )
+    if data.task == "detect" and config.trainer == "linear":
+        raise ConfigError("the linear trainer is for classification datasets; use --trainer finetune for detection")
+    test = split_test(
+        data.labels if data.task == "classify" else np.zeros(len(data.paths), np.int64),
+        config.test_fraction,
+        config.seed,
+    )
+    pool = np.flatnonzero(~test)
+    needed = config.initial + config.rounds * config.step
+    if needed > len(pool):
+        raise ConfigError(
+            f"the dataset's pool has {len(pool)} images (after the {int(test.sum())}-image test split) but the "
+            f"simulation needs {needed} (--initial + --rounds x --step)"
+        )
+    if config.trainer == "linear":
+        runner: _Runner = _LinearRunner(data, settings, model_spec, config, progress)
+    else:
+        runner = _FinetuneRunner(data, settings, model_spec, config, progress)
+    records: list[dict[str, Any]] = []
+    total = config.seeds * len(names) * (config.rounds + 1)
+    progress.start(f"simulating {len(names)} strategies x {config.seeds} seeds", total)
+    try:
+        for s in range(config.seeds):
+            seed = config.seed + s
+            rng = np.random.default_rng(seed)
+            initial = np.sort(rng.choice(pool, size=config.initial, replace=False))
+            for name in names:
+                labeled = initial.copy()
+                sim_settings = settings.model_copy(
+                    update={"strategy": settings.strategy.model_copy(update={"seed": seed})}
+                )
+                for round_ in range(config.rounds + 1):
+                    state, metric = runner.round(labeled, test, seed)
+                    record: dict[str, Any] = {
+                        "strategy": name,
+                        "seed": seed,
+                        "round": round_,
+                        "n_labeled": len(labeled),
+                        "metric": float(metric),
+                    }
+                    records.append(record)
+                    progress.advance(1)
+                    if round_ == config.rounds:
+                        break
+                    candidates = np.setdiff1d(pool, labeled)
+                    picked = select_round(name, sim_settings, state, candidates, labeled, config.step)
+                    record["selected"] = [data.relative(i) for i in picked]  # what this round added, for audits
+                    labeled = np.sort(np.concatenate([labeled, picked]))
+    finally:
+        progress.finish()
+        runner.close()
+    return SimulationResult(
+        config,
+        runner.model_name,
+        runner.metric,
+        len(pool),
+        int(test.sum()),
+        records,
+        [data.relative(i) for i in np.flatnonzero(test)],
+    )
+
+
+class _Runner:
+    model_name: str
+    metric: str
+
+    def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _classification_state(probs: NDArray[np.float32], embeddings: NDArray[np.float32]) -> PoolState:
+    def uncertainty_for(measure: str, rows: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        p = probs[rows]
+        classes = np.zeros(p.shape, dtype=bool)
+        classes[np.arange(len(rows)), np.argmax(p, axis=1)] = True
+        return uncertainty_scores(p, measure), classes
+
+    return PoolState(probs, embeddings, uncertainty_for)
+
+
+def _score_dataset(
+    paths: Sequence[Path], settings: Settings, model_spec: str, workdir: Path, progress: Progress, keep_db: bool
+) -> tuple[Any, dict[Path, int], Any]:
+    """Score the dataset's images with curate's own pipeline: embeddings and outputs. In a scratch database, or in
+    ``settings.db`` when ``keep_db`` (a rerun then reuses the scores: same content, same model version)."""
+    from curation import pipeline
+
+    manifest = workdir / "dataset.txt"
+    manifest.write_text("".join(f"{p}\n" for p in paths))
+    scratch = settings.model_copy(
+        update={
+            "db": settings.db if keep_db else f"sqlite:///{workdir / 'simulate.db'}",
+            "pool": settings.pool.model_copy(update={"path": str(manifest)}),
+            "model": settings.model.model_copy(update={"path": model_spec}),
+        }
+    )
+    store = pipeline.open_store(scratch)
+    outcome = pipeline.score(store, scratch, progress=progress)
+    known = store.known_paths(outcome.pool_id)
+    rows = {Path(manifest.parent / k) if not Path(k).is_absolute() else Path(k): v.item_id for k, v in known.items()}
+    return store, {p.resolve(): i for p, i in rows.items()}, outcome.model
+
+
+class _LinearRunner(_Runner):
+    def __init__(
+        self, data: Dataset, settings: Settings, model_spec: str, config: SimulationConfig, progress: Progress
+    ) -> None:
+        self.data = data
+        self.config = config
+        self.metric = "accuracy"
+        self._tmp = tempfile.TemporaryDirectory(prefix="curate-simulate-")
+        store, item_of, mv = _score_dataset(
+            data.paths, settings, model_spec, Path(self._tmp.name), progress, config.keep_db
+        )
+        self.model_name = mv.version
+        ids = np.array([item_of.get(p.resolve(), -1) for p in data.paths], dtype=np.int64)
+        if (ids < 0).any():
+            bad = [str(p) for p, i in zip(data.paths, ids, strict=True) if i < 0][:3]
+            raise PoolError(f"some dataset images could not be registered, e.g. {bad}")
+        if not mv.embedding_dim:
+            raise PoolError(f"model {mv.version} produced no embeddings")
+        emb, found = store.load_embeddings(mv.id, ids, mv.embedding_dim)
+        store.close()
+        if not found.all():
+            bad = [str(p) for p, f in zip(data.paths, found, strict=True) if not f][:3]
+            raise PoolError(f"{int((~found).sum())} dataset images could not be decoded, e.g. {bad}")
+        self.embeddings = emb
+        self.features = standardize(emb)
+
+    def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
+        k = len(self.data.class_names)
+        w, b = fit_linear(self.features[labeled], self.data.labels[labeled], k, l2=self.config.l2)
+        probs = predict_proba(self.features, w, b)
+        accuracy = float((np.argmax(probs[test], axis=1) == self.data.labels[test]).mean())
+        return _classification_state(probs, self.embeddings), accuracy
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+class _FinetuneRunner(_Runner):
+    """Fine-tune from the model every round (Ultralytics), then score the dataset with the new weights."""
+
+    def __init__(
+        self, data: Dataset, settings: Settings, model_spec: str, config: SimulationConfig, progress: Progress
+    ) -> None:
+        self.data = data
+        self.settings = settings
+        self.model_spec = model_spec
+        self.config = config
+        self.progress = progress
+        self.metric = "accuracy" if data.task == "classify" else "map50_95"
+        self.model_name = Path(model_spec).name
+        self._tmp = tempfile.TemporaryDirectory(prefix="curate-simulate-")
+        self._round = 0
+
+    def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
+        from curation.training import evaluate, train_ultralytics
+
+        self._round += 1
+        work = Path(self._tmp.name) / f"r{self._round}"
+        data_path, test_yaml = self._export(labeled, test, work)
+        trained = train_ultralytics(
+            self.model_spec,
+            data_path,
+            work / "run",
+            epochs=self.config.epochs,
+            imgsz=self.settings.train.imgsz or 64,
+            batch=self.settings.train.batch_size,
+            device="0" if _cuda() else "cpu",
+            seed=seed,
+            options={"val": False, **self.settings.train.options},
+        ).weights
+        runtime = _load(self.settings, str(trained))
+        if self.data.task == "classify":
+            probs, emb = _infer_classify(runtime, self.data.paths)
+            accuracy = float(
+                (np.argmax(probs[test], axis=1) == self._label_index(runtime)[self.data.labels[test]]).mean()
+            )
+            order = self._label_index(runtime)
+            return _classification_state(probs[:, order], emb), accuracy
+        metrics = evaluate(str(trained), test_yaml, "detect", runtime.info.imgsz, 8, "0" if _cuda() else "cpu")
+        state = _detection_state(runtime, self.data.paths, self.settings)
+        return state, float(metrics["map50_95"])
+
+    def _label_index(self, runtime: Any) -> NDArray[np.int64]:
+        """Column of each dataset class in the model's output (Ultralytics orders classes by folder name)."""
+        names = runtime.info.class_names
+        return np.array([names.index(n) for n in self.data.class_names], dtype=np.int64)
+
+    def _export(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], work: Path) -> tuple[Path, Path]:
+        import os
+
+        if self.data.task == "classify":
+            for split in ("train", "val"):  # val is required by Ultralytics; validation is off ("val": False)
+                for i in labeled:
+                    target = (
+                        work
+                        / "data"
+                        / split
+                        / self.data.class_names[self.data.labels[i]]
+                        / f"{i}{self.data.paths[i].suffix}"
+                    )
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(self.data.paths[i], target)
+            return work / "data", work / "data"
+        names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(self.data.class_names))
+        for split, rows in (("train", labeled), ("val", labeled), ("test", np.flatnonzero(test))):
+            for i in rows:
+                image = work / "data" / "images" / split / f"{i}{self.data.paths[i].suffix}"
+                image.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(self.data.paths[i], image)
+                label = work / "data" / "labels" / split / f"{i}.txt"
+                label.parent.mkdir(parents=True, exist_ok=True)
+                label.write_text("".join(" ".join(str(v) for v in row) + "\n" for row in self.data.detection_labels[i]))
+        train_yaml = work / "data" / "data.yaml"
+        train_yaml.write_text(f"path: {work / 'data'}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+        test_yaml = work / "data" / "test.yaml"
+        test_yaml.write_text(f"path: {work / 'data'}\ntrain: images/train\nval: images/test\nnames:\n{names}\n")
+        return train_yaml, test_yaml
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _load(settings: Settings, weights: str) -> Any:
+    import torch
+
+    from curation.model import load_model, resolve_device
+
+    return load_model(
+        settings.model.model_copy(update={"path": weights, "version": None}),
+        resolve_device(settings.scoring.device) if _cuda() else torch.device("cpu"),
+        settings.scoring.precision,
+    )
+
+
+def _preprocessed(runtime: Any, paths: Sequence[Path]) -> Any:
+    import torch
+
+    from curation.scoring import PoolDataset, ScoreJob, shape_batches
+
+    info = runtime.info
+    jobs = [ScoreJob(i, p) for i, p in enumerate(paths)]
+    shapes, batches = shape_batches(jobs, info.preprocess, info.imgsz, info.stride, 32)
+    dataset = PoolDataset(paths, info.preprocess, info.imgsz, 10**9, shapes)
+    for batch in batches:
+        samples = [dataset[i] for i in batch]
+        images = [s.image for s in samples if s.image is not None]
+        if images:
+            good = [s for s in samples if s.image is not None]
+            yield [s.position for s in good], torch.stack(images), [s.geometry for s in good]
+
+
+def _infer_classify(runtime: Any, paths: Sequence[Path]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    k = len(runtime.info.class_names)
+    probs = np.zeros((len(paths), k), dtype=np.float32)
+    emb: NDArray[np.float32] | None = None
+    for positions, images, geometries in _preprocessed(runtime, paths):
+        outputs = runtime.infer(images, geometries)
+        if emb is None:
+            emb = np.zeros((len(paths), len(outputs[0].embedding)), dtype=np.float32)
+        for pos, out in zip(positions, outputs, strict=True):
+            probs[pos] = out.probs
+            emb[pos] = out.embedding
+    if emb is None:
+        raise PoolError("no dataset image could be decoded")
+    return probs, emb
+
+
+def _detection_state(runtime: Any, paths: Sequence[Path], settings: Settings) -> PoolState:
+    from curation.selection import _scores_view
+    from store.repository import DetectionScores, ModelVersionRecord
+
+    k = len(runtime.info.class_names)
+    n_boxes = np.zeros(len(paths), dtype=np.int64)
+    conf: list[NDArray[np.float32]] = [np.zeros(0, np.float32)] * len(paths)
+    scores: list[NDArray[np.float32]] = [np.zeros((0, k), np.float32)] * len(paths)
+    emb: NDArray[np.float32] | None = None
+    for positions, images, geometries in _preprocessed(runtime, paths):
+        outputs = runtime.infer(images, geometries)
+        if emb is None:
+            emb = np.zeros((len(paths), len(outputs[0].embedding)), dtype=np.float32)
+        for pos, out in zip(positions, outputs, strict=True):
+            n_boxes[pos], conf[pos], scores[pos], emb[pos] = len(out.boxes), out.box_conf, out.box_scores, out.embedding
+    if emb is None:
+        raise PoolError("no dataset image could be decoded")
+    mv = ModelVersionRecord(
+        0,
+        runtime.info.version,
+        "",
+        "ultralytics",
+        "detect",
+        runtime.info.class_names,
+        runtime.info.imgsz,
+        emb.shape[1],
+        datetime.now(UTC),
+    )
+
+    def uncertainty_for(measure: str, rows: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        det = DetectionScores(
+            rows,
+            n_boxes[rows],
+            np.concatenate([conf[i] for i in rows]),
+            np.concatenate([scores[i] for i in rows]).reshape(-1, k),
+        )
+        return _scores_view(det, mv, measure, settings.strategy.detection)
+
+    return PoolState(None, emb, uncertainty_for)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def plot_curves(result: SimulationResult, path: Path) -> Path:
+    """Learning curves: the mean over seeds with a ±1 std band per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, curve in result.curves().items():
+        n = np.array(list(curve))
+        mean = np.array([m for m, _ in curve.values()])
+        std = np.array([s for _, s in curve.values()])
+        baseline = name == "random"
+        (line,) = ax.plot(
+            n,
+            mean,
+            marker="o",
+            markersize=3,
+            label=name,
+            color="black" if baseline else None,
+            linestyle="--" if baseline else "-",
+        )
+        ax.fill_between(n, mean - std, mean + std, alpha=0.15, color=line.get_color())
+    c = result.config
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel(f"test {result.metric}")
+    ax.set_title(f"{c.dataset.name}: {c.trainer} trainer, {c.seeds} seed(s), test split {result.test_size}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(result: SimulationResult, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def fmt_fraction(value: float | None) -> str:
+    return "not reached" if value is None or math.isnan(value) else f"{value:.0%}"
