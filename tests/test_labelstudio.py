@@ -646,3 +646,38 @@ def test_diverse_selection_sets_prediction_clusters(
     assert len(preds) == 9
     assert {by_task[p["task"]]: p["cluster"] for p in preds} == expected
     assert len(set(expected.values())) > 1
+
+
+def test_personal_access_tokens_work_too(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real users often have a personal access token (a JWT refresh token) rather than a legacy token."""
+    response = api.client.post("/api/token/")
+    if response.status_code in (403, 404):
+        pytest.skip(f"this Label Studio does not issue personal access tokens ({response.status_code})")
+    response.raise_for_status()
+    pat = response.json()["token"]
+    assert pat.count(".") == 2  # a JWT
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", pat)
+    name = title()
+    result = curate_json(
+        "select",
+        "--pool",
+        str(ls_pool),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "3",
+        "--project",
+        name,
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert result["push"]["pushed"] == 3
+    for path in tmp_path.glob("c.db*"):
+        assert pat.encode() not in path.read_bytes()
