@@ -19,9 +19,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 
-spec="."
-[ "$extras" = "dev" ] && spec=".[dev]"
-stamp="$VENV/.curate-installed$([ "$extras" = "dev" ] && echo -dev)"
+if [ "$extras" = "dev" ]; then
+  spec=".[dev]"
+  stamp="$VENV/.curate-installed-dev"
+else
+  spec="."
+  stamp="$VENV/.curate-installed"
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "Installing curate ($spec) into $VENV — the first time this downloads torch (~2 min, ~6 GB)" >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
