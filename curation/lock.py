@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from curation.errors import LockHeldError
+from store.db import redact_argv
 from store.repository import Store
 
 LOCK_NAME = "curate-run"
@@ -45,7 +46,7 @@ class RunLock:
 
     def __init__(self, store: Store, command: str | None = None) -> None:
         self.store = store
-        self.command = command or " ".join(["curate", *sys.argv[1:]])[:500]
+        self.command = command or " ".join(["curate", *redact_argv(sys.argv[1:])])[:500]
         self._file: IO[str] | None = None
         self._conn: Any = None
         self._key = 0

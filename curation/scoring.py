@@ -262,9 +262,11 @@ def score_items(
                 for position, geometry, output in zip(batch["positions"], batch["geometries"], outputs, strict=True):
                     item_id, path = items[position].item_id, items[position].path
                     chunk.predictions.append(prediction_row(item_id, output, geometry))
-                    chunk.embeddings.append(
-                        {"item_id": item_id, "vector": np.asarray(output.embedding, "<f2").tobytes()}
-                    )
+                    vector = np.asarray(output.embedding, "<f2")
+                    # A NaN or overflowing embedding would poison every distance it enters; such items are
+                    # invalid (never selected), and a missing embedding is handled downstream.
+                    if not output.problem and bool(np.isfinite(vector).all()):
+                        chunk.embeddings.append({"item_id": item_id, "vector": vector.tobytes()})
                     chunk.decoded.append((item_id, geometry.width, geometry.height))
                     if output.problem:
                         chunk.n_invalid += 1

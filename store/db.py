@@ -24,8 +24,23 @@ def redacted(url: str) -> str:
     """The URL with its password masked, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable database url>"
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line safe to store or print: passwords inside database URLs are masked.
+
+    Why: the run lock records the holder's command so a blocked cron run can say who holds it, and ``--db`` may
+    carry a password.
+    """
+    out: list[str] = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        if "://" in value and "@" in value:
+            value = redacted(value)
+        out.append(f"{flag}{eq}{value}" if eq else value)
+    return out
 
 
 def first_line(exc: BaseException) -> str:
@@ -39,8 +54,10 @@ def create_store_engine(url: str) -> Engine:
     """An engine tuned for curate's access pattern: few writers, bulk chunks, concurrent readers."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseURLError(f"invalid database URL {url!r}: expected e.g. sqlite:///curate.db") from None
+        parsed.port  # noqa: B018 - a non-numeric port raises only when read
+    except (ArgumentError, ValueError):
+        shown = repr(url) if "@" not in url else "<database url with credentials>"
+        raise DatabaseURLError(f"invalid database URL {shown}: expected e.g. sqlite:///curate.db") from None
     try:
         if parsed.get_backend_name() == "sqlite":
             engine = _sqlite_engine(url)

@@ -621,14 +621,20 @@ class Store(LabelStudioRecords, RegistryRecords):
         order = np.argsort(item_ids, kind="stable")
         sorted_ids = item_ids[order]
         lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
-        stmt = (
-            select(Embedding.item_id, Embedding.vector)
-            .where(Embedding.model_version_id == model_version_id)
-            .where(Embedding.item_id.between(lo, hi))
-            .order_by(Embedding.item_id)
-        )
+        base = select(Embedding.item_id, Embedding.vector).where(Embedding.model_version_id == model_version_id)
+        rows: list[Any] = []
         with self._tx() as conn:
-            rows = conn.execute(stmt).all()
+            if hi - lo + 1 <= 4 * len(sorted_ids):
+                # Dense ids (the usual case: a whole pool): one range scan beats a huge IN list.
+                stmt = base.where(Embedding.item_id.between(lo, hi)).order_by(Embedding.item_id)
+                rows.extend(conn.execute(stmt).all())
+            else:
+                # Sparse ids (a few items of a large database): fetch only those, in bounded IN batches.
+                unique = np.unique(sorted_ids)
+                for start in range(0, len(unique), BATCH):
+                    batch = [int(v) for v in unique[start : start + BATCH]]
+                    rows.extend(conn.execute(base.where(Embedding.item_id.in_(batch))).all())
+                rows.sort(key=lambda r: int(r[0]))
         if not rows:
             return out, found
         ids = _column_ints(rows, 0)
@@ -638,6 +644,14 @@ class Store(LabelStudioRecords, RegistryRecords):
         hit = ids[pos_clipped] == sorted_ids
         out[order[hit]] = matrix[pos_clipped[hit]]
         found[order[hit]] = True
+        # Rows written before non-finite embeddings were refused count as missing (checked in blocks to bound
+        # the temporary boolean array).
+        for start in range(0, len(out), 65536):
+            block = out[start : start + 65536]
+            bad = ~np.isfinite(block).all(axis=1)
+            if bad.any():
+                block[bad] = 0.0
+                found[start : start + 65536][bad] = False
         return out, found
 
     def reference_item_ids(self, pool_id: int | None = None) -> NDArray[np.int64]:

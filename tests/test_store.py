@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from store.db import current_revision, head_revision
+from store.db import current_revision, head_revision, redact_argv
 from store.errors import DatabaseError, DatabaseURLError
 from store.repository import ScannedFile, ScoredChunk, Store
 from store.schema import Base
@@ -126,6 +126,25 @@ def test_chunks_round_trip_and_resume(db_url: str) -> None:
     store.close()
 
 
+def test_embeddings_sparse_lookup_and_non_finite_rows(db_url: str) -> None:
+    rng = np.random.default_rng(3)
+    store = Store.open(db_url)
+    pool_id, ids = _register(store, 40)
+    mv = _mv(store)
+    run = store.start_run(mv, pool_id, 40, "cpu", 4)
+    chunk = _chunk(ids, rng)
+    chunk.embeddings[5]["vector"] = np.array([np.nan, 0, 0, 1], "<f2").tobytes()
+    store.write_chunk(run, mv, chunk)
+    dense, found = store.load_embeddings(mv, np.array(ids, dtype=np.int64), 4)
+    assert found.sum() == 39 and not found[5] and np.isfinite(dense).all()
+    # a sparse request (ids far apart, one unknown) takes the IN-list path and gives the same rows
+    query = np.array([ids[30], 10**9, ids[0], ids[5]], dtype=np.int64)
+    sparse, found_sparse = store.load_embeddings(mv, query, 4)
+    assert list(found_sparse) == [True, False, True, False]
+    assert np.array_equal(sparse[0], dense[30]) and np.array_equal(sparse[2], dense[0])
+    store.close()
+
+
 def test_invalid_and_selected_items_are_not_candidates(db_url: str) -> None:
     rng = np.random.default_rng(1)
     store = Store.open(db_url)
@@ -221,6 +240,19 @@ def test_unreachable_postgres_error_hides_password() -> None:
         Store.open(url)
     assert "hunter2secret" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value) and "***" in str(info.value)
+
+
+def test_non_numeric_port_is_a_url_error_without_the_password() -> None:
+    with pytest.raises(DatabaseURLError) as info:
+        Store.open("postgresql+psycopg://curate:hunter2secret@db:notaport/curate")
+    assert "hunter2secret" not in str(info.value)
+
+
+def test_command_lines_are_stored_without_database_passwords() -> None:
+    argv = ["loop", "--db", "postgresql+psycopg://u:hunter2@h/db", "--db=postgresql://u:pw2@h:5/d", "--budget", "5"]
+    shown = " ".join(redact_argv(argv))
+    assert "hunter2" not in shown and "pw2" not in shown
+    assert shown == "loop --db postgresql+psycopg://u:***@h/db --db=postgresql://u:***@h:5/d --budget 5"
 
 
 def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
