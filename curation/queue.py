@@ -293,15 +293,27 @@ def _import_chunk(
         task_ids = ls.import_tasks(pid, payload)
         checkpoint("push-after-import")
         imported = dict(zip([p.content_id for p in chunk], task_ids, strict=True))
-    except ImportOutcomeUnknown:
-        # The server may have committed: look before importing anything again.
+    except ImportOutcomeUnknown as exc:
+        # The server may have committed, or may still be committing: look, and never import again in this run.
         found = ls.tasks_by_curation_id(pid, list(by_content))
         imported = {cid: min(ids) for cid, ids in found.items() if cid in by_content}
-        missing = [cid for cid in by_content if cid not in imported]
+        missing = len(by_content) - len(imported)
         if missing:
-            retry = [by_content[c][2] for c in missing]
-            imported.update(dict(zip(missing, ls.import_tasks(pid, retry), strict=True)))
-    rows = [
+            # Keep the intent: the next run looks these up again before importing what is still absent.
+            store.ls_record_tasks(project.record.id, _task_rows(imported, by_content), None)
+            raise ImportOutcomeUnknown(
+                f"{exc}; {missing} of {len(chunk)} tasks of that import are not in the project, so the import "
+                "may still be running: rerun later, and curate checks for them before importing them again"
+            ) from None
+    rows = _task_rows(imported, by_content)
+    store.ls_record_tasks(project.record.id, rows, intent)
+    return rows
+
+
+def _task_rows(
+    imported: dict[str, int], by_content: dict[str, tuple[PendingItem, int, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    return [
         {
             "item_id": by_content[cid][0].item_id,
             "task_id": tid,
@@ -311,8 +323,6 @@ def _import_chunk(
         }
         for cid, tid in imported.items()
     ]
-    store.ls_record_tasks(project.record.id, rows, intent)
-    return rows
 
 
 def ensure_storage(settings: Settings, ls: LabelStudioClient, project: ProjectHandle) -> str | None:

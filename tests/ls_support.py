@@ -78,8 +78,9 @@ def fresh_annotator(url: str) -> LSApi:
 
 
 class FaultProxy:
-    """Forwards everything to Label Studio; for task imports it can answer 502 after the server committed, or
-    hang after the server committed (so that the test can kill the client at exactly that point)."""
+    """Forwards everything to Label Studio; for task imports it can answer 502 after the server committed, 502
+    without forwarding (nothing committed), or hang after the server committed (so that the test can kill the
+    client at exactly that point)."""
 
     def __init__(self, upstream: str, mode: str = "pass") -> None:
         self.upstream = upstream.rstrip("/")
@@ -96,10 +97,16 @@ class FaultProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                is_import = self.command == "POST" and "/import" in self.path and "predictions" not in self.path
+                if is_import and proxy.mode == "502-before-import":
+                    proxy.mode = "pass"
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 with httpx.Client(trust_env=False, timeout=120) as client:
                     upstream = client.request(self.command, proxy.upstream + self.path, content=body, headers=headers)
-                is_import = self.command == "POST" and "/import" in self.path and "predictions" not in self.path
                 if is_import and proxy.mode != "pass":
                     proxy.imports_forwarded += 1
                     proxy.committed.set()

@@ -344,6 +344,31 @@ def test_502_after_the_server_committed_creates_no_duplicates(
     assert len(ids) == 7 and len(set(ids)) == 7
 
 
+def test_import_that_never_reached_the_server_fails_then_a_rerun_imports_once(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
+    label_studio: Any,
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    common = ("--pool", str(ls_pool), "--model", str(tiny_cls_model), "--project", name, "--db", db)
+    curate_json("ls", "init", "--project", name, "--model", str(tiny_cls_model), "--pool", str(ls_pool), "--db", db)
+    with FaultProxy(label_studio.url, mode="502-before-import") as proxy:
+        monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
+        code, _, err = curate("select", *common, "--budget", "6")
+        assert code == ExitCode.LABEL_STUDIO, err
+        assert "not in the project" in err and "Traceback" not in err
+        assert curation_ids(api, api.project_by_title(name)["id"]) == []
+        rerun = curate_json("push", "--project", name, "--db", db)
+    assert rerun["pushed"] == 6
+    ids = curation_ids(api, api.project_by_title(name)["id"])
+    assert len(ids) == 6 and len(set(ids)) == 6
+
+
 def _count_tasks(db: Path) -> int:
     try:
         with sqlite3.connect(db, timeout=5) as conn:
