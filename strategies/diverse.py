@@ -128,8 +128,19 @@ class HybridStrategy:
             )
             return Selection(indices=picked.indices, scores=u[picked.indices], clusters=None, skipped=picked.skipped)
         m = min(len(usable), max(budget, int(np.ceil(self.candidates * budget))))
-        # the M most uncertain (ties: lower index), as top_k would order them
-        order = usable[np.lexsort((usable, -u[usable]))][:m]
+        # the most uncertain first (ties: lower index), as top_k would order them
+        ranked = usable[np.lexsort((usable, -u[usable]))]
+        while True:
+            chosen = self._diversify(pool, x, u, ranked[:m], budget)
+            # near-duplicates among the M candidates can leave the batch short: widen M (never past the pool)
+            if len(chosen.indices) >= budget or m >= len(ranked):
+                return chosen
+            m = min(len(ranked), 2 * m)
+
+    def _diversify(
+        self, pool: PoolView, x: NDArray[np.float32], u: NDArray[np.float64], order: NDArray[np.int64], budget: int
+    ) -> Selection:
+        """Choose ``budget`` of the candidates ``order`` (pool indices, most uncertain first)."""
         if self.diversify == "kmeans":
             candidates = PoolView(
                 uncertainty=u[order],

@@ -152,6 +152,23 @@ def test_hybrid_prefers_diverse_uncertain_items(diversify: str) -> None:
     assert sum(int(i) < 10 for i in hybrid.indices) == 1  # the hybrid takes one of them
 
 
+@pytest.mark.parametrize("diversify", ["kmeans", "greedy"])
+def test_hybrid_fills_the_budget_when_its_candidates_are_near_duplicates(diversify: str) -> None:
+    rng = np.random.default_rng(4)
+    base = unit(rng, 1, 16)[0]
+    dupes = base + rng.normal(scale=0.001, size=(30, 16))  # the 30 most uncertain are one image, 30 times
+    x = np.concatenate([dupes, unit(rng, 70, 16)]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    u = np.concatenate([np.full(30, 0.99), rng.uniform(0.1, 0.9, 70)])
+    pool = PoolView(uncertainty=u, embeddings=x, min_distance=0.05)
+    picked = HybridStrategy(candidates=2, diversify=diversify).select(pool, 6)  # M = 12: all duplicates
+    assert len(picked.indices) == 6 and len(set(picked.indices.tolist())) == 6
+    assert sum(int(i) < 30 for i in picked.indices) == 1
+    chosen = x[picked.indices]
+    gaps = 1.0 - chosen @ chosen.T
+    assert gaps[~np.eye(6, dtype=bool)].min() >= 0.05
+
+
 def test_kmeans_takes_one_item_per_cluster() -> None:
     rng = np.random.default_rng(2)
     centers = unit(rng, 6, 32)
