@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from curation.errors import ConfigError
 
@@ -265,7 +271,17 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[s
         if environ.get(alias):
             _set(data, alias_path, environ[alias])
             origins[alias_path] = f"environment variable {alias}"
-    _merge(data, source())
+    try:
+        _merge(data, source())
+    except SettingsError as exc:
+        # pydantic-settings parses complex values (sections, lists, dicts) as JSON and names only the field.
+        field_name = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        names = sorted(k.upper() for k in environ if k.upper().startswith(f"CURATE_{field_name.upper()}"))
+        shown = " or ".join(names) or f"CURATE_{field_name.upper()}"
+        raise ConfigError(
+            f"environment variable {shown} is not valid: a structured value must be JSON "
+            f'(e.g. CURATE_STRATEGY__OPTIONS=\'{{"hybrid": {{"weight": 0.3}}}}\')'
+        ) from None
     for key in environ:
         upper = key.upper()
         if not upper.startswith("CURATE_"):
@@ -348,17 +364,64 @@ def load_settings(
         settings = Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, file_data, env_origins, cli_origins)) from None
-    if (
-        path is not None
-        and settings.pool.path
-        and not Path(settings.pool.path).is_absolute()
-        and _has(file_data, ("pool", "path"))
-        and not _has(cli_data, ("pool", "path"))
-        and not _has(env_data, ("pool", "path"))
-    ):
-        # A relative pool path in a config file means relative to that file, not to the working directory.
-        settings.pool.path = str((path.parent / settings.pool.path).resolve())
+    if path is not None:
+        _resolve_file_paths(
+            settings, path.parent, [k for k in _FILE_PATHS if _from_file(k, file_data, env_data, cli_data)]
+        )
     return settings
+
+
+# Keys holding filesystem paths: a relative path written in a config file means relative to that file, so that a
+# crontab entry works from any working directory. ("model", "path") only when such a file exists, since it may
+# also name an Ultralytics architecture (yolov8n-cls.yaml); ("db",) only for SQLite files.
+_FILE_PATHS = [
+    ("pool", "path"),
+    ("model", "path"),
+    ("db",),
+    ("select", "out"),
+    ("train", "models_dir"),
+    ("label_studio", "document_root"),
+]
+
+
+def _from_file(key: tuple[str, ...], file_data: Any, env_data: Any, cli_data: Any) -> bool:
+    return _has(file_data, key) and not _has(env_data, key) and not _has(cli_data, key)
+
+
+def _resolve_file_paths(settings: Settings, base: Path, keys: list[tuple[str, ...]]) -> None:
+    for key in keys:
+        *parents, leaf = key
+        owner: Any = settings
+        for part in parents:
+            owner = getattr(owner, part)
+        value = getattr(owner, leaf)
+        if not isinstance(value, str) or not value:
+            continue
+        if key == ("db",):
+            resolved = _resolve_sqlite_url(value, base)
+        elif Path(value).expanduser().is_absolute():
+            continue
+        elif key == ("model", "path"):
+            candidate = base / value
+            resolved = str(candidate.resolve()) if candidate.exists() else value
+        else:
+            resolved = str((base / value).resolve())
+        setattr(owner, leaf, resolved)
+
+
+def _resolve_sqlite_url(url: str, base: Path) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url  # reported (without secrets) when the store opens it
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if Path(database).expanduser().is_absolute() or database.startswith("file:"):
+        return url
+    return parsed.set(database=str((base / database).resolve())).render_as_string(hide_password=False)
 
 
 def _describe(

@@ -38,7 +38,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 def test_unset_flags_do_not_override(tmp_path: Path) -> None:
     cfg = write(tmp_path / "c.yaml", "db: sqlite:///x.db\n")
     s = load_settings(cfg, {("db",): (None, "--db")}, environ={})
-    assert s.db == "sqlite:///x.db"
+    assert s.db == f"sqlite:///{(tmp_path / 'x.db').resolve()}"  # the file's value (relative to the file)
 
 
 def test_error_names_key_and_file(tmp_path: Path) -> None:
@@ -96,6 +96,34 @@ def test_relative_pool_path_is_relative_to_config_file(tmp_path: Path, monkeypat
     assert s.pool.path == str((tmp_path / "images").resolve())
 
 
+def test_every_relative_path_in_a_config_file_is_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "best.pt").write_bytes(b"")
+    cfg = write(
+        conf / "c.yaml",
+        "db: sqlite:///state/curate.db\nmodel:\n  path: best.pt\nselect:\n  out: sel.jsonl\n"
+        "train:\n  models_dir: models\nlabel_studio:\n  document_root: ../served\n",
+    )
+    monkeypatch.chdir("/")
+    s = load_settings(cfg, {}, environ={})
+    root = conf.resolve()
+    assert s.db == f"sqlite:///{root / 'state' / 'curate.db'}"
+    assert s.model.path == str(root / "best.pt")
+    assert s.select.out == str(root / "sel.jsonl")
+    assert s.train.models_dir == str(root / "models")
+    assert s.label_studio.document_root == str(tmp_path.resolve() / "served")
+    # an architecture name is not a file beside the config: left for Ultralytics to resolve
+    other = write(conf / "d.yaml", "model:\n  path: yolov8n-cls.yaml\ndb: postgresql+psycopg://u:pw@h/db\n")
+    s = load_settings(other, {}, environ={})
+    assert s.model.path == "yolov8n-cls.yaml" and s.db == "postgresql+psycopg://u:pw@h/db"
+    # flags and environment variables stay relative to the working directory
+    s = load_settings(cfg, {("select", "out"): ("x.csv", "--out")}, environ={"CURATE_DB": "sqlite:///here.db"})
+    assert s.select.out == "x.csv" and s.db == "sqlite:///here.db"
+
+
 def test_detection_empty_policy_values() -> None:
     assert (
         load_settings(None, {}, environ={"CURATE_STRATEGY__DETECTION__EMPTY": "exclude"}).strategy.detection.empty
@@ -118,3 +146,8 @@ def test_shipped_configs_are_valid() -> None:
     assert len(configs) >= 3
     for cfg in configs:
         load_settings(cfg, {}, environ={})
+
+
+def test_malformed_json_in_an_environment_variable_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="CURATE_STRATEGY__OPTIONS is not valid"):
+        load_settings(None, {}, environ={"CURATE_STRATEGY__OPTIONS": "{bad json"})
