@@ -27,7 +27,15 @@ from curation.errors import CurateError
 
 
 class ImageDecodeError(CurateError):
-    """One file cannot be used as an image; the run goes on without it."""
+    """One file cannot be used as an image; the run goes on without it.
+
+    ``transient``: the file could not be *read* (gone, no permission, I/O error, out of memory) rather than
+    decoded; it is skipped for this run only and tried again by the next, instead of being marked failed.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def _pillow_open() -> Callable[..., Image.Image]:
@@ -101,8 +109,17 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None) -> Decoded:
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
     except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError("file not found", transient=True) from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied", transient=True) from None
+    except MemoryError:
+        raise ImageDecodeError("out of memory while decoding", transient=True) from None
+    except OSError as exc:
+        if exc.errno is not None:  # the operating system failed to read the file (EIO, ESTALE, ...)
+            raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}", transient=True) from None
+        # Pillow's own OSErrors carry no errno: truncated JPEGs ("image file is truncated ...") and the like.
+        raise ImageDecodeError(f"corrupt image: {exc}") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         # Truncated JPEGs raise OSError("image file is truncated ..."); broken PNG chunks raise SyntaxError.
         raise ImageDecodeError(f"corrupt image: {exc}") from None
 

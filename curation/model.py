@@ -477,9 +477,9 @@ def _load_torchscript(settings: ModelSettings, path: Path, device: torch.device,
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise ModelLoadError(f"TorchScript model {path} does not return (batch, classes) scores")
         names = [f"class_{i}" for i in range(int(logits.shape[1]))]
+    digest = weights_digest(net)  # of the stored weights: the same version on every device and precision
     if precision == "fp16":
         net.half()
-    digest = weights_digest(net)
     info = ModelInfo(
         source=str(path.resolve()),
         format="torchscript",

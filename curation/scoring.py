@@ -41,6 +41,7 @@ class Sample:
     image: torch.Tensor | None  # uint8 (3, S, S)
     geometry: Geometry | None
     error: str | None
+    transient: bool = False
 
 
 class PoolDataset(Dataset[Sample]):
@@ -72,9 +73,9 @@ class PoolDataset(Dataset[Sample]):
             else:
                 array, geometry = _PREPROCESS[self.preprocess](decoded.rgb, self.imgsz, decoded.width, decoded.height)
         except ImageDecodeError as exc:
-            return Sample(position, None, None, str(exc))
+            return Sample(position, None, None, str(exc), exc.transient)
         except MemoryError:
-            return Sample(position, None, None, "out of memory while decoding")
+            return Sample(position, None, None, "out of memory while decoding", True)
         tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # CHW, own writable copy
         return Sample(position, tensor, geometry, None)
 
@@ -85,7 +86,7 @@ def collate(samples: list[Sample]) -> dict[str, Any]:
         "images": torch.stack([s.image for s in good]) if good else None,  # type: ignore[misc]
         "positions": [s.position for s in good],
         "geometries": [s.geometry for s in good],
-        "failures": [(s.position, s.error or "unreadable") for s in samples if s.image is None],
+        "failures": [(s.position, s.error or "unreadable", s.transient) for s in samples if s.image is None],
     }
 
 
@@ -146,6 +147,7 @@ class ScoringReport:
     run_id: int | None = None
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
+    retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
 
     @property
     def images_per_s(self) -> float:
@@ -210,7 +212,8 @@ def score_items(
     max_pixels: int,
     progress: Progress | None = None,
 ) -> ScoringReport:
-    """Score ``items`` (item id, absolute path) and store every result; bad files are recorded as failed."""
+    """Score ``items`` (item id, absolute path) and store every result; broken files are recorded as failed,
+    files that cannot be read right now are left for the next run."""
     progress = progress or NullProgress()
     report = ScoringReport(todo=len(items))
     if not items:
@@ -252,8 +255,12 @@ def score_items(
     status = "failed"
     try:
         for batch in loader:
-            for position, reason in batch["failures"]:
+            for position, reason, transient in batch["failures"]:
                 item_id, path = items[position].item_id, items[position].path
+                if transient:
+                    report.retry_later += 1
+                    progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
+                    continue
                 chunk.failures.append((item_id, reason))
                 report.failures.append((str(path), reason))
                 progress.warn(f"skipped {path}: {reason}")

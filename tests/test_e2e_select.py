@@ -421,3 +421,35 @@ def test_diverse_selection_records_clusters_and_balance(tmp_path: Path, tiny_cls
         db,
     )
     assert balanced["strategy"] == "entropy+balance" and balanced["selected"] == 6
+
+
+def test_a_file_that_vanishes_before_scoring_is_retried_not_failed(tmp_path: Path, tiny_cls_model: Path) -> None:
+    from curation import pipeline
+    from curation.config import load_settings
+    from curation.pool import absolute_path
+    from curation.progress import NullProgress
+    from curation.scoring import ScoreJob, score_items
+
+    pool = tmp_path / "pool"
+    make_pool(pool, n=4, size=48, seed=12)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    settings = load_settings(
+        None, {("pool", "path"): (str(pool), "--pool"), ("model", "path"): (str(tiny_cls_model), "--model")}
+    )
+    store = Store.open(url)
+    source, pool_id, _ = pipeline.scan(store, settings)
+    mv = pipeline.register_model(store, pipeline.load_runtime(settings, store))
+    todo = store.items_to_score(pool_id, mv.id)
+    jobs = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
+    moved = jobs[0].path.rename(tmp_path / "elsewhere.jpg")  # e.g. a sync job moving files mid-run
+    progress = NullProgress()
+    runtime = pipeline.load_runtime(settings, store)
+    report = score_items(store, runtime, mv.id, pool_id, jobs, settings.scoring, settings.pool.max_pixels, progress)
+    assert report.scored == 3 and report.failed == 0 and report.retry_later == 1
+    assert any("tried again next run" in w for w in progress.warnings)
+    left = store.items_to_score(pool_id, mv.id)
+    assert [t.item_id for t in left] == [jobs[0].item_id]
+    moved.rename(jobs[0].path)
+    again = score_items(store, runtime, mv.id, pool_id, jobs[:1], settings.scoring, settings.pool.max_pixels, progress)
+    assert again.scored == 1 and store.items_to_score(pool_id, mv.id) == []
+    store.close()

@@ -29,8 +29,18 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 )
 def test_unreadable_files_fail_with_a_reason(bad_files: dict[str, Path], name: str, reason: str) -> None:
     assert name in BAD_UNREADABLE
-    with pytest.raises(ImageDecodeError, match=reason):
+    with pytest.raises(ImageDecodeError, match=reason) as info:
         load_rgb(bad_files[name], MAX_PIXELS)
+    assert not info.value.transient  # a broken file stays broken: it is marked failed
+
+
+def test_a_file_that_cannot_be_read_now_is_a_transient_failure(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="file not found") as info:
+        load_rgb(tmp_path / "gone.jpg", MAX_PIXELS)
+    assert info.value.transient
+    with pytest.raises(ImageDecodeError, match="cannot read file") as info:
+        load_rgb(tmp_path, MAX_PIXELS)  # a directory: EISDIR from the operating system
+    assert info.value.transient
 
 
 @pytest.mark.parametrize("name", BAD_CONVERTIBLE)
