@@ -95,8 +95,10 @@ def _sqlite_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can fail with
-        # SQLITE_BUSY without waiting, while IMMEDIATE waits up to busy_timeout.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # SQLITE_BUSY without waiting, while IMMEDIATE waits up to busy_timeout. Read-only transactions stay
+        # deferred: in WAL mode they read a snapshot without blocking on, or blocking, the writer.
+        read_only = connection.get_execution_options().get("curate_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -52,7 +52,7 @@ class TrainedModel:
 class RegistryRecords:
     dialect: str
 
-    def _tx(self) -> AbstractContextManager[Connection]:  # provided by Store
+    def _tx(self, write: bool = True) -> AbstractContextManager[Connection]:  # provided by Store
         raise NotImplementedError
 
     def _insert(self, table: Any) -> Any:  # provided by Store
@@ -64,7 +64,7 @@ class RegistryRecords:
 
     # -- current model -----------------------------------------------------------------------------------------------
     def current_model(self) -> ModelVersionRecord | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             value = conn.execute(select(Setting.value).where(Setting.key == CURRENT_KEY)).scalar_one_or_none()
             if value is None:
                 return None
@@ -124,19 +124,19 @@ class RegistryRecords:
             return self._mv_record(row)
 
     def model_version_by_digest(self, digest: str) -> ModelVersionRecord | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             row = conn.execute(
                 select(ModelVersion.__table__).where(ModelVersion.digest == digest).order_by(ModelVersion.id).limit(1)
             ).one_or_none()
             return None if row is None else self._mv_record(row)
 
     def model_version_by_id(self, model_version_id: int) -> ModelVersionRecord | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             row = conn.execute(select(ModelVersion.__table__).where(ModelVersion.id == model_version_id)).one_or_none()
             return None if row is None else self._mv_record(row)
 
     def latest_trained(self) -> ModelVersionRecord | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             row = conn.execute(
                 select(ModelVersion.__table__)
                 .where(ModelVersion.trained_at.is_not(None))
@@ -186,7 +186,7 @@ class RegistryRecords:
         from pathlib import Path
 
         out = []
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             for item_id, content_id, path, root, labels, width, height in conn.execute(stmt):
                 if (labels or {}).get("task", task) != task:
                     continue
@@ -195,7 +195,7 @@ class RegistryRecords:
         return out
 
     def splits(self) -> dict[int, str]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return {int(i): s for i, s in conn.execute(select(Split.item_id, Split.split))}
 
     def add_splits(self, assignments: Sequence[tuple[int, str]]) -> None:
@@ -215,7 +215,7 @@ class RegistryRecords:
         )
 
     def lock_holder(self, name: str) -> tuple[int, str, str, datetime] | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             row = conn.execute(
                 select(LockHolder.pid, LockHolder.host, LockHolder.command, LockHolder.started_at).where(
                     and_(LockHolder.name == name)

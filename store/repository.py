@@ -203,11 +203,18 @@ class Store(LabelStudioRecords, RegistryRecords):
         return redacted(self.url)
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        """A transaction; driver errors become ``DatabaseError`` naming the (redacted) database."""
+    def _tx(self, write: bool = True) -> Iterator[Connection]:
+        """A transaction; driver errors become ``DatabaseError`` naming the (redacted) database.
+
+        ``write=False`` marks a read-only transaction: on SQLite it does not take the write lock, so ``curate
+        status`` and other readers never wait for a running loop.
+        """
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if not write:
+                    conn = conn.execution_options(curate_read_only=True)
+                with conn.begin():
+                    yield conn
         except SQLAlchemyError as exc:
             raise DatabaseError(f"database error on {self.display_url}: {first_line(exc)}") from exc
 
@@ -226,16 +233,16 @@ class Store(LabelStudioRecords, RegistryRecords):
             return int(pool_id)
 
     def pool_root(self, pool_id: int) -> str:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return str(conn.execute(select(Pool.root).where(Pool.id == pool_id)).scalar_one())
 
     def find_pool(self, location: str) -> int | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             value = conn.execute(select(Pool.id).where(Pool.location == location)).scalar_one_or_none()
             return None if value is None else int(value)
 
     def known_paths(self, pool_id: int) -> dict[str, KnownPath]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = conn.execute(
                 select(ItemPath.path, ItemPath.item_id, ItemPath.size, ItemPath.mtime_ns).where(
                     ItemPath.pool_id == pool_id
@@ -257,7 +264,8 @@ class Store(LabelStudioRecords, RegistryRecords):
             for start in range(0, len(changed), BATCH):
                 chunk = changed[start : start + BATCH]
                 contents = {f.content_id: f for f in chunk}
-                before = conn.execute(select(func.count()).select_from(Item)).scalar_one()
+                known = set(conn.execute(select(Item.content_id).where(Item.content_id.in_(list(contents)))).scalars())
+                new_items += len(contents) - len(known)
                 conn.execute(
                     self._insert(Item).on_conflict_do_nothing(index_elements=["content_id"]),
                     [
@@ -272,7 +280,6 @@ class Store(LabelStudioRecords, RegistryRecords):
                         for c, f in contents.items()
                     ],
                 )
-                new_items += conn.execute(select(func.count()).select_from(Item)).scalar_one() - before
                 ids = dict(
                     conn.execute(select(Item.content_id, Item.id).where(Item.content_id.in_(list(contents)))).all()
                 )
@@ -380,13 +387,13 @@ class Store(LabelStudioRecords, RegistryRecords):
         )
 
     def model_version(self, version: str) -> ModelVersionRecord | None:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             row = conn.execute(select(MV).where(MV.c.version == version)).one_or_none()
             return None if row is None else self._mv_record(row)
 
     def model_versions(self) -> list[tuple[ModelVersionRecord, int]]:
         """Every model version with its number of stored predictions, newest first."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             counts = dict(
                 conn.execute(
                     select(Prediction.model_version_id, func.count()).group_by(Prediction.model_version_id)
@@ -423,7 +430,7 @@ class Store(LabelStudioRecords, RegistryRecords):
                     Prediction.model_version_id == model_version_id,
                 )
             )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [ItemToScore(int(r.item_id), str(r.path), r.width, r.height) for r in conn.execute(stmt)]
 
     def start_run(self, model_version_id: int, pool_id: int, n_todo: int, device: str, batch_size: int) -> int:
@@ -583,7 +590,7 @@ class Store(LabelStudioRecords, RegistryRecords):
             .where(Prediction.model_version_id == model_version_id, Prediction.status == "ok", condition)
             .order_by(Prediction.item_id)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = conn.execute(stmt).all()
         ids = _column_ints(rows, 0)
         if not rows:
@@ -597,7 +604,7 @@ class Store(LabelStudioRecords, RegistryRecords):
             .where(Prediction.model_version_id == model_version_id, Prediction.status == "ok", condition)
             .order_by(Prediction.item_id)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = conn.execute(stmt).all()
         ids = _column_ints(rows, 0)
         n_boxes = _column_ints(rows, 1)
@@ -607,7 +614,7 @@ class Store(LabelStudioRecords, RegistryRecords):
 
     def labeled_item_ids(self) -> NDArray[np.int64]:
         stmt = select(func.distinct(Annotation.item_id)).where(Annotation.was_cancelled.is_(False))
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
 
     def load_embeddings(
@@ -623,7 +630,7 @@ class Store(LabelStudioRecords, RegistryRecords):
         lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
         base = select(Embedding.item_id, Embedding.vector).where(Embedding.model_version_id == model_version_id)
         rows: list[Any] = []
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             if hi - lo + 1 <= 4 * len(sorted_ids):
                 # Dense ids (the usual case: a whole pool): one range scan beats a huge IN list.
                 stmt = base.where(Embedding.item_id.between(lo, hi)).order_by(Embedding.item_id)
@@ -665,7 +672,7 @@ class Store(LabelStudioRecords, RegistryRecords):
         stmt = select(taken.c.item_id)
         if pool_id is not None:
             stmt = stmt.where(exists().where(ItemPath.item_id == taken.c.item_id, ItemPath.pool_id == pool_id))
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
 
     def prediction(self, item_id: int, model_version_id: int, n_classes: int) -> StoredPrediction | None:
@@ -677,7 +684,7 @@ class Store(LabelStudioRecords, RegistryRecords):
         """Stored model outputs of many items, in batched queries (valid ones only)."""
         out: dict[int, StoredPrediction] = {}
         ids = list(item_ids)
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             for start in range(0, len(ids), BATCH):
                 rows = conn.execute(
                     select(Prediction.__table__).where(
@@ -718,7 +725,10 @@ class Store(LabelStudioRecords, RegistryRecords):
         item_ids: Sequence[int],
         scores: Sequence[float],
         clusters: Sequence[int | None] | None = None,
+        push_ls_project_id: int | None = None,
     ) -> int:
+        """Record a selection (meant for the Label Studio project ``push_ls_project_id``, if given) atomically: a
+        crash leaves no half-recorded selection, nor one that is recorded but not marked for its push."""
         with self._tx() as conn:
             selection_id = int(
                 conn.execute(
@@ -730,6 +740,8 @@ class Store(LabelStudioRecords, RegistryRecords):
                         options=options,
                         budget=budget,
                         n_selected=len(item_ids),
+                        push=push_ls_project_id is not None,
+                        push_ls_project_id=push_ls_project_id,
                         created_at=utcnow(),
                     )
                     .returning(Selection.id)
@@ -751,35 +763,35 @@ class Store(LabelStudioRecords, RegistryRecords):
             return selection_id
 
     def selection_items(self, selection_id: int) -> list[SelectedItem]:
+        """The selected items in rank order, each with its path in the selection's pool (an item can be in
+        several pools; paths are relative to their pool's root)."""
+        in_pool = (
+            select(func.min(ItemPath.path))
+            .where(ItemPath.item_id == SelectionItem.item_id, ItemPath.pool_id == Selection.pool_id)
+            .scalar_subquery()
+        )
         stmt = (
             select(
                 SelectionItem.item_id,
                 Item.content_id,
-                func.min(ItemPath.path),
+                in_pool,
                 SelectionItem.rank,
                 SelectionItem.score,
                 SelectionItem.cluster,
             )
             .join(Item, Item.id == SelectionItem.item_id)
-            .outerjoin(ItemPath, ItemPath.item_id == SelectionItem.item_id)
+            .join(Selection, Selection.id == SelectionItem.selection_id)
             .where(SelectionItem.selection_id == selection_id)
-            .group_by(
-                SelectionItem.item_id,
-                Item.content_id,
-                SelectionItem.rank,
-                SelectionItem.score,
-                SelectionItem.cluster,
-            )
             .order_by(SelectionItem.rank)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [SelectedItem(int(r[0]), r[1], r[2] or "", int(r[3]), float(r[4]), r[5]) for r in conn.execute(stmt)]
 
     # ------------------------------------------------------------------------------------------------------------
     # Status
 
     def status_counts(self, pool_id: int | None, model_version_id: int | None) -> dict[str, int]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             if pool_id is None:
                 ids = select(Item.id.label("item_id")).subquery()
                 n_paths = conn.execute(select(func.count()).select_from(ItemPath)).scalar_one()
@@ -837,7 +849,7 @@ class Store(LabelStudioRecords, RegistryRecords):
         )
         if pool_id is not None:
             stmt = stmt.where(ItemPath.pool_id == pool_id)
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [(r[0], r[1] or "") for r in conn.execute(stmt)]
 
     def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
@@ -847,7 +859,7 @@ class Store(LabelStudioRecords, RegistryRecords):
             .order_by(ScoringRun.id.desc())
             .limit(limit)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [
                 {
                     "id": r.id,
@@ -872,7 +884,7 @@ class Store(LabelStudioRecords, RegistryRecords):
             .order_by(Selection.id.desc())
             .limit(limit)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [
                 {
                     "id": s.id,
