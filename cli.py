@@ -166,7 +166,7 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _progress(json_out: bool) -> RichProgress:
+def _progress() -> RichProgress:
     return RichProgress(err_console, enabled=err_console.is_terminal)
 
 
@@ -182,6 +182,8 @@ def _print_scoring(summary: dict[str, Any]) -> None:
         line += f"; [yellow]{summary['failed']} unreadable[/yellow]"
     if summary["invalid"]:
         line += f"; [yellow]{summary['invalid']} invalid output[/yellow]"
+    if summary["retry_later"]:
+        line += f"; [yellow]{summary['retry_later']} unreadable for now (retried next run)[/yellow]"
     if summary["duplicate_paths"]:
         line += f"; {summary['duplicate_paths']} exact-duplicate path(s)"
     err_console.print(line, highlight=False, markup=True)
@@ -231,7 +233,7 @@ def score(
 
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            outcome = pipeline.score(store, settings, rescore=rescore, progress=_progress(json_out))
+            outcome = pipeline.score(store, settings, rescore=rescore, progress=_progress())
         summary = outcome.summary()
         if json_out:
             _print_json(summary)
@@ -244,7 +246,14 @@ def select(
     budget: Annotated[int | None, typer.Option("--budget", "-n", help="How many items to select.")] = None,
     strategy: StrategyOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the selection to FILE.jsonl or .csv.")] = None,
-    push: Annotated[bool, typer.Option("--push/--no-push", help="Push the selection to Label Studio.")] = True,
+    push: Annotated[
+        bool | None,
+        typer.Option(
+            "--push/--no-push",
+            help="Push the selection to Label Studio (default: when a Label Studio URL is configured).",
+            show_default=False,
+        ),
+    ] = None,
     project: ProjectOpt = None,
     balance: BalanceOpt = None,
     min_distance: MinDistanceOpt = None,
@@ -282,10 +291,16 @@ def select(
                 budget=settings.select.budget,
                 out=out_path,
                 rescore=rescore,
-                push=push,
-                progress=_progress(json_out),
+                push=bool(settings.label_studio.url) if push is None else push,
+                progress=_progress(),
             )
         _report_selection(outcome, json_out)
+        if push is None and not settings.label_studio.url and not json_out:
+            err_console.print(
+                "Not pushed: no Label Studio URL configured (set LABEL_STUDIO_URL or label_studio.url, then run "
+                "`curate push --selection ID`).",
+                highlight=False,
+            )
 
 
 def _report_selection(outcome: Any, json_out: bool) -> None:
@@ -325,12 +340,8 @@ def _print_push(push: dict[str, Any]) -> None:
     err_console.print(line, highlight=False, markup=True)
     if push["reconciled"]:
         err_console.print(f"  reconciled {push['reconciled']} task(s) already in Label Studio (no duplicates made)")
-    for path in push["missing_files"]:
-        err_console.print(
-            f"[yellow]warning:[/yellow] not pushed, file no longer in the pool: {escape(path)}",
-            highlight=False,
-            markup=True,
-        )
+    if push["missing_files"]:
+        err_console.print(f"  {len(push['missing_files'])} selected item(s) not pushed (see the warnings above)")
     err_console.print(f"  {push['project_url']}", highlight=False)
 
 
@@ -359,7 +370,7 @@ def demo(
         from curation import pipeline
         from curation.demo import DEMO_PROJECT, prepare_demo, start_demo_label_studio
 
-        progress = _progress(json_out)
+        progress = _progress()
         assets = prepare_demo(directory, fresh=fresh, progress=progress)
         overrides = _common(db or assets.db_url, str(assets.pool), str(assets.model))
         overrides[("select", "out")] = (str(assets.root / "selection.jsonl"), "--out")
@@ -525,7 +536,7 @@ def push(
 
         settings = _settings(config, _ls_overrides(db, project))
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.push(store, settings, selection_id=selection, progress=_progress(json_out))
+            report = pipeline.push(store, settings, selection_id=selection, progress=_progress())
         if json_out:
             _print_json(report.summary())
         else:
@@ -565,7 +576,7 @@ def reprioritize(
         settings = _settings(config, overrides)
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             scored, report = pipeline.reprioritize(
-                store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress(json_out)
+                store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress()
             )
         summary = {**report.summary(), "scoring": scored.summary()}
         if report.push is not None:
@@ -605,7 +616,7 @@ def pull(
 
         settings = _settings(config, _ls_overrides(db, project))
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.pull(store, settings, progress=_progress(json_out))
+            report = pipeline.pull(store, settings, progress=_progress())
         summary = report.summary()
         if json_out:
             _print_json(summary)
@@ -691,7 +702,7 @@ def train(
         overrides.update(_train_overrides(epochs, imgsz, batch_size))
         settings = _settings(config, overrides)
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.train(store, settings, progress=_progress(json_out))
+            report = pipeline.train(store, settings, progress=_progress())
         summary = report.summary()
         if json_out:
             _print_json(summary)
@@ -845,31 +856,44 @@ def loop(
                 min_new_labels=min_new_labels,
                 queue_size=queue_size,
                 strategy=strategy,
-                progress=_progress(json_out),
+                progress=_progress(),
             )
         summary = report.summary()
         if json_out:
             _print_json(summary)
-            return
-        pulled = summary["pulled"]
-        if pulled:
+        else:
+            _print_loop(summary)
+        if report.training_error:
+            from curation.errors import ExitCode
+
             err_console.print(
-                f"pull: {pulled['new_annotations']} new annotation(s) ({pulled['labeled_tasks']} labeled, "
-                f"{pulled['skipped_tasks']} skipped)",
+                f"[bold red]Error:[/bold red] training failed: {escape(report.training_error)}",
                 highlight=False,
+                markup=True,
             )
-        if summary["training"]:
-            _print_training(summary["training"])
-        for note in summary["notes"]:
-            err_console.print(note, highlight=False)
-        q = summary["queue"]
+            raise typer.Exit(ExitCode.TRAINING)
+
+
+def _print_loop(summary: dict[str, Any]) -> None:
+    pulled = summary["pulled"]
+    if pulled:
         err_console.print(
-            f"model {summary['current_model']}: scored {summary['scoring']['scored']} new; queue of {q['queue_size']} "
-            + (f"re-ranked ({q['moved']} moved)" if q["changed"] else f"unchanged ({q['reason']})")
-            + (f", {q['topped_up']} added" if q["topped_up"] else "")
-            + f" — {summary['seconds']:.1f} s",
+            f"pull: {pulled['new_annotations']} new annotation(s) ({pulled['labeled_tasks']} labeled, "
+            f"{pulled['skipped_tasks']} skipped)",
             highlight=False,
         )
+    if summary["training"]:
+        _print_training(summary["training"])
+    for note in summary["notes"]:
+        err_console.print(note, highlight=False)
+    q = summary["queue"]
+    err_console.print(
+        f"model {summary['current_model']}: scored {summary['scoring']['scored']} new; queue of {q['queue_size']} "
+        + (f"re-ranked ({q['moved']} moved)" if q["changed"] else f"unchanged ({q['reason']})")
+        + (f", {q['topped_up']} added" if q["topped_up"] else "")
+        + f" — {summary['seconds']:.1f} s",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -925,7 +949,7 @@ def simulate(
             epochs=epochs,
             keep_db=db is not None,
         )
-        result = simulate(cfg, settings, model_spec, progress=_progress(json_out))
+        result = simulate(cfg, settings, model_spec, progress=_progress())
         write_json(result, out)
         picture = plot_curves(result, png or out.with_suffix(".png"))
         data = result.to_json() | {"out": str(out), "png": str(picture)}

@@ -121,7 +121,7 @@ def main() -> None:
     print(f"{args.n:,} x {args.dim} embeddings ({matrix_mb:.0f} MiB), {result['machine']}")
     for key, value in result.items():
         if key.startswith("kcenter_"):
-            v = value  # type: ignore[assignment]
+            v = value
             print(
                 f"  k-center budget {key[8:]:>6}: {v['seconds']:7.2f} s   GEMM floor {v['gemm_floor_seconds']:6.2f} s"  # type: ignore[index]
                 f"   ratio {v['ratio_to_floor']:.2f}   extra memory {v['extra_memory_mib']} MiB"  # type: ignore[index]

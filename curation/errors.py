@@ -20,6 +20,7 @@ class ExitCode:
     NOTHING_TO_SELECT = 7  # the pool has no selectable item
     LOCKED = 8  # another curate run holds the lock on this database
     MODEL = 9  # the model cannot be loaded or produced unusable output
+    TRAINING = 10  # fine-tuning or evaluation failed (curate loop still rescored and reprioritized)
     INTERRUPTED = 130  # Ctrl-C; work done so far is committed
 
 
@@ -53,6 +54,12 @@ class ModelOutputError(CurateError):
     exit_code = ExitCode.MODEL
 
 
+class UnservableImageError(CurateError):
+    """One image cannot be given a URL Label Studio can load (outside the served folder): the item is skipped."""
+
+    exit_code = ExitCode.USAGE
+
+
 class LockHeldError(CurateError):
     """Another curate run holds the database lock."""
 
@@ -66,9 +73,17 @@ class NothingToSelectError(CurateError):
 
 
 class LabelStudioError(CurateError):
-    """Label Studio is unreachable, timed out, or rejected a request."""
+    """Label Studio is unreachable, timed out, or rejected a request (``status``: the HTTP status, if any)."""
 
     exit_code = ExitCode.LABEL_STUDIO
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProjectNotFoundError(LabelStudioError):
+    """The configured project does not exist on the server, or this database has never pushed to it."""
 
 
 class LabelStudioAuthError(LabelStudioError):

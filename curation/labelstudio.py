@@ -85,8 +85,8 @@ class LabelStudioClient:
                 ) from None
             message = f"Label Studio at {self.url} answered {status} while {what}: {self._redact(detail)}"
             if import_call and (status >= 500 or status in (408, 429)):
-                raise ImportOutcomeUnknown(message) from None
-            raise LabelStudioError(message) from None
+                raise ImportOutcomeUnknown(message, status) from None
+            raise LabelStudioError(message, status) from None
         except httpx.TimeoutException:
             message = f"Label Studio at {self.url} did not answer within {self.timeout:g} s while {what}"
             raise (ImportOutcomeUnknown if import_call else LabelStudioError)(message) from None
@@ -146,7 +146,7 @@ class LabelStudioClient:
             try:
                 return self.project(int(name_or_id))
             except LabelStudioError as exc:
-                if "answered 404" in str(exc):
+                if exc.status == 404:
                     return None
                 raise
         found: list[Any] = self._call(
@@ -249,6 +249,12 @@ class LabelStudioClient:
                 found.setdefault(str(cid), []).append(int(task["id"]))
         return found
 
+    def task_ids(self, project_id: int) -> set[int]:
+        """Every task id of the project (a sweep; used to find tasks deleted in Label Studio)."""
+        query = {"filters": {"conjunction": "and", "items": []}, "ordering": ["tasks:id"]}
+        pages = self._task_pages(project_id, query, include="id", what="listing task ids", page_size=1000)
+        return {int(task["id"]) for task in pages}
+
     def _task_pages(
         self,
         project_id: int,
@@ -259,56 +265,84 @@ class LabelStudioClient:
         page_size: int = 100,
         fields: str = "task_only",
     ) -> Iterator[dict[str, Any]]:
+        """Every task matching ``query``, by page number (for filters whose result does not change meanwhile)."""
         page = 1
         while True:
-            params = {
-                "project": project_id,
-                "page": page,
-                "page_size": page_size,
-                "fields": fields,
-                "include": include,
-                "query": json.dumps(query),
-            }
-            try:
-                body = self._raw("GET", "api/tasks", what=what, params=params)
-            except LabelStudioError as exc:
-                if "answered 404" in str(exc):  # past the last page
-                    return
-                raise
-            tasks = body.get("tasks", []) if isinstance(body, dict) else body
-            if not tasks:
-                return
+            tasks = self._task_page(project_id, query, include, what, page, page_size, fields)
             yield from tasks
             if len(tasks) < page_size:
                 return
             page += 1
 
+    def _task_page(
+        self,
+        project_id: int,
+        query: dict[str, Any],
+        include: str,
+        what: str,
+        page: int,
+        page_size: int,
+        fields: str,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "project": project_id,
+            "page": page,
+            "page_size": page_size,
+            "fields": fields,
+            "include": include,
+            "query": json.dumps(query),
+        }
+        try:
+            body = self._raw("GET", "api/tasks", what=what, params=params)
+        except LabelStudioError as exc:
+            if exc.status == 404:  # past the last page
+                return []
+            raise
+        tasks = body.get("tasks", []) if isinstance(body, dict) else body
+        return list(tasks or [])
+
     def updated_tasks(
         self, project_id: int, since: datetime | None, page_size: int = 100
     ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of tasks updated after ``since`` (oldest first), with their annotations."""
-        items: list[dict[str, Any]] = []
-        if since is not None:
-            items.append(
-                {
-                    "filter": "filter:tasks:updated_at",
-                    "operator": "greater",
-                    "type": "Datetime",
-                    "value": ls_time(since),
-                }
-            )
-        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:updated_at"]}
+        """Pages of tasks updated at or after ``since`` (oldest first), with their annotations.
+
+        Keyset paging on ``updated_at``: each request asks for the first page of tasks updated at or after the
+        newest time seen so far. Page numbers would skip tasks whenever a labeler updates a task mid-pull (it
+        moves to the end and every later task shifts one page up).
+        """
         include = "id,data,updated_at,annotations,id,result,was_cancelled,completed_by,lead_time,created_at"
-        page: list[dict[str, Any]] = []
-        for task in self._task_pages(
-            project_id, query, include=include, what="pulling annotations", page_size=page_size, fields="all"
-        ):
-            page.append(task)
-            if len(page) == page_size:
-                yield page
-                page = []
-        if page:
-            yield page
+        cursor = since
+        seen: set[int] = set()  # ids already yielded whose updated_at equals the cursor
+        size = page_size
+        while True:
+            items = []
+            if cursor is not None:
+                items.append(
+                    {
+                        "filter": "filter:tasks:updated_at",
+                        "operator": "greater_or_equal",
+                        "type": "Datetime",
+                        "value": ls_time(cursor),
+                    }
+                )
+            query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:updated_at"]}
+            tasks = self._task_page(project_id, query, include, "pulling annotations", 1, size, "all")
+            times = [parse_ls_time(t.get("updated_at")) for t in tasks]
+            fresh = [t for t, at in zip(tasks, times, strict=True) if not (at == cursor and int(t["id"]) in seen)]
+            if fresh:
+                yield fresh
+            if len(tasks) < size:
+                return
+            newest = max((at for at in times if at is not None), default=None)
+            if newest is None:
+                raise LabelStudioError(f"Label Studio at {self.url} returned tasks without updated_at")
+            if newest == cursor:
+                # a full page of tasks updated at the very same instant: widen the page until it moves on
+                seen.update(int(t["id"]) for t in tasks)
+                size *= 2
+                continue
+            cursor, size = newest, page_size
+            seen = {int(t["id"]) for t, at in zip(tasks, times, strict=True) if at == newest}
 
     # -- predictions -------------------------------------------------------------------------------------------------
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None:

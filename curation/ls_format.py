@@ -11,7 +11,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from curation.errors import ConfigError, ProjectConfigMismatchError
+from curation.errors import ConfigError, ProjectConfigMismatchError, UnservableImageError
 from store.repository import StoredPrediction
 
 IMAGE_NAME = "image"
@@ -87,7 +87,7 @@ def image_url(path: Path, pool_root: Path, document_root: str | None, url_prefix
         try:
             relative = path.resolve().relative_to(pool_root.resolve())
         except ValueError:
-            raise ConfigError(
+            raise UnservableImageError(
                 f"image {path} is outside the pool root {pool_root}; cannot build a URL with url_prefix"
             ) from None
         return url_prefix.rstrip("/") + "/" + quote(relative.as_posix(), safe="/")
@@ -100,7 +100,7 @@ def image_url(path: Path, pool_root: Path, document_root: str | None, url_prefix
     try:
         relative = path.resolve().relative_to(root)
     except ValueError:
-        raise ConfigError(
+        raise UnservableImageError(
             f"image {path} is outside Label Studio's document root {root}: Label Studio cannot serve it"
         ) from None
     return "/data/local-files/?d=" + quote(relative.as_posix(), safe="/")

@@ -11,7 +11,7 @@ import torch
 
 from curation import queue
 from curation.config import ModelSettings, Settings
-from curation.errors import LabelStudioError, ModelLoadError, NothingToSelectError
+from curation.errors import ModelLoadError, NothingToSelectError, ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.images import Geometry
 from curation.lock import RunLock
@@ -29,7 +29,7 @@ from curation.selection import (
     selection_rows,
     write_selection,
 )
-from curation.training import TrainReport, train_round
+from curation.training import TrainingError, TrainReport, train_round
 from store.repository import ModelVersionRecord, Store
 
 
@@ -54,6 +54,7 @@ class ScoreOutcome:
             "device": self.device,
             "scored": self.scoring.scored,
             "failed": self.scoring.failed,
+            "retry_later": self.scoring.retry_later,
             "invalid": self.scoring.invalid,
             "already_scored": self.scan.files - self.scan.duplicate_paths - self.scoring.todo,
             "seconds": round(self.scoring.seconds, 3),
@@ -218,13 +219,20 @@ def select(
         ls.whoami()
     scored = score(store, settings, rescore=rescore, progress=progress)
     project = queue.open_project(store, settings, ls, scored.model) if ls is not None else None
-    result = run_selection(store, scored.pool_id, scored.model, settings.strategy, budget, strategy)
+    result = run_selection(
+        store,
+        scored.pool_id,
+        scored.model,
+        settings.strategy,
+        budget,
+        strategy,
+        push_to=project.record.id if project is not None else None,
+    )
     rows = selection_rows(result, str(scored.pool.root))
     if out is not None:
         write_selection(out, rows)
     outcome = SelectOutcome(scored, result, rows, out)
     if ls is not None:
-        store.mark_selection_for_push(result.selection_id)
         report = queue.push(store, settings, ls, scored.model, project=project, progress=progress)
         outcome.extra["push"] = report.summary()
     return outcome
@@ -234,14 +242,15 @@ def push(
     store: Store, settings: Settings, *, selection_id: int | None = None, progress: Progress | None = None
 ) -> queue.PushReport:
     """Push selected items that are not tasks yet (``selection_id``: mark that selection for pushing first)."""
-    if selection_id is not None:
-        if not store.selection_exists(selection_id):
-            raise NothingToSelectError(f"there is no selection #{selection_id} in {store.display_url}")
-        store.mark_selection_for_push(selection_id)
+    if selection_id is not None and not store.selection_exists(selection_id):
+        raise NothingToSelectError(f"there is no selection #{selection_id} in {store.display_url}")
     ls = queue.connect(settings)
     ls.whoami()
     mv = _model_for_push(store, settings)
-    return queue.push(store, settings, ls, mv, progress=progress)
+    project = queue.open_project(store, settings, ls, mv)
+    if selection_id is not None:
+        store.mark_selection_for_push(selection_id, project.record.id)
+    return queue.push(store, settings, ls, mv, project=project, progress=progress)
 
 
 def _model_for_push(store: Store, settings: Settings) -> ModelVersionRecord:
@@ -467,11 +476,13 @@ class LoopReport:
     scoring: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    training_error: str | None = None
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {
             "pulled": self.pulled,
+            "training_error": self.training_error,
             "new_labels": self.new_labels,
             "training": self.training,
             "current_model": self.current_model,
@@ -499,15 +510,20 @@ def loop(
     report = LoopReport()
     ls = queue.connect(settings)
     ls.whoami()
-    if settings.model.path and store.current_model() is None:
-        register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
+    if settings.model.path:
+        existing = store.current_model()
+        if existing is None:
+            register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
+        elif Path(settings.model.path).resolve() != Path(existing.source).resolve():
+            report.notes.append(
+                f"model.path {settings.model.path} only seeds an empty registry: the loop follows the current "
+                f"model {existing.version} (`curate models promote` changes it)"
+            )
     # the loop always follows the registry: a promoted model takes over the queue from the next step on
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": None, "version": None})})
     try:
         report.pulled = queue.pull(store, settings, ls, progress=progress).summary()
-    except LabelStudioError as exc:
-        if "has not pushed" not in str(exc) and "has no project" not in str(exc):
-            raise
+    except ProjectNotFoundError as exc:
         report.notes.append(f"nothing pulled: {exc}")
     current = store.current_model()
     threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
@@ -516,10 +532,16 @@ def loop(
     baseline = last.n_labeled or 0 if last else 0
     report.new_labels = labeled - baseline
     if current is not None and report.new_labels >= max(threshold, 1):
-        outcome = train_round(store, settings, current, progress=progress)
-        report.training = outcome.summary()
-        if not outcome.trained:
-            report.notes.append(f"not trained: {outcome.reason}")
+        try:
+            outcome = train_round(store, settings, current, progress=progress)
+        except TrainingError as exc:
+            # The queue must still follow the current model: note the failure, finish the turn, and let the CLI
+            # exit non-zero so that cron reports it.
+            report.training_error = str(exc)
+        else:
+            report.training = outcome.summary()
+            if not outcome.trained:
+                report.notes.append(f"not trained: {outcome.reason}")
     elif current is not None:
         report.notes.append(f"not trained: {report.new_labels} new label(s), {threshold} needed")
     checkpoint("loop-before-rescore")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from curation.config import Settings
-from curation.errors import ConfigError, LabelStudioError
+from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError, UnservableImageError
 from curation.faults import checkpoint
 from curation.labelstudio import ImportOutcomeUnknown, LabelStudioClient, parse_ls_time, watermark_with_margin
 from curation.ls_format import (
@@ -47,7 +47,7 @@ TAG_PREFIX = "curate-"
 def connect(settings: Settings) -> LabelStudioClient:
     cfg = settings.label_studio
     if not cfg.url:
-        raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (or label_studio.url), or use --no-push")
+        raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (or label_studio.url)")
     key = cfg.api_key.get_secret_value() if cfg.api_key else ""
     return LabelStudioClient(cfg.url, key, timeout=cfg.timeout)
 
@@ -75,7 +75,7 @@ def open_project(
     created = False
     if remote is None:
         if not create or name.isdigit():
-            raise LabelStudioError(f"Label Studio at {ls.url} has no project {name!r}")
+            raise ProjectNotFoundError(f"Label Studio at {ls.url} has no project {name!r}")
         remote = ls.create_project(
             name, label_config(mv.task, mv.class_names), description="Queue ordered by curate (active learning)."
         )
@@ -145,25 +145,47 @@ class PushReport:
         }
 
 
+def _servable(
+    pending: list[PendingItem], settings: Settings, report: PushReport, progress: Progress
+) -> tuple[list[PendingItem], dict[int, str]]:
+    """The pending items Label Studio can load, with their image URLs. A vanished file or an image outside the
+    served folder skips that item with a warning (it stays pending); a missing setting fails the push."""
+    cfg = settings.label_studio
+    keep: list[PendingItem] = []
+    urls: dict[int, str] = {}
+    for item in pending:
+        root = Path(item.pool_root or "/")
+        path = absolute_path(root, item.path) if item.path else None
+        if path is None or not path.is_file():
+            report.missing_files.append(item.path or item.content_id)
+            progress.warn(f"not pushed: {item.path or item.content_id} no longer exists")
+            continue
+        try:
+            urls[item.item_id] = image_url(path, root, cfg.document_root, cfg.url_prefix)
+        except UnservableImageError as exc:
+            report.missing_files.append(item.path)
+            progress.warn(f"not pushed: {exc}")
+            continue
+        keep.append(item)
+    return keep, urls
+
+
 def new_tag(mv: ModelVersionRecord) -> str:
     return f"{TAG_PREFIX}{mv.version}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"[:190]
 
 
 def _task_payload(
     item: PendingItem,
+    url: str,
     position: int,
     tag: str,
     project: ProjectHandle,
     mv: ModelVersionRecord,
-    settings: Settings,
     min_conf: float,
     pred: StoredPrediction | None,
 ) -> dict[str, Any]:
-    cfg = settings.label_studio
-    root = Path(item.pool_root or "/")
-    path = absolute_path(root, item.path)
     data = {
-        project.ui.data_key: image_url(path, root, cfg.document_root, cfg.url_prefix),
+        project.ui.data_key: url,
         "curation_id": item.content_id,
         "curation_rank": position,
         "curation_score": round(item.score, 6),
@@ -200,12 +222,7 @@ def push(
     ensure_storage(settings, ls, project)
 
     queue = store.ls_queue(project.record.id)
-    pending = store.ls_pending(project.record.id)
-    for item in pending:
-        path = absolute_path(item.pool_root or "/", item.path)
-        if not item.path or not path.is_file():
-            report.missing_files.append(item.path or item.content_id)
-    pending = [p for p in pending if p.path and absolute_path(p.pool_root or "/", p.path).is_file()]
+    pending, urls = _servable(store.ls_pending(project.record.id), settings, report, progress)
 
     live_tag = str(project.remote.get("model_version") or "")
     active = project.record.active_tag
@@ -233,7 +250,7 @@ def push(
             positions = list(range(first_new + start + 1, first_new + start + len(chunk) + 1))
             preds = store.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
             payload = [
-                _task_payload(item, pos, tag, project, mv, settings, min_conf, preds.get(item.item_id))
+                _task_payload(item, urls[item.item_id], pos, tag, project, mv, min_conf, preds.get(item.item_id))
                 for item, pos in zip(chunk, positions, strict=True)
             ]
             rows = _import_chunk(store, ls, project, chunk, positions, payload)
@@ -364,12 +381,24 @@ def _write_predictions(
         for start in range(0, len(tasks), chunk):
             part = tasks[start : start + chunk]
             stored = store.predictions(mv.id, [item_id for item_id, _, _ in part], len(mv.class_names))
-            preds = []
+            preds: list[dict[str, Any]] = []
             for item_id, task_id, position in part:
                 pred = stored.get(item_id)
                 result = prediction_result(mv.task, pred, mv.class_names, project.ui, min_conf) if pred else []
                 preds.append({"task": task_id, "model_version": tag, "score": queue_score(position), "result": result})
-            ls.import_predictions(project.record.project_id, preds)
+            try:
+                ls.import_predictions(project.record.project_id, preds)
+            except LabelStudioError as exc:
+                if exc.status != 400:
+                    raise
+                # One deleted task fails the whole bulk write: find the tasks that are gone, drop them, retry.
+                existing = ls.task_ids(project.record.project_id)
+                gone = [int(p["task"]) for p in preds if p["task"] not in existing]
+                if not gone:
+                    raise
+                store.ls_mark_deleted(project.record.id, gone)
+                progress.warn(f"{len(gone)} queued task(s) were deleted in Label Studio; they leave the queue")
+                ls.import_predictions(project.record.project_id, [p for p in preds if p["task"] in existing])
             progress.advance(len(part))
     finally:
         progress.finish()
@@ -489,8 +518,15 @@ def reprioritize(
         from curation.errors import NothingToSelectError
 
         try:
-            result = run_selection(store, pool_id, mv, settings.strategy, queue_size - len(queue), strategy_name)
-            store.mark_selection_for_push(result.selection_id)
+            result = run_selection(
+                store,
+                pool_id,
+                mv,
+                settings.strategy,
+                queue_size - len(queue),
+                strategy_name,
+                push_to=project.record.id,
+            )
         except NothingToSelectError:
             result = None
         if result is not None or store.ls_pending(project.record.id):
@@ -500,13 +536,15 @@ def reprioritize(
             queue = store.ls_queue(project.record.id)
 
     strategy = build_strategy(settings.strategy, strategy_name)
-    signature = ranking_signature(
-        mv,
-        strategy.name,
-        settings.strategy.options_for(strategy_name or settings.strategy.name),
-        settings.strategy.seed,
-        [q.item_id for q in queue],
-    )
+    options = {
+        **settings.strategy.options_for(strategy_name or settings.strategy.name),
+        # everything else that changes the order: a changed setting must re-rank, not be a no-op
+        "_balance": settings.strategy.balance,
+        "_min_distance": settings.strategy.min_distance,
+        "_detection": settings.strategy.detection.model_dump() if mv.task != "classify" else None,
+        "_labeled": len(store.labeled_item_ids()),  # diversity is measured against labeled items
+    }
+    signature = ranking_signature(mv, strategy.name, options, settings.strategy.seed, [q.item_id for q in queue])
 
     def report(
         changed: bool, reason: str, tag: str | None, moved: int = 0, top: list[dict[str, Any]] | None = None
@@ -594,10 +632,10 @@ def known_project(store: Store, settings: Settings, ls: LabelStudioClient) -> Pr
         raise ConfigError("no Label Studio project: pass --project NAME_OR_ID (or set label_studio.project)")
     remote = ls.find_project(name)
     if remote is None:
-        raise LabelStudioError(f"Label Studio at {ls.url} has no project {name!r}")
+        raise ProjectNotFoundError(f"Label Studio at {ls.url} has no project {name!r}")
     records = [p for p in store.ls_projects() if p.server == ls.url and p.project_id == int(remote["id"])]
     if not records:
-        raise LabelStudioError(
+        raise ProjectNotFoundError(
             f"curate has not pushed to project {name!r} from {store.display_url} yet: nothing to pull"
         )
     ui = LabelingInterface(from_name="", to_name="", data_key="image")

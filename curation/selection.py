@@ -189,8 +189,11 @@ def run_selection(
     settings: StrategySettings,
     budget: int,
     strategy_name: str | None = None,
+    *,
+    push_to: int | None = None,
 ) -> SelectionResult:
-    """Select up to ``budget`` new items and record them. Fewer are selected (with a warning) if fewer remain."""
+    """Select up to ``budget`` new items and record them (meant for the Label Studio project ``push_to``, an
+    ``ls_projects`` id, if given). Fewer are selected (with a warning) if fewer remain."""
     strategy = build_strategy(settings, strategy_name)
     warnings: list[str] = []
     cands = candidate_uncertainty(store, pool_id, mv, strategy.measure or FALLBACK_MEASURE, settings.detection)
@@ -233,6 +236,7 @@ def run_selection(
         item_ids=[int(i) for i in item_ids],
         scores=[float(s) for s in picked.scores],
         clusters=None if picked.clusters is None else [int(c) for c in picked.clusters],
+        push_ls_project_id=push_to,
     )
     return SelectionResult(
         selection_id=selection_id,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import Settings
-from curation.errors import CurateError
+from curation.errors import CurateError, ExitCode
 from curation.faults import checkpoint
 from curation.progress import NullProgress, Progress
 from store.registry_records import LabeledExample, TrainedModel
@@ -39,7 +39,9 @@ BACKGROUND = "__background__"  # detection images labeled with no box: negatives
 
 
 class TrainingError(CurateError):
-    """Ultralytics training failed (bad dataset, out of memory, ...)."""
+    """Ultralytics training failed (bad dataset, out of memory, ...) or the model cannot be fine-tuned here."""
+
+    exit_code = ExitCode.TRAINING
 
 
 @dataclass(frozen=True)
@@ -497,6 +499,11 @@ def train_round(
     cfg = settings.train
     task = current.task
     metric = resolve_metric(cfg.metric, task)
+    if current.format != "ultralytics":
+        raise TrainingError(
+            f"the current model {current.version} is a {current.format} model; curate fine-tunes Ultralytics "
+            "models only (fine-tune it elsewhere, then `curate models promote` or pass --model)"
+        )
     base = current.weights_path or current.source
     if not base or not (Path(base).is_file() or base.endswith((".yaml", ".yml"))):
         raise TrainingError(f"the weights of the current model {current.version} are not available at {base!r}")
@@ -566,6 +573,11 @@ def train_round(
             )
         digest, version, weights = _save_weights(result.weights, root, _lineage(current.version))
         checkpoint("train-after-weights-saved")
+        twin = store.model_version_by_digest(digest)
+        if twin is not None:  # deterministic training on unchanged labels reproduces a registered model
+            report.reason = f"not registered: the fine-tuned weights are identical to {twin.version}"
+            report.version = twin.version
+            return report
         store.set_model_metrics(current.id, metric, incumbent, report.current_metrics)
         mv = store.register_trained(
             TrainedModel(

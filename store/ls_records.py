@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from store.schema import (
     Annotation,
@@ -81,7 +81,7 @@ class LabelStudioRecords:
 
     dialect: str
 
-    def _tx(self) -> AbstractContextManager[Connection]:  # provided by Store
+    def _tx(self, write: bool = True) -> AbstractContextManager[Connection]:  # provided by Store
         raise NotImplementedError
 
     def _insert(self, table: Any) -> Any:  # provided by Store
@@ -106,11 +106,11 @@ class LabelStudioRecords:
         return _project(row)
 
     def ls_project_by_id(self, ls_project_id: int) -> LSProjectRecord:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return _project(conn.execute(select(LSProject.__table__).where(LSProject.id == ls_project_id)).one())
 
     def ls_projects(self) -> list[LSProjectRecord]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [_project(r) for r in conn.execute(select(LSProject.__table__).order_by(LSProject.id))]
 
     def ls_set_ranking(self, ls_project_id: int, tag: str | None, signature: str | None) -> None:
@@ -124,12 +124,12 @@ class LabelStudioRecords:
     # -- tasks -------------------------------------------------------------------------------------------------------
     def ls_task_ids(self, ls_project_id: int) -> dict[int, int]:
         """item id → task id for every task curate knows in the project."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = conn.execute(select(LSTask.item_id, LSTask.task_id).where(LSTask.ls_project_id == ls_project_id))
             return {int(i): int(t) for i, t in rows}
 
     def ls_count_tasks(self, ls_project_id: int) -> int:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return int(
                 conn.execute(
                     select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
@@ -150,16 +150,24 @@ class LabelStudioRecords:
                     {"ls_project_id": ls_project_id, "status": "queued", "pushed_at": utcnow(), **r}
                     for r in rows[start : start + BATCH]
                 ]
-                before = conn.execute(
-                    select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
-                ).scalar_one()
-                conn.execute(stmt, chunk)
-                added += (
+                # what the insert will skip (either key already mapped): counted here, not with COUNT(*)
+                in_project = LSTask.ls_project_id == ls_project_id
+                items = set(
                     conn.execute(
-                        select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
-                    ).scalar_one()
-                    - before
+                        select(LSTask.item_id).where(in_project, LSTask.item_id.in_([r["item_id"] for r in chunk]))
+                    ).scalars()
                 )
+                tasks = set(
+                    conn.execute(
+                        select(LSTask.task_id).where(in_project, LSTask.task_id.in_([r["task_id"] for r in chunk]))
+                    ).scalars()
+                )
+                for r in chunk:
+                    if r["item_id"] not in items and r["task_id"] not in tasks:
+                        added += 1
+                        items.add(r["item_id"])
+                        tasks.add(r["task_id"])
+                conn.execute(stmt, chunk)
             if intent_id is not None:
                 conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
         return int(added)
@@ -172,7 +180,7 @@ class LabelStudioRecords:
             .where(LSTask.ls_project_id == ls_project_id, LSTask.status == "queued")
             .order_by(LSTask.position.is_(None), LSTask.position, LSTask.id)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [QueuedTask(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in conn.execute(stmt)]
 
     def ls_set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
@@ -181,6 +189,7 @@ class LabelStudioRecords:
             stmt = (
                 update(LSTask)
                 .where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == bindparam("b_item"))
+                .where(LSTask.status == "queued")
                 .values(position=bindparam("b_pos"), cluster=bindparam("b_cluster"))
             )
             for start in range(0, len(positions), BATCH):
@@ -188,6 +197,16 @@ class LabelStudioRecords:
                     stmt,
                     [{"b_item": i, "b_pos": p, "b_cluster": c} for i, p, c in positions[start : start + BATCH]],
                 )
+
+    def ls_mark_deleted(self, ls_project_id: int, task_ids: Sequence[int]) -> int:
+        """Tasks someone deleted in Label Studio leave the queue for good (their items are not pushed again)."""
+        with self._tx() as conn:
+            result = conn.execute(
+                update(LSTask)
+                .where(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_([int(t) for t in task_ids]))
+                .values(status="deleted", position=None)
+            )
+            return int(result.rowcount or 0)
 
     # -- pending imports ---------------------------------------------------------------------------------------------
     def ls_add_intent(self, ls_project_id: int, content_ids: Sequence[str]) -> int:
@@ -201,7 +220,7 @@ class LabelStudioRecords:
             )
 
     def ls_intents(self, ls_project_id: int) -> list[tuple[int, list[str]]]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = conn.execute(
                 select(LSPushIntent.id, LSPushIntent.content_ids)
                 .where(LSPushIntent.ls_project_id == ls_project_id)
@@ -214,16 +233,21 @@ class LabelStudioRecords:
             conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
 
     # -- what to push ------------------------------------------------------------------------------------------------
-    def mark_selection_for_push(self, selection_id: int) -> None:
+    def mark_selection_for_push(self, selection_id: int, ls_project_id: int) -> None:
         with self._tx() as conn:
-            conn.execute(update(Selection).where(Selection.id == selection_id).values(push=True))
+            conn.execute(
+                update(Selection)
+                .where(Selection.id == selection_id)
+                .values(push=True, push_ls_project_id=ls_project_id)
+            )
 
     def selection_exists(self, selection_id: int) -> bool:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return conn.execute(select(Selection.id).where(Selection.id == selection_id)).first() is not None
 
     def ls_pending(self, ls_project_id: int) -> list[PendingItem]:
-        """Items of push-marked selections that are not tasks of the project yet, oldest selection first."""
+        """Items of the selections meant for this project (or for any, made before 0004) that are not tasks of
+        the project yet, oldest selection first."""
         from store.schema import Pool
 
         stmt = (
@@ -240,10 +264,11 @@ class LabelStudioRecords:
             .join(Selection, Selection.id == SelectionItem.selection_id)
             .join(Item, Item.id == SelectionItem.item_id)
             .where(Selection.push.is_(True))
+            .where(or_(Selection.push_ls_project_id == ls_project_id, Selection.push_ls_project_id.is_(None)))
             .where(~exists().where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == SelectionItem.item_id))
             .order_by(SelectionItem.selection_id, SelectionItem.rank)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = conn.execute(stmt).all()
             ids = sorted({int(r[0]) for r in rows})
             paths: dict[int, list[tuple[int, str, str]]] = {}
@@ -284,7 +309,7 @@ class LabelStudioRecords:
     def ls_items_for_tasks(self, ls_project_id: int, task_ids: Sequence[int]) -> dict[int, int]:
         """task id → item id for tasks curate created."""
         out: dict[int, int] = {}
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             for start in range(0, len(task_ids), BATCH):
                 rows = conn.execute(
                     select(LSTask.task_id, LSTask.item_id).where(
@@ -296,7 +321,7 @@ class LabelStudioRecords:
 
     def items_by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             for start in range(0, len(content_ids), BATCH):
                 rows = conn.execute(
                     select(Item.content_id, Item.id).where(Item.content_id.in_(content_ids[start : start + BATCH]))
@@ -331,10 +356,17 @@ class LabelStudioRecords:
                         for i, t in adopted_tasks
                     ],
                 )
-            before = conn.execute(
-                select(func.count()).select_from(Annotation).where(Annotation.ls_project_id == ls_project_id)
-            ).scalar_one()
+            new = 0
             if annotations:
+                ids = sorted({a.annotation_id for a in annotations})
+                known = set(
+                    conn.execute(
+                        select(Annotation.annotation_id).where(
+                            Annotation.ls_project_id == ls_project_id, Annotation.annotation_id.in_(ids)
+                        )
+                    ).scalars()
+                )
+                new = len(ids) - len(known)
                 stmt = self._insert(Annotation)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["ls_project_id", "annotation_id"],
@@ -378,12 +410,9 @@ class LabelStudioRecords:
                     scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
                     conn.execute(update(LSTask).where(scope, skipped).values(status="skipped", position=None))
                     conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
-            after = conn.execute(
-                select(func.count()).select_from(Annotation).where(Annotation.ls_project_id == ls_project_id)
-            ).scalar_one()
             if watermark is not None:
                 conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))
-        return int(after - before)
+        return new
 
     def labeled_items(self, pool_id: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
         """(item id, content id, labels) of the latest non-cancelled annotation of each labeled item."""
@@ -401,11 +430,11 @@ class LabelStudioRecords:
         )
         if pool_id is not None:
             stmt = stmt.where(exists().where(ItemPath.item_id == Annotation.item_id, ItemPath.pool_id == pool_id))
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return [(int(i), c, dict(lbl)) for i, c, lbl in conn.execute(stmt)]
 
     def ls_counts(self, pool_id: int | None) -> dict[str, int]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
 
             def count(status: str) -> int:
                 stmt = select(func.count(func.distinct(LSTask.item_id))).where(LSTask.status == status)

@@ -202,6 +202,8 @@ class Selection(Base):
     n_selected: Mapped[int] = mapped_column(Integer)
     push: Mapped[bool] = mapped_column(default=False, server_default=false())
     """The selection is meant for Label Studio: items not yet in the project are pushed by the next push."""
+    push_ls_project_id: Mapped[int | None] = mapped_column(ForeignKey("ls_projects.id", ondelete="SET NULL"))
+    """The project it is meant for (NULL with ``push``: any project; selections made before 0004)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -245,7 +247,7 @@ class LSTask(Base):
     ls_project_id: Mapped[int] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
     task_id: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | labeled | skipped
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | labeled | skipped | deleted
     position: Mapped[int | None] = mapped_column(Integer)
     cluster: Mapped[int | None] = mapped_column(Integer)
     selection_id: Mapped[int | None] = mapped_column(ForeignKey("selections.id", ondelete="SET NULL"))

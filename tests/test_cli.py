@@ -181,7 +181,7 @@ def test_csv_out(tmp_path: Path, small_pool: Path) -> None:
 
 def _commands() -> list[str]:
     group = get_command(app)
-    names = []
+    names: list[str] = []
     for name, cmd in group.commands.items():  # type: ignore[attr-defined]
         sub = getattr(cmd, "commands", None)
         if sub:
@@ -211,3 +211,16 @@ def test_exit_codes_are_documented() -> None:
     for name, value in vars(ExitCode).items():
         if name.isupper():
             assert re.search(rf"\|\s*{value}\s*\|", readme), f"exit code {value} ({name}) missing from README"
+
+
+def test_select_pushes_only_when_label_studio_is_configured(
+    tmp_path: Path, small_pool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("CURATE_LABEL_STUDIO__URL", raising=False)
+    args = ("--pool", str(small_pool), "--model", "yolov8n-cls.yaml", "--budget", "1")
+    code, _, err = run("select", *args, "--db", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code == 0, err
+    assert "Not pushed: no Label Studio URL configured" in err
+    code, _, err = run("select", *args, "--push", "--db", f"sqlite:///{tmp_path / 'b.db'}")
+    assert_one_clean_error(code, err, ExitCode.USAGE, "no Label Studio URL", "LABEL_STUDIO_URL")

@@ -200,6 +200,58 @@ def test_reprioritize_changes_what_next_serves(
     assert head_after == result["top"][0]["task_id"]
     if result["top"][0]["was"] != 1:
         assert head_after != head_before
+    same = ("--project", name, "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--db", db)
+    assert not curate_json("reprioritize", "--strategy", "random", *same)["changed"]  # nothing changed: no-op
+    # a changed setting that affects the order is a change, not a no-op
+    assert curate_json("reprioritize", "--strategy", "random", "--min-distance", "0.2", *same)["changed"]
+
+
+def test_a_task_deleted_in_label_studio_leaves_the_queue(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+) -> None:
+    name = title()
+    common = ("--pool", str(ls_pool), "--model", str(tiny_cls_model), "--project", name)
+    db = ("--db", f"sqlite:///{tmp_path / 'c.db'}")
+    curate_json("select", *common, *db, "--budget", "8")
+    project = api.project_by_title(name)
+    victim = lowest_score_task(api, project)
+    api.client.delete(f"/api/tasks/{victim}/").raise_for_status()
+    code, _, err = curate("reprioritize", *common, *db, "--strategy", "random", "--force")
+    assert code == 0, err
+    assert "deleted in Label Studio" in err
+    project = api.project_by_title(name)
+    live = [p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]]
+    assert len(live) == 7 and victim not in {p["task"] for p in live}
+    again = curate_json("reprioritize", *common, *db, "--strategy", "entropy")
+    assert again["queue_size"] == 7
+
+
+def test_an_image_label_studio_cannot_serve_is_skipped_not_fatal(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    make_pool(tmp_path / "elsewhere", n=1, size=80, seed=9)
+    inside = sorted(ls_pool.glob("*.jpg"))[:5]
+    manifest = ls_pool / "list.txt"
+    files = [*inside, *sorted((tmp_path / "elsewhere").rglob("*.jpg"))]
+    assert len(files) == 6
+    manifest.write_text("\n".join(str(p) for p in files) + "\n")
+    name = title()
+    result = curate_json(
+        "select",
+        "--pool",
+        str(manifest),
+        "--model",
+        str(tiny_cls_model),
+        "--budget",
+        "6",
+        "--project",
+        name,
+        "--db",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert result["push"]["pushed"] == 5
+    assert [Path(p).parent for p in result["push"]["missing_files"]] == [tmp_path / "elsewhere"]
+    assert len(curation_ids(api, api.project_by_title(name)["id"])) == 5
 
 
 def test_queue_size_tops_up(
@@ -706,3 +758,27 @@ def test_personal_access_tokens_work_too(
     assert result["push"]["pushed"] == 3
     for path in tmp_path.glob("c.db*"):
         assert pat.encode() not in path.read_bytes()
+
+
+def test_pull_paging_misses_nothing_when_tasks_are_updated_mid_pull(api: LSApi, label_studio: Any) -> None:
+    from curation.labelstudio import LabelStudioClient
+
+    project = api.post(
+        "/api/projects",
+        {
+            "title": title(),
+            "label_config": '<View><Image name="image" value="$image"/><Choices name="c" toName="image">'
+            '<Choice value="a"/></Choices></View>',
+        },
+    )
+    api.post(f"/api/projects/{project['id']}/import", [{"image": f"/x/{i}.jpg"} for i in range(7)])
+    all_ids = {t["id"] for t in api.tasks(project["id"])}
+    client = LabelStudioClient(label_studio.url, label_studio.api_key)
+    seen: list[int] = []
+    for number, page in enumerate(client.updated_tasks(project["id"], None, page_size=2)):
+        seen.extend(int(t["id"]) for t in page)
+        if number == 0:  # a labeler finishes a task of the first page: it moves to the end of the order
+            result = [{"from_name": "c", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]
+            api.annotate(int(page[0]["id"]), result)
+    assert set(seen) == all_ids
+    assert len(seen) == len(all_ids) + 1  # the updated task comes again, with its annotation

@@ -22,6 +22,7 @@ from curation.lock import RunLock
 from curation.synthetic import SHAPES, classification_image
 from store.repository import Store
 from tests.ls_support import LSApi
+from tests.models import save_thumbnail_model
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 runner = CliRunner()
@@ -142,6 +143,25 @@ def test_wrong_labels_are_not_promoted_when_not_better(setup: dict[str, Any], ap
     assert not report["trained"] and "every class" in report["reason"]
     models = curate_json("models", "list", *common)
     assert len(models["versions"]) == 1 and models["current"] == report["parent"]
+
+
+def test_a_model_curate_cannot_fine_tune_fails_training_but_the_turn_completes(
+    setup: dict[str, Any], api: LSApi, tmp_path: Path
+) -> None:
+    s = setup
+    model, _ = save_thumbnail_model(tmp_path)
+    cfg = tmp_path / "ts.yaml"
+    names = ", ".join(SHAPES)
+    cfg.write_text(Path(s["cfg"]).read_text() + f"model:\n  torchscript:\n    imgsz: 64\n    class_names: [{names}]\n")
+    common = ("--config", str(cfg), "--db", s["db"])
+    curate_json("select", "--model", str(model), "--budget", "20", *common)
+    annotate(api, api.project_by_title(s["project"])["id"], s["truth"], 14)
+    result = runner.invoke(app, ["loop", "--queue-size", "10", *common, "--json"])
+    assert result.exit_code == ExitCode.TRAINING, result.stderr
+    assert "fine-tunes Ultralytics models only" in result.stderr and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["pulled"]["new_annotations"] == 14 and report["training"] is None
+    assert report["queue"]["queue_size"] == 10  # the queue was still topped up and re-ranked
 
 
 def test_a_second_run_exits_with_the_lock_message(setup: dict[str, Any]) -> None:

@@ -145,6 +145,22 @@ def test_embeddings_sparse_lookup_and_non_finite_rows(db_url: str) -> None:
     store.close()
 
 
+def test_selection_paths_come_from_the_selections_pool(db_url: str) -> None:
+    store = Store.open(db_url)
+    first, ids = _register(store, 2, pool="/a")
+    second = store.get_or_create_pool("/b", "directory", "/b")
+    # the same content under another name in a second pool (sorted before the first pool's name)
+    store.apply_scan(second, [ScannedFile("0_copy.jpg", 100, 1_000, f"{0:032x}")], [])
+    assert store.known_paths(second)["0_copy.jpg"].item_id == ids[0]
+    mv = _mv(store)
+    for pool_id, expected in ((first, "img_0.jpg"), (second, "0_copy.jpg")):
+        sel = store.record_selection(
+            pool_id=pool_id, model_version_id=mv, strategy="random", options={}, budget=1, item_ids=[ids[0]], scores=[1]
+        )
+        assert store.selection_items(sel)[0].path == expected
+    store.close()
+
+
 def test_invalid_and_selected_items_are_not_candidates(db_url: str) -> None:
     rng = np.random.default_rng(1)
     store = Store.open(db_url)
@@ -262,3 +278,24 @@ def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    import store.db
+
+    monkeypatch.setattr(store.db, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "c.db"
+    store = Store.open(f"sqlite:///{path}")
+    _register(store, 3)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # e.g. a loop in the middle of writing a chunk
+    try:
+        assert store.status_counts(None, None)["items"] == 3  # a read-only transaction does not queue up
+        with pytest.raises(DatabaseError, match="locked"):
+            store.get_or_create_pool("/other", "directory", "/other")  # a write does wait, then fails clearly
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    store.close()
