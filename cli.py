@@ -123,7 +123,7 @@ class RichProgress:
 def _handled(debug: bool) -> Iterator[None]:
     """Translate library errors into one line and an exit code."""
     from curation.errors import CurateError, ExitCode
-    from store.errors import DatabaseError, DatabaseURLError
+    from store.errors import DatabaseError, DatabaseURLError, LockHeldError
     from strategies.errors import EmptyPoolError, PoolExhaustedError, StrategyError
 
     try:
@@ -136,6 +136,8 @@ def _handled(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if isinstance(exc, CurateError):
             code = exc.exit_code
+        elif isinstance(exc, LockHeldError):
+            code = ExitCode.LOCKED
         elif isinstance(exc, DatabaseURLError):
             code = ExitCode.USAGE
         elif isinstance(exc, DatabaseError):

@@ -60,12 +60,6 @@ class UnservableImageError(CurateError):
     exit_code = ExitCode.USAGE
 
 
-class LockHeldError(CurateError):
-    """Another curate run holds the database lock."""
-
-    exit_code = ExitCode.LOCKED
-
-
 class NothingToSelectError(CurateError):
     """No item is selectable (empty pool, everything failed, selected or labeled)."""
 

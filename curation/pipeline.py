@@ -14,7 +14,6 @@ from curation.config import ModelSettings, Settings
 from curation.errors import ModelLoadError, NothingToSelectError, ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.images import Geometry
-from curation.lock import RunLock
 from curation.mlflow_support import is_registry_uri
 from curation.model import DetectionOptions, ModelRuntime, load_model, resolve_device
 from curation.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
@@ -30,6 +29,7 @@ from curation.selection import (
     write_selection,
 )
 from curation.training import TrainingError, TrainReport, train_round
+from store.lock import RunLock
 from store.repository import ModelVersionRecord, Store
 
 
@@ -392,7 +392,7 @@ def _iso(value: Any) -> str | None:
 
 
 def run_lock(store: Store) -> RunLock:
-    """The per-database run lock (see ``curation.lock``): a second run exits at once with who holds it."""
+    """The per-database run lock (see ``store.lock``): a second run exits at once with who holds it."""
     return RunLock(store)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,21 +260,21 @@ def push(
     finally:
         progress.finish()
 
-    clusters = {r["task_id"]: r["cluster"] for r in new_rows if r["cluster"] is not None}
+    # task id -> (position, cluster)
+    placed = {r["task_id"]: (r["position"], r["cluster"]) for r in new_rows}
     if not append:
         old = [(q, i + 1) for i, q in enumerate(queue)]
         _write_predictions(
             store, ls, project, mv, tag, [(q.item_id, q.task_id, pos) for q, pos in old], settings, progress
         )
         store.ls_set_positions(project.record.id, [(q.item_id, pos, q.cluster) for q, pos in old])
-        clusters.update({q.task_id: q.cluster for q in queue if q.cluster is not None})
-    _set_clusters(ls, project.record.project_id, tag, clusters)
+        placed.update({q.task_id: (pos, q.cluster) for q, pos in old})
+        ls.set_ranking(project.record.project_id, tag)  # from here on the label stream serves the new order
+    # the queue changed either way: the next reprioritize re-ranks
+    store.ls_set_ranking(project.record.id, tag, None)
+    _set_clusters(ls, project.record.project_id, tag, placed, settings.label_studio.cluster_window)
     if not append:
-        ls.set_ranking(project.record.project_id, tag)
         _drop_other_tags(ls, project.record.project_id, tag)
-        store.ls_set_ranking(project.record.id, tag, None)
-    else:
-        store.ls_set_ranking(project.record.id, tag, None)  # the queue changed: the next reprioritize re-ranks
     report.tag = tag
     final = store.ls_queue(project.record.id)
     report.queue_size = len(final)
@@ -404,12 +404,21 @@ def _write_predictions(
         progress.finish()
 
 
-def _set_clusters(ls: LabelStudioClient, project_id: int, tag: str, clusters: dict[int, int]) -> None:
-    """Bulk imports drop ``cluster``; PATCH sets it, so annotators are served from clusters they labeled least."""
-    if not clusters:
+def _set_clusters(
+    ls: LabelStudioClient, project_id: int, tag: str, placed: Mapping[int, tuple[int | None, int | None]], window: int
+) -> None:
+    """Bulk imports drop ``cluster``; PATCH sets it, one request per prediction, so only for the first ``window``
+    queue positions: Label Studio serves each annotator from the clusters they labeled least, near the head of the
+    queue, and a PATCH per task of a long queue would cost minutes."""
+    wanted = {
+        task: cluster
+        for task, (position, cluster) in placed.items()
+        if cluster is not None and position is not None and position <= window
+    }
+    if not wanted:
         return
     ids = ls.prediction_ids(project_id, tag)
-    for task_id, cluster in clusters.items():
+    for task_id, cluster in wanted.items():
         if task_id in ids:
             ls.set_cluster(ids[task_id], cluster)
 
@@ -578,15 +587,15 @@ def reprioritize(
     tag = new_tag(mv)
     tasks = [(q.item_id, q.task_id, pos) for pos, q in enumerate(ordered, start=1)]
     _write_predictions(store, ls, project, mv, tag, tasks, settings, progress)
-    task_of = {q.item_id: q.task_id for q in ordered}
-    _set_clusters(ls, project.record.project_id, tag, {task_of[i]: c for i, c in clusters.items() if c is not None})
-    ls.set_ranking(project.record.project_id, tag)
-    _drop_other_tags(ls, project.record.project_id, tag)
+    ls.set_ranking(project.record.project_id, tag)  # from here on the label stream serves the new order
     store.ls_set_positions(
         project.record.id,
         [(q.item_id, pos, clusters.get(q.item_id)) for q, pos in zip(ordered, range(1, len(ordered) + 1), strict=True)],
     )
     store.ls_set_ranking(project.record.id, tag, signature)
+    placed = {q.task_id: (pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, start=1)}
+    _set_clusters(ls, project.record.project_id, tag, placed, settings.label_studio.cluster_window)
+    _drop_other_tags(ls, project.record.project_id, tag)
 
     old = {q.item_id: q.position for q in queue}
     moved = sum(1 for pos, q in enumerate(ordered, start=1) if old.get(q.item_id) != pos)

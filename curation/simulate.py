@@ -491,7 +491,7 @@ class _FinetuneRunner(_Runner):
             data_path,
             work / "run",
             epochs=self.config.epochs,
-            imgsz=self.settings.train.imgsz or 64,
+            imgsz=self.settings.train.imgsz or self.settings.model.imgsz or dataset_imgsz(self.data.paths),
             batch=self.settings.train.batch_size,
             device="0" if _cuda() else "cpu",
             seed=seed,
@@ -500,19 +500,22 @@ class _FinetuneRunner(_Runner):
         runtime = _load(self.settings, str(trained))
         if self.data.task == "classify":
             probs, emb = _infer_classify(runtime, self.data.paths)
-            accuracy = float(
-                (np.argmax(probs[test], axis=1) == self._label_index(runtime)[self.data.labels[test]]).mean()
-            )
-            order = self._label_index(runtime)
-            return _classification_state(probs[:, order], emb), accuracy
+            probs = self._dataset_columns(runtime, probs)
+            accuracy = float((np.argmax(probs[test], axis=1) == self.data.labels[test]).mean())
+            return _classification_state(probs, emb), accuracy
         metrics = evaluate(str(trained), test_yaml, "detect", runtime.info.imgsz, 8, "0" if _cuda() else "cpu")
         state = _detection_state(runtime, self.data.paths, self.settings)
         return state, float(metrics["map50_95"])
 
-    def _label_index(self, runtime: Any) -> NDArray[np.int64]:
-        """Column of each dataset class in the model's output (Ultralytics orders classes by folder name)."""
-        names = runtime.info.class_names
-        return np.array([names.index(n) for n in self.data.class_names], dtype=np.int64)
+    def _dataset_columns(self, runtime: Any, probs: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The model's probabilities in the dataset's class order. Ultralytics orders classes by folder name and
+        knows only the classes of the labeled set: a class with no labeled example yet gets probability 0."""
+        names = list(runtime.info.class_names)
+        out = np.zeros((len(probs), len(self.data.class_names)), dtype=np.float32)
+        for column, name in enumerate(self.data.class_names):
+            if name in names:
+                out[:, column] = probs[:, names.index(name)]
+        return out
 
     def _export(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], work: Path) -> tuple[Path, Path]:
         import os

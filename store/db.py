@@ -43,6 +43,11 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def advisory_key(name: str) -> int:
+    """A signed 64-bit Postgres advisory-lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 def first_line(exc: BaseException) -> str:
     """A driver error reduced to its first meaningful line (no SQL, no parameters)."""
     orig = getattr(exc, "orig", None) or exc
@@ -130,7 +135,7 @@ def migrate(engine: Engine) -> bool:
             # Session-level lock: concurrent first runs wait here instead of racing to create tables. Per database
             # and schema, since several curate databases may share one Postgres database.
             where = conn.execute(text("SELECT current_database() || '/' || current_schema()")).scalar()
-            key = int.from_bytes(hashlib.sha256(f"migrate:{where}".encode()).digest()[:8], "big", signed=True)
+            key = advisory_key(f"migrate:{where}")
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             conn.commit()
         try:

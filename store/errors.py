@@ -9,3 +9,7 @@ class DatabaseError(Exception):
 
 class DatabaseURLError(DatabaseError):
     """The database URL is malformed or names a driver that is not installed."""
+
+
+class LockHeldError(Exception):
+    """Another curate run holds this database's run lock."""

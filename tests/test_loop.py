@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from curation.errors import ExitCode
-from curation.lock import RunLock
 from curation.synthetic import SHAPES, classification_image
+from store.lock import RunLock
 from store.repository import Store
 from tests.ls_support import LSApi
 from tests.models import save_thumbnail_model

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from curation.errors import LockHeldError
-from curation.lock import RunLock
 from curation.training import ExportedDataset, assign_splits, coverage_problem, export_dataset, primary_label
+from store.errors import LockHeldError
+from store.lock import RunLock
 from store.registry_records import LabeledExample, TrainedModel
 from store.repository import ScannedFile, Store
 

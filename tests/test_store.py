@@ -283,9 +283,9 @@ def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
 def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    import store.db
+    import store.db as db_module
 
-    monkeypatch.setattr(store.db, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     path = tmp_path / "c.db"
     store = Store.open(f"sqlite:///{path}")
     _register(store, 3)

@@ -23,18 +23,11 @@ from typing import IO, Any
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from curation.errors import LockHeldError
-from store.db import redact_argv
+from store.db import advisory_key, redact_argv
+from store.errors import LockHeldError
 from store.repository import Store
 
 LOCK_NAME = "curate-run"
-
-
-def advisory_key(name: str) -> int:
-    """A signed 64-bit Postgres advisory-lock key for ``name``."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _describe(pid: Any, host: Any, command: Any, started: Any) -> str:
