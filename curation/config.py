@@ -492,13 +492,3 @@ def _origin(
     if path is not None and _has(file_data, loc):
         return f"in {path}"
     return "(built-in default)"
-
-
-def redact_url(url: str) -> str:
-    """A database URL safe to print: the password is masked."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<database url>"

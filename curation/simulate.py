@@ -31,11 +31,10 @@ from numpy.typing import NDArray
 from curation.config import IMAGE_EXTENSIONS, Settings
 from curation.errors import ConfigError, PoolError
 from curation.progress import NullProgress, Progress
-from curation.selection import build_strategy, build_view, needs_embeddings
+from curation.selection import FALLBACK_MEASURE, build_strategy, build_view, needs_embeddings
 from strategies import uncertainty_scores
 
 TRAINERS = ("linear", "finetune")
-FALLBACK_MEASURE = "least_confidence"
 
 
 @dataclass(frozen=True)

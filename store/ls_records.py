@@ -122,12 +122,6 @@ class LabelStudioRecords:
             )
 
     # -- tasks -------------------------------------------------------------------------------------------------------
-    def ls_task_ids(self, ls_project_id: int) -> dict[int, int]:
-        """item id → task id for every task curate knows in the project."""
-        with self._tx(write=False) as conn:
-            rows = conn.execute(select(LSTask.item_id, LSTask.task_id).where(LSTask.ls_project_id == ls_project_id))
-            return {int(i): int(t) for i, t in rows}
-
     def ls_count_tasks(self, ls_project_id: int) -> int:
         with self._tx(write=False) as conn:
             return int(
@@ -227,10 +221,6 @@ class LabelStudioRecords:
                 .order_by(LSPushIntent.id)
             )
             return [(int(i), list(c)) for i, c in rows]
-
-    def ls_clear_intent(self, intent_id: int) -> None:
-        with self._tx() as conn:
-            conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
 
     # -- what to push ------------------------------------------------------------------------------------------------
     def mark_selection_for_push(self, selection_id: int, ls_project_id: int) -> None:
@@ -413,25 +403,6 @@ class LabelStudioRecords:
             if watermark is not None:
                 conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))
         return new
-
-    def labeled_items(self, pool_id: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
-        """(item id, content id, labels) of the latest non-cancelled annotation of each labeled item."""
-        latest = (
-            select(Annotation.item_id, func.max(Annotation.id).label("aid"))
-            .where(Annotation.was_cancelled.is_(False))
-            .group_by(Annotation.item_id)
-            .subquery()
-        )
-        stmt = (
-            select(Annotation.item_id, Item.content_id, Annotation.labels)
-            .join(latest, latest.c.aid == Annotation.id)
-            .join(Item, Item.id == Annotation.item_id)
-            .order_by(Annotation.item_id)
-        )
-        if pool_id is not None:
-            stmt = stmt.where(exists().where(ItemPath.item_id == Annotation.item_id, ItemPath.pool_id == pool_id))
-        with self._tx(write=False) as conn:
-            return [(int(i), c, dict(lbl)) for i, c, lbl in conn.execute(stmt)]
 
     def ls_counts(self, pool_id: int | None) -> dict[str, int]:
         with self._tx(write=False) as conn:

@@ -232,10 +232,6 @@ class Store(LabelStudioRecords, RegistryRecords):
             conn.execute(update(Pool).where(Pool.id == pool_id).values(kind=kind, root=root))
             return int(pool_id)
 
-    def pool_root(self, pool_id: int) -> str:
-        with self._tx(write=False) as conn:
-            return str(conn.execute(select(Pool.root).where(Pool.id == pool_id)).scalar_one())
-
     def find_pool(self, location: str) -> int | None:
         with self._tx(write=False) as conn:
             value = conn.execute(select(Pool.id).where(Pool.location == location)).scalar_one_or_none()

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from strategies._validate import check_budget
 from strategies.base import PoolView, Selection, Strategy
 from strategies.errors import EmptyPoolError, InvalidOptionError, PoolExhaustedError
-from strategies.index import min_cosine_distance
+from strategies.index import make_index
 
 NO_CLASS = -1  # items predicted to contain nothing (an empty detection) form a group of their own
 
@@ -114,10 +114,15 @@ def _quota_fill(
     u = np.zeros(len(pool)) if pool.uncertainty is None else np.nan_to_num(np.asarray(pool.uncertainty), nan=-1.0)
     order = np.lexsort((np.arange(len(pool)), -u))
     out: list[tuple[int, float]] = []
-    taken_vectors: list[NDArray[np.float32]] = []
-    check = pool.min_distance > 0 and pool.embeddings is not None
-    if check and pool.embeddings is not None:
-        taken_vectors = [pool.embeddings[i] for i in chosen]
+    # One index of everything that covers (reference set and chosen items), grown as items are taken: each
+    # candidate costs one nearest-neighbour query instead of rebuilding the cover.
+    cover = None
+    if pool.min_distance > 0 and pool.embeddings is not None:
+        cover = make_index(pool.embeddings.shape[1])
+        if pool.reference_embeddings is not None and len(pool.reference_embeddings):
+            cover.add(pool.reference_embeddings)
+        if chosen:
+            cover.add(pool.embeddings[sorted(chosen)])
     for i in order.tolist():
         if len(out) >= room:
             break
@@ -126,13 +131,11 @@ def _quota_fill(
         open_groups = [g for g in groups[i] if counts.get(g, quota) < quota]
         if not open_groups:
             continue
-        if check and pool.embeddings is not None:
-            cover = list(taken_vectors)
-            if pool.reference_embeddings is not None:
-                cover.extend(pool.reference_embeddings)
-            if cover and min_cosine_distance(pool.embeddings[i : i + 1], np.asarray(cover))[0] < pool.min_distance:
+        if cover is not None and pool.embeddings is not None:
+            vector = pool.embeddings[i : i + 1]
+            if cover.ntotal and float(cover.nearest(vector, 1)[0][0, 0]) < pool.min_distance:
                 continue
-            taken_vectors.append(pool.embeddings[i])
+            cover.add(vector)
         counts[min(open_groups, key=lambda g: (counts[g], g))] += 1
         out.append((i, float(u[i])))
     return out

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from strategies._validate import check_budget
 from strategies.errors import EmptyPoolError, InvalidOptionError, InvalidScoresError, PoolExhaustedError
-from strategies.index import min_cosine_distance
+from strategies.index import make_index, min_cosine_distance
 
 MAX_DISTANCE = 2.0  # cosine distance between opposite unit vectors: "nothing covers this item yet"
 BLOCK_ROWS = 4096
@@ -106,7 +106,17 @@ def _greedy(
 ) -> GreedyResult:
     n, dim = x.shape
     bound: NDArray[np.float32] = np.full(n, MAX_DISTANCE, dtype=np.float32)
-    if reference is not None:
+    # With weight 0 the keys ignore distances, which only matter for the near-duplicate test of rows that reach
+    # the top: their distance to the reference set is computed block by block, for the blocks that get there
+    # (a budget of 500 from a million items then searches a few blocks instead of the whole pool).
+    lazy_reference = reference is not None and weight == 0.0
+    if reference is not None and weight == 0.0 and min_distance == 0.0:
+        reference = None  # no distance is ever looked at
+    ref_index = None
+    if reference is not None and lazy_reference:
+        ref_index = make_index(dim)
+        ref_index.add(reference)
+    elif reference is not None:
         bound = np.minimum(bound, min_cosine_distance(x, reference)).astype(np.float32)
     prio_term = prio ** (1.0 - weight) if weight < 1.0 else np.ones(n)
     alive = usable.copy()  # neither picked nor excluded
@@ -121,6 +131,7 @@ def _greedy(
         key[rows] = keys(rows)
     block_key = np.array([key[rows].max() for rows in blocks])
     stamp = np.zeros(len(blocks), dtype=np.int64)  # centers each block is up to date with
+    referenced = np.full(len(blocks), ref_index is None)  # the block's distances include the reference set
     centers = np.empty((budget, dim), dtype=np.float32)
     picked: list[int] = []
     picked_keys: list[float] = []
@@ -150,6 +161,11 @@ def _greedy(
         if block_key[b] == -np.inf:
             break  # nothing selectable is left
         rows = blocks[b]
+        if not referenced[b] and ref_index is not None:
+            dist, _ = ref_index.nearest(x[rows], 1)
+            np.minimum(bound[rows], np.maximum(dist[:, 0], 0.0), out=bound[rows])
+            referenced[b] = True
+            continue  # keys do not depend on distances at weight 0: the block stays on top, now checked
         if stamp[b] < len(picked):
             new = centers[stamp[b] : len(picked)]
             nearest = 1.0 - (x[rows] @ new.T).max(axis=1)

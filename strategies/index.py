@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from strategies.errors import InvalidOptionError
 
 _SEARCH_BLOCK = 65_536  # query rows per search call: bounds the (block x k) result buffers
+_TORCH_SIMS_BYTES = 512 * 2**20  # the torch index materialises (block x ntotal) similarities: cap that matrix
 
 
 class VectorIndex(Protocol):
@@ -85,8 +86,9 @@ class TorchIndex:
         if self.ntotal == 0 or len(queries) == 0:
             return dist, idx
         kk = min(k, self.ntotal)
-        for start in range(0, len(queries), _SEARCH_BLOCK):
-            q = torch.as_tensor(np.ascontiguousarray(queries[start : start + _SEARCH_BLOCK]), device=self._device)
+        block = max(1, min(_SEARCH_BLOCK, _TORCH_SIMS_BYTES // (4 * self.ntotal)))
+        for start in range(0, len(queries), block):
+            q = torch.as_tensor(np.ascontiguousarray(queries[start : start + block]), device=self._device)
             sims, found = torch.topk(q @ self._vectors.T, kk, dim=1)
             dist[start : start + len(q), :kk] = (1.0 - sims).cpu().numpy()
             idx[start : start + len(q), :kk] = found.cpu().numpy()
@@ -159,7 +161,6 @@ def kmeans(
     seed: int = 0,
     niter: int = 20,
     spherical: bool = True,
-    gpu: bool | None = None,
 ) -> KMeansResult:
     """FAISS k-means (spherical: centroids re-normalised, matching cosine distance), then every vector assigned
     to its nearest centroid."""
@@ -168,14 +169,13 @@ def kmeans(
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if not 1 <= k <= len(x):
         raise InvalidOptionError(f"k-means needs 1 <= k <= n, got k={k} for n={len(x)}")
-    use_gpu = bool(gpu) if gpu is not None else False  # faiss-cpu builds have no GPU k-means
     km = faiss.Kmeans(
         x.shape[1],
         k,
         niter=niter,
         seed=seed,
         spherical=spherical,
-        gpu=use_gpu,
+        gpu=False,  # faiss-cpu builds have no GPU k-means
         verbose=False,
         min_points_per_centroid=1,  # small pools are fine: no "please provide more points" warning on stderr
     )
