@@ -89,7 +89,9 @@ def setup(tmp_path: Path, ls_env: dict[str, str], ls_root: Path, tiny_cls_model:
     }
 
 
-def test_loop_trains_registers_promotes_only_when_better_and_reorders(setup: dict[str, Any], api: LSApi) -> None:
+def test_loop_trains_registers_promotes_only_when_better_and_reorders(
+    setup: dict[str, Any], api: LSApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = setup
     common = ("--config", s["cfg"], "--db", s["db"])
     curate_json("select", "--model", s["model"], "--budget", "36", *common)
@@ -130,6 +132,14 @@ def test_loop_trains_registers_promotes_only_when_better_and_reorders(setup: dic
     # nothing new: a fast no-op
     idle = curate_json("loop", *common)
     assert idle["training"] is None and idle["scoring"]["scored"] == 0 and not idle["queue"]["changed"]
+
+    # training is deterministic: the same base and labels reproduce a registered model, which is reported once
+    monkeypatch.setenv("CURATE_TRAIN__PROMOTE", "never")
+    first = curate_json("train", *common)
+    assert first["trained"] and not first["promoted"]
+    second = curate_json("train", *common)
+    assert not second["trained"] and "identical to " + first["version"] in second["reason"]
+    assert len(curate_json("models", "list", *common)["versions"]) == len(models["versions"]) + 1
 
 
 def test_wrong_labels_are_not_promoted_when_not_better(setup: dict[str, Any], api: LSApi) -> None:
