@@ -1,6 +1,9 @@
 """Generated images for the offline demo, the tests and the benchmarks: nothing is downloaded.
 
-Shapes (circle, square, triangle) in random colours, sizes and positions on noisy backgrounds. Classification
+Shapes (circle, square, triangle) in random colours, sizes and positions on noisy backgrounds, each with a dark
+outline and at most a small tilt (squares stand upright, triangles point up), like icons or signs. Fully random
+rotations and outline-free shapes made the classes so hard to tell apart that a tiny model trained from scratch for
+a few seconds stayed at chance: the demo and the tests need models that genuinely learn in seconds. Classification
 datasets use Ultralytics' folder layout (``train/<class>/*.png``, ``val/<class>/*.png``); detection and
 segmentation datasets use YOLO label files with a ``data.yaml``. ``write_bad_files`` plants every kind of bad
 input curate must survive.
@@ -19,6 +22,9 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
+MAX_TILT_DEGREES = 10.0  # squares and triangles are tilted by at most this much from upright
+OUTLINE_PER_PIXEL = 3 / 64  # outline width as a fraction of the image side (3 px at 64 px)
+_UPRIGHT = {"square": math.pi / 4, "triangle": -math.pi / 2}  # polygon start angle: axis-aligned square, apex up
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -56,18 +62,20 @@ def draw_shapes(
     img = _background(rng, size)
     bg = np.asarray(img).reshape(-1, 3).mean(axis=0).astype(np.int64)
     draw = ImageDraw.Draw(img)
+    outline = max(1, round(size * OUTLINE_PER_PIXEL))
     drawn = []
     for shape in shapes:
         r = float(rng.uniform(min_r, max_r)) * size
         cx, cy = (float(v) for v in rng.uniform(r, size - r, size=2))
-        poly = _shape_polygon(shape, cx, cy, r, float(rng.uniform(0, 2 * math.pi)))
-        draw.polygon(poly, fill=_colour(rng, bg))
+        tilt = math.radians(float(rng.uniform(-MAX_TILT_DEGREES, MAX_TILT_DEGREES)))
+        poly = _shape_polygon(shape, cx, cy, r, _UPRIGHT.get(shape, 0.0) + tilt)
+        draw.polygon(poly, fill=_colour(rng, bg), outline=(20, 20, 20), width=outline)
         drawn.append((shape, poly))
     return img, drawn
 
 
 def classification_image(rng: np.random.Generator, shape: str, size: int) -> Image.Image:
-    img, _ = draw_shapes(rng, size, [shape], 0.2, 0.42)
+    img, _ = draw_shapes(rng, size, [shape], 0.25, 0.45)
     return img
 
 

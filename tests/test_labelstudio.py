@@ -14,12 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cli import app
 from curation.errors import ExitCode
-from curation.synthetic import make_pool
+from curation.synthetic import draw_shapes, make_pool
 from tests.ls_support import FaultProxy, LSApi, fresh_annotator
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -336,7 +337,10 @@ def test_exif_rotated_boxes_use_the_displayed_size(
 
     pool = ls_root / f"exif-{uuid.uuid4().hex[:6]}"
     pool.mkdir()
+    # a generated circle (the same whichever way the image is turned), as the tiny detector was trained on
+    tile, _ = draw_shapes(np.random.default_rng(3), 96, ["circle"], 0.3, 0.4)
     img = Image.new("RGB", (160, 96), (30, 160, 60))
+    img.paste(tile, (32, 0))
     exif = img.getexif()
     exif[0x0112] = 6  # displayed rotated: 96 wide, 160 high
     img.save(pool / "rotated.jpg", exif=exif.tobytes())

@@ -78,6 +78,8 @@ def setup(tmp_path: Path, ls_env: dict[str, str], ls_root: Path, tiny_cls_model:
         f"pool:\n  path: {pool}\nlabel_studio:\n  project: {project}\n"
         "train:\n  epochs: 2\n  batch_size: 16\n  min_new_labels: 12\n"
         f"  models_dir: {tmp_path / 'models'}\n"
+        # the tiny model embeds same-class shapes almost identically; near-duplicate skipping would shrink the queue
+        "strategy:\n  min_distance: 0\n"
     )
     return {
         "pool": pool,
