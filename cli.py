@@ -252,7 +252,7 @@ def select(
         bool | None,
         typer.Option(
             "--push/--no-push",
-            help="Push the selection to Label Studio (default: when a Label Studio URL is configured).",
+            help="Push to Label Studio (default: when a Label Studio URL is configured or --project is given).",
             show_default=False,
         ),
     ] = None,
@@ -286,6 +286,8 @@ def select(
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
+        # Pushing is the default wherever it can happen; naming a project asks for it (and fails without a URL).
+        do_push = push if push is not None else bool(settings.label_studio.url) or project is not None
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             outcome = pipeline.select(
                 store,
@@ -293,11 +295,11 @@ def select(
                 budget=settings.select.budget,
                 out=out_path,
                 rescore=rescore,
-                push=bool(settings.label_studio.url) if push is None else push,
+                push=do_push,
                 progress=_progress(),
             )
         _report_selection(outcome, json_out)
-        if push is None and not settings.label_studio.url and not json_out:
+        if not do_push and push is None and not json_out:
             err_console.print(
                 "Not pushed: no Label Studio URL configured (set LABEL_STUDIO_URL or label_studio.url, then run "
                 "`curate push --selection ID`).",
