@@ -224,3 +224,11 @@ def test_select_pushes_only_when_label_studio_is_configured(
     assert "Not pushed: no Label Studio URL configured" in err
     code, _, err = run("select", *args, "--push", "--db", f"sqlite:///{tmp_path / 'b.db'}")
     assert_one_clean_error(code, err, ExitCode.USAGE, "no Label Studio URL", "LABEL_STUDIO_URL")
+    # naming a project asks for a push: without a URL that is the same clear error, before anything is scored
+    db = tmp_path / "c.db"
+    code, _, err = run("select", *args, "--project", "demo-queue", "--db", f"sqlite:///{db}")
+    assert_one_clean_error(code, err, ExitCode.USAGE, "no Label Studio URL", "LABEL_STUDIO_URL")
+    code, out, err = run("status", "--json", "--db", f"sqlite:///{db}")
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["counts"]["items"] == 0 and status["model_versions"] == []
