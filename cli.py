@@ -419,7 +419,10 @@ def demo(
 @app.command()
 def status(
     pool: PoolOpt = None,
-    model_version: ModelVersionOpt = None,
+    model_version: Annotated[
+        str | None,
+        typer.Option("--model-version", help="Report counts and scores for this version (default: the current one)."),
+    ] = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
