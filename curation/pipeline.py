@@ -174,6 +174,10 @@ def scan(store: Store, settings: Settings, progress: Progress | None = None) -> 
         progress.finish()
     for path, reason in report.skipped:
         progress.warn(f"skipped {path}: {reason}")
+    if report.files == 0 and not report.skipped:
+        kinds = ", ".join(ext.lstrip(".") for ext in settings.pool.extensions)
+        what = "lists no files" if source.kind != "directory" else f"has no image files ({kinds})"
+        progress.warn(f"the pool {source.location} {what}")
     return source, pool_id, report
 
 

@@ -232,3 +232,17 @@ def test_select_pushes_only_when_label_studio_is_configured(
     assert code == 0, err
     status = json.loads(out)
     assert status["counts"]["items"] == 0 and status["model_versions"] == []
+
+
+def test_an_empty_pool_is_named_not_silently_scored(tmp_path: Path) -> None:
+    pool = tmp_path / "empty"
+    (pool / "notes").mkdir(parents=True)
+    (pool / "notes" / "readme.txt").write_text("not an image")
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    code, _, err = run("score", "--pool", str(pool), "--model", "yolov8n-cls.yaml", "--db", db)
+    assert code == 0, err
+    assert f"the pool {pool} has no image files (jpg" in err
+    code, _, err = run(
+        "select", "--no-push", "--budget", "1", "--pool", str(pool), "--model", "yolov8n-cls.yaml", "--db", db
+    )
+    assert code == 7 and "has no image files" in err
