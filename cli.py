@@ -599,7 +599,8 @@ def reprioritize(
             return
         err_console.print(
             f"Re-ranked {report.queue_size} queued task(s) {report.reason[len('re-ranked ') :]}: {report.moved} moved; "
-            f"Label Studio now serves by model_version {report.tag}"
+            f"Label Studio now serves by model_version {report.tag} "
+            f"(new order live after {report.served_after_s:.1f} s of {report.seconds:.1f} s)"
         )
         table = Table(title="Next in the queue")
         for col in ("position", "was", "task", "item"):

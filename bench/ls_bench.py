@@ -122,6 +122,7 @@ def main() -> None:
         "reprioritize_s": round(repr_s, 2),
         "reprioritized_tasks": rep.queue_size,
         "reprioritize_tasks_per_s": round(rep.queue_size / repr_s, 1),
+        "reprioritize_new_order_served_after_s": rep.served_after_s,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -131,6 +132,7 @@ def main() -> None:
     print(f"  raw single request     : {raw_s:7.2f} s  ({result['raw_tasks_per_s']:.0f} tasks/s)")
     print(f"  push rate / raw rate   : {result['push_rate_vs_raw']:.1%}")
     print(f"  reprioritize (margin)  : {repr_s:7.2f} s  ({result['reprioritize_tasks_per_s']:.0f} tasks/s)")
+    print(f"    new order served after {rep.served_after_s:.2f} s (the rest: Label Studio deleting the old ranking)")
     print(f"  (score + select before the push: {select_s:.1f} s)")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -453,6 +454,8 @@ class ReprioritizeReport:
     moved: int = 0
     top: list[dict[str, Any]] = field(default_factory=list)
     push: PushReport | None = None
+    served_after_s: float | None = None  # from the start until the label stream served the new order
+    seconds: float | None = None  # the whole run, including Label Studio's cleanup of the superseded ranking
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -466,6 +469,8 @@ class ReprioritizeReport:
             "topped_up": self.topped_up,
             "moved": self.moved,
             "top": self.top,
+            "served_after_s": self.served_after_s,
+            "seconds": self.seconds,
         }
 
 
@@ -517,6 +522,7 @@ def reprioritize(
     ``queue_size``, first top the queue up with newly selected items. A no-op when nothing changed."""
     from curation.selection import run_selection
 
+    started = time.perf_counter()
     progress = progress or NullProgress()
     project = open_project(store, settings, ls, mv)
     reconcile(store, ls, project)
@@ -555,6 +561,8 @@ def reprioritize(
     }
     signature = ranking_signature(mv, strategy.name, options, settings.strategy.seed, [q.item_id for q in queue])
 
+    served_after: float | None = None
+
     def report(
         changed: bool, reason: str, tag: str | None, moved: int = 0, top: list[dict[str, Any]] | None = None
     ) -> ReprioritizeReport:
@@ -570,6 +578,8 @@ def reprioritize(
             moved=moved,
             top=top or [],
             push=push_report,
+            served_after_s=None if served_after is None else round(served_after, 3),
+            seconds=round(time.perf_counter() - started, 3),
         )
 
     if not queue:
@@ -588,6 +598,7 @@ def reprioritize(
     tasks = [(q.item_id, q.task_id, pos) for pos, q in enumerate(ordered, start=1)]
     _write_predictions(store, ls, project, mv, tag, tasks, settings, progress)
     ls.set_ranking(project.record.project_id, tag)  # from here on the label stream serves the new order
+    served_after = time.perf_counter() - started
     store.ls_set_positions(
         project.record.id,
         [(q.item_id, pos, clusters.get(q.item_id)) for q, pos in zip(ordered, range(1, len(ordered) + 1), strict=True)],

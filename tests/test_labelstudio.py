@@ -201,6 +201,7 @@ def test_reprioritize_changes_what_next_serves(
     assert head_after == result["top"][0]["task_id"]
     if result["top"][0]["was"] != 1:
         assert head_after != head_before
+    assert 0 < result["served_after_s"] <= result["seconds"]
     same = ("--project", name, "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--db", db)
     assert not curate_json("reprioritize", "--strategy", "random", *same)["changed"]  # nothing changed: no-op
     # a changed setting that affects the order is a change, not a no-op
