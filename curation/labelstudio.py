@@ -378,10 +378,14 @@ class LabelStudioClient:
         )
         return int((body or {}).get("deleted_predictions", 0)) if isinstance(body, dict) else 0
 
-    def prediction_ids(self, project_id: int, tag: str) -> dict[int, int]:
-        """task id → prediction id of the predictions tagged ``tag``."""
-        preds = self._call("listing predictions", lambda: list(self._sdk.predictions.list(project=project_id)))
-        return {int(p.task): int(p.id) for p in preds if getattr(p, "model_version", None) == tag}
+    def prediction_id(self, task_id: int, tag: str) -> int | None:
+        """The id of task ``task_id``'s prediction tagged ``tag`` (asked per task: listing a project's predictions
+        costs time in proportion to the whole project)."""
+        preds = self._raw("GET", "api/predictions/", params={"task": task_id}, what="looking up a prediction")
+        for pred in preds or []:
+            if isinstance(pred, dict) and pred.get("model_version") == tag and pred.get("task") == task_id:
+                return int(pred["id"])
+        return None
 
     def set_cluster(self, prediction_id: int, cluster: int) -> None:
         self._raw(

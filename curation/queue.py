@@ -411,8 +411,8 @@ def _set_clusters(
     ls: LabelStudioClient, project_id: int, tag: str, placed: Mapping[int, tuple[int | None, int | None]], window: int
 ) -> None:
     """Bulk imports drop ``cluster``; PATCH sets it, one request per prediction (Label Studio spends 60-100 ms of
-    server time on each), so only for the first ``window`` queue positions, where annotators are served next, and
-    a few requests at a time."""
+    server time on each, plus a lookup of the prediction's id), so only for the first ``window`` queue positions,
+    where annotators are served next, and a few requests at a time."""
     wanted = {
         task: cluster
         for task, (position, cluster) in placed.items()
@@ -420,13 +420,16 @@ def _set_clusters(
     }
     if not wanted:
         return
-    ids = ls.prediction_ids(project_id, tag)
-    jobs = [(ids[task_id], cluster) for task_id, cluster in wanted.items() if task_id in ids]
-    if not jobs:
-        return
-    ls.set_cluster(*jobs[0])  # one alone first: the client authenticates (or refreshes its token) once
+
+    def set_one(task_id: int, cluster: int) -> None:
+        prediction = ls.prediction_id(task_id, tag)
+        if prediction is not None:  # None: the task was deleted meanwhile
+            ls.set_cluster(prediction, cluster)
+
+    jobs = list(wanted.items())
+    set_one(*jobs[0])  # one alone first: the client authenticates (or refreshes its token) once
     with ThreadPoolExecutor(max_workers=CLUSTER_REQUESTS) as pool:
-        for _ in pool.map(lambda job: ls.set_cluster(*job), jobs[1:]):
+        for _ in pool.map(lambda job: set_one(*job), jobs[1:]):
             pass  # re-raises the first failure
 
 
