@@ -132,6 +132,8 @@ class PushReport:
     tag: str | None = None
     queue_size: int = 0
     first: dict[str, Any] | None = None
+    served_after_s: float | None = None  # from the start until the label stream served the whole queue in order
+    seconds: float | None = None  # the whole push, including clusters and the old ranking's cleanup
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -145,6 +147,8 @@ class PushReport:
             "model_version_tag": self.tag,
             "queue_size": self.queue_size,
             "first": self.first,
+            "served_after_s": self.served_after_s,
+            "seconds": self.seconds,
         }
 
 
@@ -218,6 +222,7 @@ def push(
 ) -> PushReport:
     """Import every push-marked selected item that is not a task yet, then make the label stream serve the
     whole queue (older queued tasks first, then the new ones in selection order)."""
+    started = time.perf_counter()
     progress = progress or NullProgress()
     project = project or open_project(store, settings, ls, mv)
     report = PushReport(project.record.project_id, project.record.title, project.url, project.created)
@@ -273,6 +278,7 @@ def push(
         store.ls_set_positions(project.record.id, [(q.item_id, pos, q.cluster) for q, pos in old])
         placed.update({q.task_id: (pos, q.cluster) for q, pos in old})
         ls.set_ranking(project.record.project_id, tag)  # from here on the label stream serves the new order
+    report.served_after_s = round(time.perf_counter() - started, 3)
     # the queue changed either way: the next reprioritize re-ranks
     store.ls_set_ranking(project.record.id, tag, None)
     _set_clusters(ls, project.record.project_id, tag, placed, settings.label_studio.cluster_window)
@@ -282,6 +288,7 @@ def push(
     final = store.ls_queue(project.record.id)
     report.queue_size = len(final)
     report.first = _describe_first(final)
+    report.seconds = round(time.perf_counter() - started, 3)
     return report
 
 
