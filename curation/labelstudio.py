@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -224,10 +224,9 @@ class LabelStudioClient:
                 },
                 "ordering": ["tasks:id"],
             }
-            for task in self._task_pages(project_id, query, include="id,data", what="reconciling tasks"):
-                cid = (task.get("data") or {}).get("curation_id")
-                if cid:
-                    found.setdefault(str(cid), []).append(int(task["id"]))
+            _collect_by_curation_id(
+                found, self._task_pages(project_id, query, include="id,data", what="reconciling tasks")
+            )
         return found
 
     def all_curate_tasks(self, project_id: int) -> dict[str, list[int]]:
@@ -243,10 +242,7 @@ class LabelStudioClient:
             "ordering": ["tasks:id"],
         }
         found: dict[str, list[int]] = {}
-        for task in self._task_pages(project_id, query, include="id,data", what="listing tasks"):
-            cid = (task.get("data") or {}).get("curation_id")
-            if cid:
-                found.setdefault(str(cid), []).append(int(task["id"]))
+        _collect_by_curation_id(found, self._task_pages(project_id, query, include="id,data", what="listing tasks"))
         return found
 
     def task_ids(self, project_id: int) -> set[int]:
@@ -263,12 +259,11 @@ class LabelStudioClient:
         include: str,
         what: str,
         page_size: int = 100,
-        fields: str = "task_only",
     ) -> Iterator[dict[str, Any]]:
         """Every task matching ``query``, by page number (for filters whose result does not change meanwhile)."""
         page = 1
         while True:
-            tasks = self._task_page(project_id, query, include, what, page, page_size, fields)
+            tasks = self._task_page(project_id, query, include, what, page, page_size, "task_only")
             yield from tasks
             if len(tasks) < page_size:
                 return
@@ -394,6 +389,14 @@ class LabelStudioClient:
             json_body={"cluster": int(cluster)},
             what="setting a prediction's cluster",
         )
+
+
+def _collect_by_curation_id(found: dict[str, list[int]], tasks: Iterable[dict[str, Any]]) -> None:
+    """Add each task's id under its ``curation_id`` (tasks without one are not curate's)."""
+    for task in tasks:
+        cid = (task.get("data") or {}).get("curation_id")
+        if cid:
+            found.setdefault(str(cid), []).append(int(task["id"]))
 
 
 def _detail(body: Any) -> str:

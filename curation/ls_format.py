@@ -4,6 +4,7 @@ annotations normalised per task type. No HTTP here (that is ``curation.labelstud
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +18,6 @@ from store.repository import StoredPrediction
 IMAGE_NAME = "image"
 CONTROL_NAME = "label"
 CONTROL_TAG = {"classify": "Choices", "detect": "RectangleLabels", "segment": "PolygonLabels"}
-RESULT_TYPE = {"classify": "choices", "detect": "rectanglelabels", "segment": "polygonlabels"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,12 @@ def check_label_config(parsed: dict[str, Any], task: str, class_names: list[str]
     return LabelingInterface(from_name=name, to_name=to_name[0], data_key=str(images[0].get("value", IMAGE_NAME)))
 
 
+@lru_cache(maxsize=64)
+def _resolved(root: str) -> Path:
+    """A root folder, resolved once per push rather than once per image."""
+    return Path(root).expanduser().resolve()
+
+
 def image_url(path: Path, pool_root: Path, document_root: str | None, url_prefix: str | None) -> str:
     """The URL Label Studio loads an image from.
 
@@ -85,7 +91,7 @@ def image_url(path: Path, pool_root: Path, document_root: str | None, url_prefix
     """
     if url_prefix:
         try:
-            relative = path.resolve().relative_to(pool_root.resolve())
+            relative = path.resolve().relative_to(_resolved(str(pool_root)))
         except ValueError:
             raise UnservableImageError(
                 f"image {path} is outside the pool root {pool_root}; cannot build a URL with url_prefix"
@@ -96,7 +102,7 @@ def image_url(path: Path, pool_root: Path, document_root: str | None, url_prefix
             "set label_studio.document_root (the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) or "
             "label_studio.url_prefix so that Label Studio can load the images"
         )
-    root = Path(document_root).expanduser().resolve()
+    root = _resolved(document_root)
     try:
         relative = path.resolve().relative_to(root)
     except ValueError:

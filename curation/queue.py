@@ -24,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from curation.config import Settings
-from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError, UnservableImageError
+from curation.errors import (
+    ConfigError,
+    LabelStudioError,
+    NothingToSelectError,
+    ProjectNotFoundError,
+    UnservableImageError,
+)
 from curation.faults import checkpoint
 from curation.labelstudio import ImportOutcomeUnknown, LabelStudioClient, parse_ls_time, watermark_with_margin
 from curation.ls_format import (
@@ -39,9 +46,10 @@ from curation.ls_format import (
 )
 from curation.pool import absolute_path
 from curation.progress import NullProgress, Progress
-from curation.selection import FALLBACK_MEASURE, build_strategy, items_uncertainty, pool_view
+from curation.selection import FALLBACK_MEASURE, build_strategy, items_uncertainty, pool_view, run_selection
 from store.ls_records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
 from store.repository import ModelVersionRecord, Store, StoredPrediction
+from strategies import Strategy
 
 TAG_PREFIX = "curate-"
 CLUSTER_REQUESTS = 4  # concurrent cluster PATCHes: ~1.7x faster against a 2-core server, more on larger ones
@@ -500,15 +508,20 @@ def ranking_signature(
 
 
 def rank_queue(
-    store: Store, settings: Settings, mv: ModelVersionRecord, queue: Sequence[QueuedTask], strategy_name: str | None
+    store: Store,
+    settings: Settings,
+    mv: ModelVersionRecord,
+    queue: Sequence[QueuedTask],
+    strategy: Strategy,
+    labeled: NDArray[np.int64],
 ) -> tuple[list[QueuedTask], dict[int, int | None]]:
-    """Order the queued tasks with the strategy, diversity measured against labeled items. Tasks the strategy
-    does not place (no valid model output, or a near-duplicate of a better-placed task) keep their relative order
-    at the end: they are tasks already, so they stay in the queue. Returns the order and each item's cluster."""
-    strategy = build_strategy(settings.strategy, strategy_name)
+    """Order the queued tasks with the strategy, diversity measured against the ``labeled`` items. Tasks the
+    strategy does not place (no valid model output, or a near-duplicate of a better-placed task) keep their
+    relative order at the end: they are tasks already, so they stay in the queue. Returns the order and each
+    item's cluster."""
     item_ids = np.array([q.item_id for q in queue], dtype=np.int64)
     cands = items_uncertainty(store, mv, item_ids, strategy.measure or FALLBACK_MEASURE, settings.strategy.detection)
-    view = pool_view(store, mv, cands, strategy, settings.strategy, store.labeled_item_ids())
+    view = pool_view(store, mv, cands, strategy, settings.strategy, labeled)
     valid = ~np.isnan(view.uncertainty if view.uncertainty is not None else cands.uncertainty)
     order: list[int] = []
     clusters: dict[int, int | None] = {}
@@ -536,8 +549,6 @@ def reprioritize(
 ) -> ReprioritizeReport:
     """Re-rank every queued, unlabeled task with the strategy and make the label stream follow; with
     ``queue_size``, first top the queue up with newly selected items. A no-op when nothing changed."""
-    from curation.selection import run_selection
-
     started = time.perf_counter()
     progress = progress or NullProgress()
     project = open_project(store, settings, ls, mv)
@@ -546,8 +557,6 @@ def reprioritize(
     push_report = None
     queue = store.ls_queue(project.record.id)
     if queue_size is not None and len(queue) < queue_size:
-        from curation.errors import NothingToSelectError
-
         try:
             result = run_selection(
                 store,
@@ -561,19 +570,20 @@ def reprioritize(
         except NothingToSelectError:
             result = None
         if result is not None or store.ls_pending(project.record.id):
-            push_report = push(store, settings, ls, mv, progress=progress)
+            push_report = push(store, settings, ls, mv, project=project, progress=progress)
             topped_up = push_report.pushed
             project = open_project(store, settings, ls, mv)
             queue = store.ls_queue(project.record.id)
 
     strategy = build_strategy(settings.strategy, strategy_name)
+    labeled = store.labeled_item_ids()
     options = {
         **settings.strategy.options_for(strategy_name or settings.strategy.name),
         # everything else that changes the order: a changed setting must re-rank, not be a no-op
         "_balance": settings.strategy.balance,
         "_min_distance": settings.strategy.min_distance,
         "_detection": settings.strategy.detection.model_dump() if mv.task != "classify" else None,
-        "_labeled": len(store.labeled_item_ids()),  # diversity is measured against labeled items
+        "_labeled": len(labeled),  # diversity is measured against labeled items
     }
     signature = ranking_signature(mv, strategy.name, options, settings.strategy.seed, [q.item_id for q in queue])
 
@@ -609,7 +619,7 @@ def reprioritize(
     ):
         return report(False, "nothing changed since the last ranking", project.record.active_tag)
 
-    ordered, clusters = rank_queue(store, settings, mv, queue, strategy_name)
+    ordered, clusters = rank_queue(store, settings, mv, queue, strategy, labeled)
     tag = new_tag(mv)
     tasks = [(q.item_id, q.task_id, pos) for pos, q in enumerate(ordered, start=1)]
     _write_predictions(store, ls, project, mv, tag, tasks, settings, progress)
@@ -617,7 +627,7 @@ def reprioritize(
     served_after = time.perf_counter() - started
     store.ls_set_positions(
         project.record.id,
-        [(q.item_id, pos, clusters.get(q.item_id)) for q, pos in zip(ordered, range(1, len(ordered) + 1), strict=True)],
+        [(q.item_id, pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, start=1)],
     )
     store.ls_set_ranking(project.record.id, tag, signature)
     placed = {q.task_id: (pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, start=1)}

@@ -18,6 +18,7 @@ from store.errors import DatabaseError, DatabaseURLError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+BATCH = 2000  # rows per executemany; well under SQLite's and Postgres' parameter limits
 
 
 def redacted(url: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
 
+from store.db import BATCH
 from store.schema import (
     Annotation,
     Item,
@@ -18,12 +19,11 @@ from store.schema import (
     LSProject,
     LSPushIntent,
     LSTask,
+    Pool,
     Selection,
     SelectionItem,
     utcnow,
 )
-
-BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,6 @@ class LabelStudioRecords:
                 select(LSProject.__table__).where(LSProject.server == server, LSProject.project_id == project_id)
             ).one()
         return _project(row)
-
-    def ls_project_by_id(self, ls_project_id: int) -> LSProjectRecord:
-        with self._tx(write=False) as conn:
-            return _project(conn.execute(select(LSProject.__table__).where(LSProject.id == ls_project_id)).one())
 
     def ls_projects(self) -> list[LSProjectRecord]:
         with self._tx(write=False) as conn:
@@ -238,7 +234,6 @@ class LabelStudioRecords:
     def ls_pending(self, ls_project_id: int) -> list[PendingItem]:
         """Items of the selections meant for this project (or for any, made before 0004) that are not tasks of
         the project yet, oldest selection first."""
-        from store.schema import Pool
 
         stmt = (
             select(

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, func, select, update
 
+from store.db import BATCH
 from store.schema import Annotation, Item, ItemPath, LockHolder, ModelVersion, Pool, Setting, Split, utcnow
 
 if TYPE_CHECKING:
     from store.repository import ModelVersionRecord
 
 CURRENT_KEY = "current_model_version"
-BATCH = 2000
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from store.db import first_line, open_engine, redacted
+from store.db import BATCH, first_line, open_engine, redacted
 from store.errors import DatabaseError
 from store.ls_records import LabelStudioRecords
 from store.registry_records import RegistryRecords
@@ -40,7 +40,6 @@ from store.schema import (
 )
 
 MV = ModelVersion.__table__
-BATCH = 2000  # rows per executemany; well under SQLite's and Postgres' parameter limits
 
 
 @dataclass(frozen=True)
