@@ -478,9 +478,10 @@ class _FinetuneRunner(_Runner):
         self.model_name = Path(model_spec).name
         self._tmp = tempfile.TemporaryDirectory(prefix="curate-simulate-")
         self._round = 0
+        self._imgsz = settings.train.imgsz or settings.model.imgsz or dataset_imgsz(data.paths)  # not per round
 
     def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
-        from curation.training import evaluate, train_ultralytics
+        from curation.training import evaluate, train_ultralytics, training_device
 
         self._round += 1
         work = Path(self._tmp.name) / f"r{self._round}"
@@ -490,9 +491,9 @@ class _FinetuneRunner(_Runner):
             data_path,
             work / "run",
             epochs=self.config.epochs,
-            imgsz=self.settings.train.imgsz or self.settings.model.imgsz or dataset_imgsz(self.data.paths),
+            imgsz=self._imgsz,
             batch=self.settings.train.batch_size,
-            device="0" if _cuda() else "cpu",
+            device=training_device("auto"),
             seed=seed,
             options={"val": False, **self.settings.train.options},
         ).weights
@@ -502,7 +503,7 @@ class _FinetuneRunner(_Runner):
             probs = self._dataset_columns(runtime, probs)
             accuracy = float((np.argmax(probs[test], axis=1) == self.data.labels[test]).mean())
             return _classification_state(probs, emb), accuracy
-        metrics = evaluate(str(trained), test_yaml, "detect", runtime.info.imgsz, 8, "0" if _cuda() else "cpu")
+        metrics = evaluate(str(trained), test_yaml, "detect", runtime.info.imgsz, 8, training_device("auto"))
         state = _detection_state(runtime, self.data.paths, self.settings)
         return state, float(metrics["map50_95"])
 

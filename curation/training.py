@@ -531,7 +531,7 @@ def train_round(
             report.reason = problem
             return report
         imgsz = cfg.imgsz or current.imgsz
-        device = _training_device(cfg.device)
+        device = training_device(cfg.device)
         progress.start(f"fine-tuning {current.version} on {dataset.n_train} items ({cfg.epochs} epochs)", None)
         try:
             result = train_ultralytics(
@@ -613,7 +613,8 @@ def train_round(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _training_device(spec: str) -> str:
+def training_device(spec: str) -> str:
+    """Ultralytics' device string for ``spec``: ``auto`` is the first GPU when there is one, else the CPU."""
     if spec != "auto":
         return spec
     import torch

@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -44,9 +44,11 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def advisory_key(name: str) -> int:
-    """A signed 64-bit Postgres advisory-lock key for ``name``."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+def advisory_key(conn: Connection, purpose: str) -> int:
+    """A signed 64-bit Postgres advisory-lock key for ``purpose`` in this database and schema: advisory locks are
+    per Postgres database, and several curate databases may share one in different schemas."""
+    where = conn.execute(text("SELECT current_database() || '/' || current_schema()")).scalar()
+    return int.from_bytes(hashlib.sha256(f"{purpose}:{where}".encode()).digest()[:8], "big", signed=True)
 
 
 def first_line(exc: BaseException) -> str:
@@ -133,10 +135,8 @@ def migrate(engine: Engine) -> bool:
     with engine.connect() as conn:
         key = 0
         if conn.dialect.name == "postgresql":
-            # Session-level lock: concurrent first runs wait here instead of racing to create tables. Per database
-            # and schema, since several curate databases may share one Postgres database.
-            where = conn.execute(text("SELECT current_database() || '/' || current_schema()")).scalar()
-            key = advisory_key(f"migrate:{where}")
+            # Session-level lock: concurrent first runs wait here instead of racing to create tables.
+            key = advisory_key(conn, "migrate")
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             conn.commit()
         try:

@@ -117,10 +117,7 @@ class RunLock:
     # -- Postgres ----------------------------------------------------------------------------------------------------
     def _lock_advisory(self) -> None:
         conn = self.store.engine.connect()
-        # Advisory locks are per Postgres database; curate databases can share one in different schemas, so the
-        # key is derived from the database and schema names.
-        where = conn.execute(text("SELECT current_database() || '/' || current_schema()")).scalar()
-        self._key = advisory_key(f"run:{where}")
+        self._key = advisory_key(conn, "run")
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
         conn.commit()
         if not got:

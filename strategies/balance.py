@@ -58,19 +58,15 @@ class ClassBalanced:
         scores: list[float] = []
         chosen = set()
 
-        def try_take(i: int, score: float) -> bool:
-            open_groups = [g for g in groups[i] if counts[g] < quota]
-            if not open_groups:
-                return False
-            counts[min(open_groups, key=lambda g: (counts[g], g))] += 1
-            taken.append(i)
-            scores.append(score)
-            chosen.add(i)
-            return True
-
         for i, s in zip(ranked.indices.tolist(), ranked.scores.tolist(), strict=True):
-            if len(taken) < budget:
-                try_take(int(i), float(s))
+            if len(taken) >= budget:
+                break
+            open_groups = [g for g in groups[int(i)] if counts[g] < quota]
+            if open_groups:  # the item's classes still have quota: take it for the least-filled one
+                counts[min(open_groups, key=lambda g: (counts[g], g))] += 1
+                taken.append(int(i))
+                scores.append(float(s))
+                chosen.add(int(i))
         fills = _quota_fill(pool, groups, usable, counts, quota, chosen, budget - len(taken))
         for i, s in fills:
             taken.append(i)

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from strategies._validate import check_budget
 from strategies.base import PoolView, Selection
+from strategies.basic import ranked_without_duplicates
 from strategies.diversity import coarse_clusters, greedy_select
 from strategies.errors import EmptyPoolError, InvalidOptionError, PoolExhaustedError, UnknownStrategyError
 from strategies.index import kmeans
@@ -123,10 +124,7 @@ class HybridStrategy:
         if budget > len(usable):
             raise PoolExhaustedError(len(usable), budget)
         if self.weight == 0.0:
-            picked = greedy_select(
-                x, budget, priority=u, weight=0.0, reference=pool.reference_embeddings, min_distance=pool.min_distance
-            )
-            return Selection(indices=picked.indices, scores=u[picked.indices], clusters=None, skipped=picked.skipped)
+            return ranked_without_duplicates(pool, u, budget)
         m = min(len(usable), max(budget, int(np.ceil(self.candidates * budget))))
         # the most uncertain first (ties: lower index), as top_k would order them
         ranked = usable[np.lexsort((usable, -u[usable]))]
