@@ -279,11 +279,8 @@ def select(
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides[("select", "budget")] = (budget, "--budget")
         overrides[("select", "out")] = (str(out) if out else None, "--out")
-        overrides[("strategy", "name")] = (strategy, "--strategy")
+        overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         overrides[("strategy", "seed")] = (seed, "--seed")
-        overrides[("strategy", "balance")] = (balance, "--balance")
-        overrides[("strategy", "min_distance")] = (min_distance, "--min-distance")
-        overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
         # Pushing is the default wherever it can happen; naming a project asks for it (and fails without a URL).
@@ -520,6 +517,18 @@ def _print_status(report: dict[str, Any]) -> None:
             out_console.print(f"  {f['path']}: {f['reason']}", highlight=False)
 
 
+def _ranking_overrides(
+    strategy: str | None, balance: bool | None, min_distance: float | None, project: str | None
+) -> dict[tuple[str, ...], tuple[Any, str]]:
+    """The options that decide a queue's order (select and reprioritize)."""
+    return {
+        ("strategy", "name"): (strategy, "--strategy"),
+        ("strategy", "balance"): (balance, "--balance"),
+        ("strategy", "min_distance"): (min_distance, "--min-distance"),
+        ("label_studio", "project"): (project, "--project"),
+    }
+
+
 def _ls_overrides(db: str | None, project: str | None) -> dict[tuple[str, ...], tuple[Any, str]]:
     overrides = _common(db)
     overrides[("label_studio", "project")] = (project, "--project")
@@ -576,10 +585,7 @@ def reprioritize(
         from curation import pipeline
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
-        overrides[("label_studio", "project")] = (project, "--project")
-        overrides[("strategy", "name")] = (strategy, "--strategy")
-        overrides[("strategy", "balance")] = (balance, "--balance")
-        overrides[("strategy", "min_distance")] = (min_distance, "--min-distance")
+        overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
         with pipeline.open_store(settings) as store, pipeline.run_lock(store):
             scored, report = pipeline.reprioritize(
@@ -871,15 +877,10 @@ def loop(
             _print_json(summary)
         else:
             _print_loop(summary)
-        if report.training_error:
-            from curation.errors import ExitCode
+        if report.training_error:  # the turn finished; cron must still see the failure (exit 10)
+            from curation.training import TrainingError
 
-            err_console.print(
-                f"[bold red]Error:[/bold red] training failed: {escape(report.training_error)}",
-                highlight=False,
-                markup=True,
-            )
-            raise typer.Exit(ExitCode.TRAINING)
+            raise TrainingError(f"training failed: {report.training_error}")
 
 
 def _print_loop(summary: dict[str, Any]) -> None:

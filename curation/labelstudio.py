@@ -55,6 +55,7 @@ class LabelStudioClient:
         if not api_key:
             raise ConfigError("no Label Studio API key: set LABEL_STUDIO_API_KEY (or label_studio.api_key)")
         self.url = url
+        self.user: str | None = None  # set by whoami()
         self.timeout = timeout
         self._secret = api_key
         from label_studio_sdk import LabelStudio
@@ -137,8 +138,10 @@ class LabelStudioClient:
 
     # -- identity and projects ---------------------------------------------------------------------------------------
     def whoami(self) -> str:
+        """The key's user (email or username); also the check that the server answers and accepts the key."""
         user = self._call("checking the API key", lambda: self._sdk.users.whoami())
-        return str(getattr(user, "email", "") or getattr(user, "username", ""))
+        self.user = str(getattr(user, "email", "") or getattr(user, "username", ""))
+        return self.user
 
     def find_project(self, name_or_id: str) -> dict[str, Any] | None:
         """A project by numeric id, or by exact title (the API's title search is a case-insensitive substring)."""

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curation.errors import ConfigError, CurateError, ModelLoadError
+from curation.errors import ConfigError, CurateError, ExitCode, ModelLoadError
 
 if TYPE_CHECKING:
     from curation.config import Settings
@@ -24,7 +24,7 @@ WEIGHT_SUFFIXES = (".pt", ".torchscript", ".ts", ".jit", ".ptl")
 class MlflowUnavailable(CurateError):
     """MLflow is needed for this but is not installed."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 def _mlflow() -> Any:
@@ -106,7 +106,5 @@ def log_training(settings: Settings, report: TrainReport, weights: Path, parent:
                 if report.promoted:
                     client.set_registered_model_alias(name, "current", version.version)
             return str(run.info.run_id)
-    except MlflowUnavailable:
-        raise
     except Exception as exc:
         raise CurateError(f"logging to MLflow failed: {type(exc).__name__}: {exc}") from None

@@ -14,6 +14,7 @@ from curation.config import ModelSettings, Settings
 from curation.errors import ModelLoadError, NothingToSelectError, ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.images import Geometry
+from curation.labelstudio import LabelStudioClient
 from curation.mlflow_support import is_registry_uri
 from curation.model import DetectionOptions, ModelRuntime, load_model, resolve_device
 from curation.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
@@ -220,7 +221,6 @@ def select(
     ls = None
     if push:
         ls = queue.connect(settings)
-        ls.whoami()
     scored = score(store, settings, rescore=rescore, progress=progress)
     project = queue.open_project(store, settings, ls, scored.model) if ls is not None else None
     result = run_selection(
@@ -249,7 +249,6 @@ def push(
     if selection_id is not None and not store.selection_exists(selection_id):
         raise NothingToSelectError(f"there is no selection #{selection_id} in {store.display_url}")
     ls = queue.connect(settings)
-    ls.whoami()
     mv = _model_for_push(store, settings)
     project = queue.open_project(store, settings, ls, mv)
     if selection_id is not None:
@@ -281,11 +280,11 @@ def reprioritize(
     queue_size: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    ls: LabelStudioClient | None = None,
 ) -> tuple[ScoreOutcome, queue.ReprioritizeReport]:
     """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``)."""
     build_strategy(settings.strategy, strategy)
-    ls = queue.connect(settings)
-    ls.whoami()
+    ls = ls or queue.connect(settings)
     scored = score(store, settings, progress=progress)
     report = queue.reprioritize(
         store,
@@ -303,21 +302,19 @@ def reprioritize(
 
 def pull(store: Store, settings: Settings, *, progress: Progress | None = None) -> queue.PullReport:
     ls = queue.connect(settings)
-    ls.whoami()
     return queue.pull(store, settings, ls, progress=progress)
 
 
 def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     """Create the project if needed (config from the model's task and classes) or check it; add local storage."""
     ls = queue.connect(settings)
-    user = ls.whoami()
     runtime = load_runtime(settings, store)
     mv = register_model(store, runtime)
     project = queue.open_project(store, settings, ls, mv)
     storage = queue.ensure_storage(settings, ls, project)
     return {
         "server": ls.url,
-        "user": user,
+        "user": ls.user,
         "project_id": project.record.project_id,
         "project": project.record.title,
         "project_url": project.url,
@@ -513,7 +510,6 @@ def loop(
     started = time.perf_counter()
     report = LoopReport()
     ls = queue.connect(settings)
-    ls.whoami()
     if settings.model.path:
         existing = store.current_model()
         if existing is None:
@@ -549,7 +545,7 @@ def loop(
     elif current is not None:
         report.notes.append(f"not trained: {report.new_labels} new label(s), {threshold} needed")
     checkpoint("loop-before-rescore")
-    scored, ranked = reprioritize(store, settings, strategy=strategy, queue_size=queue_size, progress=progress)
+    scored, ranked = reprioritize(store, settings, strategy=strategy, queue_size=queue_size, progress=progress, ls=ls)
     report.current_model = scored.model.version
     report.scoring = scored.summary()
     report.queue = ranked.summary()

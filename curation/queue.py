@@ -56,11 +56,14 @@ CLUSTER_REQUESTS = 4  # concurrent cluster PATCHes: ~1.7x faster against a 2-cor
 
 
 def connect(settings: Settings) -> LabelStudioClient:
+    """A client whose server answered and accepted the key: a bad URL or token fails here, before any work."""
     cfg = settings.label_studio
     if not cfg.url:
         raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (or label_studio.url)")
     key = cfg.api_key.get_secret_value() if cfg.api_key else ""
-    return LabelStudioClient(cfg.url, key, timeout=cfg.timeout)
+    client = LabelStudioClient(cfg.url, key, timeout=cfg.timeout)
+    client.whoami()
+    return client
 
 
 @dataclass

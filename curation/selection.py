@@ -55,14 +55,14 @@ class SelectionResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_strategy(settings: StrategySettings, name: str | None = None, balance: bool | None = None) -> Strategy:
+def build_strategy(settings: StrategySettings, name: str | None = None) -> Strategy:
     """The configured strategy (``name`` overrides it), wrapped for class balance when asked."""
     try:
         chosen = name or settings.name
         strategy = get_strategy(chosen, **settings.options_for(chosen))
     except StrategyError as exc:
         raise ConfigError(f"strategy: {exc}") from None
-    if settings.balance if balance is None else balance:
+    if settings.balance:
         strategy = ClassBalanced(strategy)
     return strategy
 
