@@ -39,6 +39,24 @@ def curate_json(*args: str) -> dict[str, Any]:
     return json.loads(out)
 
 
+def select_args(pool: Path, model: Path, name: str, db: str, budget: int, *extra: str) -> tuple[str, ...]:
+    """``curate select`` of ``budget`` items into project ``name``: the arguments most tests here share."""
+    return (
+        "select",
+        "--pool",
+        str(pool),
+        "--model",
+        str(model),
+        "--budget",
+        str(budget),
+        "--project",
+        name,
+        "--db",
+        db,
+        *extra,
+    )
+
+
 def title() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
@@ -167,21 +185,7 @@ def test_reprioritize_changes_what_next_serves(
 ) -> None:
     name = title()
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    curate_json(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "12",
-        "--strategy",
-        "entropy",
-        "--project",
-        name,
-        "--db",
-        db,
-    )
+    curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 12, "--strategy", "entropy"))
     project = api.project_by_title(name)
     head_before = fresh_annotator(label_studio.url).get(f"/api/projects/{project['id']}/next")["id"]
     result = curate_json(
@@ -237,19 +241,7 @@ def test_an_image_label_studio_cannot_serve_is_skipped_not_fatal(
     assert len(files) == 6
     manifest.write_text("\n".join(str(p) for p in files) + "\n")
     name = title()
-    result = curate_json(
-        "select",
-        "--pool",
-        str(manifest),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "6",
-        "--project",
-        name,
-        "--db",
-        f"sqlite:///{tmp_path / 'c.db'}",
-    )
+    result = curate_json(*select_args(manifest, tiny_cls_model, name, f"sqlite:///{tmp_path / 'c.db'}", 6))
     assert result["push"]["pushed"] == 5
     assert [Path(p).parent for p in result["push"]["missing_files"]] == [tmp_path / "elsewhere"]
     assert len(curation_ids(api, api.project_by_title(name)["id"])) == 5
@@ -297,21 +289,7 @@ def test_detection_and_segmentation_pre_annotations(
         (tiny_seg_model, "PolygonLabels", "polygonlabels"),
     ):
         name = title()
-        curate_json(
-            "select",
-            "--pool",
-            str(pool),
-            "--model",
-            str(model),
-            "--budget",
-            "4",
-            "--project",
-            name,
-            "--db",
-            f"sqlite:///{tmp_path / (kind + '.db')}",
-            "--config",
-            str(cfg),
-        )
+        curate_json(*select_args(pool, model, name, f"sqlite:///{tmp_path / (kind + '.db')}", 4, "--config", str(cfg)))
         project = api.project_by_title(name)
         assert f"<{tag_type}" in project["label_config"]
         preds = [p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]]
@@ -347,21 +325,7 @@ def test_exif_rotated_boxes_use_the_displayed_size(
     cfg = tmp_path / "c.yaml"
     cfg.write_text("scoring:\n  box_conf: 0.0001\n  max_det: 3\nstrategy:\n  detection:\n    conf: 0.0001\n")
     name = title()
-    curate_json(
-        "select",
-        "--pool",
-        str(pool),
-        "--model",
-        str(tiny_det_model),
-        "--budget",
-        "1",
-        "--project",
-        name,
-        "--db",
-        f"sqlite:///{tmp_path / 'c.db'}",
-        "--config",
-        str(cfg),
-    )
+    curate_json(*select_args(pool, tiny_det_model, name, f"sqlite:///{tmp_path / 'c.db'}", 1, "--config", str(cfg)))
     project = api.project_by_title(name)
     regions = [r for p in api.predictions(project["id"]) for r in p["result"]]
     assert regions and all((r["original_width"], r["original_height"]) == (96, 160) for r in regions)
@@ -381,19 +345,7 @@ def test_502_after_the_server_committed_creates_no_duplicates(
     curate_json("ls", "init", "--project", name, "--model", str(tiny_cls_model), "--pool", str(ls_pool), "--db", db)
     with FaultProxy(label_studio.url, mode="502-once") as proxy:
         monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
-        result = curate_json(
-            "select",
-            "--pool",
-            str(ls_pool),
-            "--model",
-            str(tiny_cls_model),
-            "--budget",
-            "7",
-            "--project",
-            name,
-            "--db",
-            db,
-        )
+        result = curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 7))
         assert proxy.imports_forwarded == 1
     assert result["push"]["pushed"] == 7
     ids = curation_ids(api, api.project_by_title(name)["id"])
@@ -478,35 +430,10 @@ def test_bad_token_is_one_clear_error_and_records_nothing(
     secret = "f" * 40
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", secret)
     db = tmp_path / "c.db"
-    code, out, err = curate(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "3",
-        "--project",
-        title(),
-        "--db",
-        f"sqlite:///{db}",
-        "--debug",
-    )
+    code, out, err = curate(*select_args(ls_pool, tiny_cls_model, title(), f"sqlite:///{db}", 3, "--debug"))
     assert code == ExitCode.AUTH, err
     assert "refused the API key" in err and secret not in err + out
-    code, out, err = curate(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "3",
-        "--project",
-        title(),
-        "--db",
-        f"sqlite:///{db}",
-    )
+    code, out, err = curate(*select_args(ls_pool, tiny_cls_model, title(), f"sqlite:///{db}", 3))
     assert code == ExitCode.AUTH and "Traceback" not in err and len([x for x in err.splitlines() if x]) == 1
     assert db.exists() and secret.encode() not in db.read_bytes()  # the database is opened before the key check
     with sqlite3.connect(db) as conn:
@@ -526,19 +453,7 @@ def test_secrets_never_reach_the_database(
     tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, label_studio: Any
 ) -> None:
     db = tmp_path / "c.db"
-    curate_json(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "2",
-        "--project",
-        title(),
-        "--db",
-        f"sqlite:///{db}",
-    )
+    curate_json(*select_args(ls_pool, tiny_cls_model, title(), f"sqlite:///{db}", 2))
     for path in tmp_path.glob("c.db*"):
         assert label_studio.api_key.encode() not in path.read_bytes()
 
@@ -611,19 +526,7 @@ def test_pool_outside_the_document_root_is_refused(
 ) -> None:
     pool = tmp_path / "elsewhere"
     make_pool(pool, n=3, size=48)
-    code, _, err = curate(
-        "select",
-        "--pool",
-        str(pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "2",
-        "--project",
-        title(),
-        "--db",
-        f"sqlite:///{tmp_path / 'c.db'}",
-    )
+    code, _, err = curate(*select_args(pool, tiny_cls_model, title(), f"sqlite:///{tmp_path / 'c.db'}", 2))
     assert code == ExitCode.USAGE and "document root" in err and "Traceback" not in err
 
 
@@ -637,19 +540,7 @@ def test_url_prefix_images_are_passed_through(
 ) -> None:
     monkeypatch.setenv("CURATE_LABEL_STUDIO__URL_PREFIX", "s3://bucket/pools/a b")
     name = title()
-    curate_json(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "2",
-        "--project",
-        name,
-        "--db",
-        f"sqlite:///{tmp_path / 'c.db'}",
-    )
+    curate_json(*select_args(ls_pool, tiny_cls_model, name, f"sqlite:///{tmp_path / 'c.db'}", 2))
     images = [t["data"]["image"] for t in api.tasks(api.project_by_title(name)["id"])]
     assert all(i.startswith("s3://bucket/pools/a b/img_") and i.endswith(".jpg") for i in images)
 
@@ -711,19 +602,7 @@ def test_diverse_selection_sets_prediction_clusters_at_the_head_of_the_queue(
     monkeypatch.setenv("CURATE_LABEL_STUDIO__CLUSTER_WINDOW", "6")
     name = title()
     result = curate_json(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "9",
-        "--strategy",
-        "kcenter",
-        "--project",
-        name,
-        "--db",
-        f"sqlite:///{tmp_path / 'c.db'}",
+        *select_args(ls_pool, tiny_cls_model, name, f"sqlite:///{tmp_path / 'c.db'}", 9, "--strategy", "kcenter")
     )
     # the first 6 queue positions carry their cluster; the rest are not worth a request each
     expected = {r["item_id"]: r["cluster"] if r["rank"] <= 6 else None for r in result["items"]}
@@ -750,19 +629,7 @@ def test_personal_access_tokens_work_too(
     assert pat.count(".") == 2  # a JWT
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", pat)
     name = title()
-    result = curate_json(
-        "select",
-        "--pool",
-        str(ls_pool),
-        "--model",
-        str(tiny_cls_model),
-        "--budget",
-        "3",
-        "--project",
-        name,
-        "--db",
-        f"sqlite:///{tmp_path / 'c.db'}",
-    )
+    result = curate_json(*select_args(ls_pool, tiny_cls_model, name, f"sqlite:///{tmp_path / 'c.db'}", 3))
     assert result["push"]["pushed"] == 3
     for path in tmp_path.glob("c.db*"):
         assert pat.encode() not in path.read_bytes()
