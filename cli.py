@@ -405,9 +405,12 @@ def demo(
                     err_console.print("Press Ctrl-C to stop Label Studio.")
                     import time
 
-                    while server.is_running():
-                        time.sleep(1)
-                    err_console.print("Label Studio stopped.")
+                    try:
+                        while server.is_running():
+                            time.sleep(1)
+                    except KeyboardInterrupt:  # the documented way to end the demo: not an interruption
+                        pass
+                    err_console.print(f"Label Studio stopped; the demo stays in {assets.root}.", highlight=False)
         finally:
             if server is not None:
                 server.stop()
