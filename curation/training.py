@@ -369,12 +369,15 @@ def evaluate(
 
 
 def _accuracy_by_name(weights: str, examples: list[LabeledExample], imgsz: int, device: str) -> float:
+    """Top-1 accuracy, matching predictions to labels by class *name* (the two models may order classes
+    differently); images are decoded exactly as scoring decodes them."""
     import numpy as np
     import torch
+    from torch.utils.data import DataLoader
 
     from curation.config import ModelSettings
-    from curation.images import Geometry, ImageDecodeError, center_crop, load_rgb
     from curation.model import load_model
+    from curation.scoring import PoolDataset, collate
 
     runtime = load_model(
         ModelSettings(path=weights, imgsz=imgsz),
@@ -382,36 +385,18 @@ def _accuracy_by_name(weights: str, examples: list[LabeledExample], imgsz: int, 
         "fp32",
     )
     names = runtime.info.class_names
+    truth = [primary_label("classify", e.labels) for e in examples]
+    # validation images were read once already when they were scored: no size limit here
+    dataset = PoolDataset([Path(e.path) for e in examples], runtime.info.preprocess, runtime.info.imgsz, 10**9)
     correct = total = 0
-    batch: list[torch.Tensor] = []
-    truth: list[str] = []
-    geometries: list[Geometry] = []
-
-    def flush() -> None:
-        nonlocal correct, total
-        if not batch:
-            return
-        outputs = runtime.infer(torch.stack(batch), geometries)
-        for output, label in zip(outputs, truth, strict=True):
+    for batch in DataLoader(dataset, batch_size=32, collate_fn=collate):
+        if batch["images"] is None:
+            continue  # unreadable now: not counted
+        outputs = runtime.infer(batch["images"], batch["geometries"])
+        for position, output in zip(batch["positions"], outputs, strict=True):
             total += 1
-            if output.probs is not None and names[int(np.argmax(output.probs))] == label:
+            if output.probs is not None and names[int(np.argmax(output.probs))] == truth[position]:
                 correct += 1
-        batch.clear()
-        truth.clear()
-        geometries.clear()
-
-    for e in examples:
-        try:
-            decoded = load_rgb(Path(e.path), 10**9, target=runtime.info.imgsz)
-        except ImageDecodeError:
-            continue
-        array, geometry = center_crop(decoded.rgb, runtime.info.imgsz, decoded.width, decoded.height)
-        batch.append(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
-        geometries.append(geometry)
-        truth.append(primary_label("classify", e.labels))
-        if len(batch) == 32:
-            flush()
-    flush()
     return correct / total if total else float("nan")
 
 
