@@ -210,16 +210,21 @@ def _task_payload(
         "curation_strategy": item.strategy,
         "curation_model_version": mv.version,
     }
-    task: dict[str, Any] = {"data": data}
-    if pred is not None:
-        task["predictions"] = [
-            {
-                "model_version": tag,
-                "score": queue_score(position),
-                "result": prediction_result(mv.task, pred, mv.class_names, project.ui, min_conf),
-            }
-        ]
-    return task
+    return {"data": data, "predictions": [_ranking_prediction(tag, position, pred, project, mv, min_conf)]}
+
+
+def _ranking_prediction(
+    tag: str,
+    position: int,
+    pred: StoredPrediction | None,
+    project: ProjectHandle,
+    mv: ModelVersionRecord,
+    min_conf: float,
+) -> dict[str, Any]:
+    """The prediction that places a task in the queue (its score) and pre-annotates it (its result). Every queued
+    task gets one, even without model output to show: without it the label stream would not serve the task."""
+    result = prediction_result(mv.task, pred, mv.class_names, project.ui, min_conf) if pred else []
+    return {"model_version": tag, "score": queue_score(position), "result": result}
 
 
 def push(
@@ -404,9 +409,8 @@ def _write_predictions(
             stored = store.predictions(mv.id, [item_id for item_id, _, _ in part], len(mv.class_names))
             preds: list[dict[str, Any]] = []
             for item_id, task_id, position in part:
-                pred = stored.get(item_id)
-                result = prediction_result(mv.task, pred, mv.class_names, project.ui, min_conf) if pred else []
-                preds.append({"task": task_id, "model_version": tag, "score": queue_score(position), "result": result})
+                prediction = _ranking_prediction(tag, position, stored.get(item_id), project, mv, min_conf)
+                preds.append({"task": task_id, **prediction})
             try:
                 ls.import_predictions(project.record.project_id, preds)
             except LabelStudioError as exc:
