@@ -231,11 +231,12 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.score
 
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            outcome = pipeline.score(store, settings, rescore=rescore, progress=_progress())
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            outcome = curation.jobs.score.score(store, settings, rescore=rescore, progress=_progress())
         summary = outcome.summary()
         if json_out:
             _print_json(summary)
@@ -274,7 +275,8 @@ def select(
 ) -> None:
     """Score what is unscored, then select the BUDGET items most worth labeling next."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.select
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides[("select", "budget")] = (budget, "--budget")
@@ -285,8 +287,8 @@ def select(
         out_path = Path(settings.select.out) if settings.select.out else None
         # Pushing is the default wherever it can happen; naming a project asks for it (and fails without a URL).
         do_push = push if push is not None else bool(settings.label_studio.url) or project is not None
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            outcome = pipeline.select(
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            outcome = curation.jobs.select.select(
                 store,
                 settings,
                 budget=settings.select.budget,
@@ -368,8 +370,9 @@ def demo(
     """Offline demo: generate a pool with broken files, train a tiny model, start a local Label Studio and push
     the selection into it as a prioritized queue."""
     with _handled(debug):
-        from curation import pipeline
-        from curation.demo import DEMO_PROJECT, prepare_demo, start_demo_label_studio
+        import curation.jobs.common
+        import curation.jobs.select
+        from curation.devtools.demo import DEMO_PROJECT, prepare_demo, start_demo_label_studio
 
         progress = _progress()
         assets = prepare_demo(directory, fresh=fresh, progress=progress)
@@ -385,8 +388,8 @@ def demo(
             overrides[("label_studio", "document_root")] = (str(assets.root), "demo")
         try:
             settings = _settings(config, overrides)
-            with pipeline.open_store(settings) as store:
-                outcome = pipeline.select(
+            with curation.jobs.common.open_store(settings) as store:
+                outcome = curation.jobs.select.select(
                     store, settings, budget=budget, out=Path(settings.select.out), push=push, progress=progress
                 )
             _report_selection(outcome, json_out)
@@ -430,11 +433,12 @@ def status(
 ) -> None:
     """Show pool size, scored/failed/selected/labeled counts, model versions, scores and recent runs."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.status
 
         settings = _settings(config, _common(db, pool, None, model_version))
-        with pipeline.open_store(settings) as store:
-            report = pipeline.status(store, settings)
+        with curation.jobs.common.open_store(settings) as store:
+            report = curation.jobs.status.status(store, settings)
         if json_out:
             _print_json(report)
             return
@@ -551,11 +555,12 @@ def push(
 ) -> None:
     """Push selected items that are not in the Label Studio project yet, as prioritized tasks with predictions."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.queue
 
         settings = _settings(config, _ls_overrides(db, project))
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.push(store, settings, selection_id=selection, progress=_progress())
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            report = curation.jobs.queue.push(store, settings, selection_id=selection, progress=_progress())
         if json_out:
             _print_json(report.summary())
         else:
@@ -585,13 +590,14 @@ def reprioritize(
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.queue
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            scored, report = pipeline.reprioritize(
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            scored, report = curation.jobs.queue.reprioritize(
                 store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress()
             )
         summary = {**report.summary(), "scoring": scored.summary()}
@@ -629,11 +635,12 @@ def pull(
 ) -> None:
     """Fetch finished annotations (and skips) from Label Studio; labeled items are never selected again."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.pull
 
         settings = _settings(config, _ls_overrides(db, project))
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.pull(store, settings, progress=_progress())
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            report = curation.jobs.pull.pull(store, settings, progress=_progress())
         summary = report.summary()
         if json_out:
             _print_json(summary)
@@ -665,13 +672,14 @@ def ls_init(
 ) -> None:
     """Create the Label Studio project from the model's task and classes, or check an existing one's labels."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.queue
 
         overrides = _common(db, pool, model, model_version)
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
-        with pipeline.open_store(settings) as store:
-            info = pipeline.ls_init(store, settings)
+        with curation.jobs.common.open_store(settings) as store:
+            info = curation.jobs.queue.ls_init(store, settings)
         if json_out:
             _print_json(info)
             return
@@ -713,13 +721,14 @@ def train(
 ) -> None:
     """Fine-tune the current model on the labeled items; register it, promoted only if it beats the current one."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.train
 
         overrides = _common(db, None, model)
         overrides.update(_train_overrides(epochs, imgsz, batch_size))
         settings = _settings(config, overrides)
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.train(store, settings, progress=_progress())
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            report = curation.jobs.train.train(store, settings, progress=_progress())
         summary = report.summary()
         if json_out:
             _print_json(summary)
@@ -753,11 +762,12 @@ app.add_typer(models_app, name="models")
 def models_list(db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Every model version: status, metric on the held-out split, parent, labels used."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.registry
 
         settings = _settings(config, _common(db))
-        with pipeline.open_store(settings) as store:
-            data = pipeline.models(store)
+        with curation.jobs.common.open_store(settings) as store:
+            data = curation.jobs.registry.models(store)
         if json_out:
             _print_json(data)
             return
@@ -788,11 +798,12 @@ def models_show(
 ) -> None:
     """One model version in detail: weights, metrics, parent, dataset hash, classes."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.registry
 
         settings = _settings(config, _common(db))
-        with pipeline.open_store(settings) as store:
-            data = pipeline.model_detail(store, version)
+        with curation.jobs.common.open_store(settings) as store:
+            data = curation.jobs.registry.model_detail(store, version)
         if json_out:
             _print_json(data)
             return
@@ -810,11 +821,12 @@ def models_promote(
 ) -> None:
     """Make VERSION the current model (used by score, select, reprioritize and loop from now on)."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.registry
 
         settings = _settings(config, _common(db))
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            data = pipeline.promote(store, version)
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            data = curation.jobs.registry.promote(store, version)
         if json_out:
             _print_json(data)
             return
@@ -827,11 +839,12 @@ def models_current(
 ) -> None:
     """Print the current model version."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.registry
 
         settings = _settings(config, _common(db))
-        with pipeline.open_store(settings) as store:
-            data = pipeline.model_detail(store, None)
+        with curation.jobs.common.open_store(settings) as store:
+            data = curation.jobs.registry.model_detail(store, None)
         if json_out:
             _print_json(data)
             return
@@ -859,15 +872,16 @@ def loop(
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug):
-        from curation import pipeline
+        import curation.jobs.common
+        import curation.jobs.loop
 
         overrides = _common(db, pool, model)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))
         settings = _settings(config, overrides)
-        with pipeline.open_store(settings) as store, pipeline.run_lock(store):
-            report = pipeline.loop(
+        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            report = curation.jobs.loop.loop(
                 store,
                 settings,
                 min_new_labels=min_new_labels,
@@ -881,7 +895,7 @@ def loop(
         else:
             _print_loop(summary)
         if report.training_error:  # the turn finished; cron must still see the failure (exit 10)
-            from curation.training import TrainingError
+            from curation.training.trainer import TrainingError
 
             raise TrainingError(f"training failed: {report.training_error}")
 
@@ -942,7 +956,7 @@ def simulate(
 ) -> None:
     """Learning curves of strategies against random on a labeled dataset: do they save labels on your data?"""
     with _handled(debug):
-        from curation.simulate import SimulationConfig, fmt_fraction, plot_curves, simulate, write_json
+        from curation.simulate.simulation import SimulationConfig, fmt_fraction, plot_curves, simulate, write_json
 
         overrides = _common(db, None, None, None, device, batch_size, workers)
         overrides[("model", "imgsz")] = (imgsz, "--imgsz")

@@ -40,11 +40,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from curation import pipeline, queue
+    import curation.jobs.common
+    import curation.jobs.queue
+    import curation.jobs.select
     from curation.config import load_settings
-    from curation.labelstudio import LabelStudioClient
-    from curation.ls_format import label_config
-    from curation.ls_server import start_local_label_studio
+    from curation.devtools.local_label_studio import start_local_label_studio
+    from curation.labelstudio import queue
+    from curation.labelstudio.client import LabelStudioClient
+    from curation.labelstudio.formats import label_config
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
@@ -74,13 +77,13 @@ def main() -> None:
                 return original(self, project_id, tasks)
 
             LabelStudioClient.import_tasks = recording  # type: ignore[method-assign]
-            with pipeline.open_store(settings) as store:
+            with curation.jobs.common.open_store(settings) as store:
                 t0 = time.perf_counter()
-                pipeline.select(store, settings, budget=args.tasks)  # scores and selects, no push yet
+                curation.jobs.select.select(store, settings, budget=args.tasks)  # scores and selects, no push yet
                 select_s = time.perf_counter() - t0
                 latest = store.recent_selections(1)[0]["id"]
                 t0 = time.perf_counter()
-                pushed = pipeline.push(store, settings, selection_id=latest)
+                pushed = curation.jobs.queue.push(store, settings, selection_id=latest)
                 push_s = time.perf_counter() - t0
                 # minus what came after the label stream already served the queue in order (clusters, cleanup)
                 served_s = push_s - ((pushed.seconds or 0.0) - (pushed.served_after_s or 0.0))

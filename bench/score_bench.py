@@ -31,7 +31,7 @@ ARCH = {"classify": "yolov8n-cls.yaml", "detect": "yolov8n.yaml", "segment": "yo
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """Photo-sized JPEGs (640x480 and 480x640), the kind of files a real pool holds."""
-    from curation.synthetic import draw_shapes
+    from curation.devtools.synthetic import draw_shapes
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,9 @@ def bench_naive(model_path: str, paths: list[Path], imgsz: int, device: str) -> 
 def bench_curate(
     model_path: str, pool: Path, imgsz: int, device: str, batch: int, workers: int | None, precision: str
 ) -> dict:
-    from curation import pipeline
+    import curation.jobs.common
+    import curation.jobs.model
+    import curation.jobs.score
     from curation.config import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,10 +81,10 @@ def bench_curate(
             ("scoring", "precision"): (precision, "--precision"),
         }
         settings = load_settings(None, overrides, environ={})
-        runtime = pipeline.load_runtime(settings)
-        with pipeline.open_store(settings) as store:
+        runtime = curation.jobs.model.load_runtime(settings)
+        with curation.jobs.common.open_store(settings) as store:
             start = time.perf_counter()
-            outcome = pipeline.score(store, settings, runtime=runtime)
+            outcome = curation.jobs.score.score(store, settings, runtime=runtime)
             wall = time.perf_counter() - start
             uncertainty = _entropy_by_item(store, outcome)
     n = outcome.scoring.scored
@@ -153,8 +155,8 @@ def main() -> None:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     model = ARCH[args.task]
-    from curation.images import rect_shape
-    from curation.scoring import default_batch_size
+    from curation.scoring.engine import default_batch_size
+    from curation.scoring.images import rect_shape
 
     batch = default_batch_size(args.batch_size, args.task, torch.device(device))
     # the canvas curate feeds the network: square crops for classification, 4:3 rectangles for 640x480 photos

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
-from curation.pool import absolute_path
+from curation.scoring.pool import absolute_path
 from store.repository import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem, Store
 from strategies import (
     ClassBalanced,

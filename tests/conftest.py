@@ -74,7 +74,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
-# Settings under which tiny detectors learn generated shapes in seconds on a CPU (see curation.demo for the
+# Settings under which tiny detectors learn generated shapes in seconds on a CPU (see curation.devtools.demo for the
 # classifier's): no mosaic, one optimizer step per batch (nbs = batch), AdamW, validation only at the end.
 TINY_DET_OPTIONS = {
     "optimizer": "AdamW",
@@ -90,9 +90,9 @@ TINY_DET_OPTIONS = {
 @pytest.fixture(scope="session")
 def tiny_cls_model(models_dir: Path) -> Path:
     """A real YOLOv8n classifier trained for a few seconds on generated shapes (~98 % val top-1)."""
-    from curation.demo import TINY_CLS_OPTIONS
-    from curation.synthetic import make_classification_dataset
-    from curation.training import train_from_scratch
+    from curation.devtools.demo import TINY_CLS_OPTIONS
+    from curation.devtools.synthetic import make_classification_dataset
+    from curation.training.trainer import train_from_scratch
 
     data = make_classification_dataset(models_dir / "cls_data", n_train=150, n_val=30, size=64, seed=0)
     return train_from_scratch(
@@ -103,8 +103,8 @@ def tiny_cls_model(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_det_model(models_dir: Path) -> Path:
     """A real YOLOv8n detector that finds the generated shapes (val mAP50 ~0.6)."""
-    from curation.synthetic import make_detection_dataset
-    from curation.training import train_from_scratch
+    from curation.devtools.synthetic import make_detection_dataset
+    from curation.training.trainer import train_from_scratch
 
     data = make_detection_dataset(models_dir / "det_data", n_train=64, n_val=16, size=96, seed=0)
     return train_from_scratch(
@@ -114,8 +114,8 @@ def tiny_det_model(models_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_seg_model(models_dir: Path) -> Path:
-    from curation.synthetic import make_detection_dataset
-    from curation.training import train_from_scratch
+    from curation.devtools.synthetic import make_detection_dataset
+    from curation.training.trainer import train_from_scratch
 
     data = make_detection_dataset(models_dir / "seg_data", n_train=64, n_val=16, size=96, seed=0, segment=True)
     return train_from_scratch(
@@ -125,7 +125,7 @@ def tiny_seg_model(models_dir: Path) -> Path:
 
 @pytest.fixture
 def pool_dir(tmp_path: Path) -> Path:
-    from curation.synthetic import make_pool
+    from curation.devtools.synthetic import make_pool
 
     root = tmp_path / "pool"
     make_pool(root, n=24, size=80, seed=3)
@@ -144,7 +144,7 @@ def label_studio(ls_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     use). Set CURATE_SKIP_LABEL_STUDIO=1 to skip these tests on a machine that cannot install it."""
     if os.environ.get("CURATE_SKIP_LABEL_STUDIO") == "1":
         pytest.skip("CURATE_SKIP_LABEL_STUDIO=1")
-    from curation.ls_server import start_local_label_studio
+    from curation.devtools.local_label_studio import start_local_label_studio
 
     server = start_local_label_studio(ls_root, data_dir=tmp_path_factory.mktemp("ls-data"))
     yield server
@@ -167,7 +167,7 @@ def ls_env(label_studio: object, ls_root: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def ls_pool(ls_root: Path) -> Path:
     """A fresh pool folder under Label Studio's document root."""
-    from curation.synthetic import make_pool
+    from curation.devtools.synthetic import make_pool
 
     root = ls_root / f"pool-{uuid.uuid4().hex[:8]}"
     make_pool(root, n=24, size=80, seed=3)

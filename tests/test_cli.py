@@ -11,8 +11,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from cli import app
+from curation.devtools.synthetic import make_pool
 from curation.errors import ExitCode
-from curation.synthetic import make_pool
 
 runner = CliRunner()
 README = Path(__file__).resolve().parents[1] / "README.md"

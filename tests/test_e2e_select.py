@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from curation.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, make_pool, write_bad_files
+from curation.devtools.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, make_pool, write_bad_files
 from store.repository import Store
 
 runner = CliRunner()
@@ -335,7 +335,7 @@ def _planted_pool(root: Path, clusters: int = 6, copies: int = 4, others: int = 
     quality, 1 % brighter): what a camera burst or a re-uploaded file looks like. Returns path → cluster."""
     from PIL import Image, ImageEnhance
 
-    from curation.synthetic import make_pool
+    from curation.devtools.synthetic import make_pool
 
     make_pool(root / "others", n=others, size=96, seed=21)
     originals = make_pool(root / "bursts", n=clusters, size=96, seed=22)
@@ -427,11 +427,12 @@ def test_diverse_selection_records_clusters_and_balance(tmp_path: Path, tiny_cls
 
 
 def test_a_file_that_vanishes_before_scoring_is_retried_not_failed(tmp_path: Path, tiny_cls_model: Path) -> None:
-    from curation import pipeline
+    import curation.jobs.model
+    import curation.jobs.score
     from curation.config import load_settings
-    from curation.pool import absolute_path
     from curation.progress import NullProgress
-    from curation.scoring import ScoreJob, score_items
+    from curation.scoring.engine import ScoreJob, score_items
+    from curation.scoring.pool import absolute_path
 
     pool = tmp_path / "pool"
     make_pool(pool, n=4, size=48, seed=12)
@@ -440,13 +441,13 @@ def test_a_file_that_vanishes_before_scoring_is_retried_not_failed(tmp_path: Pat
         None, {("pool", "path"): (str(pool), "--pool"), ("model", "path"): (str(tiny_cls_model), "--model")}
     )
     store = Store.open(url)
-    source, pool_id, _ = pipeline.scan(store, settings)
-    mv = pipeline.register_model(store, pipeline.load_runtime(settings, store))
+    source, pool_id, _ = curation.jobs.score.scan(store, settings)
+    mv = curation.jobs.model.register_model(store, curation.jobs.model.load_runtime(settings, store))
     todo = store.items_to_score(pool_id, mv.id)
     jobs = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
     moved = jobs[0].path.rename(tmp_path / "elsewhere.jpg")  # e.g. a sync job moving files mid-run
     progress = NullProgress()
-    runtime = pipeline.load_runtime(settings, store)
+    runtime = curation.jobs.model.load_runtime(settings, store)
     report = score_items(store, runtime, mv.id, pool_id, jobs, settings.scoring, settings.pool.max_pixels, progress)
     assert report.scored == 3 and report.failed == 0 and report.retry_later == 1
     assert any("tried again next run" in w for w in progress.warnings)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.images import ImageDecodeError, center_crop, letterbox, load_rgb
-from curation.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, write_bad_files
+from curation.devtools.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, write_bad_files
+from curation.scoring.images import ImageDecodeError, center_crop, letterbox, load_rgb
 
 MAX_PIXELS = 89_478_485
 
@@ -98,7 +98,7 @@ def test_center_crop_size() -> None:
 
 
 def test_rect_shape_is_stride_aligned_and_keeps_the_long_side() -> None:
-    from curation.images import rect_shape
+    from curation.scoring.images import rect_shape
 
     assert rect_shape(640, 480, 640) == (480, 640)
     assert rect_shape(480, 640, 640) == (640, 480)
@@ -108,7 +108,7 @@ def test_rect_shape_is_stride_aligned_and_keeps_the_long_side() -> None:
 
 
 def test_letterbox_to_a_rectangle_maps_back_to_original() -> None:
-    from curation.images import rect_shape
+    from curation.scoring.images import rect_shape
 
     rgb = np.zeros((480, 640, 3), np.uint8)
     rgb[100:140, 300:360] = 255
@@ -121,7 +121,7 @@ def test_letterbox_to_a_rectangle_maps_back_to_original() -> None:
 
 
 def test_shape_batches_never_mix_shapes() -> None:
-    from curation.scoring import ScoreJob, shape_batches
+    from curation.scoring.engine import ScoreJob, shape_batches
 
     dims = [(640, 480), (480, 640), (640, 480), (None, None), (640, 480), (480, 640)]
     jobs = [ScoreJob(i, Path(f"{i}.jpg"), w, h) for i, (w, h) in enumerate(dims)]

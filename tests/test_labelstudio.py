@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from curation.devtools.synthetic import draw_shapes, make_pool
 from curation.errors import ExitCode
-from curation.synthetic import draw_shapes, make_pool
 from tests.ls_support import FaultProxy, LSApi, fresh_annotator
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -636,7 +636,7 @@ def test_personal_access_tokens_work_too(
 
 
 def test_pull_paging_misses_nothing_when_tasks_are_updated_mid_pull(api: LSApi, label_studio: Any) -> None:
-    from curation.labelstudio import LabelStudioClient
+    from curation.labelstudio.client import LabelStudioClient
 
     project = api.post(
         "/api/projects",

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from curation.devtools.synthetic import SHAPES, classification_image
 from curation.errors import ExitCode
-from curation.synthetic import SHAPES, classification_image
 from store.lock import RunLock
 from store.repository import Store
 from tests.ls_support import LSApi

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from curation.devtools.local_label_studio import LocalLabelStudio, ensure_label_studio, start_local_label_studio
 from curation.errors import ConfigError, LabelStudioError
-from curation.ls_server import LocalLabelStudio, ensure_label_studio, start_local_label_studio
 
 # Stands in for ``sys.executable``: ``-m venv DIR`` makes a venv whose python fakes pip and importlib.metadata
 # ``pip install label-studio==V`` fails when $FAKE_PIP_FAIL is set, else creates bin/label-studio.

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from curation.config import IMAGE_EXTENSIONS
+from curation.devtools.synthetic import make_pool
 from curation.errors import PoolError
-from curation.pool import content_id, resolve_pool, scan_pool, walk_directory
-from curation.synthetic import make_pool
+from curation.scoring.pool import content_id, resolve_pool, scan_pool, walk_directory
 from store.repository import Store
 
 EXT = IMAGE_EXTENSIONS

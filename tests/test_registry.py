@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.training import ExportedDataset, assign_splits, coverage_problem, export_dataset, primary_label
+from curation.training.trainer import ExportedDataset, assign_splits, coverage_problem, export_dataset, primary_label
 from store.errors import LockHeldError
 from store.lock import RunLock
 from store.registry_records import LabeledExample, TrainedModel

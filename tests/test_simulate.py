@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from curation.config import load_settings
-from curation.simulate import (
+from curation.devtools.synthetic import make_classification_dataset
+from curation.simulate.simulation import (
     SimulationConfig,
     SimulationResult,
     _labels_to_reach,
@@ -20,7 +21,6 @@ from curation.simulate import (
     simulate,
     split_test,
 )
-from curation.synthetic import make_classification_dataset
 from tests.models import save_thumbnail_model
 
 runner = CliRunner()
@@ -149,7 +149,7 @@ def test_bad_requests_are_clear(dataset: Path, thumb: tuple[Path, Path], tmp_pat
 
 @pytest.mark.slow
 def test_finetune_trainer_classification_and_detection(tmp_path: Path) -> None:
-    from curation.synthetic import make_detection_dataset
+    from curation.devtools.synthetic import make_detection_dataset
 
     make_classification_dataset(tmp_path / "cls", n_train=10, n_val=0, size=48, seed=2)
     make_detection_dataset(tmp_path / "det", n_train=14, n_val=4, size=64, seed=2)
@@ -195,7 +195,7 @@ def test_finetune_trainer_classification_and_detection(tmp_path: Path) -> None:
 
 
 def test_linear_trainer_refuses_detection(tmp_path: Path) -> None:
-    from curation.synthetic import make_detection_dataset
+    from curation.devtools.synthetic import make_detection_dataset
 
     make_detection_dataset(tmp_path / "det", n_train=4, n_val=2, size=64, seed=2)
     result = runner.invoke(app, ["simulate", "--dataset", str(tmp_path / "det"), "--out", str(tmp_path / "x.json")])

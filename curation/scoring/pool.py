@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from curation.errors import PoolError
-from curation.images import original_size
+from curation.scoring.images import original_size
 from store.repository import ScannedFile, Store
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from curation.config import ScoringSettings
 from curation.faults import checkpoint
-from curation.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
-from curation.model import ItemOutput, ModelRuntime
 from curation.progress import NullProgress, Progress
+from curation.scoring.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
+from curation.scoring.runtime import ItemOutput, ModelRuntime
 from store.repository import ScoredChunk, Store, encode_polygons
 
 _PREPROCESS = {"center_crop": center_crop, "stretch": stretch}

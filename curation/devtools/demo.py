@@ -7,10 +7,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.ls_server import LocalLabelStudio
+from curation.devtools.local_label_studio import LocalLabelStudio
+from curation.devtools.synthetic import make_classification_dataset, make_pool, write_bad_files
 from curation.progress import NullProgress, Progress
-from curation.synthetic import make_classification_dataset, make_pool, write_bad_files
-from curation.training import train_from_scratch
+from curation.training.trainer import train_from_scratch
 
 DEMO_IMGSZ = 64
 
@@ -122,7 +122,7 @@ def start_demo_label_studio(root: Path, port: int | None = None) -> tuple[LocalL
     """A local Label Studio serving the demo directory, on ``port`` (default 8080, or a free one if taken)."""
     import socket
 
-    from curation.ls_server import start_local_label_studio
+    from curation.devtools.local_label_studio import start_local_label_studio
 
     login = demo_login(root)
     if port is None:

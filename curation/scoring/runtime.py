@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from curation.config import ModelSettings
 from curation.errors import ConfigError, ModelLoadError, ModelOutputError
-from curation.images import Geometry
+from curation.scoring.images import Geometry
 
 SUPPORTED_TASKS = ("classify", "detect", "segment")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -176,6 +176,15 @@ class ModelRuntime:
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                 return self.net(x)
         return self.net(x)
+
+    def warm_up(self) -> None:
+        """One blank batch: learns the embedding size and fails early on a model that rejects its input size."""
+        size = self.info.imgsz
+        blank = torch.full((1, 3, size, size), 114, dtype=torch.uint8)
+        try:
+            self.infer(blank, [Geometry(size, size, 1.0, 0.0, 0.0)])
+        except RuntimeError as exc:  # e.g. a TorchScript model that wants another input size
+            raise ModelLoadError(f"model {self.info.source} fails on a {size}x{size} input: {exc}") from None
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> Any:

@@ -35,8 +35,8 @@ from curation.errors import (
     UnservableImageError,
 )
 from curation.faults import checkpoint
-from curation.labelstudio import ImportOutcomeUnknown, LabelStudioClient, parse_ls_time, watermark_with_margin
-from curation.ls_format import (
+from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioClient, parse_ls_time, watermark_with_margin
+from curation.labelstudio.formats import (
     LabelingInterface,
     check_label_config,
     image_url,
@@ -44,8 +44,8 @@ from curation.ls_format import (
     normalize_annotation,
     prediction_result,
 )
-from curation.pool import absolute_path
 from curation.progress import NullProgress, Progress
+from curation.scoring.pool import absolute_path
 from curation.selection import FALLBACK_MEASURE, build_strategy, items_uncertainty, pool_view, run_selection
 from store.ls_records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
 from store.repository import ModelVersionRecord, Store, StoredPrediction
@@ -374,7 +374,7 @@ def ensure_storage(settings: Settings, ls: LabelStudioClient, project: ProjectHa
     cfg = settings.label_studio
     if cfg.url_prefix or not cfg.document_root or not settings.pool.path:
         return None
-    from curation.pool import resolve_pool
+    from curation.scoring.pool import resolve_pool
 
     root = resolve_pool(settings.pool.path).root
     document_root = Path(cfg.document_root).expanduser().resolve()

@@ -203,7 +203,7 @@ def _load_detection(data_yaml: Path) -> Dataset:
 
 def dataset_imgsz(paths: Sequence[Path], sample: int = 64) -> int:
     """The median long side of the dataset's images, rounded up to a multiple of 32 (32 to 640)."""
-    from curation.images import original_size
+    from curation.scoring.images import original_size
 
     sides = []
     for path in list(paths)[:: max(1, len(paths) // sample)][:sample]:
@@ -408,7 +408,8 @@ def _score_dataset(
 ) -> tuple[Any, dict[Path, int], Any]:
     """Score the dataset's images with curate's own pipeline: embeddings and outputs. In a scratch database, or in
     ``settings.db`` when ``keep_db`` (a rerun then reuses the scores: same content, same model version)."""
-    from curation import pipeline
+    import curation.jobs.common
+    import curation.jobs.score
 
     manifest = workdir / "dataset.txt"
     manifest.write_text("".join(f"{p}\n" for p in paths))
@@ -419,8 +420,8 @@ def _score_dataset(
             "model": settings.model.model_copy(update={"path": model_spec}),
         }
     )
-    store = pipeline.open_store(scratch)
-    outcome = pipeline.score(store, scratch, progress=progress)
+    store = curation.jobs.common.open_store(scratch)
+    outcome = curation.jobs.score.score(store, scratch, progress=progress)
     known = store.known_paths(outcome.pool_id)
     rows = {Path(manifest.parent / k) if not Path(k).is_absolute() else Path(k): v.item_id for k, v in known.items()}
     return store, {p.resolve(): i for p, i in rows.items()}, outcome.model
@@ -481,7 +482,7 @@ class _FinetuneRunner(_Runner):
         self._imgsz = settings.train.imgsz or settings.model.imgsz or dataset_imgsz(data.paths)  # not per round
 
     def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
-        from curation.training import evaluate, train_ultralytics, training_device
+        from curation.training.trainer import evaluate, train_ultralytics, training_device
 
         self._round += 1
         work = Path(self._tmp.name) / f"r{self._round}"
@@ -561,7 +562,7 @@ def _cuda() -> bool:
 def _load(settings: Settings, weights: str) -> Any:
     import torch
 
-    from curation.model import load_model, resolve_device
+    from curation.scoring.runtime import load_model, resolve_device
 
     return load_model(
         settings.model.model_copy(update={"path": weights, "version": None}),
@@ -573,7 +574,7 @@ def _load(settings: Settings, weights: str) -> Any:
 def _preprocessed(runtime: Any, paths: Sequence[Path]) -> Any:
     import torch
 
-    from curation.scoring import PoolDataset, ScoreJob, shape_batches
+    from curation.scoring.engine import PoolDataset, ScoreJob, shape_batches
 
     info = runtime.info
     jobs = [ScoreJob(i, p) for i, p in enumerate(paths)]

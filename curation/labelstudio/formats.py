@@ -1,5 +1,5 @@
 """Label Studio's formats, as pure functions: labeling configs, pre-annotation results, image URLs, and pulled
-annotations normalised per task type. No HTTP here (that is ``curation.labelstudio``)."""
+annotations normalised per task type. No HTTP here (that is ``curation.labelstudio.client``)."""
 
 from __future__ import annotations
 

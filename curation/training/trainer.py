@@ -75,7 +75,7 @@ def train_ultralytics(
     _prepare()
     import torch
 
-    from curation.model import _import_yolo
+    from curation.scoring.runtime import _import_yolo
 
     yolo_cls = _import_yolo()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +332,7 @@ def evaluate(
     _prepare()
     import torch
 
-    from curation.model import _import_yolo
+    from curation.scoring.runtime import _import_yolo
 
     yolo_cls = _import_yolo()
     threads = torch.get_num_threads()
@@ -376,8 +376,8 @@ def _accuracy_by_name(weights: str, examples: list[LabeledExample], imgsz: int, 
     from torch.utils.data import DataLoader
 
     from curation.config import ModelSettings
-    from curation.model import load_model
-    from curation.scoring import PoolDataset, collate
+    from curation.scoring.engine import PoolDataset, collate
+    from curation.scoring.runtime import load_model
 
     runtime = load_model(
         ModelSettings(path=weights, imgsz=imgsz),
@@ -587,7 +587,7 @@ def train_round(
         report.trained, report.reason, report.promoted = True, why, promote
         report.version, report.weights = mv.version, str(weights)
         if settings.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-            from curation.mlflow_support import log_training
+            from curation.integrations.mlflow import log_training
 
             try:
                 report.mlflow_run = log_training(settings, report, weights, current.version)
@@ -609,7 +609,7 @@ def training_device(spec: str) -> str:
 
 def _class_names(weights: Path) -> list[str] | None:
     """Class names in the trained model's own order (Ultralytics orders classification classes by folder name)."""
-    from curation.model import _import_yolo
+    from curation.scoring.runtime import _import_yolo
 
     try:
         names = _import_yolo()(str(weights)).names
@@ -622,7 +622,7 @@ def _save_weights(trained: Path, root: Path, lineage: str) -> tuple[str, str, Pa
     """Copy the weights into ``root`` under their version name, atomically. Returns digest, version, path."""
     import torch
 
-    from curation.model import _import_yolo, weights_digest
+    from curation.scoring.runtime import _import_yolo, weights_digest
 
     net = _import_yolo()(str(trained)).model
     digest = (

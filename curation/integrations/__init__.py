@@ -1,0 +1,1 @@
+"""Optional third-party systems (MLflow), each behind a clear "install curate[...]" error."""

@@ -1,0 +1,1 @@
+"""The jobs behind the commands, one module per command family. ``cli.py`` only parses, calls and prints."""

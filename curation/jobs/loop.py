@@ -1,0 +1,102 @@
+"""``curate loop``: one turn of the cycle for cron — pull, train, promote, rescore, reprioritize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import Settings
+from curation.errors import ProjectNotFoundError
+from curation.faults import checkpoint
+from curation.jobs.model import load_runtime, register_model
+from curation.jobs.queue import reprioritize
+from curation.labelstudio import queue
+from curation.progress import Progress
+from curation.training.trainer import TrainingError, train_round
+from store.repository import Store
+
+
+@dataclass
+class LoopReport:
+    pulled: dict[str, Any] | None = None
+    new_labels: int = 0
+    training: dict[str, Any] | None = None
+    current_model: str | None = None
+    scoring: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    training_error: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pulled": self.pulled,
+            "training_error": self.training_error,
+            "new_labels": self.new_labels,
+            "training": self.training,
+            "current_model": self.current_model,
+            "scoring": self.scoring,
+            "queue": self.queue,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def loop(
+    store: Store,
+    settings: Settings,
+    *,
+    min_new_labels: int | None = None,
+    queue_size: int | None = None,
+    strategy: str | None = None,
+    progress: Progress | None = None,
+) -> LoopReport:
+    """One turn of the cycle, for cron: pull → train if enough new labels → promote if better → rescore with the
+    current model → reprioritize and top up the queue."""
+    import time
+
+    started = time.perf_counter()
+    report = LoopReport()
+    ls = queue.connect(settings)
+    if settings.model.path:
+        existing = store.current_model()
+        if existing is None:
+            register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
+        elif Path(settings.model.path).resolve() != Path(existing.source).resolve():
+            report.notes.append(
+                f"model.path {settings.model.path} only seeds an empty registry: the loop follows the current "
+                f"model {existing.version} (`curate models promote` changes it)"
+            )
+    # the loop always follows the registry: a promoted model takes over the queue from the next step on
+    settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": None, "version": None})})
+    try:
+        report.pulled = queue.pull(store, settings, ls, progress=progress).summary()
+    except ProjectNotFoundError as exc:
+        report.notes.append(f"nothing pulled: {exc}")
+    current = store.current_model()
+    threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
+    labeled = len(store.labeled_examples(current.task)) if current else 0
+    last = store.latest_trained()
+    baseline = last.n_labeled or 0 if last else 0
+    report.new_labels = labeled - baseline
+    if current is not None and report.new_labels >= max(threshold, 1):
+        try:
+            outcome = train_round(store, settings, current, progress=progress)
+        except TrainingError as exc:
+            # The queue must still follow the current model: note the failure, finish the turn, and let the CLI
+            # exit non-zero so that cron reports it.
+            report.training_error = str(exc)
+        else:
+            report.training = outcome.summary()
+            if not outcome.trained:
+                report.notes.append(f"not trained: {outcome.reason}")
+    elif current is not None:
+        report.notes.append(f"not trained: {report.new_labels} new label(s), {threshold} needed")
+    checkpoint("loop-before-rescore")
+    scored, ranked = reprioritize(store, settings, strategy=strategy, queue_size=queue_size, progress=progress, ls=ls)
+    report.current_model = scored.model.version
+    report.scoring = scored.summary()
+    report.queue = ranked.summary()
+    report.seconds = time.perf_counter() - started
+    return report

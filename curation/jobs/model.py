@@ -1,0 +1,71 @@
+"""Loading the model a job runs: ``--model``, an MLflow URI, or the registry's current model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from curation.config import ModelSettings, Settings
+from curation.errors import ModelLoadError
+from curation.integrations.mlflow import is_registry_uri
+from curation.scoring.runtime import DetectionOptions, ModelRuntime, load_model, resolve_device
+from store.repository import ModelVersionRecord, Store
+
+
+def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
+    """Which model to run: ``--model``/``model.path`` if given (an MLflow ``models:/`` URI is fetched first), else
+    the registry's current model."""
+    model = settings.model
+    if model.path and is_registry_uri(model.path):
+        from curation.integrations.mlflow import resolve_model_uri
+
+        local = resolve_model_uri(model.path, settings)
+        return model.model_copy(update={"path": str(local)})
+    if model.path or store is None:
+        return model
+    current = store.current_model()
+    if current is None:
+        raise ModelLoadError(
+            "no model given and the registry has no current model: pass --model (a .pt, .yaml or TorchScript "
+            "file) or set model.path"
+        )
+    path = current.weights_path or current.source
+    return model.model_copy(update={"path": path, "version": model.version or current.version})
+
+
+def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime:
+    """Load the model (see ``model_settings``) on the configured device and learn its embedding size with one
+    warm-up batch. Weights the database already knows keep their registered version name."""
+    device = resolve_device(settings.scoring.device)
+    chosen = model_settings(settings, store)
+    runtime = load_model(
+        chosen,
+        device,
+        precision=settings.scoring.precision,
+        detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
+    )
+    if store is not None and not chosen.version and runtime.info.digest:
+        known = store.model_version_by_digest(runtime.info.digest)
+        if known is not None:
+            runtime.info = replace(runtime.info, version=known.version)
+    runtime.warm_up()
+    return runtime
+
+
+def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
+    """Record the model version; the first model a database ever uses becomes its current model."""
+    info = runtime.info
+    mv = store.register_model_version(
+        version=info.version,
+        source=info.source,
+        format=info.format,
+        task=info.task,
+        class_names=info.class_names,
+        imgsz=info.imgsz,
+        embedding_dim=runtime.embedding_dim,
+        digest=info.digest or None,
+        weights_path=info.source if Path(info.source).is_file() else None,
+    )
+    if store.current_model() is None:
+        store.set_current(mv.id, note="first model used with this database")
+    return mv

@@ -1,0 +1,86 @@
+"""``curate score``: scan the pool, then score every item the model version has not scored yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from curation.config import Settings
+from curation.jobs.model import load_runtime, register_model
+from curation.progress import NullProgress, Progress
+from curation.scoring.engine import ScoreJob, ScoringReport, score_items
+from curation.scoring.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
+from curation.scoring.runtime import ModelRuntime
+from store.repository import ModelVersionRecord, Store
+
+
+@dataclass
+class ScoreOutcome:
+    pool: PoolSource
+    pool_id: int
+    scan: ScanReport
+    model: ModelVersionRecord
+    device: str
+    scoring: ScoringReport
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pool": str(self.pool.location),
+            "files": self.scan.files,
+            "new_items": self.scan.new_items,
+            "duplicate_paths": self.scan.duplicate_paths,
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.scan.skipped],
+            "model_version": self.model.version,
+            "task": self.model.task,
+            "device": self.device,
+            "scored": self.scoring.scored,
+            "failed": self.scoring.failed,
+            "retry_later": self.scoring.retry_later,
+            "invalid": self.scoring.invalid,
+            "already_scored": self.scan.files - self.scan.duplicate_paths - self.scoring.todo,
+            "seconds": round(self.scoring.seconds, 3),
+            "images_per_s": round(self.scoring.images_per_s, 2),
+            "failures": [{"path": p, "reason": r} for p, r in self.scoring.failures],
+        }
+
+
+def scan(store: Store, settings: Settings, progress: Progress | None = None) -> tuple[PoolSource, int, ScanReport]:
+    progress = progress or NullProgress()
+    source = resolve_pool(settings.pool.path)
+    progress.start(f"scanning {source.location}", None)
+    try:
+        pool_id, report = scan_pool(
+            store,
+            source,
+            tuple(settings.pool.extensions),
+            settings.pool.hash_workers,
+            on_progress=lambda done, total: progress.advance(1),
+        )
+    finally:
+        progress.finish()
+    for path, reason in report.skipped:
+        progress.warn(f"skipped {path}: {reason}")
+    if report.files == 0 and not report.skipped:
+        kinds = ", ".join(ext.lstrip(".") for ext in settings.pool.extensions)
+        what = "lists no files" if source.kind != "directory" else f"has no image files ({kinds})"
+        progress.warn(f"the pool {source.location} {what}")
+    return source, pool_id, report
+
+
+def score(
+    store: Store,
+    settings: Settings,
+    *,
+    rescore: bool = False,
+    progress: Progress | None = None,
+    runtime: ModelRuntime | None = None,
+) -> ScoreOutcome:
+    """Scan the pool and score every item the current model version has not scored yet."""
+    progress = progress or NullProgress()
+    source, pool_id, scan_report = scan(store, settings, progress)
+    runtime = runtime or load_runtime(settings, store)
+    mv = register_model(store, runtime)
+    todo = store.items_to_score(pool_id, mv.id, rescore=rescore)
+    items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
+    report = score_items(store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress)
+    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)

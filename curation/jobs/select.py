@@ -1,0 +1,80 @@
+"""``curate select``: score what is unscored, select a budget, write it out, push it to Label Studio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import Settings
+from curation.jobs.score import ScoreOutcome, score
+from curation.labelstudio import queue
+from curation.progress import Progress
+from curation.selection import SelectionResult, build_strategy, run_selection, selection_rows, write_selection
+from store.repository import Store
+
+
+@dataclass
+class SelectOutcome:
+    score: ScoreOutcome
+    selection: SelectionResult
+    rows: list[dict[str, Any]]
+    out: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "selection_id": self.selection.selection_id,
+            "strategy": self.selection.strategy,
+            "model_version": self.selection.model_version,
+            "budget": self.selection.budget,
+            "selected": len(self.rows),
+            "available": self.selection.available,
+            "out": None if self.out is None else str(self.out),
+            "warnings": self.selection.warnings,
+            "skipped_duplicates": self.selection.skipped_duplicates,
+            "scoring": self.score.summary(),
+            "items": self.rows,
+            **self.extra,
+        }
+
+
+def select(
+    store: Store,
+    settings: Settings,
+    *,
+    budget: int,
+    strategy: str | None = None,
+    out: Path | None = None,
+    rescore: bool = False,
+    push: bool = False,
+    progress: Progress | None = None,
+) -> SelectOutcome:
+    """Score what is unscored, select ``budget`` new items, write them to ``out`` and push them to Label Studio.
+
+    With ``push``, Label Studio is checked (reachable, key accepted, project config matching the model) before
+    anything is selected, so a bad token or URL records nothing.
+    """
+    build_strategy(settings.strategy, strategy)  # fail on a bad strategy before spending time on scoring
+    ls = None
+    if push:
+        ls = queue.connect(settings)
+    scored = score(store, settings, rescore=rescore, progress=progress)
+    project = queue.open_project(store, settings, ls, scored.model) if ls is not None else None
+    result = run_selection(
+        store,
+        scored.pool_id,
+        scored.model,
+        settings.strategy,
+        budget,
+        strategy,
+        push_to=project.record.id if project is not None else None,
+    )
+    rows = selection_rows(result, str(scored.pool.root))
+    if out is not None:
+        write_selection(out, rows)
+    outcome = SelectOutcome(scored, result, rows, out)
+    if ls is not None:
+        report = queue.push(store, settings, ls, scored.model, project=project, progress=progress)
+        outcome.extra["push"] = report.summary()
+    return outcome

@@ -1,0 +1,69 @@
+"""``curate status``: counts, model versions, the score distribution and recent runs. Never writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from curation.config import Settings
+from curation.jobs.common import iso
+from curation.scoring.pool import resolve_pool
+from curation.selection import FALLBACK_MEASURE, build_strategy, candidate_uncertainty
+from store.repository import ModelVersionRecord, Store
+
+
+def status(store: Store, settings: Settings) -> dict[str, Any]:
+    """Counts, model versions, score distribution and recent runs, as plain data."""
+    pool_id = None
+    pool_location = None
+    if settings.pool.path:
+        source = resolve_pool(settings.pool.path)
+        pool_location = str(source.location)
+        pool_id = store.find_pool(pool_location)
+    versions = store.model_versions()
+    runs = store.recent_runs()
+    current: ModelVersionRecord | None = None
+    if settings.model.version:
+        current = store.model_version(settings.model.version)
+    else:
+        current = store.current_model()
+        if current is None and runs:
+            current = store.model_version(runs[0]["model_version"])
+    counts = store.status_counts(pool_id, current.id if current else None)
+    distribution = None
+    if current is not None and pool_id is not None:
+        strategy = build_strategy(settings.strategy)
+        measure = strategy.measure or FALLBACK_MEASURE
+        cands = candidate_uncertainty(store, pool_id, current, measure, settings.strategy.detection)
+        values = cands.uncertainty[~np.isnan(cands.uncertainty)]
+        if len(values):
+            qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
+            hist, edges = np.histogram(values, bins=10)
+            distribution = {
+                "measure": measure,
+                "candidates": len(values),
+                "quantiles": dict(zip(["min", "p25", "median", "p75", "p90", "max"], map(float, qs), strict=True)),
+                "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
+            }
+    return {
+        "database": store.display_url,
+        "pool": pool_location,
+        "counts": counts,
+        "current_model_version": current.version if current else None,
+        "model_versions": [
+            {
+                "version": mv.version,
+                "task": mv.task,
+                "classes": len(mv.class_names),
+                "predictions": n,
+                "source": mv.source,
+                "created_at": mv.created_at.isoformat(),
+            }
+            for mv, n in versions
+        ],
+        "score_distribution": distribution,
+        "recent_runs": [{**r, "started_at": iso(r["started_at"]), "finished_at": iso(r["finished_at"])} for r in runs],
+        "recent_selections": [{**s, "created_at": iso(s["created_at"])} for s in store.recent_selections()],
+        "failures": [{"path": p, "reason": r} for p, r in store.failures(pool_id, limit=20)],
+    }
