@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,10 +121,8 @@ class RichProgress:
 
 @contextmanager
 def _handled(debug: bool) -> Iterator[None]:
-    """Translate library errors into one line and an exit code."""
-    from curation.errors import CurateError, ExitCode
-    from store.errors import DatabaseError, DatabaseURLError, LockHeldError
-    from strategies.errors import EmptyPoolError, PoolExhaustedError, StrategyError
+    """Translate library errors into one line and their documented exit code (``curation.errors.exit_code_for``)."""
+    from curation.errors import ExitCode, exit_code_for
 
     try:
         yield
@@ -134,20 +132,7 @@ def _handled(debug: bool) -> Iterator[None]:
         err_console.print("Interrupted: work done so far is saved; run the command again to continue.")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     except Exception as exc:
-        if isinstance(exc, CurateError):
-            code = exc.exit_code
-        elif isinstance(exc, LockHeldError):
-            code = ExitCode.LOCKED
-        elif isinstance(exc, DatabaseURLError):
-            code = ExitCode.USAGE
-        elif isinstance(exc, DatabaseError):
-            code = ExitCode.DATABASE
-        elif isinstance(exc, EmptyPoolError | PoolExhaustedError):
-            code = ExitCode.NOTHING_TO_SELECT
-        elif isinstance(exc, StrategyError):
-            code = ExitCode.USAGE
-        else:
-            code = ExitCode.INTERNAL
+        code = exit_code_for(exc)
         if debug:
             err_console.print_exception(show_locals=False)
         message = str(exc) if code != ExitCode.INTERNAL else f"unexpected {type(exc).__name__}: {exc}"
@@ -157,15 +142,40 @@ def _handled(debug: bool) -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-def _settings(config: Path | None, overrides: dict[tuple[str, ...], tuple[Any, str]]) -> Any:
+Overrides = dict[tuple[str, ...], tuple[Any, str]]
+
+
+def _settings(config: Path | None, overrides: Overrides) -> Any:
     from curation.config import load_settings
 
     return load_settings(config, overrides)
 
 
+@contextmanager
+def _store(settings: Any, *, lock: bool) -> Iterator[Any]:
+    """The database for one command; commands that change it hold the run lock (``lock``) for the whole run.
+    Read-only commands take no lock and never write."""
+    from curation.jobs.common import open_store, run_lock
+
+    with open_store(settings) as store:
+        if lock:
+            with run_lock(store):
+                yield store
+        else:
+            yield store
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def _emit(summary: dict[str, Any], json_out: bool, show: Callable[[dict[str, Any]], None]) -> None:
+    """Print a job's summary: the JSON document under ``--json``, else the human form."""
+    if json_out:
+        _print_json(summary)
+    else:
+        show(summary)
 
 
 def _progress() -> RichProgress:
@@ -199,7 +209,7 @@ def _common(
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
-) -> dict[tuple[str, ...], tuple[Any, str]]:
+) -> Overrides:
     return {
         ("db",): (db, "--db"),
         ("pool", "path"): (pool, "--pool"),
@@ -231,17 +241,12 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.score
+        from curation.jobs import score as job
 
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            outcome = curation.jobs.score.score(store, settings, rescore=rescore, progress=_progress())
-        summary = outcome.summary()
-        if json_out:
-            _print_json(summary)
-        else:
-            _print_scoring(summary)
+        with _store(settings, lock=True) as store:
+            outcome = job.score(store, settings, rescore=rescore, progress=_progress())
+        _emit(outcome.summary(), json_out, _print_scoring)
 
 
 @app.command()
@@ -275,8 +280,7 @@ def select(
 ) -> None:
     """Score what is unscored, then select the BUDGET items most worth labeling next."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.select
+        from curation.jobs import select as job
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides[("select", "budget")] = (budget, "--budget")
@@ -287,8 +291,8 @@ def select(
         out_path = Path(settings.select.out) if settings.select.out else None
         # Pushing is the default wherever it can happen; naming a project asks for it (and fails without a URL).
         do_push = push if push is not None else bool(settings.label_studio.url) or project is not None
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            outcome = curation.jobs.select.select(
+        with _store(settings, lock=True) as store:
+            outcome = job.select(
                 store,
                 settings,
                 budget=settings.select.budget,
@@ -370,9 +374,8 @@ def demo(
     """Offline demo: generate a pool with broken files, train a tiny model, start a local Label Studio and push
     the selection into it as a prioritized queue."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.select
         from curation.devtools.demo import DEMO_PROJECT, prepare_demo, start_demo_label_studio
+        from curation.jobs import select as job
 
         progress = _progress()
         assets = prepare_demo(directory, fresh=fresh, progress=progress)
@@ -388,8 +391,8 @@ def demo(
             overrides[("label_studio", "document_root")] = (str(assets.root), "demo")
         try:
             settings = _settings(config, overrides)
-            with curation.jobs.common.open_store(settings) as store:
-                outcome = curation.jobs.select.select(
+            with _store(settings, lock=False) as store:
+                outcome = job.select(
                     store, settings, budget=budget, out=Path(settings.select.out), push=push, progress=progress
                 )
             _report_selection(outcome, json_out)
@@ -433,16 +436,12 @@ def status(
 ) -> None:
     """Show pool size, scored/failed/selected/labeled counts, model versions, scores and recent runs."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.status
+        from curation.jobs import status as job
 
         settings = _settings(config, _common(db, pool, None, model_version))
-        with curation.jobs.common.open_store(settings) as store:
-            report = curation.jobs.status.status(store, settings)
-        if json_out:
-            _print_json(report)
-            return
-        _print_status(report)
+        with _store(settings, lock=False) as store:
+            report = job.status(store, settings)
+        _emit(report, json_out, _print_status)
 
 
 def _print_status(report: dict[str, Any]) -> None:
@@ -526,7 +525,7 @@ def _print_status(report: dict[str, Any]) -> None:
 
 def _ranking_overrides(
     strategy: str | None, balance: bool | None, min_distance: float | None, project: str | None
-) -> dict[tuple[str, ...], tuple[Any, str]]:
+) -> Overrides:
     """The options that decide a queue's order (select and reprioritize)."""
     return {
         ("strategy", "name"): (strategy, "--strategy"),
@@ -536,7 +535,7 @@ def _ranking_overrides(
     }
 
 
-def _ls_overrides(db: str | None, project: str | None) -> dict[tuple[str, ...], tuple[Any, str]]:
+def _ls_overrides(db: str | None, project: str | None) -> Overrides:
     overrides = _common(db)
     overrides[("label_studio", "project")] = (project, "--project")
     return overrides
@@ -555,16 +554,12 @@ def push(
 ) -> None:
     """Push selected items that are not in the Label Studio project yet, as prioritized tasks with predictions."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.queue
+        from curation.jobs import queue as job
 
         settings = _settings(config, _ls_overrides(db, project))
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            report = curation.jobs.queue.push(store, settings, selection_id=selection, progress=_progress())
-        if json_out:
-            _print_json(report.summary())
-        else:
-            _print_push(report.summary())
+        with _store(settings, lock=True) as store:
+            report = job.push(store, settings, selection_id=selection, progress=_progress())
+        _emit(report.summary(), json_out, _print_push)
 
 
 @app.command()
@@ -590,14 +585,13 @@ def reprioritize(
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.queue
+        from curation.jobs import queue as job
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            scored, report = curation.jobs.queue.reprioritize(
+        with _store(settings, lock=True) as store:
+            scored, report = job.reprioritize(
                 store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress()
             )
         summary = {**report.summary(), "scoring": scored.summary()}
@@ -635,24 +629,23 @@ def pull(
 ) -> None:
     """Fetch finished annotations (and skips) from Label Studio; labeled items are never selected again."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.pull
+        from curation.jobs import pull as job
 
         settings = _settings(config, _ls_overrides(db, project))
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            report = curation.jobs.pull.pull(store, settings, progress=_progress())
-        summary = report.summary()
-        if json_out:
-            _print_json(summary)
-            return
-        err_console.print(
-            f"Pulled {summary['new_annotations']} new annotation(s) from {summary['tasks_seen']} updated task(s) of "
-            f"[bold]{escape(summary['project'])}[/bold]: {summary['labeled_tasks']} labeled, "
-            f"{summary['skipped_tasks']} skipped"
-            + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else ""),
-            highlight=False,
-            markup=True,
-        )
+        with _store(settings, lock=True) as store:
+            report = job.pull(store, settings, progress=_progress())
+        _emit(report.summary(), json_out, _print_pull)
+
+
+def _print_pull(summary: dict[str, Any]) -> None:
+    err_console.print(
+        f"Pulled {summary['new_annotations']} new annotation(s) from {summary['tasks_seen']} updated task(s) of "
+        f"[bold]{escape(summary['project'])}[/bold]: {summary['labeled_tasks']} labeled, "
+        f"{summary['skipped_tasks']} skipped"
+        + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else ""),
+        highlight=False,
+        markup=True,
+    )
 
 
 ls_app = typer.Typer(help="Label Studio project set-up.", no_args_is_help=True)
@@ -672,14 +665,13 @@ def ls_init(
 ) -> None:
     """Create the Label Studio project from the model's task and classes, or check an existing one's labels."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.queue
+        from curation.jobs import queue as job
 
         overrides = _common(db, pool, model, model_version)
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
-        with curation.jobs.common.open_store(settings) as store:
-            info = curation.jobs.queue.ls_init(store, settings)
+        with _store(settings, lock=False) as store:
+            info = job.ls_init(store, settings)
         if json_out:
             _print_json(info)
             return
@@ -698,9 +690,7 @@ def ls_init(
 TrainOpts = Annotated[int | None, typer.Option("--epochs", help="Training epochs (train.epochs).")]
 
 
-def _train_overrides(
-    epochs: int | None, imgsz: int | None, batch_size: int | None
-) -> dict[tuple[str, ...], tuple[Any, str]]:
+def _train_overrides(epochs: int | None, imgsz: int | None, batch_size: int | None) -> Overrides:
     return {
         ("train", "epochs"): (epochs, "--epochs"),
         ("train", "imgsz"): (imgsz, "--imgsz"),
@@ -721,19 +711,14 @@ def train(
 ) -> None:
     """Fine-tune the current model on the labeled items; register it, promoted only if it beats the current one."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.train
+        from curation.jobs import train as job
 
         overrides = _common(db, None, model)
         overrides.update(_train_overrides(epochs, imgsz, batch_size))
         settings = _settings(config, overrides)
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            report = curation.jobs.train.train(store, settings, progress=_progress())
-        summary = report.summary()
-        if json_out:
-            _print_json(summary)
-            return
-        _print_training(summary)
+        with _store(settings, lock=True) as store:
+            report = job.train(store, settings, progress=_progress())
+        _emit(report.summary(), json_out, _print_training)
 
 
 def _print_training(t: dict[str, Any]) -> None:
@@ -762,12 +747,11 @@ app.add_typer(models_app, name="models")
 def models_list(db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Every model version: status, metric on the held-out split, parent, labels used."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.registry
+        from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
-        with curation.jobs.common.open_store(settings) as store:
-            data = curation.jobs.registry.models(store)
+        with _store(settings, lock=False) as store:
+            data = job.models(store)
         if json_out:
             _print_json(data)
             return
@@ -798,17 +782,17 @@ def models_show(
 ) -> None:
     """One model version in detail: weights, metrics, parent, dataset hash, classes."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.registry
+        from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
-        with curation.jobs.common.open_store(settings) as store:
-            data = curation.jobs.registry.model_detail(store, version)
-        if json_out:
-            _print_json(data)
-            return
-        for key, value in data.items():
-            out_console.print(f"[bold]{key}[/bold]: {escape(str(value))}", highlight=False, markup=True)
+        with _store(settings, lock=False) as store:
+            data = job.model_detail(store, version)
+        _emit(data, json_out, _print_fields)
+
+
+def _print_fields(data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        out_console.print(f"[bold]{key}[/bold]: {escape(str(value))}", highlight=False, markup=True)
 
 
 @models_app.command("promote")
@@ -821,16 +805,16 @@ def models_promote(
 ) -> None:
     """Make VERSION the current model (used by score, select, reprioritize and loop from now on)."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.registry
+        from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            data = curation.jobs.registry.promote(store, version)
-        if json_out:
-            _print_json(data)
-            return
-        err_console.print(f"Current model: {data['current']} (was {data['previous'] or '—'})", highlight=False)
+        with _store(settings, lock=True) as store:
+            data = job.promote(store, version)
+        _emit(data, json_out, _print_promoted)
+
+
+def _print_promoted(data: dict[str, Any]) -> None:
+    err_console.print(f"Current model: {data['current']} (was {data['previous'] or '—'})", highlight=False)
 
 
 @models_app.command("current")
@@ -839,16 +823,12 @@ def models_current(
 ) -> None:
     """Print the current model version."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.registry
+        from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
-        with curation.jobs.common.open_store(settings) as store:
-            data = curation.jobs.registry.model_detail(store, None)
-        if json_out:
-            _print_json(data)
-            return
-        out_console.print(data["version"], highlight=False)
+        with _store(settings, lock=False) as store:
+            data = job.model_detail(store, None)
+        _emit(data, json_out, lambda d: out_console.print(d["version"], highlight=False))
 
 
 @app.command()
@@ -872,16 +852,15 @@ def loop(
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug):
-        import curation.jobs.common
-        import curation.jobs.loop
+        from curation.jobs import loop as job
 
         overrides = _common(db, pool, model)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))
         settings = _settings(config, overrides)
-        with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
-            report = curation.jobs.loop.loop(
+        with _store(settings, lock=True) as store:
+            report = job.loop(
                 store,
                 settings,
                 min_new_labels=min_new_labels,

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from curation.errors import ConfigError
+from store.db import sqlite_url_relative_to
 
 DEFAULT_CONFIG_NAME = "curate.yaml"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -400,7 +401,7 @@ def _resolve_file_paths(settings: Settings, base: Path, keys: list[tuple[str, ..
         if not isinstance(value, str) or not value:
             continue
         if key == ("db",):
-            resolved = _resolve_sqlite_url(value, base)
+            resolved = sqlite_url_relative_to(value, base)
         elif Path(value).expanduser().is_absolute():
             continue
         elif key == ("model", "path"):
@@ -409,21 +410,6 @@ def _resolve_file_paths(settings: Settings, base: Path, keys: list[tuple[str, ..
         else:
             resolved = str((base / value).resolve())
         setattr(owner, leaf, resolved)
-
-
-def _resolve_sqlite_url(url: str, base: Path) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return url  # reported (without secrets) when the store opens it
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return url
-    if Path(database).expanduser().is_absolute() or database.startswith("file:"):
-        return url
-    return parsed.set(database=str((base / database).resolve())).render_as_string(hide_password=False)
 
 
 def _describe(

@@ -30,6 +30,12 @@ class CurateError(Exception):
     exit_code: int = ExitCode.INTERNAL
 
 
+class UnknownReferenceError(CurateError):
+    """A selection id or model version named by the user is not in the database."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ConfigError(CurateError):
     """A configuration value is invalid; the message names the key and where it came from."""
 
@@ -90,3 +96,29 @@ class ProjectConfigMismatchError(LabelStudioError):
     """The Label Studio project's labeling config does not match the model's classes."""
 
     exit_code = ExitCode.USAGE
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code of an error raised anywhere below the CLI (or the server).
+
+    ``CurateError`` subclasses carry their own code; errors of ``store`` and ``strategies`` (which never import
+    ``curation``) are mapped by type here. The most specific class in the exception's MRO decides, so the answer
+    never depends on the order of a chain of checks.
+    """
+    if isinstance(exc, CurateError):
+        return exc.exit_code
+    from store.errors import DatabaseError, DatabaseURLError, LockHeldError
+    from strategies.errors import EmptyPoolError, PoolExhaustedError, StrategyError
+
+    codes: dict[type[BaseException], int] = {
+        LockHeldError: ExitCode.LOCKED,
+        DatabaseURLError: ExitCode.USAGE,
+        DatabaseError: ExitCode.DATABASE,
+        EmptyPoolError: ExitCode.NOTHING_TO_SELECT,
+        PoolExhaustedError: ExitCode.NOTHING_TO_SELECT,
+        StrategyError: ExitCode.USAGE,
+    }
+    for cls in type(exc).__mro__:
+        if cls in codes:
+            return codes[cls]
+    return ExitCode.INTERNAL

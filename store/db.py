@@ -29,6 +29,32 @@ def redacted(url: str) -> str:
         return "<unparseable database url>"
 
 
+def sqlite_url_relative_to(url: str, base: Path) -> str:
+    """A SQLite URL whose relative file path is resolved against ``base`` (a config file's folder); any other URL
+    is returned as it is (an unparseable one is reported, without secrets, when the store opens it)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if Path(database).expanduser().is_absolute() or database.startswith("file:"):
+        return url
+    return parsed.set(database=str((base / database).resolve())).render_as_string(hide_password=False)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for another backend, an in-memory or an unparseable URL)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
 def redact_argv(argv: list[str]) -> list[str]:
     """A command line safe to store or print: passwords inside database URLs are masked.
 

@@ -151,3 +151,20 @@ def test_shipped_configs_are_valid() -> None:
 def test_malformed_json_in_an_environment_variable_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="CURATE_STRATEGY__OPTIONS is not valid"):
         load_settings(None, {}, environ={"CURATE_STRATEGY__OPTIONS": "{bad json"})
+
+
+def test_default_yaml_is_the_built_in_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/default.yaml documents every key with its built-in default: the same keys, the same values."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    documented = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "default.yaml").read_text())
+    built_in = load_settings(None, {}, environ={}).model_dump(mode="json")
+
+    def flat(data: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(data, dict):
+            return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): data}
+
+    assert flat(documented) == flat(built_in)
+    assert len(flat(built_in)) > 40  # the comparison walked the whole tree

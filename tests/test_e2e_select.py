@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cli import app
 from curation.devtools.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, make_pool, write_bad_files
 from store.repository import Store
+from strategies import uncertainty_scores
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
@@ -55,6 +56,8 @@ def test_classification_select_with_broken_files(tmp_path: Path, tiny_cls_model:
         db_url,
         "--workers",
         "2",
+        "--min-distance",
+        "0",  # near-duplicate skipping off: the ranking below must be the pure entropy order
     )
     scoring = data["scoring"]
     assert scoring["scored"] == 20 + len(BAD_CONVERTIBLE)
@@ -71,12 +74,20 @@ def test_classification_select_with_broken_files(tmp_path: Path, tiny_cls_model:
     scores = [r["score"] for r in lines]
     assert scores == sorted(scores, reverse=True)
 
-    # the ranking is the entropy of the stored probabilities, highest first
+    # the ranking is the entropy of the stored probabilities, highest first: every selected score is the entropy
+    # of that item's stored probabilities, and no unselected item is more uncertain than the last one selected
     store = Store.open(db_url)
     mv = store.model_version(data["model_version"])
     assert mv is not None and mv.task == "classify"
-    cands_scores = [r["score"] for r in lines]
-    assert max(cands_scores) <= 1.0 + 1e-9 and min(cands_scores) >= 0.0
+    pool_id = store.find_pool(scoring["pool"])
+    assert pool_id is not None
+    ids = store.items_by_content([r["item_id"] for r in lines])
+    chosen = store.classification_for(mv.id, [ids[r["item_id"]] for r in lines])
+    by_id = dict(zip(chosen.item_ids.tolist(), uncertainty_scores(chosen.probs, "entropy"), strict=True))
+    assert [by_id[ids[r["item_id"]]] for r in lines] == pytest.approx(scores, abs=1e-6)
+    rest = store.candidate_classification(pool_id, mv.id)
+    assert len(rest.item_ids) == scoring["scored"] - 10
+    assert uncertainty_scores(rest.probs, "entropy").max() <= min(scores) + 1e-6
     store.close()
 
     # second identical run: nothing new is scored, 10 new items are selected
@@ -121,7 +132,8 @@ def test_strategies_rerank_without_rescoring(tmp_path: Path, tiny_cls_model: Pat
     make_pool(pool, n=30, size=64, seed=8)
     db = f"sqlite:///{tmp_path / 'c.db'}"
     code, out, err = curate("score", "--pool", str(pool), "--model", str(tiny_cls_model), "--db", db, "--json")
-    assert code == 0, err and json.loads(out)["scored"] == 30
+    assert code == 0, err
+    assert json.loads(out)["scored"] == 30
     picks = {}
     for name in ("least_confidence", "margin", "ratio", "random"):
         # a fresh copy of the database per strategy, so each one sees the whole pool
@@ -184,8 +196,9 @@ def test_detection_and_segmentation_store_boxes(tmp_path: Path, tiny_det_model: 
         assert data["scoring"]["task"] == task and data["scoring"]["scored"] == 8
         store = Store.open(db)
         mv = store.model_version(data["model_version"])
-        assert mv is not None
-        det = store.candidate_detection(1, mv.id, len(mv.class_names))
+        pool_id = store.find_pool(data["scoring"]["pool"])
+        assert mv is not None and pool_id is not None
+        det = store.candidate_detection(pool_id, mv.id, len(mv.class_names))
         assert len(det.item_ids) == 5
         total_boxes = 0
         for item_id in det.item_ids:
@@ -321,10 +334,13 @@ def test_embeddings_are_normalised_and_stored(tmp_path: Path, tiny_cls_model: Pa
     db = f"sqlite:///{tmp_path / 'c.db'}"
     code, out, err = curate("score", "--pool", str(pool), "--model", str(tiny_cls_model), "--db", db, "--json")
     assert code == 0, err
+    summary = json.loads(out)
     store = Store.open(db)
-    mv = store.model_version(json.loads(out)["model_version"])
-    assert mv is not None and mv.embedding_dim
-    ids = store.candidate_classification(1, mv.id).item_ids
+    mv = store.model_version(summary["model_version"])
+    pool_id = store.find_pool(summary["pool"])
+    assert mv is not None and mv.embedding_dim and pool_id is not None
+    ids = store.candidate_classification(pool_id, mv.id).item_ids
+    assert len(ids) == 5
     emb, found = store.load_embeddings(mv.id, ids, mv.embedding_dim)
     assert found.all() and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=5e-3)
     store.close()

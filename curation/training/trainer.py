@@ -445,12 +445,10 @@ class TrainReport:
 def models_dir(settings: Settings) -> Path:
     if settings.train.models_dir:
         return Path(settings.train.models_dir).expanduser().resolve()
-    from sqlalchemy.engine import make_url
+    from store.db import sqlite_file
 
-    url = make_url(settings.db)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database).expanduser().resolve().parent / "curate-models"
-    return Path("curate-models").resolve()
+    database = sqlite_file(settings.db)
+    return database.parent / "curate-models" if database is not None else Path("curate-models").resolve()
 
 
 def _lineage(version: str) -> str:

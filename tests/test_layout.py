@@ -1,0 +1,129 @@
+"""The layering, checked statically (every import in every module, including imports inside functions) and at run
+time (what light commands import).
+
+- ``store`` and ``strategies`` never import ``curation`` (data flows cli → curation → store/strategies);
+  ``strategies`` never imports ``store``;
+- only ``store`` imports SQLAlchemy and Alembic; only ``curation.labelstudio`` imports the Label Studio SDK;
+- dev tooling (``curation.devtools``: demo, synthetic data, the local Label Studio) is never imported by the
+  library — only ``cli.py``'s demo command and the tests use it;
+- ``status``, ``models list`` and ``--help`` never import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("curation", "store", "strategies")
+
+
+def _modules() -> dict[str, Path]:
+    found = {"cli": REPO / "cli.py"}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file, with relative imports resolved."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                is_package = path.name == "__init__.py"
+                anchor = anchor if is_package else anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+IMPORTS = {name: _imports(path, name) for name, path in _modules().items()}
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _offenders(importers: tuple[str, ...], imported: tuple[str, ...], *, outside: bool = False) -> list[str]:
+    """``importer imports target`` for every module within ``importers`` (or, with ``outside``, every module not
+    within them) that imports something within ``imported``."""
+    return [
+        f"{name} imports {target}"
+        for name, imports in IMPORTS.items()
+        if _within(name, importers) != outside
+        for target in sorted(imports)
+        if _within(target, imported)
+    ]
+
+
+def test_the_layout_is_found() -> None:
+    """Guards the checks below against scanning nothing."""
+    assert {"cli", "store", "strategies", "curation.jobs.score", "curation.labelstudio"} <= set(IMPORTS)
+    assert "sqlalchemy" in " ".join(IMPORTS["store.db"])
+    assert _offenders(("curation.jobs",), ("store",)) != []  # a positive control: the scan sees real imports
+
+
+def test_store_and_strategies_never_import_curation() -> None:
+    assert _offenders(("store", "strategies"), ("curation", "cli")) == []
+    assert _offenders(("strategies",), ("store",)) == []
+
+
+def test_only_store_speaks_sql() -> None:
+    assert _offenders(("store",), ("sqlalchemy", "alembic", "psycopg"), outside=True) == []
+
+
+def test_only_the_label_studio_package_imports_its_sdk() -> None:
+    assert _offenders(("curation.labelstudio",), ("label_studio_sdk",), outside=True) == []
+
+
+def test_dev_tooling_is_never_imported_by_the_library() -> None:
+    assert _offenders(("curation.devtools", "cli"), ("curation.devtools",), outside=True) == []
+
+
+def _imported_by(args: list[str], tmp_path: Path) -> tuple[int, list[str], str]:
+    """Run ``curate ARGS`` in a fresh interpreter; return its exit code, the heavy modules it imported, output."""
+    script = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "import cli\n"
+        f"result = CliRunner().invoke(cli.app, {args!r})\n"
+        "heavy = sorted(m for m in ('torch', 'ultralytics', 'faiss', 'torchvision', 'label_studio_sdk') "
+        "if m in sys.modules)\n"
+        "print(json.dumps({'code': result.exit_code, 'heavy': heavy, 'output': result.output}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return data["code"], data["heavy"], data["output"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["status", "--json"], ["models", "list", "--json"], ["models", "current"], ["select", "--help"]],
+)
+def test_light_commands_do_not_import_torch(args: list[str], tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'curate.db'}"
+    full = args if "--help" in args else [*args, "--db", db]
+    code, heavy, output = _imported_by(full, tmp_path)
+    # ``models current`` on an empty registry fails cleanly (exit 3); everything else succeeds
+    assert code == (3 if args == ["models", "current"] else 0), output
+    assert heavy == [], f"curate {' '.join(args)} imported {heavy}"
