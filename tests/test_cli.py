@@ -246,3 +246,36 @@ def test_an_empty_pool_is_named_not_silently_scored(tmp_path: Path) -> None:
         "select", "--no-push", "--budget", "1", "--pool", str(pool), "--model", "yolov8n-cls.yaml", "--db", db
     )
     assert code == 7 and "has no image files" in err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["push", "--selection", "99"], "there is no selection #99"),
+        (["models", "show", "nope"], "no model version 'nope'"),
+        (["models", "promote", "nope"], "no model version 'nope'"),
+    ],
+)
+def test_an_unknown_selection_or_model_version_is_a_usage_error(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    """A name the user typed that the database does not know is bad usage (2), not "nothing to select" (7) or
+    "file not found" (3)."""
+    code, _, err = run(*args, "--db", f"sqlite:///{tmp_path / 'c.db'}")
+    assert_one_clean_error(code, err, ExitCode.USAGE, fragment)
+
+
+def test_exit_codes_follow_the_most_specific_error_type() -> None:
+    from curation.errors import LabelStudioAuthError, LabelStudioError, exit_code_for
+    from store.errors import DatabaseError, DatabaseURLError, LockHeldError
+    from strategies.errors import EmptyPoolError, PoolExhaustedError, UnknownStrategyError
+
+    assert exit_code_for(DatabaseURLError("x")) == ExitCode.USAGE  # a DatabaseError, but bad usage
+    assert exit_code_for(DatabaseError("x")) == ExitCode.DATABASE
+    assert exit_code_for(LockHeldError("x")) == ExitCode.LOCKED
+    assert exit_code_for(PoolExhaustedError(3, 5)) == ExitCode.NOTHING_TO_SELECT  # a StrategyError too
+    assert exit_code_for(EmptyPoolError("x")) == ExitCode.NOTHING_TO_SELECT
+    assert exit_code_for(UnknownStrategyError("x", ["entropy"])) == ExitCode.USAGE
+    assert exit_code_for(LabelStudioAuthError("x")) == ExitCode.AUTH
+    assert exit_code_for(LabelStudioError("x")) == ExitCode.LABEL_STUDIO
+    assert exit_code_for(KeyError("x")) == ExitCode.INTERNAL

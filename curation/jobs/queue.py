@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from curation.config import Settings
-from curation.errors import ModelLoadError, NothingToSelectError
+from curation.errors import ModelLoadError, NothingToSelectError, UnknownReferenceError
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.score import ScoreOutcome, score
 from curation.labelstudio import queue
@@ -20,7 +20,7 @@ def push(
 ) -> queue.PushReport:
     """Push selected items that are not tasks yet (``selection_id``: mark that selection for pushing first)."""
     if selection_id is not None and not store.selection_exists(selection_id):
-        raise NothingToSelectError(f"there is no selection #{selection_id} in {store.display_url}")
+        raise UnknownReferenceError(f"there is no selection #{selection_id} in {store.display_url}")
     ls = queue.connect(settings)
     mv = _model_for_push(store, settings)
     project = queue.open_project(store, settings, ls, mv)
@@ -34,7 +34,7 @@ def _model_for_push(store: Store, settings: Settings) -> ModelVersionRecord:
     if settings.model.version:
         mv = store.model_version(settings.model.version)
         if mv is None:
-            raise ModelLoadError(f"model version {settings.model.version!r} is not in {store.display_url}")
+            raise UnknownReferenceError(f"model version {settings.model.version!r} is not in {store.display_url}")
         return mv
     latest = store.recent_selections(limit=1)
     if not latest:

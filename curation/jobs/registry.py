@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from curation.errors import ModelLoadError
+from curation.errors import ModelLoadError, UnknownReferenceError
 from curation.jobs.common import iso
 from store.repository import ModelVersionRecord, Store
 
@@ -20,12 +20,10 @@ def models(store: Store) -> dict[str, Any]:
 
 def model_detail(store: Store, version: str | None) -> dict[str, Any]:
     mv = store.model_version(version) if version else store.current_model()
+    if mv is None and version:
+        raise UnknownReferenceError(f"no model version {version!r} in {store.display_url}")
     if mv is None:
-        raise ModelLoadError(
-            f"no model version {version!r} in {store.display_url}"
-            if version
-            else "the registry has no current model yet"
-        )
+        raise ModelLoadError("the registry has no current model yet")
     counts = {m.version: n for m, n in store.model_versions()}
     return _describe_version(mv, counts.get(mv.version, 0), store) | {
         "class_names": mv.class_names,
@@ -36,7 +34,7 @@ def model_detail(store: Store, version: str | None) -> dict[str, Any]:
 def promote(store: Store, version: str) -> dict[str, Any]:
     mv = store.model_version(version)
     if mv is None:
-        raise ModelLoadError(f"no model version {version!r} in {store.display_url}")
+        raise UnknownReferenceError(f"no model version {version!r} in {store.display_url}")
     if mv.weights_path and not Path(mv.weights_path).is_file():
         raise ModelLoadError(f"the weights of {version} are missing: {mv.weights_path}")
     previous = store.current_model()
