@@ -289,8 +289,7 @@ def select(
         overrides[("strategy", "seed")] = (seed, "--seed")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
-        # Pushing is the default wherever it can happen; naming a project asks for it (and fails without a URL).
-        do_push = push if push is not None else bool(settings.label_studio.url) or project is not None
+        do_push = job.wants_push(settings, push, project_named=project is not None)
         with _store(settings, lock=True) as store:
             outcome = job.select(
                 store,

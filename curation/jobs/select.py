@@ -78,3 +78,11 @@ def select(
         report = queue.push(store, settings, ls, scored.model, project=project, progress=progress)
         outcome.extra["push"] = report.summary()
     return outcome
+
+
+def wants_push(settings: Settings, push: bool | None, project_named: bool) -> bool:
+    """Whether ``select`` pushes: ``--push/--no-push`` when given; otherwise wherever it can happen (a Label Studio
+    URL is configured), and naming a project asks for it (failing before scoring if no URL is configured)."""
+    if push is not None:
+        return push
+    return bool(settings.label_studio.url) or project_named
