@@ -22,6 +22,7 @@ from strategies.uncertainty import UNCERTAINTY_MEASURES
 __all__ = ["PICK_MODES", "KMeansStrategy", "distance_to_own_centroid"]
 
 PICK_MODES = ("uncertain", "centroid")
+_DISTANCE_DECIMALS = 5  # float32 cosine distances carry ~1e-7 of rounding noise
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,14 @@ class KMeansStrategy(StrategyBase):
         clustering = kmeans(xs, k, seed=pool.seed)
         centroids, assign = clustering.centroids, clustering.assignment
         by_uncertainty = self.pick == "uncertain" and u is not None
-        # within a cluster: its most uncertain member, or the member nearest the centroid
-        quality = u[usable] if by_uncertainty and u is not None else -distance_to_own_centroid(xs, centroids, assign)
+        # within a cluster: its most uncertain member, or the member nearest the centroid. Distances are rounded to
+        # float32 resolution: the members of a two-item cluster are equidistant from its (spherical) centroid, and
+        # such a tie must go to the lower index, as every tie here does, not to rounding noise.
+        quality = (
+            u[usable]
+            if by_uncertainty and u is not None
+            else -np.round(distance_to_own_centroid(xs, centroids, assign), _DISTANCE_DECIMALS)
+        )
         order = np.lexsort((np.arange(len(usable)), -quality, assign))
         first = np.ones(len(order), dtype=bool)
         first[1:] = assign[order][1:] != assign[order][:-1]
