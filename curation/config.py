@@ -129,7 +129,9 @@ class StrategySettings(_Section):
     ``{name: options}`` shape, so switching ``--strategy`` picks up the right ones."""
 
     def options_for(self, name: str) -> dict[str, Any]:
-        return dict(self.options.get(name.replace("-", "_"), {}) or self.options.get(name, {}) or {})
+        from strategies import canonical_name  # here, not at the top: config is read by commands that need no numpy
+
+        return dict(self.options.get(canonical_name(name), {}) or self.options.get(name, {}) or {})
 
     min_distance: float = Field(default=0.01, ge=0.0, le=2.0)
     """Near-duplicates: an item closer than this cosine distance (between centred embeddings, where unrelated

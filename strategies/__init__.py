@@ -1,16 +1,16 @@
 """Active-learning strategies: pure functions over numpy arrays.
 
-Scores (``uncertainty``, ``detection``) are computed apart from selection (``selectors``); strategies combine
-them behind one interface (``Strategy.select(PoolView, budget) -> Selection``) and are built by name from the
-registry. Nothing here touches a model, a database or Label Studio.
+Scores (``uncertainty``, ``detection``) are computed apart from selection (``selectors``). Each strategy lives in
+the module named after it (``uncertainty_sampling``, ``random_sampling``, ``kcenter``, ``kmeans_sampling``,
+``hybrid``, ``class_balance``), inherits the validating template ``StrategyBase`` (``base``), and is built by name
+from the ``registry``. ``greedy`` is the exact lazy greedy k-center and the hybrid share; ``index`` the vector
+search and k-means backends. Nothing here touches a model, a database or Label Studio, and importing the package
+imports neither FAISS nor torch.
 """
 
-from strategies.balance import ClassBalanced
-from strategies.base import PoolView, Selection, Strategy
-from strategies.basic import RandomStrategy, UncertaintyStrategy
+from strategies.base import PoolView, Selection, Strategy, StrategyBase
+from strategies.class_balance import ClassBalanced
 from strategies.detection import EXCLUDE, REDUCERS, aggregate_boxes
-from strategies.diverse import HybridStrategy, KCenterStrategy, KMeansStrategy
-from strategies.diversity import GreedyResult, coarse_clusters, covering_radius, greedy_select
 from strategies.errors import (
     EmptyPoolError,
     InvalidBudgetError,
@@ -20,9 +20,22 @@ from strategies.errors import (
     StrategyError,
     UnknownStrategyError,
 )
-from strategies.index import KMeansResult, VectorIndex, center_in_place, kmeans, make_index, min_cosine_distance
-from strategies.registry import STRATEGIES, StrategyFactory, get_strategy, strategy_names
-from strategies.selectors import top_k
+from strategies.greedy import GreedyResult, greedy_select
+from strategies.hybrid import HybridStrategy
+from strategies.index import (
+    KMeansResult,
+    VectorIndex,
+    center_in_place,
+    coarse_clusters,
+    kmeans,
+    make_index,
+    min_cosine_distance,
+)
+from strategies.kcenter import KCenterStrategy, covering_radius
+from strategies.kmeans_sampling import KMeansStrategy
+from strategies.random_sampling import RandomStrategy
+from strategies.registry import STRATEGIES, StrategyFactory, canonical_name, get_strategy, strategy_names
+from strategies.selectors import rank_by, top_k
 from strategies.uncertainty import (
     UNCERTAINTY_MEASURES,
     entropy,
@@ -32,6 +45,7 @@ from strategies.uncertainty import (
     ratio,
     uncertainty_scores,
 )
+from strategies.uncertainty_sampling import UncertaintyStrategy
 
 __all__ = [
     "EXCLUDE",
@@ -53,12 +67,14 @@ __all__ = [
     "RandomStrategy",
     "Selection",
     "Strategy",
+    "StrategyBase",
     "StrategyError",
     "StrategyFactory",
     "UncertaintyStrategy",
     "UnknownStrategyError",
     "VectorIndex",
     "aggregate_boxes",
+    "canonical_name",
     "center_in_place",
     "coarse_clusters",
     "covering_radius",
@@ -71,6 +87,7 @@ __all__ = [
     "margin",
     "min_cosine_distance",
     "random_scores",
+    "rank_by",
     "ratio",
     "strategy_names",
     "top_k",

@@ -1,17 +1,32 @@
 """Boundary checks shared by the public functions of ``strategies`` (internal).
 
-Each public function calls these once and hands a clean array to internal helpers that assume valid input.
+Each public function (and ``PoolView``, the input of every strategy) calls these once and hands clean arrays to
+internal helpers that assume valid input. Names, budgets, pool states and embeddings are each checked here and
+nowhere else.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Collection
 from typing import Any, TypeGuard
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from strategies.errors import InvalidBudgetError, InvalidOptionError, InvalidScoresError
+from strategies.errors import (
+    EmptyPoolError,
+    InvalidBudgetError,
+    InvalidOptionError,
+    InvalidScoresError,
+    PoolExhaustedError,
+    UnknownStrategyError,
+)
+
+# A unit row's squared norm, computed in float32 over a few thousand dimensions, is 1 within ~1e-5; anything
+# further off was not normalised (a raw model embedding, a rescaled row).
+_UNIT_TOLERANCE = 1e-3
+_NORM_BLOCK_ROWS = 8192  # rows per normalisation step: bounds the temporary to a few MB
 
 
 def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
@@ -19,10 +34,33 @@ def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
+def canonical_name(name: str) -> str:
+    """The registered spelling of a name (strategy, measure, reducer): ``least-confidence`` → ``least_confidence``."""
+    return name.replace("-", "_")
+
+
+def check_name(name: object, valid: Collection[str], kind: str) -> str:
+    """``name`` in its registered spelling, or UnknownStrategyError listing ``valid`` (the one place names are
+    normalised)."""
+    if isinstance(name, str):
+        key = canonical_name(name)
+        if key in valid:
+            return key
+    raise UnknownStrategyError(name, valid, kind=kind)
+
+
 def check_budget(budget: object) -> int:
     if not is_int(budget) or int(budget) < 1:
         raise InvalidBudgetError(budget)
     return int(budget)
+
+
+def check_available(available: int, total: int, budget: int) -> None:
+    """The pool-state guard: raise EmptyPoolError (nothing of ``total`` available) or PoolExhaustedError."""
+    if available == 0:
+        raise EmptyPoolError(total)
+    if budget > available:
+        raise PoolExhaustedError(available, budget)
 
 
 def check_count(value: object, what: str) -> int:
@@ -63,3 +101,59 @@ def first_bad(arr: NDArray[np.number], unit: str, upper: float | None = None) ->
         row = int(np.flatnonzero((rows > upper).any(axis=1))[0])
         value = rows[row][rows[row] > upper][0]
         raise InvalidScoresError(f"{unit} {row} has a value above 1 ({value}); expected scores in [0, 1]")
+
+
+def uncertainty_vector(values: ArrayLike, what: str = "uncertainty") -> NDArray[np.float64]:
+    """Per-item uncertainty as float64: each value >= 0 and finite, or NaN (the item is excluded)."""
+    u = real_array(values, what, ndim=1).astype(np.float64, copy=False)
+    bad = np.isinf(u) | (u < 0)  # NaN compares False: it stays allowed
+    if bad.any():
+        item = int(np.flatnonzero(bad)[0])
+        raise InvalidScoresError(
+            f"{what} of item {item} is {u[item]}: expected a finite score >= 0 (higher = more uncertain), "
+            "or NaN to exclude the item"
+        )
+    return u
+
+
+def unit_rows(values: ArrayLike, what: str = "embeddings") -> NDArray[np.float32]:
+    """``values`` as C-contiguous float32 rows of unit length, the form every cosine distance here assumes.
+
+    Rows of another length are rescaled (into a copy: the caller's array is never modified); all-zero rows have
+    no direction and stay zero. Already-unit float32 input is returned as is, after one pass that computes the
+    row norms (which also finds NaN and infinity). Raises InvalidScoresError for a wrong shape or dtype, or a
+    non-finite value (naming the row).
+    """
+    arr = real_array(values, what, ndim=2)
+    x = np.ascontiguousarray(arr, dtype=np.float32)
+    if x.size == 0:
+        return x
+    squared = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), _NORM_BLOCK_ROWS):
+        block = x[start : start + _NORM_BLOCK_ROWS]
+        np.einsum("ij,ij->i", block, block, out=squared[start : start + len(block)])
+    norms = squared.astype(np.float64)
+    # float32 squares overflow above ~1e19 and underflow below ~1e-19: those rows are measured (and later
+    # rescaled) in float64, which also tells a real NaN/inf from an overflow.
+    odd = np.flatnonzero(~np.isfinite(squared) | (squared == 0))
+    odd_rows = x[odd].astype(np.float64)
+    if len(odd):
+        if not np.isfinite(odd_rows).all():
+            row = int(odd[np.flatnonzero(~np.isfinite(odd_rows).all(axis=1))[0]])
+            raise InvalidScoresError(f"{what} row {row} has a non-finite value (NaN or infinity)")
+        scale = np.abs(odd_rows).max(axis=1, keepdims=True)
+        scale[scale == 0] = 1.0
+        scaled = odd_rows / scale
+        norms[odd] = np.einsum("ij,ij->i", scaled, scaled) * scale[:, 0] ** 2
+    if np.all((np.abs(norms - 1.0) <= _UNIT_TOLERANCE) | (norms == 0)):
+        return x
+    out = x.copy() if np.may_share_memory(x, arr) else x  # never rescale the caller's array
+    lengths = np.sqrt(norms)
+    lengths[lengths == 0] = 1.0
+    lengths32 = lengths.astype(np.float32)
+    for start in range(0, len(out), _NORM_BLOCK_ROWS):
+        block = out[start : start + _NORM_BLOCK_ROWS]
+        block /= lengths32[start : start + len(block), None]
+    if len(odd):
+        out[odd] = (odd_rows / lengths[odd, None]).astype(np.float32)
+    return out

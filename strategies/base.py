@@ -1,23 +1,29 @@
-"""The one interface every strategy implements, and the data it consumes and returns.
+"""The one interface every strategy implements, the data it consumes and returns, and the template they share.
 
 A strategy sees a ``PoolView`` (aligned per-item arrays, nothing else: no ids, no database) and returns a
 ``Selection`` of positions in that view. The orchestrator maps positions back to item ids, so it never needs
 to know which strategy ran; what it must prepare is described by two attributes, ``measure`` (which
 uncertainty measure to compute into ``PoolView.uncertainty``, or None) and ``needs_embeddings``.
+
+Validation happens at two doors, once each: ``PoolView`` checks and normalises the arrays (shapes, NaN/inf,
+unit-length embeddings), and ``StrategyBase.select`` checks the budget, what the strategy reads and the pool
+state before handing over to the strategy's own rule, ``_select``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import is_int
+from strategies._validate import check_available, check_budget, is_int, uncertainty_vector, unit_rows
 from strategies.errors import InvalidOptionError, InvalidScoresError
 
-__all__ = ["PoolView", "Selection", "Strategy"]
+__all__ = ["PoolView", "Selection", "Strategy", "StrategyBase"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,18 +31,20 @@ class PoolView:
     """The candidates of one selection, as aligned arrays (row i of each is the same item).
 
     Attributes:
-        uncertainty: (N,) per-item uncertainty, already aggregated; higher = more uncertain; NaN = excluded,
-            never selected by any strategy.
-        embeddings: (N, D) float32 item embeddings, for diversity strategies.
-        reference_embeddings: (M, D) float32 embeddings of items already labeled or queued: diversity
-            strategies avoid what is near them.
+        uncertainty: (N,) per-item uncertainty, already aggregated; higher = more uncertain, finite and >= 0;
+            NaN = excluded, never selected by any strategy. Stored as float64.
+        embeddings: (N, D) item embeddings, for diversity strategies. Every distance here is a cosine
+            distance, so rows are stored unit-length float32: rows of another length are rescaled (a copy; a
+            row's scale never changes a selection), all-zero rows stay zero. NaN/inf is rejected.
+        reference_embeddings: (M, D) embeddings of items already labeled or queued, normalised the same way:
+            diversity strategies avoid what is near them.
         seed: seeds every random choice, so a selection is reproducible.
         size: N, needed only when neither ``uncertainty`` nor ``embeddings`` is given.
         min_distance: near-duplicate threshold (cosine distance): an item closer than this to a selected or
             reference item is never selected. 0 disables it; > 0 needs ``embeddings``.
         classes: (N, C) boolean, the classes each item is predicted to contain (for class balancing).
 
-    Arrays are not copied; do not modify them while the view is in use.
+    Arrays already in the stored form are not copied; do not modify them while the view is in use.
     """
 
     uncertainty: NDArray[np.float64] | None = None
@@ -54,21 +62,22 @@ class PoolView:
                 raise InvalidOptionError(f"PoolView.size must be an integer >= 0, got {self.size!r}")
             lengths["size"] = int(self.size)
         if self.uncertainty is not None:
-            if np.ndim(self.uncertainty) != 1:
-                raise InvalidScoresError(f"uncertainty must be 1-D, got shape {np.shape(self.uncertainty)}")
+            object.__setattr__(self, "uncertainty", uncertainty_vector(self.uncertainty))
             lengths["uncertainty"] = len(self.uncertainty)
         for field_name in ("embeddings", "reference_embeddings"):
             value = getattr(self, field_name)
-            if value is not None and np.ndim(value) != 2:
-                raise InvalidScoresError(f"{field_name} must be 2-D, got shape {np.shape(value)}")
+            if value is not None:
+                if np.ndim(value) != 2:
+                    raise InvalidScoresError(f"{field_name} must be 2-D, got shape {np.shape(value)}")
+                object.__setattr__(self, field_name, unit_rows(value, field_name))
         if self.embeddings is not None:
             lengths["embeddings"] = len(self.embeddings)
             if self.reference_embeddings is not None and (
-                np.shape(self.reference_embeddings)[1] != np.shape(self.embeddings)[1]
+                self.reference_embeddings.shape[1] != self.embeddings.shape[1]
             ):
                 raise InvalidScoresError(
-                    f"reference_embeddings have dimension {np.shape(self.reference_embeddings)[1]} "
-                    f"but embeddings have {np.shape(self.embeddings)[1]}"
+                    f"reference_embeddings have dimension {self.reference_embeddings.shape[1]} "
+                    f"but embeddings have {self.embeddings.shape[1]}"
                 )
         if not lengths:
             raise InvalidOptionError("PoolView needs uncertainty, embeddings or size to know how many items")
@@ -90,6 +99,33 @@ class PoolView:
         if self.uncertainty is not None:
             return len(self.uncertainty)
         return len(self.embeddings) if self.embeddings is not None else 0
+
+    @cached_property
+    def usable(self) -> NDArray[np.bool_]:
+        """(N,) True for the items a strategy may select: all of them, less those with NaN uncertainty."""
+        if self.uncertainty is None:
+            return np.ones(len(self), dtype=bool)
+        return ~np.isnan(self.uncertainty)
+
+    @cached_property
+    def available(self) -> int:
+        """How many items may be selected."""
+        return int(np.count_nonzero(self.usable))
+
+    def embeddings_for(self, strategy: str) -> NDArray[np.float32]:
+        """The embeddings, or the error that says ``strategy`` needs them."""
+        if self.embeddings is None:
+            raise InvalidOptionError(f"strategy {strategy!r} needs embeddings in the PoolView")
+        return self.embeddings
+
+    def uncertainty_for(self, strategy: str, measure: str | None) -> NDArray[np.float64]:
+        """The uncertainty, or the error that says ``strategy`` ranks by the ``measure`` measure."""
+        if self.uncertainty is None:
+            raise InvalidOptionError(
+                f"strategy {strategy!r} ranks by uncertainty: fill PoolView.uncertainty with the "
+                f"{measure!r} measure first"
+            )
+        return self.uncertainty
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,3 +176,39 @@ class Strategy(Protocol):
     def select(self, pool: PoolView, budget: int) -> Selection:
         """Pick ``budget`` items; raises InvalidBudgetError, EmptyPoolError or PoolExhaustedError."""
         ...
+
+
+class StrategyBase(ABC):
+    """The template of every built-in strategy: ``select`` validates, ``_select`` is the strategy's own rule.
+
+    ``select`` checks, in this order and once: the budget (an integer >= 1), that the pool carries what the
+    strategy reads (``needs_embeddings``, ``needs_uncertainty``), and the pool state (EmptyPoolError when no
+    item is usable, PoolExhaustedError when the budget exceeds them). ``_select`` may then assume
+    ``1 <= budget <= pool.available``. Concrete strategies are frozen dataclasses that set the attributes below.
+    """
+
+    name: str
+    measure: str | None
+    needs_embeddings: bool
+    needs_uncertainty: bool = False
+
+    def select(self, pool: PoolView, budget: int) -> Selection:
+        """Pick ``budget`` items of ``pool``, best first.
+
+        Raises:
+            InvalidBudgetError: ``budget`` is not an integer >= 1.
+            InvalidOptionError: the pool lacks the embeddings or uncertainty this strategy reads.
+            EmptyPoolError: no item is usable (the pool is empty, or every item is excluded).
+            PoolExhaustedError: fewer usable items than ``budget``.
+        """
+        budget = check_budget(budget)
+        if self.needs_embeddings:
+            pool.embeddings_for(self.name)
+        if self.needs_uncertainty:
+            pool.uncertainty_for(self.name, self.measure)
+        check_available(pool.available, len(pool), budget)
+        return self._select(pool, budget)
+
+    @abstractmethod
+    def _select(self, pool: PoolView, budget: int) -> Selection:
+        """The strategy's rule, on a validated pool with ``1 <= budget <= pool.available``."""

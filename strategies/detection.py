@@ -23,8 +23,8 @@ import numbers
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from strategies._validate import check_count, first_bad, is_int, real_array
-from strategies.errors import InvalidOptionError, InvalidScoresError, UnknownStrategyError
+from strategies._validate import check_count, check_name, first_bad, is_int, real_array
+from strategies.errors import InvalidOptionError, InvalidScoresError
 
 __all__ = ["EXCLUDE", "REDUCERS", "aggregate_boxes"]
 
@@ -42,12 +42,6 @@ def _check_empty(empty: object) -> float:
         if np.isfinite(value) and value >= 0:
             return value
     raise InvalidOptionError(f"empty must be a finite number >= 0 or {EXCLUDE!r}, got {empty!r}")
-
-
-def _check_reducer(reducer: object) -> str:
-    if isinstance(reducer, str) and reducer.replace("-", "_") in REDUCERS:
-        return reducer.replace("-", "_")
-    raise UnknownStrategyError(reducer, REDUCERS, kind="reducer")
 
 
 def _check_image_index(image_index: ArrayLike, n_boxes: int, n_images: int) -> NDArray[np.intp]:
@@ -103,7 +97,7 @@ def aggregate_boxes(
         InvalidOptionError: bad ``n_images``, ``top_k`` or ``empty``.
     """
     n_images = check_count(n_images, "n_images")
-    name = _check_reducer(reducer)
+    name = check_name(reducer, REDUCERS, "reducer")
     if not is_int(top_k) or int(top_k) < 1:
         raise InvalidOptionError(f"top_k must be an integer >= 1, got {top_k!r}")
     empty_value = _check_empty(empty)

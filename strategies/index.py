@@ -1,8 +1,10 @@
 """Vector search and clustering behind one small interface: FAISS on the CPU, torch on a CUDA GPU.
 
 Embeddings are L2-normalised, so the distance used everywhere is the **cosine distance** ``1 - x·y`` (0 for
-identical directions, 1 for orthogonal, 2 for opposite). Strategies call ``make_index`` / ``kmeans`` and never
-import FAISS or torch themselves; ``faiss-cpu`` is a required dependency, a GPU path is used when torch sees CUDA.
+identical directions, 1 for orthogonal, 2 for opposite). This is the backend layer: it expects unit rows and does
+not check them (``PoolView``, ``greedy_select`` and ``coarse_clusters`` normalise at the boundary). Strategies call
+``make_index`` / ``kmeans`` and never import FAISS or torch themselves, and neither is imported before a function
+here needs it; ``faiss-cpu`` is a required dependency, a GPU path is used when torch sees CUDA.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from strategies._validate import unit_rows
 from strategies.errors import InvalidOptionError
 
 _SEARCH_BLOCK = 65_536  # query rows per search call: bounds the (block x k) result buffers
@@ -187,3 +190,15 @@ def kmeans(
         iterations=len(km.iteration_stats or []),
         trained_on=min(len(x), k * int(km.cp.max_points_per_centroid)),
     )
+
+
+def coarse_clusters(embeddings: NDArray[np.float32], seed: int = 0) -> NDArray[np.int64]:
+    """Group selected items into about √k clusters (k-means), for Label Studio's per-annotator cluster balancing:
+    each annotator is served from the groups they labeled least. Rows are rescaled to unit length first."""
+    x = unit_rows(embeddings)
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    groups = int(np.clip(round(np.sqrt(len(x))), 1, len(x)))
+    if groups == 1:
+        return np.zeros(len(x), dtype=np.int64)
+    return kmeans(x, groups, seed=seed, niter=10).assignment

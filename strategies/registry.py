@@ -2,7 +2,9 @@
 
 A new strategy registers by adding one entry to ``STRATEGIES``: a factory whose keyword parameters are its
 options. ``get_strategy`` checks the options against the factory's signature, so a typo in a config names the
-bad option instead of failing somewhere inside.
+bad option instead of failing somewhere inside. Names are spelled one way everywhere: ``canonical_name``
+("least-confidence" → "least_confidence") is the only normalisation, used for strategy, measure and reducer
+names alike.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
+from strategies._validate import canonical_name, check_name
 from strategies.base import Strategy
-from strategies.basic import RandomStrategy, UncertaintyStrategy
-from strategies.diverse import HybridStrategy, KCenterStrategy, KMeansStrategy
-from strategies.errors import InvalidOptionError, UnknownStrategyError
+from strategies.errors import InvalidOptionError
+from strategies.hybrid import HybridStrategy
+from strategies.kcenter import KCenterStrategy
+from strategies.kmeans_sampling import KMeansStrategy
+from strategies.random_sampling import RandomStrategy
+from strategies.uncertainty_sampling import UncertaintyStrategy
 
-__all__ = ["STRATEGIES", "StrategyFactory", "get_strategy", "strategy_names"]
+__all__ = ["STRATEGIES", "StrategyFactory", "canonical_name", "get_strategy", "strategy_names"]
 
 StrategyFactory = Callable[..., Strategy]
 
@@ -66,9 +72,7 @@ def get_strategy(name: str, **options: Any) -> Strategy:
         UnknownStrategyError: no such strategy (the message lists the valid names, sorted).
         InvalidOptionError: an option the strategy does not take, a required one missing, or a bad value.
     """
-    key = name.replace("-", "_") if isinstance(name, str) else name
-    factory = STRATEGIES.get(key) if isinstance(key, str) else None
-    if factory is None:
-        raise UnknownStrategyError(name, STRATEGIES, kind="strategy")
+    key = check_name(name, STRATEGIES, "strategy")
+    factory = STRATEGIES[key]
     _check_options(key, factory, options)
     return factory(**options)

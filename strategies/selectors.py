@@ -2,6 +2,8 @@
 
 Tie-breaking is part of the contract, not an accident of the sort: among equal scores the LOWER index wins.
 With a pool listed in a stable order (by item id, say) the same scores always give the same selection.
+``top_k`` ranks scores alone; ``rank_by`` ranks a pool's items by a score and honours its near-duplicate
+threshold, which is how every strategy that ranks by one number (uncertainty, random) selects.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from strategies._validate import check_budget, real_array
-from strategies.errors import EmptyPoolError, InvalidScoresError, PoolExhaustedError
+from strategies._validate import check_available, check_budget, real_array
+from strategies.base import PoolView, Selection
+from strategies.errors import InvalidScoresError
+from strategies.greedy import greedy_rows
 
-__all__ = ["top_k"]
+__all__ = ["rank_by", "top_k"]
 
 
 def top_k(scores: ArrayLike, budget: int, *, candidates: ArrayLike | None = None) -> NDArray[np.int64]:
@@ -39,10 +43,7 @@ def top_k(scores: ArrayLike, budget: int, *, candidates: ArrayLike | None = None
             )
         available &= mask
     positions = np.flatnonzero(available)  # ascending, so "lower index first" survives the steps below
-    if positions.shape[0] == 0:
-        raise EmptyPoolError(total=values.shape[0])
-    if budget > positions.shape[0]:
-        raise PoolExhaustedError(available=int(positions.shape[0]), requested=budget)
+    check_available(int(positions.shape[0]), values.shape[0], budget)
     return positions[_top_positions(values[positions], budget)].astype(np.int64, copy=False)
 
 
@@ -58,3 +59,24 @@ def _top_positions(values: NDArray[np.float64], k: int) -> NDArray[np.intp]:
     at = np.flatnonzero(values == kth)[: k - above.shape[0]]
     chosen = np.concatenate([above, at])
     return chosen[np.argsort(-values[chosen], kind="stable")]
+
+
+def rank_by(pool: PoolView, scores: NDArray[np.float64], budget: int) -> Selection:
+    """The ``budget`` best items of ``pool`` by ``scores`` (NaN: excluded), highest first, ties to the lower index.
+
+    With ``pool.min_distance > 0`` an item closer than that to a reference or an already-taken item is passed
+    over (counted in ``Selection.skipped``), so fewer than ``budget`` may come back. For strategies: ``pool``
+    is a checked ``PoolView`` and ``scores`` one float64 per item.
+    """
+    if pool.min_distance > 0:
+        picked = greedy_rows(
+            pool.embeddings_for("near-duplicate suppression"),
+            budget,
+            scores,
+            weight=0.0,
+            reference=pool.reference_embeddings,
+            min_distance=pool.min_distance,
+        )
+        return Selection(indices=picked.indices, scores=scores[picked.indices], skipped=picked.skipped)
+    indices = top_k(scores, budget)
+    return Selection(indices=indices, scores=scores[indices])

@@ -36,8 +36,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from strategies._validate import check_count, first_bad, is_int, real_array
-from strategies.errors import InvalidOptionError, InvalidScoresError, UnknownStrategyError
+from strategies._validate import check_count, check_name, first_bad, is_int, real_array
+from strategies.errors import InvalidOptionError, InvalidScoresError
 
 __all__ = [
     "UNCERTAINTY_MEASURES",
@@ -110,14 +110,6 @@ _KERNELS: dict[str, Kernel] = {
 }
 
 
-def _kernel_for(method: object) -> tuple[str, Kernel]:
-    if isinstance(method, str):
-        name = method.replace("-", "_")
-        if name in _KERNELS:
-            return name, _KERNELS[name]
-    raise UnknownStrategyError(method, UNCERTAINTY_MEASURES, kind="uncertainty measure")
-
-
 def _score_matrix(scores: ArrayLike) -> NDArray[np.number]:
     arr = real_array(scores, "scores", ndim=2)
     if arr.shape[1] < 1:
@@ -148,7 +140,7 @@ def uncertainty_scores(scores: ArrayLike, method: str) -> NDArray[np.float64]:
         InvalidScoresError: wrong shape or dtype, or a non-finite, negative or > 1 value (the message names
             the row).
     """
-    _, kernel = _kernel_for(method)
+    kernel = _KERNELS[check_name(method, UNCERTAINTY_MEASURES, "uncertainty measure")]
     return _apply(kernel, _score_matrix(scores))
 
 

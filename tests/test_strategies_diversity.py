@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 from strategies import (
     ClassBalanced,
     HybridStrategy,
+    InvalidScoresError,
     KCenterStrategy,
     KMeansStrategy,
     PoolExhaustedError,
     PoolView,
     UncertaintyStrategy,
+    coarse_clusters,
     covering_radius,
     get_strategy,
     greedy_select,
@@ -263,3 +265,44 @@ def test_greedy_validates_its_inputs() -> None:
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         greedy_select(bad, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 80),
+    seed=st.integers(0, 1000),
+    w=st.sampled_from([0.0, 0.5, 1.0]),
+    tau=st.sampled_from([0.0, 0.1]),
+    data=st.data(),
+)
+def test_greedy_picks_do_not_depend_on_row_lengths(n: int, seed: int, w: float, tau: float, data) -> None:
+    """greedy_select rescales rows to unit length at its boundary: raw (unnormalised) rows pick what their
+    directions pick, and the caller's arrays are left alone."""
+    rng = np.random.default_rng(seed)
+    x, ref = unit(rng, n, 6), unit(rng, 3, 6)
+    prio = rng.random(n)
+    k = data.draw(st.integers(1, n))
+    raw = x * rng.uniform(0.01, 100.0, size=(n, 1)).astype(np.float32)
+    raw_ref = ref * rng.uniform(0.01, 100.0, size=(3, 1)).astype(np.float32)
+    kept = raw.copy()
+    want = greedy_select(x, k, priority=prio, weight=w, reference=ref, min_distance=tau)
+    got = greedy_select(raw, k, priority=prio, weight=w, reference=raw_ref, min_distance=tau)
+    assert got.indices.tolist() == want.indices.tolist()
+    np.testing.assert_allclose(got.distances, want.distances, atol=1e-5)
+    np.testing.assert_array_equal(raw, kept)
+    assert covering_radius(raw, got.indices, raw_ref) == pytest.approx(covering_radius(x, want.indices, ref), abs=1e-5)
+
+
+def test_coarse_clusters_do_not_depend_on_row_lengths() -> None:
+    rng = np.random.default_rng(8)
+    x = unit(rng, 50, 8)
+    raw = x * rng.uniform(0.1, 10.0, size=(50, 1)).astype(np.float32)
+    np.testing.assert_array_equal(coarse_clusters(raw, seed=2), coarse_clusters(x, seed=2))
+
+
+def test_greedy_rejects_infinite_reference() -> None:
+    x = unit(np.random.default_rng(9), 10, 4)
+    ref = x[:2].copy()
+    ref[1, 0] = np.inf
+    with pytest.raises(InvalidScoresError, match="reference embeddings row 1 has a non-finite value"):
+        greedy_select(x, 2, reference=ref)

@@ -8,50 +8,49 @@ left over goes to the remaining ranked items. Quota = ceil(budget / number of cl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import check_budget
-from strategies.base import PoolView, Selection, Strategy
-from strategies.errors import EmptyPoolError, InvalidOptionError, PoolExhaustedError
+from strategies.base import PoolView, Selection, Strategy, StrategyBase
+from strategies.errors import InvalidOptionError
 from strategies.index import make_index
+
+__all__ = ["NO_CLASS", "ClassBalanced"]
 
 NO_CLASS = -1  # items predicted to contain nothing (an empty detection) form a group of their own
 
 
 @dataclass(frozen=True)
-class ClassBalanced:
+class ClassBalanced(StrategyBase):
+    """Wraps ``base`` (any strategy) with per-class quotas; see the module docstring. ``oversample`` (>= 1) is
+    how many times the budget ``base`` ranks. Name, measure and needs are the base's (``<name>+balance``)."""
+
     base: Strategy
     oversample: float = 3.0
+    name: str = field(init=False)
+    measure: str | None = field(init=False)
+    needs_embeddings: bool = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return f"{self.base.name}+balance"
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Strategy):
+            raise InvalidOptionError(f"class balance wraps a strategy, got {self.base!r}")
+        if not self.oversample >= 1:
+            raise InvalidOptionError(f"class balance option 'oversample' must be >= 1, got {self.oversample}")
+        object.__setattr__(self, "name", f"{self.base.name}+balance")
+        object.__setattr__(self, "measure", self.base.measure)
+        object.__setattr__(self, "needs_embeddings", self.base.needs_embeddings)
 
-    @property
-    def measure(self) -> str | None:
-        return self.base.measure
-
-    @property
-    def needs_embeddings(self) -> bool:
-        return self.base.needs_embeddings
-
-    def select(self, pool: PoolView, budget: int) -> Selection:
-        budget = check_budget(budget)
+    def _select(self, pool: PoolView, budget: int) -> Selection:
         if pool.classes is None:
             raise InvalidOptionError("class balance needs the predicted classes of each item (PoolView.classes)")
         classes = np.asarray(pool.classes, dtype=bool)
-        usable = np.ones(len(pool), dtype=bool) if pool.uncertainty is None else ~np.isnan(pool.uncertainty)
-        n_usable = int(usable.sum())
-        if n_usable == 0:
-            raise EmptyPoolError(len(pool))
-        if budget > n_usable:
-            raise PoolExhaustedError(n_usable, budget)
-        ranked = self.base.select(pool, min(n_usable, int(np.ceil(self.oversample * budget))))
-        groups = _groups(classes)
-        present = sorted({g for i in np.flatnonzero(usable) for g in groups[i]})
+        usable = pool.usable
+        ranked = self.base.select(pool, min(pool.available, int(np.ceil(self.oversample * budget))))
+        present = [int(c) for c in np.flatnonzero(classes[usable].any(axis=0))]
+        if (~classes[usable].any(axis=1)).any():
+            present.insert(0, NO_CLASS)
         quota = int(np.ceil(budget / max(1, len(present))))
         counts = dict.fromkeys(present, 0)
         taken: list[int] = []
@@ -61,13 +60,13 @@ class ClassBalanced:
         for i, s in zip(ranked.indices.tolist(), ranked.scores.tolist(), strict=True):
             if len(taken) >= budget:
                 break
-            open_groups = [g for g in groups[int(i)] if counts[g] < quota]
+            open_groups = [g for g in _groups(classes, i) if counts[g] < quota]
             if open_groups:  # the item's classes still have quota: take it for the least-filled one
                 counts[min(open_groups, key=lambda g: (counts[g], g))] += 1
                 taken.append(int(i))
                 scores.append(float(s))
                 chosen.add(int(i))
-        fills = _quota_fill(pool, groups, usable, counts, quota, chosen, budget - len(taken))
+        fills = _quota_fill(pool, classes, counts, quota, chosen, budget - len(taken))
         for i, s in fills:
             taken.append(i)
             scores.append(s)
@@ -91,14 +90,14 @@ class ClassBalanced:
         )
 
 
-def _groups(classes: NDArray[np.bool_]) -> list[tuple[int, ...]]:
-    return [tuple(np.flatnonzero(row).tolist()) or (NO_CLASS,) for row in classes]
+def _groups(classes: NDArray[np.bool_], i: int) -> tuple[int, ...]:
+    """The classes item ``i`` counts for (NO_CLASS when it is predicted to contain none)."""
+    return tuple(np.flatnonzero(classes[i]).tolist()) or (NO_CLASS,)
 
 
 def _quota_fill(
     pool: PoolView,
-    groups: list[tuple[int, ...]],
-    usable: NDArray[np.bool_],
+    classes: NDArray[np.bool_],
     counts: dict[int, int],
     quota: int,
     chosen: set[int],
@@ -107,8 +106,18 @@ def _quota_fill(
     """Items of under-quota classes from the whole pool, most uncertain first, skipping near-duplicates."""
     if room <= 0:
         return []
-    u = np.zeros(len(pool)) if pool.uncertainty is None else np.nan_to_num(np.asarray(pool.uncertainty), nan=-1.0)
-    order = np.lexsort((np.arange(len(pool)), -u))
+    u = np.zeros(len(pool)) if pool.uncertainty is None else np.nan_to_num(pool.uncertainty, nan=-1.0)
+    # Only usable items with a class still under quota can be taken (quotas only fill up as the loop runs), so
+    # the loop below visits those alone instead of the whole pool.
+    under = [g for g, n in counts.items() if n < quota and g != NO_CLASS]
+    wanted = classes[:, under].any(axis=1)
+    if counts.get(NO_CLASS, quota) < quota:
+        wanted |= ~classes.any(axis=1)
+    wanted &= pool.usable
+    if chosen:
+        wanted[sorted(chosen)] = False
+    order = np.flatnonzero(wanted)
+    order = order[np.lexsort((order, -u[order]))]
     out: list[tuple[int, float]] = []
     # One index of everything that covers (reference set and chosen items), grown as items are taken: each
     # candidate costs one nearest-neighbour query instead of rebuilding the cover.
@@ -122,9 +131,7 @@ def _quota_fill(
     for i in order.tolist():
         if len(out) >= room:
             break
-        if not usable[i] or i in chosen:
-            continue
-        open_groups = [g for g in groups[i] if counts.get(g, quota) < quota]
+        open_groups = [g for g in _groups(classes, i) if counts[g] < quota]
         if not open_groups:
             continue
         if cover is not None and pool.embeddings is not None:

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import check_budget
-from strategies.errors import EmptyPoolError, InvalidOptionError, InvalidScoresError, PoolExhaustedError
+from strategies._validate import check_available, check_budget, unit_rows
+from strategies.errors import InvalidOptionError, InvalidScoresError
 from strategies.index import make_index, min_cosine_distance
+
+__all__ = ["BLOCK_ROWS", "MAX_DISTANCE", "GreedyResult", "greedy_rows", "greedy_select"]
 
 MAX_DISTANCE = 2.0  # cosine distance between opposite unit vectors: "nothing covers this item yet"
 BLOCK_ROWS = 4096
@@ -40,19 +42,6 @@ class GreedyResult:
     keys: NDArray[np.float64]  # each pick's key when it was picked (non-increasing for k-center)
     distances: NDArray[np.float32]  # each pick's distance to the nearest center when it was picked
     skipped: int  # near-duplicates that reached the top and were passed over
-
-
-def _check_embeddings(embeddings: NDArray[np.float32], name: str = "embeddings") -> NDArray[np.float32]:
-    x = np.asarray(embeddings)
-    if x.ndim != 2:
-        raise InvalidScoresError(f"{name} must be 2-D (items x dims), got shape {x.shape}")
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    x = np.ascontiguousarray(x)
-    # One reduction instead of an elementwise mask: a million rows must not cost another matrix of booleans.
-    if len(x) and not np.isfinite(x.sum(dtype=np.float64)):
-        raise InvalidScoresError(f"{name} contain NaN or infinity")
-    return x
 
 
 def greedy_select(
@@ -68,9 +57,16 @@ def greedy_select(
     """Pick up to ``budget`` rows greedily by ``priority^(1-weight) * distance^weight`` (see module docstring).
 
     ``priority`` NaN marks rows that may never be picked. Fewer than ``budget`` rows come back only when every
-    remaining candidate is a near-duplicate (closer than ``min_distance`` to a center).
+    remaining candidate is a near-duplicate (closer than ``min_distance`` to a center). Rows of ``embeddings``
+    and ``reference`` are rescaled to unit length first (a copy, only when they are not): the distances are
+    cosine distances, so a row's scale never changes the picks.
+
+    Raises:
+        InvalidBudgetError, EmptyPoolError, PoolExhaustedError: as every strategy.
+        InvalidScoresError: a wrong shape, NaN/inf in the embeddings, or a negative priority.
+        InvalidOptionError: ``weight`` outside [0, 1] or ``min_distance`` outside [0, 2].
     """
-    x = _check_embeddings(embeddings)
+    x = unit_rows(embeddings)
     budget = check_budget(budget)
     if not 0.0 <= weight <= 1.0:
         raise InvalidOptionError(f"diversity weight must be in [0, 1], got {weight}")
@@ -80,18 +76,29 @@ def greedy_select(
     prio = np.ones(n) if priority is None else np.asarray(priority, dtype=np.float64)
     if prio.shape != (n,):
         raise InvalidScoresError(f"priority has shape {prio.shape}, expected ({n},)")
-    usable = ~np.isnan(prio)
-    if np.any(prio[usable] < 0):
+    if np.any(prio[~np.isnan(prio)] < 0):
         raise InvalidScoresError("priority must be >= 0 (uncertainty scores are)")
-    available = int(usable.sum())
-    if available == 0:
-        raise EmptyPoolError(n)
-    if budget > available:
-        raise PoolExhaustedError(available, budget)
-    ref = None if reference is None or len(reference) == 0 else _check_embeddings(reference, "reference embeddings")
+    check_available(int(np.count_nonzero(~np.isnan(prio))), n, budget)
+    ref = None if reference is None or len(reference) == 0 else unit_rows(reference, "reference embeddings")
     if ref is not None and ref.shape[1] != x.shape[1]:
         raise InvalidScoresError(f"reference has dimension {ref.shape[1]}, embeddings have {x.shape[1]}")
-    return _greedy(x, budget, np.where(usable, prio, 0.0), usable, weight, ref, min_distance, block_rows)
+    return greedy_rows(x, budget, prio, weight, ref, min_distance, block_rows)
+
+
+def greedy_rows(
+    x: NDArray[np.float32],
+    budget: int,
+    priority: NDArray[np.float64],
+    weight: float,
+    reference: NDArray[np.float32] | None,
+    min_distance: float,
+    block_rows: int = BLOCK_ROWS,
+) -> GreedyResult:
+    """``greedy_select`` on inputs already checked (by it, or by ``PoolView``): unit float32 rows, priority
+    (N,) >= 0 with NaN for rows never to pick, 1 <= budget <= the rows not NaN. What strategies call."""
+    usable = ~np.isnan(priority)
+    reference = None if reference is None or len(reference) == 0 else reference
+    return _greedy(x, budget, np.where(usable, priority, 0.0), usable, weight, reference, min_distance, block_rows)
 
 
 def _greedy(
@@ -196,31 +203,3 @@ def _greedy(
         distances=np.asarray(picked_dist, dtype=np.float32),
         skipped=skipped,
     )
-
-
-def covering_radius(
-    embeddings: NDArray[np.float32], centers: NDArray[np.int64], reference: NDArray[np.float32] | None = None
-) -> float:
-    """The largest distance from any row to its nearest center (picked rows and reference): what k-center
-    minimises greedily. Used by tests and benchmarks."""
-    x = _check_embeddings(embeddings)
-    cover = x[np.asarray(centers, dtype=np.int64)]
-    if reference is not None and len(reference):
-        cover = np.concatenate([cover, _check_embeddings(reference, "reference embeddings")])
-    if len(cover) == 0:
-        return float(MAX_DISTANCE)
-    return float(min_cosine_distance(x, cover).max(initial=0.0))
-
-
-def coarse_clusters(embeddings: NDArray[np.float32], seed: int = 0) -> NDArray[np.int64]:
-    """Group selected items into about √k clusters (k-means), for Label Studio's per-annotator cluster balancing:
-    each annotator is served from the groups they labeled least."""
-    from strategies.index import kmeans
-
-    x = _check_embeddings(embeddings)
-    if len(x) == 0:
-        return np.zeros(0, dtype=np.int64)
-    groups = int(np.clip(round(np.sqrt(len(x))), 1, len(x)))
-    if groups == 1:
-        return np.zeros(len(x), dtype=np.int64)
-    return kmeans(x, groups, seed=seed, niter=10).assignment
