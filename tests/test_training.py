@@ -1,0 +1,142 @@
+"""Fast unit tests of the training room: the promotion decision, the YOLO dataset layout (written and read back),
+the version lineage, the models folder, atomic writes and the torch thread guard. No model is trained here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from curation.config import TrainSettings
+from curation.files import atomic_copy, atomic_path, atomic_write_text
+from curation.training.dataset import (
+    box_row,
+    export_dataset,
+    label_path_for,
+    polygon_row,
+    read_data_yaml,
+    write_data_yaml,
+    write_labels,
+    yolo_image_path,
+)
+from curation.training.promotion import Promotion, decide_promotion
+from curation.training.round import _lineage, models_dir
+from store.registry_records import LabeledExample
+
+
+@pytest.mark.parametrize(
+    ("policy", "candidate", "current", "min_delta", "expected"),
+    [
+        ("auto", 0.9, 0.8, 0.0, Promotion(True, "promoted: accuracy 0.9000 > 0.8000 (current)")),
+        ("auto", 0.8, 0.8, 0.0, Promotion(False, "kept as candidate: accuracy 0.8000 does not beat 0.8000 (current)")),
+        ("auto", 0.7, 0.8, 0.0, Promotion(False, "kept as candidate: accuracy 0.7000 does not beat 0.8000 (current)")),
+        (
+            "auto",
+            0.84,
+            0.8,
+            0.05,
+            Promotion(False, "kept as candidate: accuracy 0.8400 does not beat 0.8000 (current) by more than 0.05"),
+        ),
+        ("auto", 0.86, 0.8, 0.05, Promotion(True, "promoted: accuracy 0.8600 > 0.8000 (current)")),
+        ("always", 0.1, 0.9, 0.0, Promotion(True, "promoted (train.promote: always)")),
+        ("never", 0.99, 0.1, 0.0, Promotion(False, "kept as candidate (train.promote: never)")),
+    ],
+)
+def test_promotion_decision(
+    policy: str, candidate: float, current: float, min_delta: float, expected: Promotion
+) -> None:
+    assert decide_promotion("accuracy", candidate, current, policy=policy, min_delta=min_delta) == expected
+
+
+def test_a_nan_metric_never_wins_under_auto() -> None:
+    nan = math.nan
+    assert not decide_promotion("map50_95", nan, 0.5, policy="auto", min_delta=0.0).promote
+    assert not decide_promotion("map50_95", 0.5, nan, policy="auto", min_delta=0.0).promote
+    assert decide_promotion("map50_95", nan, 0.5, policy="always", min_delta=0.0).promote
+    with pytest.raises(ValueError, match="unknown train.promote policy 'sometimes'"):
+        decide_promotion("accuracy", 1.0, 0.0, policy="sometimes", min_delta=0.0)
+
+
+def test_yolo_dataset_written_is_read_back(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for split, stems in (("train", ["a", "b"]), ("val", ["c"])):
+        for stem in stems:
+            image = yolo_image_path(root, split, f"{stem}.png")
+            image.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(image)
+    write_labels(root, "train", "a", [box_row(1, 0.5, 0.25, 0.2, 0.1), box_row(0, 0.1, 0.2, 0.3, 0.4)])
+    write_labels(root, "train", "b", [])  # a background image
+    write_labels(root, "val", "c", [polygon_row(2, [0.1, 0.1, 0.9, 0.1, 0.5, 0.9])])  # polygons carry no box
+    data = write_data_yaml(root, ["cat", 'a "quoted": name', "dog"])
+    assert label_path_for(yolo_image_path(root, "train", "a.png")) == root / "labels" / "train" / "a.txt"
+    read = read_data_yaml(data)
+    assert read.root == root.resolve() and read.class_names == ["cat", 'a "quoted": name', "dog"]
+    assert [p.name for p in read.images] == ["a.png", "b.png", "c.png"]
+    assert read.boxes == [[(1, 0.5, 0.25, 0.2, 0.1), (0, 0.1, 0.2, 0.3, 0.4)], [], []]
+    test = read_data_yaml(write_data_yaml(root, ["cat", "x", "dog"], val="test", name="test.yaml"))
+    assert [p.name for p in test.images] == ["a.png", "b.png"]  # no test split exists: train only
+    assert box_row(3, 0.123456789, 0.5, 1, 0, digits=3) == "3 0.123 0.500 1.000 0.000"
+
+
+def test_segmentation_export_normalises_and_clips_polygons(tmp_path: Path) -> None:
+    image = tmp_path / "img.png"
+    Image.new("RGB", (100, 50)).save(image)
+    poly = {"label": "x", "points": [[10, 5], [120, 5], [50, -10]]}
+    tiny = {"label": "x", "points": [[1, 1], [2, 2]]}  # two points: not a polygon
+    example = LabeledExample(0, "s0", str(image), {"polygons": [poly, tiny], "width": 100, "height": 50}, 100, 50)
+    ds = export_dataset([example], {0: "train"}, "segment", ["x"], tmp_path / "seg")
+    assert (
+        tmp_path / "seg/labels/train/s0.txt"
+    ).read_text() == "0 0.100000 0.100000 1.000000 0.100000 0.500000 0.000000\n"
+    assert ds.n_train == 1 and ds.per_class == {"x": {"train": 1, "val": 0}}
+    assert read_data_yaml(ds.data).class_names == ["x"]
+
+
+def test_lineage_strips_only_a_digest_suffix() -> None:
+    assert _lineage("shapes-0123456789ab") == "shapes"
+    assert _lineage("my-model-v2") == "my-model-v2"
+    assert _lineage("shapes-0123456789AB") == "shapes-0123456789AB"  # not a digest we write
+    assert _lineage("0123456789ab") == "0123456789ab"
+
+
+def test_models_dir_follows_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert models_dir(TrainSettings(), f"sqlite:///{tmp_path / 'db' / 'c.db'}") == tmp_path / "db" / "curate-models"
+    assert models_dir(TrainSettings(), "postgresql+psycopg://u@h/db") == tmp_path / "curate-models"
+    assert models_dir(TrainSettings(models_dir=str(tmp_path / "m")), "sqlite://") == tmp_path / "m"
+
+
+def test_atomic_writes_replace_whole_or_leave_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    copy = atomic_copy(target, tmp_path / "copy.json")
+    assert copy.read_text() == "new"
+    link = tmp_path / "link"
+    for dest in ("a", "b"):  # a symlink is switched in one step, too
+        with atomic_path(link) as tmp:
+            tmp.symlink_to(dest)
+        assert link.is_symlink() and str(link.readlink()) == dest
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_torch_threads_restores_the_count_whatever_happens() -> None:
+    import torch
+
+    from curation.scoring.runtime import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), torch_threads():
+        torch.set_num_threads(1)  # what Ultralytics' trainer does
+        raise KeyError("boom")
+    assert torch.get_num_threads() == before
