@@ -55,7 +55,7 @@ def test_a_nan_metric_never_wins_under_auto() -> None:
     assert not decide_promotion("map50_95", nan, 0.5, policy="auto", min_delta=0.0).promote
     assert not decide_promotion("map50_95", 0.5, nan, policy="auto", min_delta=0.0).promote
     assert decide_promotion("map50_95", nan, 0.5, policy="always", min_delta=0.0).promote
-    with pytest.raises(ValueError, match="unknown train.promote policy 'sometimes'"):
+    with pytest.raises(ValueError, match=r"unknown train\.promote policy 'sometimes'"):
         decide_promotion("accuracy", 1.0, 0.0, policy="sometimes", min_delta=0.0)
 
 
