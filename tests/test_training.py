@@ -140,3 +140,70 @@ def test_torch_threads_restores_the_count_whatever_happens() -> None:
         torch.set_num_threads(1)  # what Ultralytics' trainer does
         raise KeyError("boom")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: Path, tiny_cls_model: Path) -> None:
+    """train_round end to end without Label Studio: real fine-tune of the tiny classifier on labeled shapes."""
+    import numpy as np
+
+    from curation.config import ModelSettings
+    from curation.devtools.synthetic import SHAPES, classification_image
+    from curation.scoring.runtime import load_model, resolve_device
+    from curation.training.round import train_round
+    from store.repository import ScannedFile, Store
+
+    rng = np.random.default_rng(5)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    pool_id = store.get_or_create_pool(str(pool), "directory", str(pool))
+    truth: dict[str, str] = {}
+    for k, cls in enumerate(SHAPES * 10):
+        content = f"{k:032x}"
+        classification_image(rng, cls, 64).save(pool / f"{content}.jpg", quality=92)
+        truth[content] = cls
+    store.apply_scan(pool_id, [ScannedFile(f"{c}.jpg", 1, 1, c, 64, 64) for c in truth], [])
+    ids = store.items_by_content(list(truth))
+    examples = [
+        LabeledExample(ids[c], c, str(pool / f"{c}.jpg"), {"task": "classify", "classes": [cls]}, 64, 64)
+        for c, cls in truth.items()
+    ]
+    runtime = load_model(ModelSettings(path=str(tiny_cls_model)), resolve_device("cpu"), "fp32")
+    info = runtime.info
+    base = store.register_model_version(
+        version=info.version,
+        source=info.source,
+        format=info.format,
+        task=info.task,
+        class_names=info.class_names,
+        imgsz=info.imgsz,
+        embedding_dim=None,
+        digest=info.digest,
+        weights_path=info.source,
+    )
+    store.set_current(base.id, note="test")
+    settings = TrainSettings(epochs=1, batch_size=16, device="cpu", promote="never")
+    models = tmp_path / "models"
+
+    report = train_round(store, base, settings, models, examples=examples)
+    assert report.trained and not report.promoted, report.reason
+    assert report.reason == "kept as candidate (train.promote: never)"
+    assert report.n_train + report.n_val == 30 and report.n_val >= 3  # every class held out at least once
+    assert set(report.candidate_metrics) == set(report.current_metrics) == {"accuracy"}
+    assert 0.0 <= report.candidate_metrics["accuracy"] <= 1.0 and 0.0 <= report.current_metrics["accuracy"] <= 1.0
+    versions = {mv.version: mv for mv, _ in store.model_versions()}
+    new = versions[report.version or ""]
+    assert new.status == "candidate" and new.parent_id == base.id and new.n_labeled == 30
+    assert new.weights_path == report.weights and Path(new.weights_path).is_file()
+    assert new.metric_value == report.candidate_metrics["accuracy"] and new.class_names == sorted(SHAPES)
+    assert versions[base.version].metric_value == report.current_metrics["accuracy"]  # the parent is measured too
+    assert report.summary()["candidate_metrics"] == report.candidate_metrics  # a Report: fields are the JSON
+    assert sorted(p.name for p in models.iterdir()) == [Path(new.weights_path).name]  # no work dir, no .tmp
+
+    again = train_round(store, base, settings, models, examples=examples)
+    assert (
+        not again.trained and again.reason == f"not registered: the fine-tuned weights are identical to {new.version}"
+    )
+    assert len(store.model_versions()) == 2
+    store.close()

@@ -521,9 +521,8 @@ class _FinetuneRunner(_Runner):
             for i in rows:
                 link(data.paths[i], yolo_image_path(root, split, f"{i}{data.paths[i].suffix}"))
                 write_labels(root, split, str(i), [box_row(*row) for row in data.detection_labels[i]])
-        return write_data_yaml(root, data.class_names), write_data_yaml(
-            root, data.class_names, val="test", name="test.yaml"
-        )
+        train_yaml = write_data_yaml(root, data.class_names)
+        return train_yaml, write_data_yaml(root, data.class_names, val="test", name="test.yaml")
 
     def close(self) -> None:
         self._tmp.cleanup()
