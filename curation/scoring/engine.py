@@ -1,5 +1,8 @@
 """Batched scoring: a DataLoader decodes and resizes in worker processes, the model runs whole batches on the
 device, and results are committed in chunks so that an interrupted run resumes where it stopped.
+
+``inferred_batches`` is the one inference loop (decode in workers → ``ModelRuntime.infer``): scoring stores its
+outputs, training's evaluation and ``curate simulate`` consume them directly.
 """
 
 from __future__ import annotations

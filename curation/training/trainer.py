@@ -8,7 +8,6 @@ experiment-tracker callbacks are off; torch's CPU thread count is restored after
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,11 +33,6 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def _prepare() -> None:
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-
-
 def train_ultralytics(
     base: str | Path,
     data: Path,
@@ -56,7 +50,6 @@ def train_ultralytics(
     ``data`` is a classification folder (``train/``, ``val/``) or a detection/segmentation ``data.yaml``.
     Plots are off (they may fetch a font) and AMP is off (its check downloads a model).
     """
-    _prepare()
     import torch
 
     from curation.scoring.runtime import _import_yolo, torch_threads
@@ -141,13 +134,6 @@ def train_from_scratch(
 # Evaluation
 
 
-METRIC_KEYS = {
-    "accuracy": "metrics/accuracy_top1",
-    "map50_95": "metrics/mAP50-95(B)",
-    "map50": "metrics/mAP50(B)",
-}
-
-
 def resolve_metric(metric: str, task: str) -> str:
     if metric == "auto":
         return "accuracy" if task == "classify" else "map50_95"
@@ -192,7 +178,6 @@ def evaluate_models(
 
 
 def _ultralytics_val(weights: str, data: Path, task: str, imgsz: int, batch: int, device: str) -> dict[str, float]:
-    _prepare()
     import torch
 
     from curation.scoring.runtime import _import_yolo, torch_threads
