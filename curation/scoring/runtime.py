@@ -128,6 +128,11 @@ def _import_yolo() -> Any:
     return YOLO
 
 
+def yolo_class_names(names: Any) -> list[str]:
+    """An Ultralytics model's ``names`` ({index: name} or a list) as a list in index order."""
+    return [str(names[i]) for i in range(len(names))] if isinstance(names, dict) else [str(n) for n in names]
+
+
 def _is_torchscript_archive(path: Path) -> bool:
     import zipfile
 
@@ -428,7 +433,7 @@ def _load_ultralytics(
         raise ModelLoadError(f"model {spec} is an exported format; use .pt weights or a TorchScript classifier")
     net: Any = yolo.model
     names = yolo.names
-    class_names = [str(names[i]) for i in range(len(names))] if isinstance(names, dict) else list(names)
+    class_names = yolo_class_names(names)
     train_args = getattr(net, "args", None) or {}
     trained_imgsz = train_args.get("imgsz") if isinstance(train_args, dict) else None
     imgsz = settings.imgsz or (trained_imgsz if isinstance(trained_imgsz, int) else None)

@@ -256,15 +256,14 @@ def weights_identity(weights: Path) -> tuple[str, list[str]]:
     and their class names in the model's own order (Ultralytics orders classification classes by folder name)."""
     import torch
 
-    from curation.scoring.runtime import _import_yolo, weights_digest
+    from curation.scoring.runtime import _import_yolo, weights_digest, yolo_class_names
 
     yolo = _import_yolo()(str(weights))
     net = yolo.model
     digest = (
         weights_digest(net) if isinstance(net, torch.nn.Module) else hashlib.sha256(weights.read_bytes()).hexdigest()
     )
-    names = yolo.names
-    return digest, [str(names[i]) for i in range(len(names))] if isinstance(names, dict) else list(names)
+    return digest, yolo_class_names(yolo.names)
 
 
 def training_device(spec: str) -> str:
