@@ -47,14 +47,15 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def bench_naive(model_path: str, paths: list[Path], imgsz: int, device: str) -> float:
-    from ultralytics import YOLO
+    from curation.scoring.runtime import torch_threads
 
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    model = YOLO(model_path)
-    model.predict(str(paths[0]), imgsz=imgsz, device=device, verbose=False)  # warm-up
-    # Ultralytics' predictor sets torch to cpu_count - 1 threads; give the baseline every core, as curate has.
-    torch.set_num_threads(threads)
+    # Ultralytics' import and predictor set torch to fewer threads; give the baseline every core, as curate has.
+    with torch_threads():
+        from ultralytics import YOLO
+
+        torch.manual_seed(0)
+        model = YOLO(model_path)
+        model.predict(str(paths[0]), imgsz=imgsz, device=device, verbose=False)  # warm-up
     start = time.perf_counter()
     for p in paths:
         model.predict(str(p), imgsz=imgsz, device=device, verbose=False)

@@ -67,14 +67,14 @@ def build_strategy(settings: StrategySettings, name: str | None = None) -> Strat
     return strategy
 
 
-def _scores_view(
+def scores_uncertainty(
     scores: ClassificationScores | DetectionScores,
-    mv: ModelVersionRecord,
+    n_classes: int,
     measure: str,
     detection: DetectionAggregation,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Per-item uncertainty and predicted classes from stored model outputs."""
-    k = len(mv.class_names)
+    """Per-item uncertainty and predicted classes from model outputs (stored ones, or ``simulate``'s)."""
+    k = n_classes
     if isinstance(scores, ClassificationScores):
         n = len(scores.item_ids)
         classes = np.zeros((n, k), dtype=bool)
@@ -108,7 +108,7 @@ def candidate_uncertainty(
         if mv.task == "classify"
         else store.candidate_detection(pool_id, mv.id, len(mv.class_names))
     )
-    values, classes = _scores_view(scores, mv, measure, detection)
+    values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection)
     return Candidates(scores.item_ids, values, classes)
 
 
@@ -122,7 +122,7 @@ def items_uncertainty(
         if mv.task == "classify"
         else store.detection_for(mv.id, ids, len(mv.class_names))
     )
-    values, classes = _scores_view(scores, mv, measure, detection)
+    values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection)
     position = {int(i): k for k, i in enumerate(scores.item_ids)}
     rows = np.array([position.get(i, -1) for i in ids], dtype=np.int64)
     found = rows >= 0

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.training.trainer import ExportedDataset, assign_splits, coverage_problem, export_dataset, primary_label
+from curation.training.dataset import ExportedDataset, coverage_problem, export_dataset
+from curation.training.splits import assign_splits, primary_label
 from store.errors import LockHeldError
 from store.lock import RunLock
 from store.registry_records import LabeledExample, TrainedModel

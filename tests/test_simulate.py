@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli import app
 from curation.config import load_settings
 from curation.devtools.synthetic import make_classification_dataset
+from curation.errors import ConfigError
 from curation.simulate.simulation import (
     SimulationConfig,
     SimulationResult,
@@ -70,10 +71,17 @@ def run(dataset: Path, thumb: tuple[Path, Path], out: Path, *extra: str) -> dict
     return json.loads(result.stdout)
 
 
-def test_end_to_end_outputs_and_schema(dataset: Path, thumb: tuple[Path, Path], tmp_path: Path) -> None:
-    data = run(dataset, thumb, tmp_path / "r.json")
-    assert (tmp_path / "r.json").is_file() and (tmp_path / "r.png").stat().st_size > 1000
-    saved = json.loads((tmp_path / "r.json").read_text())
+@pytest.fixture(scope="module")
+def base(dataset: Path, thumb: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The simulation most tests look at, run once: its --json output and its --out file."""
+    out = tmp_path_factory.mktemp("base") / "r.json"
+    return run(dataset, thumb, out), out
+
+
+def test_end_to_end_outputs_and_schema(base: tuple[dict, Path]) -> None:
+    data, out = base
+    assert out.is_file() and out.with_suffix(".png").stat().st_size > 1000
+    saved = json.loads(out.read_text())
     assert saved["records"] == data["records"]
     assert data["strategies"] == ["entropy", "hybrid", "kcenter"] and data["trainer"] == "linear"
     names = {r["strategy"] for r in data["records"]}
@@ -82,28 +90,70 @@ def test_end_to_end_outputs_and_schema(dataset: Path, thumb: tuple[Path, Path], 
     for r in data["records"]:
         assert set(r) >= {"strategy", "seed", "round", "n_labeled", "metric"}
         assert r["n_labeled"] == 9 + 6 * r["round"] and 0.0 <= r["metric"] <= 1.0
-    assert 0 < data["headline"]["strategies"]["random"]["fraction_of_random_labels"] <= 1.0
-    assert set(data["curves"]) == names and data["test_size"] == len(data["test_items"]) > 0
+    assert set(data["curves"]) == names and data["test_size"] == len(data["test_items"]) == 24
+    # the headline measures every strategy against random's final mean (27 labels)
+    head = data["headline"]
+    final = data["curves"]["random"]["27"]["mean"]
+    assert head["random_final_labels"] == 27 and head["random_final_metric"] == final
+    for name in ("entropy", "hybrid", "kcenter"):
+        h = head["strategies"][name]
+        curve = data["curves"][name]
+        assert h["final_metric"] == curve["27"]["mean"]
+        assert h["rounds_below_random"] == [
+            int(n) for n in curve if curve[n]["mean"] < data["curves"]["random"][n]["mean"] - 1e-12
+        ]
+        reached = [int(n) for n in curve if curve[n]["mean"] >= final - 1e-12]
+        if reached:
+            assert 9 <= h["labels_to_reach_random_final"] <= min(reached)
+            assert h["fraction_of_random_labels"] == pytest.approx(h["labels_to_reach_random_final"] / 27)
+        else:
+            assert h["labels_to_reach_random_final"] is None and h["fraction_of_random_labels"] is None
 
 
-def test_same_seed_same_numbers(dataset: Path, thumb: tuple[Path, Path], tmp_path: Path) -> None:
-    a = run(dataset, thumb, tmp_path / "a.json")
+def test_strategies_select_differently_from_the_same_start(base: tuple[dict, Path]) -> None:
+    data, _ = base
+    first = {(r["strategy"], r["seed"]): r["selected"] for r in data["records"] if r["round"] == 0}
+    for seed in (0, 1):
+        picks = [tuple(first[name, seed]) for name in ("random", "entropy", "hybrid", "kcenter")]
+        assert all(len(p) == 6 for p in picks)
+        assert len(set(picks)) == 4, f"two strategies picked the same items for seed {seed}"
+
+
+def test_same_seed_same_numbers(
+    base: tuple[dict, Path], dataset: Path, thumb: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, _ = base
     b = run(dataset, thumb, tmp_path / "b.json")
-    assert a["records"] == b["records"]
+    assert b["records"] == a["records"]
     c = run(dataset, thumb, tmp_path / "c.json", "--seed", "1")
-    assert c["records"] != a["records"]
+    assert c["records"] != a["records"] and c["test_items"] != a["test_items"]
 
 
-def test_the_test_split_never_leaks(dataset: Path, thumb: tuple[Path, Path], tmp_path: Path) -> None:
-    data = run(dataset, thumb, tmp_path / "r.json")
+def test_the_test_split_never_leaks(
+    base: tuple[dict, Path], dataset: Path, thumb: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, _ = base
     test = set(data["test_items"])
     assert any(r.get("selected") for r in data["records"])  # the check below has something to check
     for r in data["records"]:
         assert not test & set(r.get("selected", [])), f"{r['strategy']} selected a test item"
-    # the same split whatever the strategy: fixed by --seed alone
+    # the same split whatever the strategies and rounds: fixed by --seed alone
+    model, cfg = thumb
+    other = runner.invoke(
+        app,
+        [
+            "simulate", "--dataset", str(dataset), "--strategies", "margin", "--initial", "5", "--step", "3",
+            "--rounds", "1", "--seeds", "1", "--out", str(tmp_path / "o.json"), "--model", str(model),
+            "--config", str(cfg), "--json",
+        ],
+    )  # fmt: skip
+    assert other.exit_code == 0, other.stderr
+    assert json.loads(other.stdout)["test_items"] == data["test_items"]
+    # stratified: 20 % of each class, and another seed draws another split
     labels = np.repeat(np.arange(3), 40)
-    assert (split_test(labels, 0.2, 0) == split_test(labels, 0.2, 0)).all()
-    assert split_test(labels, 0.2, 0).sum() == 24
+    mask = split_test(labels, 0.2, 0)
+    assert [int(mask[labels == k].sum()) for k in range(3)] == [8, 8, 8]
+    assert (split_test(labels, 0.2, 0) == mask).all() and not (split_test(labels, 0.2, 1) == mask).all()
 
 
 def test_linear_head_learns_and_is_deterministic() -> None:
@@ -133,7 +183,7 @@ def test_headline_interpolates_and_says_never_reached() -> None:
 
 def test_bad_requests_are_clear(dataset: Path, thumb: tuple[Path, Path], tmp_path: Path) -> None:
     settings = load_settings(None, {}, environ={})
-    with pytest.raises(Exception, match="needs 1009"):
+    with pytest.raises(ConfigError, match="needs 1009"):
         simulate(
             SimulationConfig(dataset=dataset, strategies=("entropy",), initial=1000, step=1, rounds=9),
             settings,

@@ -31,6 +31,7 @@ import httpx
 from filelock import FileLock
 
 from curation.errors import ConfigError, LabelStudioAuthError, LabelStudioError
+from curation.files import atomic_copy, atomic_path
 
 __all__ = [
     "DEFAULT_USERNAME",
@@ -165,9 +166,8 @@ def _point_symlink(venv_dir: Path, build: Path) -> None:
         aside = build.parent / f"old-{uuid.uuid4().hex}"
         venv_dir.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
-    link = venv_dir.parent / f".{venv_dir.name}.link-{uuid.uuid4().hex}"
-    link.symlink_to(os.path.relpath(build, venv_dir.parent))
-    os.replace(link, venv_dir)
+    with atomic_path(venv_dir) as link:
+        link.symlink_to(os.path.relpath(build, venv_dir.parent))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -369,9 +369,7 @@ def _migrated_template(executable: Path, version: str, deadline: float) -> Path 
             if done.returncode != 0 or not database.is_file():
                 logger.warning("could not build the Label Studio database template:\n%s", _tail(log_path))
                 return None
-            partial = template.with_name(template.name + f".{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(database, partial)
-            os.replace(partial, template)
+            atomic_copy(database, template)
         except subprocess.TimeoutExpired:
             logger.warning("building the Label Studio database template timed out")
             return None

@@ -3,10 +3,9 @@
 Shapes (circle, square, triangle) in random colours, sizes and positions on noisy backgrounds, each with a dark
 outline and at most a small tilt (squares stand upright, triangles point up), like icons or signs. Fully random
 rotations and outline-free shapes made the classes so hard to tell apart that a tiny model trained from scratch for
-a few seconds stayed at chance: the demo and the tests need models that genuinely learn in seconds. Classification
-datasets use Ultralytics' folder layout (``train/<class>/*.png``, ``val/<class>/*.png``); detection and
-segmentation datasets use YOLO label files with a ``data.yaml``. ``write_bad_files`` plants every kind of bad
-input curate must survive.
+a few seconds stayed at chance: the demo and the tests need models that genuinely learn in seconds. Datasets are
+written in Ultralytics' layouts through ``curation.training.dataset`` (a folder per class; YOLO label files with a
+``data.yaml``). ``write_bad_files`` plants every kind of bad input curate must survive.
 """
 
 from __future__ import annotations
@@ -20,6 +19,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
+
+from curation.training.dataset import (
+    box_row,
+    class_folder,
+    polygon_row,
+    write_data_yaml,
+    write_labels,
+    yolo_image_path,
+)
 
 SHAPES = ("circle", "square", "triangle")
 MAX_TILT_DEGREES = 10.0  # squares and triangles are tilted by at most this much from upright
@@ -91,7 +99,7 @@ def make_classification_dataset(
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
         for cls in classes:
-            folder = root / split / cls
+            folder = class_folder(root, split, cls)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 classification_image(rng, cls, size).save(folder / f"{cls}_{i:04d}.png")
@@ -133,28 +141,24 @@ def make_detection_dataset(
     """YOLO detection (or segmentation) dataset with ``data.yaml``; returns the yaml path."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        yolo_image_path(root, split, "").mkdir(parents=True, exist_ok=True)  # an empty split is still a split
         for i in range(n):
             k = int(rng.integers(1, 4))
             picked = [classes[int(rng.integers(len(classes)))] for _ in range(k)]
             img, drawn = draw_shapes(rng, size, picked, 0.1, 0.2)
-            img.save(root / "images" / split / f"{i:05d}.png")
-            lines = []
+            img.save(yolo_image_path(root, split, f"{i:05d}.png"))
+            rows = []
             for shape, poly in drawn:
                 cls = classes.index(shape)
                 pts = np.clip(np.array(poly) / size, 0, 1)
                 if segment:
-                    lines.append(f"{cls} " + " ".join(f"{v:.5f}" for v in pts.reshape(-1)))
+                    rows.append(polygon_row(cls, pts.reshape(-1).tolist(), digits=5))
                 else:
                     x0, y0 = pts.min(axis=0)
                     x1, y1 = pts.max(axis=0)
-                    lines.append(f"{cls} {(x0 + x1) / 2:.5f} {(y0 + y1) / 2:.5f} {x1 - x0:.5f} {y1 - y0:.5f}")
-            (root / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
-    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
-    data = root / "data.yaml"
-    data.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-    return data
+                    rows.append(box_row(cls, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, digits=5))
+            write_labels(root, split, f"{i:05d}", rows)
+    return write_data_yaml(root, classes)
 
 
 def _png_header_only(width: int, height: int) -> bytes:

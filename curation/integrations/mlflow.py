@@ -15,7 +15,7 @@ from curation.errors import ConfigError, CurateError, ExitCode, ModelLoadError
 
 if TYPE_CHECKING:
     from curation.config import Settings
-    from curation.training.trainer import TrainReport
+    from curation.training.round import TrainReport
 
 MODEL_URI_PREFIX = "models:/"
 WEIGHT_SUFFIXES = (".pt", ".torchscript", ".ts", ".jit", ".ptl")

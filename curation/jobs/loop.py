@@ -11,9 +11,10 @@ from curation.errors import ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.queue import reprioritize
+from curation.jobs.train import fine_tune
 from curation.labelstudio import queue
 from curation.progress import Progress
-from curation.training.trainer import TrainingError, train_round
+from curation.training.trainer import TrainingError
 from store.repository import Store
 
 
@@ -76,13 +77,13 @@ def loop(
         report.notes.append(f"nothing pulled: {exc}")
     current = store.current_model()
     threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
-    labeled = len(store.labeled_examples(current.task)) if current else 0
+    examples = store.labeled_examples(current.task) if current else []
     last = store.latest_trained()
     baseline = last.n_labeled or 0 if last else 0
-    report.new_labels = labeled - baseline
+    report.new_labels = len(examples) - baseline
     if current is not None and report.new_labels >= max(threshold, 1):
         try:
-            outcome = train_round(store, settings, current, progress=progress)
+            outcome = fine_tune(store, settings, current, examples=examples, progress=progress)
         except TrainingError as exc:
             # The queue must still follow the current model: note the failure, finish the turn, and let the CLI
             # exit non-zero so that cron reports it.

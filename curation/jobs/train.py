@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from curation.config import Settings
+from curation.errors import CurateError
 from curation.jobs.common import current_or_fail
 from curation.jobs.model import load_runtime, register_model
 from curation.progress import Progress
-from curation.training.trainer import TrainReport, train_round
-from store.repository import Store
+from curation.training.round import TrainReport, models_dir, train_round
+from store.registry_records import LabeledExample
+from store.repository import ModelVersionRecord, Store
 
 
 def train(store: Store, settings: Settings, *, progress: Progress | None = None) -> TrainReport:
@@ -17,4 +22,27 @@ def train(store: Store, settings: Settings, *, progress: Progress | None = None)
         base = register_model(store, runtime)
     else:
         base = current_or_fail(store)
-    return train_round(store, settings, base, progress=progress)
+    return fine_tune(store, settings, base, progress=progress)
+
+
+def fine_tune(
+    store: Store,
+    settings: Settings,
+    current: ModelVersionRecord,
+    *,
+    examples: list[LabeledExample] | None = None,
+    progress: Progress | None = None,
+) -> TrainReport:
+    """One training round from ``current``, logged to MLflow when it is configured (a failed MLflow log is a
+    warning: the version is registered already)."""
+    report = train_round(
+        store, current, settings.train, models_dir(settings.train, settings.db), examples=examples, progress=progress
+    )
+    if report.trained and report.weights and (settings.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        from curation.integrations.mlflow import log_training
+
+        try:
+            report.mlflow_run = log_training(settings, report, Path(report.weights), current.version)
+        except CurateError as exc:
+            report.warnings.append(str(exc))
+    return report

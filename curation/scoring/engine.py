@@ -1,12 +1,15 @@
 """Batched scoring: a DataLoader decodes and resizes in worker processes, the model runs whole batches on the
 device, and results are committed in chunks so that an interrupted run resumes where it stopped.
+
+``inferred_batches`` is the one inference loop (decode in workers → ``ModelRuntime.infer``): scoring stores its
+outputs, training's evaluation and ``curate simulate`` consume them directly.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from curation.config import ScoringSettings
 from curation.faults import checkpoint
 from curation.progress import NullProgress, Progress
 from curation.scoring.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
-from curation.scoring.runtime import ItemOutput, ModelRuntime
+from curation.scoring.runtime import ItemOutput, ModelInfo, ModelRuntime, torch_threads
 from store.repository import ScoredChunk, Store, encode_polygons
 
 _PREPROCESS = {"center_crop": center_crop, "stretch": stretch}
@@ -80,14 +83,24 @@ class PoolDataset(Dataset[Sample]):
         return Sample(position, tensor, geometry, None)
 
 
-def collate(samples: list[Sample]) -> dict[str, Any]:
+@dataclass
+class DecodedBatch:
+    """The decodable images of one batch, stacked, and what could not be decoded (position, reason, transient)."""
+
+    images: torch.Tensor | None  # uint8 (B, 3, H, W); None when nothing in the batch decoded
+    positions: list[int]
+    geometries: list[Geometry]
+    failures: list[tuple[int, str, bool]]
+
+
+def collate(samples: list[Sample]) -> DecodedBatch:
     good = [s for s in samples if s.image is not None]
-    return {
-        "images": torch.stack([s.image for s in good]) if good else None,  # type: ignore[misc]
-        "positions": [s.position for s in good],
-        "geometries": [s.geometry for s in good],
-        "failures": [(s.position, s.error or "unreadable", s.transient) for s in samples if s.image is None],
-    }
+    return DecodedBatch(
+        images=torch.stack([s.image for s in good]) if good else None,  # type: ignore[misc]
+        positions=[s.position for s in good],
+        geometries=[s.geometry for s in good],  # type: ignore[misc]
+        failures=[(s.position, s.error or "unreadable", s.transient) for s in samples if s.image is None],
+    )
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -202,6 +215,53 @@ def shape_batches(
     return shapes, batches
 
 
+NO_PIXEL_LIMIT = 10**12  # for images that were read once already (when they were scored)
+
+
+def decoded_batches(
+    jobs: Sequence[ScoreJob],
+    info: ModelInfo,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    max_pixels: int = NO_PIXEL_LIMIT,
+    pin_memory: bool = False,
+) -> Iterator[DecodedBatch]:
+    """Decode and preprocess ``jobs`` for a model described by ``info``, in ``workers`` processes, in batches of
+    one canvas shape (see ``shape_batches``). Positions in the batches index ``jobs``."""
+    shapes, batches = shape_batches(jobs, info.preprocess, info.imgsz, info.stride, batch_size)
+    dataset = PoolDataset([j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def inferred_batches(
+    runtime: ModelRuntime,
+    jobs: Sequence[ScoreJob],
+    batch_size: int,
+    *,
+    workers: int = 0,
+    max_pixels: int = NO_PIXEL_LIMIT,
+) -> Iterator[tuple[DecodedBatch, list[ItemOutput]]]:
+    """The one inference loop: each decoded batch with the model's output for each of its images (in
+    ``batch.positions`` order; empty when nothing in the batch decoded). Scoring, training's evaluation and
+    ``simulate`` all run their models through it."""
+    pin = runtime.device.type == "cuda"
+    batches = decoded_batches(jobs, runtime.info, batch_size, workers=workers, max_pixels=max_pixels, pin_memory=pin)
+    for batch in batches:
+        outputs = runtime.infer(batch.images, batch.geometries) if batch.images is not None else []
+        yield batch, outputs
+
+
 def score_items(
     store: Store,
     runtime: ModelRuntime,
@@ -220,22 +280,7 @@ def score_items(
         return report
     workers = default_workers(settings.workers, runtime.device)
     batch_size = default_batch_size(settings.batch_size, runtime.info.task, runtime.device)
-    info = runtime.info
-    shapes, batches = shape_batches(items, info.preprocess, info.imgsz, info.stride, batch_size)
-    dataset = PoolDataset([j.path for j in items], info.preprocess, info.imgsz, max_pixels, shapes)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=runtime.device.type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
-    threads_before = torch.get_num_threads()
-    if runtime.device.type == "cpu":
-        torch.set_num_threads(default_threads(settings.threads, workers, runtime.info.task))
+    threads = default_threads(settings.threads, workers, runtime.info.task) if runtime.device.type == "cpu" else None
     run_id = store.start_run(model_version_id, pool_id, len(items), str(runtime.device), batch_size)
     report.run_id = run_id
     chunk = ScoredChunk()
@@ -254,19 +299,18 @@ def score_items(
 
     status = "failed"
     try:
-        for batch in loader:
-            for position, reason, transient in batch["failures"]:
-                item_id, path = items[position].item_id, items[position].path
-                if transient:
-                    report.retry_later += 1
-                    progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
-                    continue
-                chunk.failures.append((item_id, reason))
-                report.failures.append((str(path), reason))
-                progress.warn(f"skipped {path}: {reason}")
-            if batch["images"] is not None:
-                outputs = runtime.infer(batch["images"], batch["geometries"])
-                for position, geometry, output in zip(batch["positions"], batch["geometries"], outputs, strict=True):
+        with torch_threads(threads):
+            for batch, outputs in inferred_batches(runtime, items, batch_size, workers=workers, max_pixels=max_pixels):
+                for position, reason, transient in batch.failures:
+                    item_id, path = items[position].item_id, items[position].path
+                    if transient:
+                        report.retry_later += 1
+                        progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
+                        continue
+                    chunk.failures.append((item_id, reason))
+                    report.failures.append((str(path), reason))
+                    progress.warn(f"skipped {path}: {reason}")
+                for position, geometry, output in zip(batch.positions, batch.geometries, outputs, strict=True):
                     item_id, path = items[position].item_id, items[position].path
                     chunk.predictions.append(prediction_row(item_id, output, geometry))
                     vector = np.asarray(output.embedding, "<f2")
@@ -278,12 +322,12 @@ def score_items(
                     if output.problem:
                         chunk.n_invalid += 1
                         progress.warn(f"flagged {path}: {output.problem}")
-            done = len(batch["failures"]) + len(batch["positions"])
-            elapsed = time.perf_counter() - start
-            if len(chunk) >= settings.chunk_size:
-                flush()
-            processed = report.scored + report.invalid + report.failed + len(chunk)
-            progress.advance(done, rate=processed / elapsed if elapsed > 0 else None)
+                done = len(batch.failures) + len(batch.positions)
+                elapsed = time.perf_counter() - start
+                if len(chunk) >= settings.chunk_size:
+                    flush()
+                processed = report.scored + report.invalid + report.failed + len(chunk)
+                progress.advance(done, rate=processed / elapsed if elapsed > 0 else None)
         flush()
         status = "completed"
     except KeyboardInterrupt:
@@ -292,7 +336,6 @@ def score_items(
         status = "interrupted"
         raise
     finally:
-        torch.set_num_threads(threads_before)
         report.seconds = time.perf_counter() - start
         progress.finish()
         store.finish_run(run_id, status, report.images_per_s if status == "completed" else None)

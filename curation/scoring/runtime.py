@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,22 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def torch_threads(count: int | None = None) -> Iterator[None]:
+    """Run the block with ``count`` CPU threads (``None``: unchanged) and restore the previous count afterwards.
+
+    Ultralytics' import, trainer and predictor all lower torch's thread pool for their own use; whatever they do
+    inside the block does not leak into scoring, which needs every core it was given.
+    """
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _import_yolo() -> Any:
     """Import Ultralytics offline and quiet, without letting it shrink torch's CPU thread pool.
 
@@ -106,11 +123,14 @@ def _import_yolo() -> Any:
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
-    threads = torch.get_num_threads()
-    from ultralytics import YOLO
-
-    torch.set_num_threads(threads)
+    with torch_threads():
+        from ultralytics import YOLO
     return YOLO
+
+
+def yolo_class_names(names: Any) -> list[str]:
+    """An Ultralytics model's ``names`` ({index: name} or a list) as a list in index order."""
+    return [str(names[i]) for i in range(len(names))] if isinstance(names, dict) else [str(n) for n in names]
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -413,7 +433,7 @@ def _load_ultralytics(
         raise ModelLoadError(f"model {spec} is an exported format; use .pt weights or a TorchScript classifier")
     net: Any = yolo.model
     names = yolo.names
-    class_names = [str(names[i]) for i in range(len(names))] if isinstance(names, dict) else list(names)
+    class_names = yolo_class_names(names)
     train_args = getattr(net, "args", None) or {}
     trained_imgsz = train_args.get("imgsz") if isinstance(train_args, dict) else None
     imgsz = settings.imgsz or (trained_imgsz if isinstance(trained_imgsz, int) else None)

@@ -19,20 +19,33 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from curation.config import IMAGE_EXTENSIONS, Settings
+from curation.config import IMAGE_EXTENSIONS, ModelSettings, ScoringSettings, Settings, StrategySettings, TrainSettings
 from curation.errors import ConfigError, PoolError
+from curation.files import atomic_write_text
 from curation.progress import NullProgress, Progress
-from curation.selection import FALLBACK_MEASURE, build_strategy, build_view, needs_embeddings
-from strategies import uncertainty_scores
+from curation.selection import FALLBACK_MEASURE, build_strategy, build_view, needs_embeddings, scores_uncertainty
+from curation.training.dataset import (
+    Box,
+    box_row,
+    class_folder,
+    link,
+    read_data_yaml,
+    write_data_yaml,
+    write_labels,
+    yolo_image_path,
+)
+from store.repository import ClassificationScores, DetectionScores
+
+if TYPE_CHECKING:
+    from curation.scoring.runtime import ItemOutput
 
 TRAINERS = ("linear", "finetune")
 
@@ -61,7 +74,7 @@ class Dataset:
     labels: NDArray[np.int64]
     class_names: list[str]
     task: str = "classify"
-    detection_labels: list[list[tuple[int, float, float, float, float]]] = field(default_factory=list)
+    detection_labels: list[list[Box]] = field(default_factory=list)
     root: Path | None = None
 
     def relative(self, index: int) -> str:
@@ -169,36 +182,11 @@ def load_dataset(path: Path) -> Dataset:
 
 
 def _load_detection(data_yaml: Path) -> Dataset:
-    import yaml
-
-    spec = yaml.safe_load(data_yaml.read_text()) or {}
-    root = Path(spec.get("path") or data_yaml.parent)
-    if not root.is_absolute():
-        root = (data_yaml.parent / root).resolve()
-    names_spec = spec.get("names") or {}
-    names = [str(names_spec[i]) for i in sorted(names_spec)] if isinstance(names_spec, dict) else list(names_spec)
-    paths: list[Path] = []
-    boxes: list[list[tuple[int, float, float, float, float]]] = []
-    for key in ("train", "val", "test"):
-        folder = spec.get(key)
-        if not folder:
-            continue
-        for image in sorted((root / folder).rglob("*")):
-            if image.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            label_file = Path(str(image.parent).replace("images", "labels", 1)) / (image.stem + ".txt")
-            rows = []
-            if label_file.is_file():
-                for line in label_file.read_text().splitlines():
-                    parts = line.split()
-                    if len(parts) == 5:
-                        rows.append((int(parts[0]), *(float(v) for v in parts[1:])))
-            paths.append(image)
-            boxes.append(rows)  # type: ignore[arg-type]
-    if not paths:
+    yolo = read_data_yaml(data_yaml)
+    if not yolo.images:
         raise PoolError(f"no images found through {data_yaml}")
-    first = np.array([b[0][0] if b else -1 for b in boxes], dtype=np.int64)
-    return Dataset(paths, first, names, task="detect", detection_labels=boxes, root=root)
+    first = np.array([b[0][0] if b else -1 for b in yolo.boxes], dtype=np.int64)
+    return Dataset(yolo.images, first, yolo.class_names, task="detect", detection_labels=yolo.boxes, root=yolo.root)
 
 
 def dataset_imgsz(paths: Sequence[Path], sample: int = 64) -> int:
@@ -277,27 +265,30 @@ def predict_proba(x: NDArray[np.float32], w: NDArray[np.float32], b: NDArray[np.
 class PoolState:
     """What the model tells us about every image this round."""
 
-    probs: NDArray[np.float32] | None  # (N, K) classification
     embeddings: NDArray[np.float32]  # (N, D) as stored (L2-normalised)
-    uncertainty_for: Callable[[str, NDArray[np.int64]], tuple[NDArray[np.float64], NDArray[np.bool_]]]
+    n_classes: int
+    scores_for: Callable[[NDArray[np.int64]], ClassificationScores | DetectionScores]  # outputs for these rows
 
 
 def select_round(
     strategy_name: str,
-    settings: Settings,
+    settings: StrategySettings,
     state: PoolState,
     candidates: NDArray[np.int64],
     labeled: NDArray[np.int64],
     budget: int,
 ) -> NDArray[np.int64]:
     """One selection exactly as ``curate select`` makes it, over the simulation's candidates."""
-    strategy = build_strategy(settings.strategy, strategy_name)
-    uncertainty, classes = state.uncertainty_for(strategy.measure or FALLBACK_MEASURE, candidates)
+    strategy = build_strategy(settings, strategy_name)
+    measure = strategy.measure or FALLBACK_MEASURE
+    uncertainty, classes = scores_uncertainty(
+        state.scores_for(candidates), state.n_classes, measure, settings.detection
+    )
     embeddings = reference = None
-    if needs_embeddings(strategy, settings.strategy):
+    if needs_embeddings(strategy, settings):
         embeddings = state.embeddings[candidates].copy()
         reference = state.embeddings[labeled].copy()
-    view = build_view(uncertainty, classes, embeddings, reference, settings.strategy)
+    view = build_view(uncertainty, classes, embeddings, reference, settings)
     picked = strategy.select(view, min(budget, int(np.count_nonzero(~np.isnan(uncertainty)))))
     return candidates[picked.indices]
 
@@ -337,7 +328,7 @@ def simulate(
     if config.trainer == "linear":
         runner: _Runner = _LinearRunner(data, settings, model_spec, config, progress)
     else:
-        runner = _FinetuneRunner(data, settings, model_spec, config, progress)
+        runner = _FinetuneRunner(data, settings.train, settings.model, settings.scoring, model_spec, config)
     records: list[dict[str, Any]] = []
     total = config.seeds * len(names) * (config.rounds + 1)
     progress.start(f"simulating {len(names)} strategies x {config.seeds} seeds", total)
@@ -348,9 +339,7 @@ def simulate(
             initial = np.sort(rng.choice(pool, size=config.initial, replace=False))
             for name in names:
                 labeled = initial.copy()
-                sim_settings = settings.model_copy(
-                    update={"strategy": settings.strategy.model_copy(update={"seed": seed})}
-                )
+                strategy_settings = settings.strategy.model_copy(update={"seed": seed})
                 for round_ in range(config.rounds + 1):
                     state, metric = runner.round(labeled, test, seed)
                     record: dict[str, Any] = {
@@ -365,7 +354,7 @@ def simulate(
                     if round_ == config.rounds:
                         break
                     candidates = np.setdiff1d(pool, labeled)
-                    picked = select_round(name, sim_settings, state, candidates, labeled, config.step)
+                    picked = select_round(name, strategy_settings, state, candidates, labeled, config.step)
                     record["selected"] = [data.relative(i) for i in picked]  # what this round added, for audits
                     labeled = np.sort(np.concatenate([labeled, picked]))
     finally:
@@ -394,13 +383,7 @@ class _Runner:
 
 
 def _classification_state(probs: NDArray[np.float32], embeddings: NDArray[np.float32]) -> PoolState:
-    def uncertainty_for(measure: str, rows: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        p = probs[rows]
-        classes = np.zeros(p.shape, dtype=bool)
-        classes[np.arange(len(rows)), np.argmax(p, axis=1)] = True
-        return uncertainty_scores(p, measure), classes
-
-    return PoolState(probs, embeddings, uncertainty_for)
+    return PoolState(embeddings, probs.shape[1], lambda rows: ClassificationScores(rows, probs[rows]))
 
 
 def _score_dataset(
@@ -468,18 +451,25 @@ class _FinetuneRunner(_Runner):
     """Fine-tune from the model every round (Ultralytics), then score the dataset with the new weights."""
 
     def __init__(
-        self, data: Dataset, settings: Settings, model_spec: str, config: SimulationConfig, progress: Progress
+        self,
+        data: Dataset,
+        train: TrainSettings,
+        model: ModelSettings,
+        scoring: ScoringSettings,
+        model_spec: str,
+        config: SimulationConfig,
     ) -> None:
         self.data = data
-        self.settings = settings
+        self.train = train
+        self.model = model
+        self.scoring = scoring
         self.model_spec = model_spec
         self.config = config
-        self.progress = progress
         self.metric = "accuracy" if data.task == "classify" else "map50_95"
         self.model_name = Path(model_spec).name
         self._tmp = tempfile.TemporaryDirectory(prefix="curate-simulate-")
         self._round = 0
-        self._imgsz = settings.train.imgsz or settings.model.imgsz or dataset_imgsz(data.paths)  # not per round
+        self._imgsz = train.imgsz or model.imgsz or dataset_imgsz(data.paths)  # not per round
 
     def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
         from curation.training.trainer import evaluate, train_ultralytics, training_device
@@ -493,19 +483,19 @@ class _FinetuneRunner(_Runner):
             work / "run",
             epochs=self.config.epochs,
             imgsz=self._imgsz,
-            batch=self.settings.train.batch_size,
+            batch=self.train.batch_size,
             device=training_device("auto"),
             seed=seed,
-            options={"val": False, **self.settings.train.options},
+            options={"val": False, **self.train.options},
         ).weights
-        runtime = _load(self.settings, str(trained))
+        runtime = _load(self.model, self.scoring, str(trained))
         if self.data.task == "classify":
             probs, emb = _infer_classify(runtime, self.data.paths)
             probs = self._dataset_columns(runtime, probs)
             accuracy = float((np.argmax(probs[test], axis=1) == self.data.labels[test]).mean())
             return _classification_state(probs, emb), accuracy
         metrics = evaluate(str(trained), test_yaml, "detect", runtime.info.imgsz, 8, training_device("auto"))
-        state = _detection_state(runtime, self.data.paths, self.settings)
+        state = _detection_state(runtime, self.data.paths)
         return state, float(metrics["map50_95"])
 
     def _dataset_columns(self, runtime: Any, probs: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -519,35 +509,20 @@ class _FinetuneRunner(_Runner):
         return out
 
     def _export(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], work: Path) -> tuple[Path, Path]:
-        import os
-
-        if self.data.task == "classify":
+        """The round's training dataset (and, for detection, a ``test.yaml`` validating on the test split)."""
+        root, data = work / "data", self.data
+        if data.task == "classify":
             for split in ("train", "val"):  # val is required by Ultralytics; validation is off ("val": False)
                 for i in labeled:
-                    target = (
-                        work
-                        / "data"
-                        / split
-                        / self.data.class_names[self.data.labels[i]]
-                        / f"{i}{self.data.paths[i].suffix}"
-                    )
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(self.data.paths[i], target)
-            return work / "data", work / "data"
-        names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(self.data.class_names))
+                    folder = class_folder(root, split, data.class_names[data.labels[i]])
+                    link(data.paths[i], folder / f"{i}{data.paths[i].suffix}")
+            return root, root
         for split, rows in (("train", labeled), ("val", labeled), ("test", np.flatnonzero(test))):
             for i in rows:
-                image = work / "data" / "images" / split / f"{i}{self.data.paths[i].suffix}"
-                image.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(self.data.paths[i], image)
-                label = work / "data" / "labels" / split / f"{i}.txt"
-                label.parent.mkdir(parents=True, exist_ok=True)
-                label.write_text("".join(" ".join(str(v) for v in row) + "\n" for row in self.data.detection_labels[i]))
-        train_yaml = work / "data" / "data.yaml"
-        train_yaml.write_text(f"path: {work / 'data'}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-        test_yaml = work / "data" / "test.yaml"
-        test_yaml.write_text(f"path: {work / 'data'}\ntrain: images/train\nval: images/test\nnames:\n{names}\n")
-        return train_yaml, test_yaml
+                link(data.paths[i], yolo_image_path(root, split, f"{i}{data.paths[i].suffix}"))
+                write_labels(root, split, str(i), [box_row(*row) for row in data.detection_labels[i]])
+        train_yaml = write_data_yaml(root, data.class_names)
+        return train_yaml, write_data_yaml(root, data.class_names, val="test", name="test.yaml")
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -559,90 +534,63 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _load(settings: Settings, weights: str) -> Any:
+def _load(model: ModelSettings, scoring: ScoringSettings, weights: str) -> Any:
     import torch
 
     from curation.scoring.runtime import load_model, resolve_device
 
     return load_model(
-        settings.model.model_copy(update={"path": weights, "version": None}),
-        resolve_device(settings.scoring.device) if _cuda() else torch.device("cpu"),
-        settings.scoring.precision,
+        model.model_copy(update={"path": weights, "version": None}),
+        resolve_device(scoring.device) if _cuda() else torch.device("cpu"),
+        scoring.precision,
     )
 
 
-def _preprocessed(runtime: Any, paths: Sequence[Path]) -> Any:
-    import torch
+def _outputs(runtime: Any, paths: Sequence[Path]) -> Iterator[tuple[int, ItemOutput]]:
+    """(position, model output) for every decodable image, through scoring's inference loop."""
+    from curation.scoring.engine import ScoreJob, default_workers, inferred_batches
 
-    from curation.scoring.engine import PoolDataset, ScoreJob, shape_batches
-
-    info = runtime.info
     jobs = [ScoreJob(i, p) for i, p in enumerate(paths)]
-    shapes, batches = shape_batches(jobs, info.preprocess, info.imgsz, info.stride, 32)
-    dataset = PoolDataset(paths, info.preprocess, info.imgsz, 10**9, shapes)
-    for batch in batches:
-        samples = [dataset[i] for i in batch]
-        images = [s.image for s in samples if s.image is not None]
-        if images:
-            good = [s for s in samples if s.image is not None]
-            yield [s.position for s in good], torch.stack(images), [s.geometry for s in good]
+    for batch, outputs in inferred_batches(runtime, jobs, 32, workers=default_workers(None, runtime.device)):
+        yield from zip(batch.positions, outputs, strict=True)
 
 
 def _infer_classify(runtime: Any, paths: Sequence[Path]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     k = len(runtime.info.class_names)
     probs = np.zeros((len(paths), k), dtype=np.float32)
     emb: NDArray[np.float32] | None = None
-    for positions, images, geometries in _preprocessed(runtime, paths):
-        outputs = runtime.infer(images, geometries)
+    for pos, out in _outputs(runtime, paths):
         if emb is None:
-            emb = np.zeros((len(paths), len(outputs[0].embedding)), dtype=np.float32)
-        for pos, out in zip(positions, outputs, strict=True):
-            probs[pos] = out.probs
-            emb[pos] = out.embedding
+            emb = np.zeros((len(paths), len(out.embedding)), dtype=np.float32)
+        probs[pos] = out.probs
+        emb[pos] = out.embedding
     if emb is None:
         raise PoolError("no dataset image could be decoded")
     return probs, emb
 
 
-def _detection_state(runtime: Any, paths: Sequence[Path], settings: Settings) -> PoolState:
-    from curation.selection import _scores_view
-    from store.repository import DetectionScores, ModelVersionRecord
-
+def _detection_state(runtime: Any, paths: Sequence[Path]) -> PoolState:
     k = len(runtime.info.class_names)
     n_boxes = np.zeros(len(paths), dtype=np.int64)
     conf: list[NDArray[np.float32]] = [np.zeros(0, np.float32)] * len(paths)
     scores: list[NDArray[np.float32]] = [np.zeros((0, k), np.float32)] * len(paths)
     emb: NDArray[np.float32] | None = None
-    for positions, images, geometries in _preprocessed(runtime, paths):
-        outputs = runtime.infer(images, geometries)
+    for pos, out in _outputs(runtime, paths):
         if emb is None:
-            emb = np.zeros((len(paths), len(outputs[0].embedding)), dtype=np.float32)
-        for pos, out in zip(positions, outputs, strict=True):
-            n_boxes[pos], conf[pos], scores[pos], emb[pos] = len(out.boxes), out.box_conf, out.box_scores, out.embedding
+            emb = np.zeros((len(paths), len(out.embedding)), dtype=np.float32)
+        n_boxes[pos], conf[pos], scores[pos], emb[pos] = len(out.boxes), out.box_conf, out.box_scores, out.embedding
     if emb is None:
         raise PoolError("no dataset image could be decoded")
-    mv = ModelVersionRecord(
-        0,
-        runtime.info.version,
-        "",
-        "ultralytics",
-        "detect",
-        runtime.info.class_names,
-        runtime.info.imgsz,
-        emb.shape[1],
-        datetime.now(UTC),
-    )
 
-    def uncertainty_for(measure: str, rows: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        det = DetectionScores(
+    def scores_for(rows: NDArray[np.int64]) -> DetectionScores:
+        return DetectionScores(
             rows,
             n_boxes[rows],
             np.concatenate([conf[i] for i in rows]),
             np.concatenate([scores[i] for i in rows]).reshape(-1, k),
         )
-        return _scores_view(det, mv, measure, settings.strategy.detection)
 
-    return PoolState(None, emb, uncertainty_for)
+    return PoolState(emb, k, scores_for)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -687,10 +635,7 @@ def plot_curves(result: SimulationResult, path: Path) -> Path:
 
 def write_json(result: SimulationResult, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(result.to_json(), indent=2))
 
 
 def fmt_fraction(value: float | None) -> str:
