@@ -75,6 +75,9 @@ class FakeLabelStudio:
             self._now += timedelta(milliseconds=1)
         return ls_time(self._now)
 
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+
     def fail_next_import(self, mode: str) -> None:
         assert mode in ("after-commit", "before-commit")
         self._fault = mode
