@@ -50,6 +50,7 @@ def test_a_refused_key_is_an_auth_error_that_never_shows_the_key() -> None:
     with pytest.raises(LabelStudioAuthError) as err:
         client.whoami()
     assert "refused the API key" in str(err.value) and SECRET not in str(err.value) and "***" in str(err.value)
+    assert err.value.status == 401
     with pytest.raises(LabelStudioAuthError) as err:
         client.model_versions(1)  # our own raw calls map errors the same way
     assert SECRET not in str(err.value)

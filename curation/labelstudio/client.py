@@ -175,7 +175,8 @@ class LabelStudioClient:
         if status in (401, 403):
             return LabelStudioAuthError(
                 f"Label Studio at {self.url} refused the API key ({status}: {detail}); "
-                "check LABEL_STUDIO_API_KEY (a legacy token or a personal access token)"
+                "check LABEL_STUDIO_API_KEY (a legacy token or a personal access token)",
+                status,
             )
         message = f"Label Studio at {self.url} answered {status} while {what}: {detail}"
         if import_call and (status >= 500 or status in (408, 429)):
