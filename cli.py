@@ -606,8 +606,8 @@ def reprioritize(
             err_console.print(f"Queue of {report.queue_size} task(s) unchanged: {report.reason}.")
             return
         err_console.print(
-            f"Re-ranked {report.queue_size} queued task(s) {report.reason[len('re-ranked ') :]}: {report.moved} moved; "
-            f"Label Studio now serves by model_version {report.tag} "
+            f"Re-ranked {report.queue_size} queued task(s) with {report.strategy}: {report.moved} moved; "
+            f"Label Studio now serves by model_version {report.model_version_tag} "
             f"(new order live after {report.served_after_s:.1f} s of {report.seconds:.1f} s)"
         )
         table = Table(title="Next in the queue")

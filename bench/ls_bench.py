@@ -45,9 +45,11 @@ def main() -> None:
     import curation.jobs.select
     from curation.config import load_settings
     from curation.devtools.local_label_studio import start_local_label_studio
-    from curation.labelstudio import queue
     from curation.labelstudio.client import LabelStudioClient
     from curation.labelstudio.formats import label_config
+    from curation.labelstudio.project import connect
+    from curation.labelstudio.reprioritize import reprioritize
+    from curation.labelstudio.tags import parse_tag
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
@@ -88,13 +90,17 @@ def main() -> None:
                 # minus what came after the label stream already served the queue in order (clusters, cleanup)
                 served_s = push_s - ((pushed.seconds or 0.0) - (pushed.served_after_s or 0.0))
 
-                ls = queue.connect(settings)
-                mv = store.model_version(pushed.tag.split("-", 1)[1].rsplit("-", 1)[0]) if pushed.tag else None
+                ls = connect(settings.label_studio)
+                tag = parse_tag(pushed.model_version_tag)
+                mv = store.model_version(tag.model_version) if tag else None
                 assert mv is not None
                 pool_id = store.find_pool(str(pool.resolve()))
                 assert pool_id is not None
                 t0 = time.perf_counter()
-                rep = queue.reprioritize(store, settings, ls, mv, pool_id, strategy_name="margin", force=True)
+                margin = settings.strategy.model_copy(update={"name": "margin"})
+                rep = reprioritize(
+                    store, ls, mv, pool_id, settings.label_studio, margin, pool_path=settings.pool.path, force=True
+                )
                 repr_s = time.perf_counter() - t0
             LabelStudioClient.import_tasks = original  # type: ignore[method-assign]
 

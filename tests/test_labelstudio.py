@@ -637,6 +637,7 @@ def test_personal_access_tokens_work_too(
 
 def test_pull_paging_misses_nothing_when_tasks_are_updated_mid_pull(api: LSApi, label_studio: Any) -> None:
     from curation.labelstudio.client import LabelStudioClient
+    from curation.labelstudio.tasks import updated_tasks
 
     project = api.post(
         "/api/projects",
@@ -650,7 +651,7 @@ def test_pull_paging_misses_nothing_when_tasks_are_updated_mid_pull(api: LSApi, 
     all_ids = {t["id"] for t in api.tasks(project["id"])}
     client = LabelStudioClient(label_studio.url, label_studio.api_key)
     seen: list[int] = []
-    for number, page in enumerate(client.updated_tasks(project["id"], None, page_size=2)):
+    for number, page in enumerate(updated_tasks(client, project["id"], None, page_size=2)):
         seen.extend(int(t["id"]) for t in page)
         if number == 0:  # a labeler finishes a task of the first page: it moves to the end of the order
             result = [{"from_name": "c", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]

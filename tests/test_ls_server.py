@@ -148,8 +148,8 @@ def _port_is_open(port: int) -> bool:
 
 @pytest.mark.labelstudio
 def test_server_starts_accepts_its_token_refuses_others_and_stops(tmp_path: Path) -> None:
-    from label_studio_sdk import LabelStudio
-    from label_studio_sdk.core.api_error import ApiError
+    from curation.errors import LabelStudioAuthError
+    from curation.labelstudio.client import LabelStudioClient
 
     documents = tmp_path / "pool"
     documents.mkdir()
@@ -158,13 +158,13 @@ def test_server_starts_accepts_its_token_refuses_others_and_stops(tmp_path: Path
         assert server.is_running()
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
-        client = LabelStudio(base_url=server.url, api_key=server.api_key)
-        assert client.users.whoami().email == server.username
+        client = LabelStudioClient(server.url, server.api_key)
+        assert client.whoami() == server.username
 
-        intruder = LabelStudio(base_url=server.url, api_key="0" * 40, max_retries=0)
-        with pytest.raises(ApiError) as refused:
-            intruder.users.whoami()
-        assert refused.value.status_code == 401
+        intruder = LabelStudioClient(server.url, "0" * 40, max_retries=0)
+        with pytest.raises(LabelStudioAuthError) as refused:
+            intruder.whoami()
+        assert refused.value.status == 401
         assert server.api_key not in str(refused.value)
     finally:
         server.stop()

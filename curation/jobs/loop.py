@@ -12,7 +12,8 @@ from curation.faults import checkpoint
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.queue import reprioritize
 from curation.jobs.train import fine_tune
-from curation.labelstudio import queue
+from curation.labelstudio.project import connect
+from curation.labelstudio.pull import pull
 from curation.progress import Progress
 from curation.training.trainer import TrainingError
 from store.repository import Store
@@ -59,7 +60,7 @@ def loop(
 
     started = time.perf_counter()
     report = LoopReport()
-    ls = queue.connect(settings)
+    ls = connect(settings.label_studio)
     if settings.model.path:
         existing = store.current_model()
         if existing is None:
@@ -72,7 +73,7 @@ def loop(
     # the loop always follows the registry: a promoted model takes over the queue from the next step on
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": None, "version": None})})
     try:
-        report.pulled = queue.pull(store, settings, ls, progress=progress).summary()
+        report.pulled = pull(store, ls, settings.label_studio.project, progress=progress).summary()
     except ProjectNotFoundError as exc:
         report.notes.append(f"nothing pulled: {exc}")
     current = store.current_model()

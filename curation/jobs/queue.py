@@ -8,8 +8,10 @@ from curation.config import Settings
 from curation.errors import ModelLoadError, NothingToSelectError, UnknownReferenceError
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.score import ScoreOutcome, score
-from curation.labelstudio import queue
-from curation.labelstudio.client import LabelStudioClient
+from curation.labelstudio import push as push_module
+from curation.labelstudio import reprioritize as reprioritize_module
+from curation.labelstudio.client import LabelStudioAPI
+from curation.labelstudio.project import connect, ensure_storage, open_project
 from curation.progress import Progress
 from curation.selection import build_strategy
 from store.repository import ModelVersionRecord, Store
@@ -17,16 +19,25 @@ from store.repository import ModelVersionRecord, Store
 
 def push(
     store: Store, settings: Settings, *, selection_id: int | None = None, progress: Progress | None = None
-) -> queue.PushReport:
+) -> push_module.PushReport:
     """Push selected items that are not tasks yet (``selection_id``: mark that selection for pushing first)."""
     if selection_id is not None and not store.selection_exists(selection_id):
         raise UnknownReferenceError(f"there is no selection #{selection_id} in {store.display_url}")
-    ls = queue.connect(settings)
+    ls = connect(settings.label_studio)
     mv = _model_for_push(store, settings)
-    project = queue.open_project(store, settings, ls, mv)
+    project = open_project(store, ls, mv, settings.label_studio.project)
     if selection_id is not None:
         store.mark_selection_for_push(selection_id, project.record.id)
-    return queue.push(store, settings, ls, mv, project=project, progress=progress)
+    return push_module.push(
+        store,
+        ls,
+        mv,
+        project,
+        settings.label_studio,
+        pool_path=settings.pool.path,
+        min_conf=settings.strategy.detection.conf,
+        progress=progress,
+    )
 
 
 def _model_for_push(store: Store, settings: Settings) -> ModelVersionRecord:
@@ -53,19 +64,21 @@ def reprioritize(
     queue_size: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
-    ls: LabelStudioClient | None = None,
-) -> tuple[ScoreOutcome, queue.ReprioritizeReport]:
+    ls: LabelStudioAPI | None = None,
+) -> tuple[ScoreOutcome, reprioritize_module.ReprioritizeReport]:
     """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``)."""
-    build_strategy(settings.strategy, strategy)
-    ls = ls or queue.connect(settings)
+    strategy_cfg = settings.strategy if strategy is None else settings.strategy.model_copy(update={"name": strategy})
+    build_strategy(strategy_cfg)
+    ls = ls or connect(settings.label_studio)
     scored = score(store, settings, progress=progress)
-    report = queue.reprioritize(
+    report = reprioritize_module.reprioritize(
         store,
-        settings,
         ls,
         scored.model,
         scored.pool_id,
-        strategy_name=strategy,
+        settings.label_studio,
+        strategy_cfg,
+        pool_path=settings.pool.path,
         queue_size=queue_size,
         force=force,
         progress=progress,
@@ -75,11 +88,11 @@ def reprioritize(
 
 def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     """Create the project if needed (config from the model's task and classes) or check it; add local storage."""
-    ls = queue.connect(settings)
+    ls = connect(settings.label_studio)
     runtime = load_runtime(settings, store)
     mv = register_model(store, runtime)
-    project = queue.open_project(store, settings, ls, mv)
-    storage = queue.ensure_storage(settings, ls, project)
+    project = open_project(store, ls, mv, settings.label_studio.project)
+    storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path)
     return {
         "server": ls.url,
         "user": ls.user,

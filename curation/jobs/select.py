@@ -8,7 +8,8 @@ from typing import Any
 
 from curation.config import Settings
 from curation.jobs.score import ScoreOutcome, score
-from curation.labelstudio import queue
+from curation.labelstudio.project import connect, open_project
+from curation.labelstudio.push import push as push_queue
 from curation.progress import Progress
 from curation.selection import SelectionResult, build_strategy, run_selection, selection_rows, write_selection
 from store.repository import Store
@@ -58,9 +59,9 @@ def select(
     build_strategy(settings.strategy, strategy)  # fail on a bad strategy before spending time on scoring
     ls = None
     if push:
-        ls = queue.connect(settings)
+        ls = connect(settings.label_studio)
     scored = score(store, settings, rescore=rescore, progress=progress)
-    project = queue.open_project(store, settings, ls, scored.model) if ls is not None else None
+    project = open_project(store, ls, scored.model, settings.label_studio.project) if ls is not None else None
     result = run_selection(
         store,
         scored.pool_id,
@@ -74,8 +75,17 @@ def select(
     if out is not None:
         write_selection(out, rows)
     outcome = SelectOutcome(scored, result, rows, out)
-    if ls is not None:
-        report = queue.push(store, settings, ls, scored.model, project=project, progress=progress)
+    if ls is not None and project is not None:
+        report = push_queue(
+            store,
+            ls,
+            scored.model,
+            project,
+            settings.label_studio,
+            pool_path=settings.pool.path,
+            min_conf=settings.strategy.detection.conf,
+            progress=progress,
+        )
         outcome.extra["push"] = report.summary()
     return outcome
 

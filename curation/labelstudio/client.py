@@ -1,5 +1,10 @@
-"""Label Studio adapter: every HTTP call curate makes, through the official SDK, with errors made typed and safe.
+"""Every HTTP call curate makes to Label Studio, behind ``LabelStudioAPI`` (a Protocol, so that tests can use an
+in-memory fake), with errors made typed and safe.
 
+- The official SDK makes the calls it has public methods for; the few endpoints it lacks (task listing with
+  ``fields``/``include`` restricted — the fast path —, prediction versions) go through an httpx client of our own,
+  built from the same URL, key and timeout, with the SDK's retry rule (5xx/408/409/429 and dropped connections,
+  exponential backoff).
 - Every failure becomes a ``LabelStudioError`` (``LabelStudioAuthError`` for a refused key) that names the server
   and what was being done; the API key never appears in a message (the SDK's own exception text includes
   response headers, so messages are built from the status code and the body's ``detail`` only).
@@ -11,9 +16,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -21,8 +27,8 @@ from curation.errors import ConfigError, LabelStudioAuthError, LabelStudioError
 
 T = TypeVar("T")
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
-LS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the only format the task filter accepts
-_FILTER_CHUNK = 40  # curation ids per reconciliation query (each is one OR-ed filter in the query string)
+_RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx: the SDK's rule
+_MAX_BACKOFF_S = 60.0
 
 
 class ImportOutcomeUnknown(LabelStudioError):
@@ -30,23 +36,107 @@ class ImportOutcomeUnknown(LabelStudioError):
     connection lost): the tasks may or may not exist."""
 
 
-def ls_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(LS_TIME_FORMAT)
+class LabelStudioAPI(Protocol):
+    """What curate asks of one Label Studio server: one method per endpoint, no curate logic. Task listings
+    return ``[]`` past the last page; errors are ``LabelStudioError`` with the HTTP status."""
+
+    url: str
+    user: str | None
+
+    def whoami(self) -> str: ...
+
+    def project(self, project_id: int) -> dict[str, Any]: ...
+
+    def projects_titled(self, title: str) -> list[dict[str, Any]]:
+        """Projects whose title contains ``title`` (case-insensitive), each with ``id`` and ``title``."""
+        ...
+
+    def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]: ...
+
+    def local_storage_paths(self, project_id: int) -> list[str]: ...
+
+    def add_local_storage(self, project_id: int, path: str) -> None: ...
+
+    def set_ranking(self, project_id: int, tag: str) -> None:
+        """Serve tasks by the lowest score among predictions tagged ``tag``."""
+        ...
+
+    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        """Import tasks (with inline predictions) in one request, never retried; ids in request order."""
+        ...
+
+    def task_page(
+        self, project_id: int, query: dict[str, Any], *, include: str, fields: str, page: int, page_size: int
+    ) -> list[dict[str, Any]]: ...
+
+    def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None: ...
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """Prediction tag → number of predictions."""
+        ...
+
+    def delete_model_version(self, project_id: int, tag: str, count: int = 0) -> int: ...
+
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]: ...
+
+    def set_cluster(self, prediction_id: int, cluster: int) -> None: ...
 
 
-def parse_ls_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+class _Refused(Exception):
+    """An error status from one of our own raw calls (mapped like the SDK's ``ApiError``)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+class _KeyAuth(httpx.Auth):
+    """Label Studio's two kinds of key: a legacy token is sent as is; a personal access token (a JWT refresh
+    token) is exchanged for a short-lived access token — through the SDK's public token API — and again when the
+    server refuses the current one."""
+
+    def __init__(self, key: str, exchange: Callable[[], str]) -> None:
+        self._key = key
+        self._jwt = key.count(".") == 2
+        self._exchange = exchange
+        self._access: str | None = None
+        self._lock = threading.Lock()
+
+    def _renewed(self, stale: str | None) -> str:
+        with self._lock:
+            if self._access is None or self._access == stale:
+                self._access = self._exchange()
+            return self._access
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if not self._jwt:
+            request.headers["Authorization"] = f"Token {self._key}"
+            yield request
+            return
+        token = self._access or self._renewed(None)
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:  # expired access token: once more with a fresh one
+            request.headers["Authorization"] = f"Bearer {self._renewed(token)}"
+            yield request
 
 
 class LabelStudioClient:
-    """One Label Studio server, one API key."""
+    """One Label Studio server, one API key (implements ``LabelStudioAPI``).
 
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0, max_retries: int = 2) -> None:
+    ``transport`` replaces the network (an ``httpx.MockTransport`` in tests) for the SDK and the raw calls alike.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         url = (url or "").strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(
@@ -57,11 +147,20 @@ class LabelStudioClient:
         self.url = url
         self.user: str | None = None  # set by whoami()
         self.timeout = timeout
+        self.max_retries = max_retries
         self._secret = api_key
         from label_studio_sdk import LabelStudio
 
+        sdk_http = None if transport is None else httpx.Client(transport=transport, timeout=timeout)
         self._sdk = self._call(
-            "connecting", lambda: LabelStudio(base_url=url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+            "connecting",
+            lambda: LabelStudio(
+                base_url=url, api_key=api_key, timeout=timeout, max_retries=max_retries, httpx_client=sdk_http
+            ),
+        )
+        auth = _KeyAuth(api_key, lambda: str(self._sdk.tokens.refresh(refresh=api_key).access))
+        self._http = httpx.Client(
+            base_url=url + "/", auth=auth, timeout=timeout, follow_redirects=True, transport=transport
         )
 
     def __repr__(self) -> str:
@@ -71,23 +170,28 @@ class LabelStudioClient:
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
+    def _refused(self, status: int, body: Any, what: str, import_call: bool) -> LabelStudioError:
+        detail = self._redact(_detail(body))
+        if status in (401, 403):
+            return LabelStudioAuthError(
+                f"Label Studio at {self.url} refused the API key ({status}: {detail}); "
+                "check LABEL_STUDIO_API_KEY (a legacy token or a personal access token)",
+                status,
+            )
+        message = f"Label Studio at {self.url} answered {status} while {what}: {detail}"
+        if import_call and (status >= 500 or status in (408, 429)):
+            return ImportOutcomeUnknown(message, status)
+        return LabelStudioError(message, status)
+
     def _call(self, what: str, fn: Callable[[], T], *, import_call: bool = False) -> T:
         from label_studio_sdk.core.api_error import ApiError
 
         try:
             return fn()
         except ApiError as exc:
-            status = exc.status_code or 0
-            detail = _detail(exc.body)
-            if status in (401, 403):
-                raise LabelStudioAuthError(
-                    f"Label Studio at {self.url} refused the API key ({status}: {self._redact(detail)}); "
-                    "check LABEL_STUDIO_API_KEY (a legacy token or a personal access token)"
-                ) from None
-            message = f"Label Studio at {self.url} answered {status} while {what}: {self._redact(detail)}"
-            if import_call and (status >= 500 or status in (408, 429)):
-                raise ImportOutcomeUnknown(message, status) from None
-            raise LabelStudioError(message, status) from None
+            raise self._refused(exc.status_code or 0, exc.body, what, import_call) from None
+        except _Refused as exc:
+            raise self._refused(exc.status, exc.body, what, import_call) from None
         except httpx.TimeoutException:
             message = f"Label Studio at {self.url} did not answer within {self.timeout:g} s while {what}"
             raise (ImportOutcomeUnknown if import_call else LabelStudioError)(message) from None
@@ -105,33 +209,32 @@ class LabelStudioClient:
         what: str,
         params: dict[str, Any] | None = None,
         json_body: Any = None,
-        retries: bool = True,
         timeout: float | None = None,
     ) -> Any:
-        """An endpoint the SDK has no method for, through the SDK's HTTP client (same auth, token refresh)."""
-        http = self._sdk._client_wrapper.httpx_client  # the SDK's own authenticated transport
-        options: dict[str, Any] = {}
-        if not retries:
-            options["max_retries"] = 0
-        if timeout is not None:
-            options["timeout"] = timeout
+        """An endpoint the SDK has no method for (idempotent calls only: they are retried like the SDK's)."""
 
         def send() -> Any:
-            response = http.request(
-                path,
-                method=method,
-                params=params,
-                json=json_body,
-                request_options=options or None,  # type: ignore[arg-type]  # a RequestOptions dict
-            )
+            attempt = 0
+            while True:
+                try:
+                    response = self._http.request(
+                        method, path, params=params, json=json_body, timeout=timeout or self.timeout
+                    )
+                except (httpx.ConnectError, httpx.RemoteProtocolError):
+                    if attempt >= self.max_retries:
+                        raise
+                else:
+                    retry = response.status_code >= 500 or response.status_code in _RETRY_STATUS
+                    if not retry or attempt >= self.max_retries:
+                        break
+                time.sleep(min(2.0**attempt, _MAX_BACKOFF_S))
+                attempt += 1
             if response.status_code >= 400:
-                from label_studio_sdk.core.api_error import ApiError
-
                 try:
                     body = response.json()
                 except ValueError:
                     body = response.text[:300]
-                raise ApiError(status_code=response.status_code, headers=None, body=body)
+                raise _Refused(response.status_code, body)
             return response.json() if response.content else None
 
         return self._call(what, send)
@@ -143,41 +246,30 @@ class LabelStudioClient:
         self.user = str(getattr(user, "email", "") or getattr(user, "username", ""))
         return self.user
 
-    def find_project(self, name_or_id: str) -> dict[str, Any] | None:
-        """A project by numeric id, or by exact title (the API's title search is a case-insensitive substring)."""
-        if name_or_id.isdigit():
-            try:
-                return self.project(int(name_or_id))
-            except LabelStudioError as exc:
-                if exc.status == 404:
-                    return None
-                raise
-        found: list[Any] = self._call(
-            f"looking up project {name_or_id!r}", lambda: list(self._sdk.projects.list(title=name_or_id))
-        )
-        exact = [p for p in found if getattr(p, "title", None) == name_or_id]
-        return self.project(int(exact[0].id)) if exact else None
-
     def project(self, project_id: int) -> dict[str, Any]:
         result = self._call(f"reading project {project_id}", lambda: self._sdk.projects.get(id=project_id))
         return dict(result.dict())
 
+    def projects_titled(self, title: str) -> list[dict[str, Any]]:
+        found: list[Any] = self._call(
+            f"looking up project {title!r}", lambda: list(self._sdk.projects.list(title=title))
+        )
+        return [{"id": int(p.id), "title": getattr(p, "title", None)} for p in found]
+
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
-        if not 3 <= len(title) <= 50:
-            raise ConfigError(f"Label Studio project titles must be 3 to 50 characters, got {title!r}")
         created = self._call(
             f"creating project {title!r}",
             lambda: self._sdk.projects.create(title=title, label_config=label_config, description=description),
         )
         return self.project(int(created.id or 0))
 
-    def ensure_local_storage(self, project_id: int, path: str) -> None:
-        """Label Studio serves ``/data/local-files/`` only under a project's local storage: add one for ``path``."""
+    def local_storage_paths(self, project_id: int) -> list[str]:
         storages = self._call(
             "listing local storages", lambda: list(self._sdk.import_storage.local.list(project=project_id))
         )
-        if any(getattr(s, "path", None) == path for s in storages):
-            return
+        return [str(s.path) for s in storages if getattr(s, "path", None)]
+
+    def add_local_storage(self, project_id: int, path: str) -> None:
         self._call(
             f"adding local-files storage {path}",
             lambda: self._sdk.import_storage.local.create(
@@ -186,7 +278,6 @@ class LabelStudioClient:
         )
 
     def set_ranking(self, project_id: int, tag: str) -> None:
-        """Make the label stream serve tasks by the lowest score among predictions tagged ``tag``."""
         self._call(
             "switching the project to the new ranking",
             lambda: self._sdk.projects.update(id=project_id, model_version=tag, sampling=UNCERTAINTY_SAMPLING),
@@ -194,7 +285,6 @@ class LabelStudioClient:
 
     # -- tasks -------------------------------------------------------------------------------------------------------
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
-        """Import tasks (with inline predictions) in one request, never retried. Returns ids in request order."""
         response = self._call(
             f"importing {len(tasks)} tasks",
             lambda: self._sdk.projects.import_tasks(
@@ -212,76 +302,11 @@ class LabelStudioClient:
             )
         return [int(i) for i in ids]
 
-    def tasks_by_curation_id(self, project_id: int, content_ids: Sequence[str]) -> dict[str, list[int]]:
-        """curation_id → task ids found in the project (more than one means duplicates made outside curate)."""
-        found: dict[str, list[int]] = {}
-        for start in range(0, len(content_ids), _FILTER_CHUNK):
-            part = list(content_ids[start : start + _FILTER_CHUNK])
-            query = {
-                "filters": {
-                    "conjunction": "or",
-                    "items": [
-                        {"filter": "filter:tasks:data.curation_id", "operator": "equal", "type": "String", "value": c}
-                        for c in part
-                    ],
-                },
-                "ordering": ["tasks:id"],
-            }
-            _collect_by_curation_id(
-                found, self._task_pages(project_id, query, include="id,data", what="reconciling tasks")
-            )
-        return found
-
-    def all_curate_tasks(self, project_id: int) -> dict[str, list[int]]:
-        """Every task of the project that carries a curation_id (a full sweep: used when curate's records are
-        missing, e.g. a new database pointed at an existing project)."""
-        query = {
-            "filters": {
-                "conjunction": "and",
-                "items": [
-                    {"filter": "filter:tasks:data.curation_id", "operator": "not_empty", "type": "String", "value": ""}
-                ],
-            },
-            "ordering": ["tasks:id"],
-        }
-        found: dict[str, list[int]] = {}
-        _collect_by_curation_id(found, self._task_pages(project_id, query, include="id,data", what="listing tasks"))
-        return found
-
-    def task_ids(self, project_id: int) -> set[int]:
-        """Every task id of the project (a sweep; used to find tasks deleted in Label Studio)."""
-        query = {"filters": {"conjunction": "and", "items": []}, "ordering": ["tasks:id"]}
-        pages = self._task_pages(project_id, query, include="id", what="listing task ids", page_size=1000)
-        return {int(task["id"]) for task in pages}
-
-    def _task_pages(
-        self,
-        project_id: int,
-        query: dict[str, Any],
-        *,
-        include: str,
-        what: str,
-        page_size: int = 100,
-    ) -> Iterator[dict[str, Any]]:
-        """Every task matching ``query``, by page number (for filters whose result does not change meanwhile)."""
-        page = 1
-        while True:
-            tasks = self._task_page(project_id, query, include, what, page, page_size, "task_only")
-            yield from tasks
-            if len(tasks) < page_size:
-                return
-            page += 1
-
-    def _task_page(
-        self,
-        project_id: int,
-        query: dict[str, Any],
-        include: str,
-        what: str,
-        page: int,
-        page_size: int,
-        fields: str,
+    def task_page(
+        self, project_id: int, query: dict[str, Any], *, include: str, fields: str, page: int, page_size: int
     ) -> list[dict[str, Any]]:
+        """One page of tasks as plain JSON (the SDK's task listing parses every task into models and cannot
+        restrict ``include``: the slow path for large projects)."""
         params = {
             "project": project_id,
             "page": page,
@@ -290,6 +315,7 @@ class LabelStudioClient:
             "include": include,
             "query": json.dumps(query),
         }
+        what = "pulling annotations" if fields == "all" else "listing tasks"
         try:
             body = self._raw("GET", "api/tasks", what=what, params=params)
         except LabelStudioError as exc:
@@ -298,49 +324,6 @@ class LabelStudioClient:
             raise
         tasks = body.get("tasks", []) if isinstance(body, dict) else body
         return list(tasks or [])
-
-    def updated_tasks(
-        self, project_id: int, since: datetime | None, page_size: int = 100
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of tasks updated at or after ``since`` (oldest first), with their annotations.
-
-        Keyset paging on ``updated_at``: each request asks for the first page of tasks updated at or after the
-        newest time seen so far. Page numbers would skip tasks whenever a labeler updates a task mid-pull (it
-        moves to the end and every later task shifts one page up).
-        """
-        include = "id,data,updated_at,annotations,id,result,was_cancelled,completed_by,lead_time,created_at"
-        cursor = since
-        seen: set[int] = set()  # ids already yielded whose updated_at equals the cursor
-        size = page_size
-        while True:
-            items = []
-            if cursor is not None:
-                items.append(
-                    {
-                        "filter": "filter:tasks:updated_at",
-                        "operator": "greater_or_equal",
-                        "type": "Datetime",
-                        "value": ls_time(cursor),
-                    }
-                )
-            query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:updated_at"]}
-            tasks = self._task_page(project_id, query, include, "pulling annotations", 1, size, "all")
-            times = [parse_ls_time(t.get("updated_at")) for t in tasks]
-            fresh = [t for t, at in zip(tasks, times, strict=True) if not (at == cursor and int(t["id"]) in seen)]
-            if fresh:
-                yield fresh
-            if len(tasks) < size:
-                return
-            newest = max((at for at in times if at is not None), default=None)
-            if newest is None:
-                raise LabelStudioError(f"Label Studio at {self.url} returned tasks without updated_at")
-            if newest == cursor:
-                # a full page of tasks updated at the very same instant: widen the page until it moves on
-                seen.update(int(t["id"]) for t in tasks)
-                size *= 2
-                continue
-            cursor, size = newest, page_size
-            seen = {int(t["id"]) for t, at in zip(tasks, times, strict=True) if at == newest}
 
     # -- predictions -------------------------------------------------------------------------------------------------
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None:
@@ -376,30 +359,17 @@ class LabelStudioClient:
         )
         return int((body or {}).get("deleted_predictions", 0)) if isinstance(body, dict) else 0
 
-    def prediction_id(self, task_id: int, tag: str) -> int | None:
-        """The id of task ``task_id``'s prediction tagged ``tag`` (asked per task: listing a project's predictions
-        costs time in proportion to the whole project)."""
-        preds = self._raw("GET", "api/predictions/", params={"task": task_id}, what="looking up a prediction")
-        for pred in preds or []:
-            if isinstance(pred, dict) and pred.get("model_version") == tag and pred.get("task") == task_id:
-                return int(pred["id"])
-        return None
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """The predictions of one task (asked per task: listing a project's predictions costs time in proportion
+        to the whole project)."""
+        found = self._call("looking up a prediction", lambda: self._sdk.predictions.list(task=task_id))
+        return [dict(p.dict()) for p in found]
 
     def set_cluster(self, prediction_id: int, cluster: int) -> None:
-        self._raw(
-            "PATCH",
-            f"api/predictions/{prediction_id}",
-            json_body={"cluster": int(cluster)},
-            what="setting a prediction's cluster",
+        self._call(
+            "setting a prediction's cluster",
+            lambda: self._sdk.predictions.update(id=prediction_id, cluster=int(cluster)),
         )
-
-
-def _collect_by_curation_id(found: dict[str, list[int]], tasks: Iterable[dict[str, Any]]) -> None:
-    """Add each task's id under its ``curation_id`` (tasks without one are not curate's)."""
-    for task in tasks:
-        cid = (task.get("data") or {}).get("curation_id")
-        if cid:
-            found.setdefault(str(cid), []).append(int(task["id"]))
 
 
 def _detail(body: Any) -> str:
@@ -414,10 +384,3 @@ def _detail(body: Any) -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
-
-
-def watermark_with_margin(value: str | None, margin_s: float = 1.0) -> datetime | None:
-    """Pull again from a little before the last watermark: tasks updated in the same instant are not missed,
-    and re-reading a few annotations is harmless (they are upserted)."""
-    parsed = parse_ls_time(value)
-    return None if parsed is None else parsed - timedelta(seconds=margin_s)

@@ -1,9 +1,12 @@
-"""Label Studio's formats, as pure functions: labeling configs, pre-annotation results, image URLs, and pulled
-annotations normalised per task type. No HTTP here (that is ``curation.labelstudio.client``)."""
+"""Label Studio's formats, as pure functions: labeling configs, task and prediction payloads, pre-annotation
+results, image URLs, times, and pulled annotations normalised per task type. No HTTP here (that is
+``curation.labelstudio.client``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -13,11 +16,14 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from curation.errors import ConfigError, ProjectConfigMismatchError, UnservableImageError
-from store.repository import StoredPrediction
+from store.ls_records import PendingItem
+from store.repository import ModelVersionRecord, StoredPrediction
 
 IMAGE_NAME = "image"
 CONTROL_NAME = "label"
 CONTROL_TAG = {"classify": "Choices", "detect": "RectangleLabels", "segment": "PolygonLabels"}
+LS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the only format the task filter accepts
+MAX_POSITION = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -205,3 +211,85 @@ def normalize_annotation(task: str, result: list[dict[str, Any]]) -> dict[str, A
     if task == "segment":
         labels["polygons"] = polygons
     return labels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Task and prediction payloads
+
+
+def queue_score(position: int) -> float:
+    """The prediction score Label Studio ranks by, lowest first: the queue position in millionths.
+
+    Bulk prediction imports silently drop scores outside [0, 1]; a fixed scale (rather than position / queue size)
+    lets new tasks be appended after the queue without rewriting every other prediction.
+    """
+    return position / MAX_POSITION
+
+
+def ranking_prediction(
+    tag: str,
+    position: int,
+    pred: StoredPrediction | None,
+    mv: ModelVersionRecord,
+    ui: LabelingInterface,
+    min_conf: float,
+) -> dict[str, Any]:
+    """The prediction that places a task in the queue (its score) and pre-annotates it (its result). Every queued
+    task gets one, even without model output to show: without it the label stream would not serve the task."""
+    result = prediction_result(mv.task, pred, mv.class_names, ui, min_conf) if pred else []
+    return {"model_version": tag, "score": queue_score(position), "result": result}
+
+
+def task_payload(
+    item: PendingItem,
+    url: str,
+    position: int,
+    tag: str,
+    pred: StoredPrediction | None,
+    mv: ModelVersionRecord,
+    ui: LabelingInterface,
+    min_conf: float,
+) -> dict[str, Any]:
+    """A task to import: the image, curate's bookkeeping (``curation_id`` finds it again), and its prediction."""
+    data = {
+        ui.data_key: url,
+        "curation_id": item.content_id,
+        "curation_rank": position,
+        "curation_score": round(item.score, 6),
+        "curation_strategy": item.strategy,
+        "curation_model_version": mv.version,
+    }
+    return {"data": data, "predictions": [ranking_prediction(tag, position, pred, mv, ui, min_conf)]}
+
+
+def curation_id_of(task: dict[str, Any]) -> str | None:
+    """The ``curation_id`` a task carries in its data (None: the task is not curate's)."""
+    cid = (task.get("data") or {}).get("curation_id")
+    return str(cid) if cid else None
+
+
+def group_by_curation_id(tasks: Iterable[dict[str, Any]]) -> dict[str, list[int]]:
+    """curation_id → ids of the tasks that carry it (more than one means duplicates made outside curate)."""
+    found: dict[str, list[int]] = {}
+    for task in tasks:
+        cid = curation_id_of(task)
+        if cid:
+            found.setdefault(cid, []).append(int(task["id"]))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Times
+
+
+def ls_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(LS_TIME_FORMAT)
+
+
+def parse_ls_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

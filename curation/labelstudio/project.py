@@ -1,0 +1,153 @@
+"""The Label Studio project curate works in: connecting, finding (or creating) it, its local-files storage, and
+reconciling its tasks with what this database recorded.
+
+Idempotency: every import is preceded by an intent record; tasks are recorded with the intent's removal in one
+transaction. An intent found later (killed process, proxy error after the server committed) is resolved by
+looking the items up by ``curation_id`` in Label Studio before anything is imported again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curation.config import LabelStudioSettings
+from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
+from curation.labelstudio.client import LabelStudioAPI, LabelStudioClient
+from curation.labelstudio.formats import LabelingInterface, check_label_config, label_config
+from curation.labelstudio.tasks import curate_tasks, tasks_by_curation_id
+from store.ls_records import LSProjectRecord
+from store.repository import ModelVersionRecord, Store
+
+
+def connect(cfg: LabelStudioSettings) -> LabelStudioClient:
+    """A client whose server answered and accepted the key: a bad URL or token fails here, before any work."""
+    if not cfg.url:
+        raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (or label_studio.url)")
+    key = cfg.api_key.get_secret_value() if cfg.api_key else ""
+    client = LabelStudioClient(cfg.url, key, timeout=cfg.timeout)
+    client.whoami()
+    return client
+
+
+@dataclass
+class ProjectHandle:
+    record: LSProjectRecord
+    ui: LabelingInterface
+    remote: dict[str, Any]
+    created: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{self.record.server}/projects/{self.record.project_id}"
+
+    @property
+    def live_tag(self) -> str:
+        """The model_version the project's label stream serves by now."""
+        return str(self.remote.get("model_version") or "")
+
+    @property
+    def serving(self) -> bool:
+        """Whether the label stream serves the ranking this database wrote last."""
+        return bool(self.record.active_tag and self.live_tag == self.record.active_tag)
+
+
+def _name(name: str | None) -> str:
+    if not name:
+        raise ConfigError("no Label Studio project: pass --project NAME_OR_ID (or set label_studio.project)")
+    return name
+
+
+def find_project(ls: LabelStudioAPI, name_or_id: str) -> dict[str, Any] | None:
+    """A project by numeric id, or by exact title (the API's title search is a case-insensitive substring)."""
+    if name_or_id.isdigit():
+        try:
+            return ls.project(int(name_or_id))
+        except LabelStudioError as exc:
+            if exc.status == 404:
+                return None
+            raise
+    exact = [p for p in ls.projects_titled(name_or_id) if p.get("title") == name_or_id]
+    return ls.project(int(exact[0]["id"])) if exact else None
+
+
+def open_project(
+    store: Store, ls: LabelStudioAPI, mv: ModelVersionRecord, name: str | None, *, create: bool = True
+) -> ProjectHandle:
+    """Find (or create) the project ``name`` and check its labeling config against the model's classes."""
+    name = _name(name)
+    remote = find_project(ls, name)
+    created = False
+    if remote is None:
+        if not create or name.isdigit():
+            raise ProjectNotFoundError(f"Label Studio at {ls.url} has no project {name!r}")
+        if not 3 <= len(name) <= 50:
+            raise ConfigError(f"Label Studio project titles must be 3 to 50 characters, got {name!r}")
+        remote = ls.create_project(
+            name, label_config(mv.task, mv.class_names), description="Queue ordered by curate (active learning)."
+        )
+        created = True
+    ui = check_label_config(remote.get("parsed_label_config") or {}, mv.task, mv.class_names)
+    record = store.ls_project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
+    return ProjectHandle(record, ui, remote, created)
+
+
+def known_project(store: Store, ls: LabelStudioAPI, name: str | None) -> ProjectHandle:
+    """The project ``name``, which this database must have pushed to already (its task type is known)."""
+    name = _name(name)
+    remote = find_project(ls, name)
+    if remote is None:
+        raise ProjectNotFoundError(f"Label Studio at {ls.url} has no project {name!r}")
+    records = [p for p in store.ls_projects() if p.server == ls.url and p.project_id == int(remote["id"])]
+    if not records:
+        raise ProjectNotFoundError(
+            f"curate has not pushed to project {name!r} from {store.display_url} yet: nothing to pull"
+        )
+    ui = LabelingInterface(from_name="", to_name="", data_key="image")
+    return ProjectHandle(records[0], ui, remote)
+
+
+def ensure_storage(
+    ls: LabelStudioAPI, project: ProjectHandle, cfg: LabelStudioSettings, pool_path: str | None
+) -> str | None:
+    """Local-files serving needs a local storage in the project covering the pool (a subfolder of the root).
+    Returns the storage path, or None when images are served from ``url_prefix``."""
+    if cfg.url_prefix or not cfg.document_root or not pool_path:
+        return None
+    from curation.scoring.pool import resolve_pool
+
+    root = resolve_pool(pool_path).root
+    document_root = Path(cfg.document_root).expanduser().resolve()
+    if root == document_root or not root.is_relative_to(document_root):
+        raise ConfigError(
+            f"the pool {root} must be a subfolder of Label Studio's document root {document_root} "
+            "(label_studio.document_root = the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+        )
+    if str(root) not in ls.local_storage_paths(project.record.project_id):
+        ls.add_local_storage(project.record.project_id, str(root))
+    return str(root)
+
+
+def reconcile(store: Store, ls: LabelStudioAPI, project: ProjectHandle) -> int:
+    """Resolve imports whose outcome is unknown, and adopt curate tasks this database does not know yet.
+
+    Returns the number of tasks found in Label Studio and recorded here (no task is ever imported twice).
+    """
+    pid = project.record.project_id
+    adopted = 0
+    for intent_id, content_ids in store.ls_intents(project.record.id):
+        adopted += _record_found(store, project, tasks_by_curation_id(ls, pid, content_ids), intent_id)
+    if store.ls_count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
+        adopted += _record_found(store, project, curate_tasks(ls, pid), None)
+    return adopted
+
+
+def _record_found(store: Store, project: ProjectHandle, found: dict[str, list[int]], intent_id: int | None) -> int:
+    items = store.items_by_content(sorted(found))
+    rows = [
+        {"item_id": items[cid], "task_id": min(task_ids), "position": None, "cluster": None, "selection_id": None}
+        for cid, task_ids in found.items()
+        if cid in items
+    ]
+    return store.ls_record_tasks(project.record.id, rows, intent_id)

@@ -1,0 +1,214 @@
+"""``push``: import the selected items that are not tasks yet, exactly once, and publish the queue's order.
+
+While the project serves curate's ranking, new tasks are *appended* under the same tag: their scores continue
+after the last queued position, so nothing else is rewritten (Label Studio deletes predictions slowly).
+Otherwise the whole queue is *re-tagged*: old tasks first, in their order, then the new ones (``plan_push``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import LabelStudioSettings
+from curation.errors import UnservableImageError
+from curation.faults import checkpoint
+from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
+from curation.labelstudio.formats import MAX_POSITION, image_url, task_payload
+from curation.labelstudio.project import ProjectHandle, ensure_storage, reconcile
+from curation.labelstudio.publish import Placement, Ranking, publish
+from curation.labelstudio.tags import make_tag
+from curation.labelstudio.tasks import tasks_by_curation_id
+from curation.progress import NullProgress, Progress
+from curation.reports import Report
+from curation.scoring.pool import absolute_path
+from store.ls_records import PendingItem, QueuedTask
+from store.repository import ModelVersionRecord, Store
+
+
+@dataclass
+class PushReport(Report):
+    project_id: int
+    project: str
+    project_url: str
+    created_project: bool
+    pushed: int = 0
+    reconciled: int = 0
+    missing_files: list[str] = field(default_factory=list)
+    model_version_tag: str | None = None
+    queue_size: int = 0
+    first: dict[str, Any] | None = None
+    served_after_s: float | None = None  # from the start until the label stream served the whole queue in order
+    seconds: float | None = None  # the whole push, including clusters and the old ranking's cleanup
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    append: bool
+    """True: the new tasks join the live ranking's tag; False: the whole queue gets a new tag."""
+    tag: str
+    after: int
+    """The new tasks take positions ``after + 1``, ``after + 2``, …"""
+
+
+def plan_push(queue: Sequence[QueuedTask], new: int, project: ProjectHandle, model_version: str) -> PushPlan | None:
+    """How ``new`` tasks join ``queue``; None when there is nothing to do (nothing new, and the project already
+    serves curate's ranking)."""
+    if not new and project.serving:
+        return None
+    last = max((q.position or 0 for q in queue), default=0)
+    append = project.serving and all(q.position is not None for q in queue) and last + new < MAX_POSITION
+    if append and project.record.active_tag:
+        return PushPlan(True, project.record.active_tag, last)
+    return PushPlan(False, make_tag(model_version), len(queue))
+
+
+def push(
+    store: Store,
+    ls: LabelStudioAPI,
+    mv: ModelVersionRecord,
+    project: ProjectHandle,
+    cfg: LabelStudioSettings,
+    *,
+    pool_path: str | None,
+    min_conf: float,
+    progress: Progress | None = None,
+) -> PushReport:
+    """Import every push-marked selected item that is not a task yet, then make the label stream serve the
+    whole queue (older queued tasks first, then the new ones in selection order). ``min_conf``: the lowest box
+    confidence shown as a pre-annotation."""
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    report = PushReport(project.record.project_id, project.record.title, project.url, project.created)
+    report.reconciled = reconcile(store, ls, project)
+    ensure_storage(ls, project, cfg, pool_path)
+
+    queue = store.ls_queue(project.record.id)
+    pending, urls = _servable(store.ls_pending(project.record.id), cfg, report, progress)
+    plan = plan_push(queue, len(pending), project, mv.version)
+    if plan is None:
+        report.model_version_tag = project.live_tag
+        report.queue_size = len(queue)
+        report.first = _describe_first(queue)
+        return report
+
+    progress.start(f"pushing {len(pending)} tasks to {project.record.title}", len(pending))
+    new: list[Placement] = []
+    try:
+        for start in range(0, len(pending), cfg.import_chunk):
+            chunk = pending[start : start + cfg.import_chunk]
+            positions = list(range(plan.after + start + 1, plan.after + start + len(chunk) + 1))
+            preds = store.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
+            payload = [
+                task_payload(item, urls[item.item_id], pos, plan.tag, preds.get(item.item_id), mv, project.ui, min_conf)
+                for item, pos in zip(chunk, positions, strict=True)
+            ]
+            placed = _import_chunk(store, ls, project, chunk, positions, payload)
+            new.extend(placed)
+            report.pushed += len(placed)
+            progress.advance(len(chunk))
+    finally:
+        progress.finish()
+
+    old = [] if plan.append else [Placement(q.item_id, q.task_id, i, q.cluster) for i, q in enumerate(queue, 1)]
+    ranking = Ranking(plan.tag, [*old, *new], written=frozenset(p.task_id for p in new))
+    served = publish(
+        store,
+        ls,
+        project,
+        mv,
+        ranking,
+        min_conf=min_conf,
+        chunk=cfg.import_chunk,
+        cluster_window=cfg.cluster_window,
+        progress=progress,
+    )
+    report.served_after_s = round(served - started, 3)
+    report.model_version_tag = plan.tag
+    final = store.ls_queue(project.record.id)
+    report.queue_size = len(final)
+    report.first = _describe_first(final)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _servable(
+    pending: list[PendingItem], cfg: LabelStudioSettings, report: PushReport, progress: Progress
+) -> tuple[list[PendingItem], dict[int, str]]:
+    """The pending items Label Studio can load, with their image URLs. A vanished file or an image outside the
+    served folder skips that item with a warning (it stays pending); a missing setting fails the push."""
+    keep: list[PendingItem] = []
+    urls: dict[int, str] = {}
+    for item in pending:
+        root = Path(item.pool_root or "/")
+        path = absolute_path(root, item.path) if item.path else None
+        if path is None or not path.is_file():
+            report.missing_files.append(item.path or item.content_id)
+            progress.warn(f"not pushed: {item.path or item.content_id} no longer exists")
+            continue
+        try:
+            urls[item.item_id] = image_url(path, root, cfg.document_root, cfg.url_prefix)
+        except UnservableImageError as exc:
+            report.missing_files.append(item.path)
+            progress.warn(f"not pushed: {exc}")
+            continue
+        keep.append(item)
+    return keep, urls
+
+
+def _import_chunk(
+    store: Store,
+    ls: LabelStudioAPI,
+    project: ProjectHandle,
+    chunk: Sequence[PendingItem],
+    positions: list[int],
+    payload: list[dict[str, Any]],
+) -> list[Placement]:
+    """Import one chunk exactly once, whatever happens to the request."""
+    pid = project.record.project_id
+    intent = store.ls_add_intent(project.record.id, [p.content_id for p in chunk])
+    by_content = {p.content_id: (p, pos) for p, pos in zip(chunk, positions, strict=True)}
+    try:
+        task_ids = ls.import_tasks(pid, payload)
+        checkpoint("push-after-import")
+        imported = dict(zip([p.content_id for p in chunk], task_ids, strict=True))
+    except ImportOutcomeUnknown as exc:
+        # The server may have committed, or may still be committing: look, and never import again in this run.
+        found = tasks_by_curation_id(ls, pid, list(by_content))
+        imported = {cid: min(ids) for cid, ids in found.items() if cid in by_content}
+        missing = len(by_content) - len(imported)
+        if missing:
+            # Keep the intent: the next run looks these up again before importing what is still absent.
+            store.ls_record_tasks(project.record.id, _task_rows(imported, by_content), None)
+            raise ImportOutcomeUnknown(
+                f"{exc}; {missing} of {len(chunk)} tasks of that import are not in the project, so the import "
+                "may still be running: rerun later, and curate checks for them before importing them again"
+            ) from None
+    store.ls_record_tasks(project.record.id, _task_rows(imported, by_content), intent)
+    return [
+        Placement(by_content[cid][0].item_id, tid, by_content[cid][1], by_content[cid][0].cluster)
+        for cid, tid in imported.items()
+    ]
+
+
+def _task_rows(imported: dict[str, int], by_content: dict[str, tuple[PendingItem, int]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "item_id": by_content[cid][0].item_id,
+            "task_id": tid,
+            "position": by_content[cid][1],
+            "cluster": by_content[cid][0].cluster,
+            "selection_id": by_content[cid][0].selection_id,
+        }
+        for cid, tid in imported.items()
+    ]
+
+
+def _describe_first(queue: Sequence[QueuedTask]) -> dict[str, Any] | None:
+    if not queue:
+        return None
+    first = queue[0]
+    return {"task_id": first.task_id, "item_id": first.content_id, "position": first.position}

@@ -1,0 +1,66 @@
+"""Ordering a project's queued tasks with a strategy, and the signature that tells whether a ranking is stale."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from curation.config import StrategySettings
+from curation.selection import FALLBACK_MEASURE, items_uncertainty, pool_view
+from store.ls_records import QueuedTask
+from store.repository import ModelVersionRecord, Store
+from strategies import Strategy
+
+
+def ranking_options(cfg: StrategySettings, mv: ModelVersionRecord, n_labeled: int) -> dict[str, Any]:
+    """Every setting that changes the order: a changed setting must re-rank, not be a no-op."""
+    return {
+        **cfg.options_for(cfg.name),
+        "_balance": cfg.balance,
+        "_min_distance": cfg.min_distance,
+        "_detection": cfg.detection.model_dump() if mv.task != "classify" else None,
+        "_labeled": n_labeled,  # diversity is measured against labeled items
+    }
+
+
+def ranking_signature(
+    mv: ModelVersionRecord, strategy: str, options: dict[str, Any], seed: int, item_ids: Sequence[int]
+) -> str:
+    """A digest of what a ranking is computed from (the order of ``item_ids`` does not matter)."""
+    blob = json.dumps(
+        [mv.version, strategy, options, seed, sorted(int(i) for i in item_ids)], sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def rank_queue(
+    store: Store,
+    cfg: StrategySettings,
+    mv: ModelVersionRecord,
+    queue: Sequence[QueuedTask],
+    strategy: Strategy,
+    labeled: NDArray[np.int64],
+) -> tuple[list[QueuedTask], dict[int, int | None]]:
+    """Order the queued tasks with the strategy, diversity measured against the ``labeled`` items. Tasks the
+    strategy does not place (no valid model output, or a near-duplicate of a better-placed task) keep their
+    relative order at the end: they are tasks already, so they stay in the queue. Returns the order and each
+    item's cluster."""
+    item_ids = np.array([q.item_id for q in queue], dtype=np.int64)
+    cands = items_uncertainty(store, mv, item_ids, strategy.measure or FALLBACK_MEASURE, cfg.detection)
+    view = pool_view(store, mv, cands, strategy, cfg, labeled)
+    valid = ~np.isnan(view.uncertainty if view.uncertainty is not None else cands.uncertainty)
+    order: list[int] = []
+    clusters: dict[int, int | None] = {}
+    if valid.any():
+        picked = strategy.select(view, int(valid.sum()))
+        order = [int(i) for i in picked.indices]
+        if picked.clusters is not None:
+            clusters = {int(item_ids[i]): int(c) for i, c in zip(picked.indices, picked.clusters, strict=True)}
+    chosen = set(order)
+    order += [i for i in range(len(queue)) if i not in chosen]
+    return [queue[i] for i in order], clusters

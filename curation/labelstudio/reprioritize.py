@@ -1,0 +1,129 @@
+"""``reprioritize``: re-rank every queued, unlabeled task with the strategy and make the label stream follow;
+optionally top the queue up with newly selected items first. A no-op when nothing changed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from curation.config import LabelStudioSettings, StrategySettings
+from curation.errors import NothingToSelectError
+from curation.labelstudio.client import LabelStudioAPI
+from curation.labelstudio.project import open_project, reconcile
+from curation.labelstudio.publish import Placement, Ranking, publish
+from curation.labelstudio.push import PushReport, push
+from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.tags import make_tag
+from curation.progress import NullProgress, Progress
+from curation.reports import HIDDEN, Report
+from curation.selection import build_strategy, run_selection
+from store.repository import ModelVersionRecord, Store
+
+
+@dataclass
+class ReprioritizeReport(Report):
+    project_id: int
+    project: str
+    project_url: str
+    changed: bool
+    reason: str
+    model_version_tag: str | None
+    queue_size: int
+    topped_up: int = 0
+    moved: int = 0
+    top: list[dict[str, Any]] = field(default_factory=list)
+    push: PushReport | None = field(default=None, metadata=HIDDEN)
+    served_after_s: float | None = None  # from the start until the label stream served the new order
+    seconds: float | None = None  # the whole run, including Label Studio's cleanup of the superseded ranking
+    strategy: str | None = field(default=None, metadata=HIDDEN)  # the strategy that ranked (when changed)
+
+
+def reprioritize(
+    store: Store,
+    ls: LabelStudioAPI,
+    mv: ModelVersionRecord,
+    pool_id: int,
+    cfg: LabelStudioSettings,
+    strategy_cfg: StrategySettings,
+    *,
+    pool_path: str | None,
+    queue_size: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ReprioritizeReport:
+    """Re-rank the queue of project ``cfg.project`` with ``strategy_cfg`` (its ``name`` is the strategy); with
+    ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``."""
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    min_conf = strategy_cfg.detection.conf
+    project = open_project(store, ls, mv, cfg.project)
+    reconcile(store, ls, project)
+    topped_up = 0
+    push_report = None
+    queue = store.ls_queue(project.record.id)
+    if queue_size is not None and len(queue) < queue_size:
+        try:
+            result = run_selection(store, pool_id, mv, strategy_cfg, queue_size - len(queue), push_to=project.record.id)
+        except NothingToSelectError:
+            result = None
+        if result is not None or store.ls_pending(project.record.id):
+            push_report = push(store, ls, mv, project, cfg, pool_path=pool_path, min_conf=min_conf, progress=progress)
+            topped_up = push_report.pushed
+            project = open_project(store, ls, mv, cfg.project)
+            queue = store.ls_queue(project.record.id)
+
+    strategy = build_strategy(strategy_cfg)
+    labeled = store.labeled_item_ids()
+    options = ranking_options(strategy_cfg, mv, len(labeled))
+    signature = ranking_signature(mv, strategy.name, options, strategy_cfg.seed, [q.item_id for q in queue])
+
+    def report(changed: bool, reason: str, tag: str | None, **more: Any) -> ReprioritizeReport:
+        return ReprioritizeReport(
+            project_id=project.record.project_id,
+            project=project.record.title,
+            project_url=project.url,
+            changed=changed,
+            reason=reason,
+            model_version_tag=tag,
+            queue_size=len(queue),
+            topped_up=topped_up,
+            push=push_report,
+            seconds=round(time.perf_counter() - started, 3),
+            **more,
+        )
+
+    if not queue:
+        return report(False, "the queue is empty", project.record.active_tag)
+    if not force and signature == project.record.ranking_signature and project.serving:
+        return report(False, "nothing changed since the last ranking", project.record.active_tag)
+
+    ordered, clusters = rank_queue(store, strategy_cfg, mv, queue, strategy, labeled)
+    placements = [Placement(q.item_id, q.task_id, pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, 1)]
+    tag = make_tag(mv.version)
+    served = publish(
+        store,
+        ls,
+        project,
+        mv,
+        Ranking(tag, placements, signature=signature),
+        min_conf=min_conf,
+        chunk=cfg.import_chunk,
+        cluster_window=cfg.cluster_window,
+        progress=progress,
+    )
+    old = {q.item_id: q.position for q in queue}
+    moved = sum(1 for p in placements if old.get(p.item_id) != p.position)
+    top = [
+        {"position": pos, "was": old.get(q.item_id), "task_id": q.task_id, "item_id": q.content_id}
+        for pos, q in enumerate(ordered[:10], start=1)
+    ]
+    return report(
+        True,
+        f"re-ranked with {strategy.name}",
+        tag,
+        moved=moved,
+        top=top,
+        served_after_s=round(served - started, 3),
+        strategy=strategy.name,
+    )

@@ -1,0 +1,514 @@
+"""Push, publish, reprioritize and pull against the in-memory Label Studio (tests/fake_labelstudio.py) and a real
+SQLite store: the decisions (append or re-tag, reconcile, adopt, page) in milliseconds, without a server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.config import LabelStudioSettings, StrategySettings
+from curation.errors import ConfigError, ProjectNotFoundError
+from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
+from curation.labelstudio.formats import label_config, queue_score
+from curation.labelstudio.project import ProjectHandle, ensure_storage, open_project
+from curation.labelstudio.publish import Placement, Ranking, publish
+from curation.labelstudio.pull import pull, watermark_with_margin
+from curation.labelstudio.push import plan_push, push
+from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.reprioritize import reprioritize
+from curation.labelstudio.tags import is_ours, make_tag, parse_tag
+from curation.labelstudio.tasks import updated_tasks
+from curation.progress import NullProgress
+from curation.selection import build_strategy
+from store.ls_records import QueuedTask
+from store.repository import ModelVersionRecord, ScannedFile, ScoredChunk, Store
+from tests.fake_labelstudio import FakeLabelStudio
+
+CLASSES = ["circle", "square", "triangle"]
+CHOICE = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["square"]}}]
+
+
+@dataclass
+class World:
+    store: Store
+    ls: FakeLabelStudio
+    mv: ModelVersionRecord
+    pool_id: int
+    pool: Path
+    item_ids: list[int]
+    cfg: LabelStudioSettings
+
+    def project(self, name: str = "queue-test") -> ProjectHandle:
+        return open_project(self.store, self.ls, self.mv, name)
+
+    def select(self, project: ProjectHandle, items: list[int], clusters: list[int | None] | None = None) -> int:
+        return self.store.record_selection(
+            pool_id=self.pool_id,
+            model_version_id=self.mv.id,
+            strategy="entropy",
+            options={},
+            budget=len(items),
+            item_ids=items,
+            scores=[1.0 - i / 100 for i in range(len(items))],
+            clusters=clusters,
+            push_ls_project_id=project.record.id,
+        )
+
+    def push(self, project: ProjectHandle | None = None, **cfg: object):  # type: ignore[no-untyped-def]
+        project = project or self.project()
+        settings = self.cfg.model_copy(update=cfg)
+        return push(self.store, self.ls, self.mv, project, settings, pool_path=None, min_conf=0.25)
+
+    def served(self, project_id: int) -> list[int]:
+        """Task ids in the order the label stream serves them (each one labeled in turn)."""
+        order = []
+        while (task := self.ls.next_task(project_id)) is not None:
+            order.append(task)
+            self.ls.tasks[task]["annotations"].append({"id": -task})  # served: out of the stream
+        for task in order:
+            self.ls.tasks[task]["annotations"].clear()
+        return order
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    pool = tmp_path / "root" / "pool"
+    pool.mkdir(parents=True)
+    n = 12
+    for i in range(n):
+        (pool / f"img_{i:02d}.jpg").write_bytes(b"not decoded by push")
+    pool_id = store.get_or_create_pool(str(pool), "directory", str(pool))
+    store.apply_scan(pool_id, [ScannedFile(f"img_{i:02d}.jpg", 10, 10, f"{i:032x}") for i in range(n)], [])
+    known = store.known_paths(pool_id)
+    ids = [known[f"img_{i:02d}.jpg"].item_id for i in range(n)]
+    mv = store.register_model_version(
+        version="m-1",
+        source="m.pt",
+        format="ultralytics",
+        task="classify",
+        class_names=CLASSES,
+        imgsz=64,
+        embedding_dim=4,
+    )
+    rng = np.random.default_rng(0)
+    chunk = ScoredChunk()
+    for k, i in enumerate(ids):
+        # item k's top probability rises with k: entropy ranks the early items first
+        p = np.full(3, (1 - (0.34 + 0.05 * k)) / 2, np.float32)
+        p[k % 3] = 0.34 + 0.05 * k
+        chunk.predictions.append(
+            {
+                "item_id": i,
+                "status": "ok",
+                "problem": None,
+                "width": 64,
+                "height": 48,
+                "probs": p.astype("<f4").tobytes(),
+                "n_boxes": 0,
+                "boxes": None,
+                "box_conf": None,
+                "box_scores": None,
+                "polygons": None,
+            }
+        )
+        e = rng.normal(size=4).astype(np.float32)
+        chunk.embeddings.append({"item_id": i, "vector": (e / np.linalg.norm(e)).astype("<f2").tobytes()})
+        chunk.decoded.append((i, 64, 48))
+    run = store.start_run(mv.id, pool_id, n, "cpu", 4)
+    store.write_chunk(run, mv.id, chunk)
+    store.finish_run(run, "completed", 1.0)
+    cfg = LabelStudioSettings(project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4)
+    yield World(store, FakeLabelStudio(), mv, pool_id, pool, ids, cfg)
+    store.close()
+
+
+def _task_of(world: World, project_id: int) -> dict[str, int]:
+    return {t["data"]["curation_id"]: t["id"] for t in world.ls.project_tasks(project_id)}
+
+
+def _content(world: World, item_ids: list[int]) -> list[str]:
+    return [f"{world.item_ids.index(i):032x}" for i in item_ids]
+
+
+# -- project ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_project_is_created_once_with_a_config_for_the_model(world: World) -> None:
+    first = world.project()
+    assert first.created and world.ls.projects[first.record.project_id]["label_config"] == label_config(
+        "classify", CLASSES
+    )
+    again = world.project()
+    assert not again.created and again.record == first.record
+    assert world.ls.calls.count("create_project") == 1
+    with pytest.raises(ConfigError, match="3 to 50"):
+        world.project("ab")
+    with pytest.raises(ProjectNotFoundError):
+        world.project("999")
+    with pytest.raises(ConfigError, match="--project"):
+        open_project(world.store, world.ls, world.mv, None)
+
+
+def test_local_storage_is_added_once_for_a_pool_inside_the_document_root(world: World, tmp_path: Path) -> None:
+    project = world.project()
+    assert ensure_storage(world.ls, project, world.cfg, str(world.pool)) == str(world.pool.resolve())
+    ensure_storage(world.ls, project, world.cfg, str(world.pool))
+    assert world.ls.storages[project.record.project_id] == [str(world.pool.resolve())]
+    with pytest.raises(ConfigError, match="subfolder"):
+        ensure_storage(
+            world.ls, project, world.cfg.model_copy(update={"document_root": str(world.pool)}), str(world.pool)
+        )
+    assert (
+        ensure_storage(world.ls, project, world.cfg.model_copy(update={"url_prefix": "s3://b"}), str(world.pool))
+        is None
+    )
+
+
+# -- push ------------------------------------------------------------------------------------------------------------
+
+
+def test_push_imports_once_and_the_stream_serves_the_selection_order(world: World) -> None:
+    project = world.project()
+    picked = world.item_ids[:6]
+    world.select(project, picked)
+    report = world.push(project)
+    pid = project.record.project_id
+    assert report.pushed == 6 and report.queue_size == 6 and report.reconciled == 0
+    assert world.ls.projects[pid]["model_version"] == report.model_version_tag and is_ours(report.model_version_tag)
+    assert world.ls.projects[pid]["sampling"] == UNCERTAINTY_SAMPLING
+    assert world.ls.calls.count("import_tasks") == 2  # 6 tasks in chunks of 4
+    tasks = _task_of(world, pid)
+    assert world.served(pid) == [tasks[c] for c in _content(world, picked)]
+    assert report.first == {
+        "task_id": tasks[_content(world, picked)[0]],
+        "item_id": _content(world, picked)[0],
+        "position": 1,
+    }
+    assert list(report.summary()) == [
+        "project_id", "project", "project_url", "created_project", "pushed", "reconciled", "missing_files",
+        "model_version_tag", "queue_size", "first", "served_after_s", "seconds",
+    ]  # fmt: skip
+
+    # nothing new: nothing imported, nothing rewritten
+    calls = len(world.ls.calls)
+    again = world.push()
+    assert again.pushed == 0 and again.model_version_tag == report.model_version_tag
+    assert not {"import_tasks", "import_predictions", "set_ranking"} & set(world.ls.calls[calls:])
+
+
+def test_new_tasks_are_appended_under_the_live_tag_without_rewriting(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    first = world.push(project)
+    world.select(project, world.item_ids[3:5])
+    calls = len(world.ls.calls)
+    second = world.push()
+    assert second.pushed == 2 and second.model_version_tag == first.model_version_tag
+    assert not {"import_predictions", "set_ranking", "delete_model_version"} & set(world.ls.calls[calls:])
+    pid = project.record.project_id
+    tasks = _task_of(world, pid)
+    assert world.served(pid) == [tasks[c] for c in _content(world, world.item_ids[:5])]
+    scores = sorted(p["score"] for p in world.ls.project_predictions(pid, first.model_version_tag))
+    assert scores == [queue_score(i) for i in range(1, 6)]
+
+
+def test_a_project_switched_away_is_re_tagged_old_tasks_first(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    first = world.push(project)
+    pid = project.record.project_id
+    world.ls.set_ranking(pid, "someone-elses-model")  # a user picked another model version in the UI
+    theirs = [{"task": t, "model_version": "someone-elses-model", "score": 0.5} for t in _task_of(world, pid).values()]
+    world.ls.import_predictions(pid, theirs)
+    world.select(project, world.item_ids[3:5])
+    second = world.push()
+    assert second.pushed == 2 and second.model_version_tag != first.model_version_tag
+    assert world.ls.projects[pid]["model_version"] == second.model_version_tag
+    tasks = _task_of(world, pid)
+    assert world.served(pid) == [tasks[c] for c in _content(world, world.item_ids[:5])]
+    # curate's old ranking is gone; another tool's model version is never touched
+    assert set(world.ls.model_versions(pid)) == {second.model_version_tag, "someone-elses-model"}
+
+
+def test_plan_push_decides_append_or_re_tag(world: World) -> None:
+    project = world.project()
+    queue = [QueuedTask(1, "a", 10, 1, None), QueuedTask(2, "b", 11, 2, None)]
+    assert plan_push(queue, 3, project, "m-1").append is False  # nothing served yet: a new tag
+    tag = make_tag("m-1")
+    world.store.ls_set_ranking(project.record.id, tag, None)
+    project = world.project()
+    assert plan_push(queue, 0, project, "m-1").append is False  # the live tag is not ours: re-tag
+    world.ls.set_ranking(project.record.project_id, tag)
+    project = world.project()
+    assert plan_push(queue, 0, project, "m-1") is None  # serving, nothing new
+    plan = plan_push(queue, 3, project, "m-1")
+    assert plan is not None and plan.append and plan.tag == tag and plan.after == 2
+    unplaced = [*queue, QueuedTask(3, "c", 12, None, None)]  # an adopted task has no position yet
+    plan = plan_push(unplaced, 1, project, "m-1")
+    assert plan is not None and not plan.append and plan.after == 3 and parse_tag(plan.tag) is not None
+
+
+def test_a_502_after_the_server_committed_records_the_tasks_without_duplicates(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    world.ls.fail_next_import("after-commit")
+    report = world.push(project)
+    pid = project.record.project_id
+    assert report.pushed == 3 and len(world.ls.project_tasks(pid)) == 3
+    assert world.store.ls_intents(project.record.id) == []
+
+
+def test_an_import_that_never_arrived_fails_then_a_rerun_imports_once(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    world.ls.fail_next_import("before-commit")
+    with pytest.raises(ImportOutcomeUnknown, match="not in the project"):
+        world.push(project)
+    assert len(world.store.ls_intents(project.record.id)) == 1  # kept: the next run looks before importing
+    report = world.push()
+    pid = project.record.project_id
+    assert report.pushed == 3 and len(world.ls.project_tasks(pid)) == 3
+    assert world.store.ls_intents(project.record.id) == []
+
+
+def test_a_new_database_adopts_the_projects_tasks_instead_of_duplicating(world: World, tmp_path: Path) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    world.ls.add_task(project.record.project_id, {"image": "/x.jpg"})  # a user's own task: never adopted
+    # the records are lost: an empty ls_tasks table for the same project
+    with world.store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM ls_tasks")
+    report = world.push()
+    assert report.reconciled == 4 and report.pushed == 0
+    assert len(world.ls.project_tasks(project.record.project_id)) == 5
+
+
+def test_missing_files_are_skipped_and_reported(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    (world.pool / "img_01.jpg").unlink()
+    report = world.push(project)
+    assert report.pushed == 2 and report.missing_files == ["img_01.jpg"]
+
+
+def test_clusters_are_set_on_the_head_of_the_queue_only(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:5], clusters=[0, 1, 0, 2, 1])
+    report = world.push(project, cluster_window=3)
+    pid = project.record.project_id
+    by_task = {p["task"]: p["cluster"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    tasks = _task_of(world, pid)
+    assert [by_task[tasks[c]] for c in _content(world, world.item_ids[:5])] == [0, 1, 0, None, None]
+
+
+# -- publish ---------------------------------------------------------------------------------------------------------
+
+
+def test_publish_writes_switches_records_and_drops_curates_other_tags(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    old = world.push(project).model_version_tag
+    pid = project.record.project_id
+    project = world.project()
+    queue = world.store.ls_queue(project.record.id)
+    reversed_queue = [Placement(q.item_id, q.task_id, pos, None) for pos, q in enumerate(reversed(queue), 1)]
+    tag = make_tag("m-1")
+    calls = len(world.ls.calls)
+    publish(
+        world.store, world.ls, project, world.mv, Ranking(tag, reversed_queue, signature="sig"),
+        min_conf=0.25, chunk=4, cluster_window=10, progress=NullProgress(),
+    )  # fmt: skip
+    steps = [c for c in world.ls.calls[calls:] if c in ("import_predictions", "set_ranking", "delete_model_version")]
+    assert steps == ["import_predictions", "set_ranking", "delete_model_version"]
+    assert world.served(pid) == [q.task_id for q in reversed(queue)]
+    assert set(world.ls.model_versions(pid)) == {tag} and old != tag
+    record = world.store.ls_projects()[0]
+    assert (record.active_tag, record.ranking_signature) == (tag, "sig")
+    assert [q.task_id for q in world.store.ls_queue(project.record.id)] == [q.task_id for q in reversed(queue)]
+
+
+def test_a_task_deleted_in_label_studio_leaves_the_queue_when_publishing(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    pid = project.record.project_id
+    victim = world.ls.next_task(pid)
+    assert victim is not None
+    world.ls.delete_task(victim)
+    strategy = StrategySettings(name="random")
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, strategy, pool_path=None, force=True
+    )
+    assert report.changed
+    assert len(world.ls.project_predictions(pid, report.model_version_tag)) == 3
+    assert victim not in {q.task_id for q in world.store.ls_queue(project.record.id)}
+
+
+# -- rank and reprioritize -------------------------------------------------------------------------------------------
+
+
+def test_ranking_signature_ignores_the_queues_order_but_not_what_changes_the_ranking(world: World) -> None:
+    sig = ranking_signature(world.mv, "entropy", {"a": 1}, 0, [3, 1, 2])
+    assert sig == ranking_signature(world.mv, "entropy", {"a": 1}, 0, [1, 2, 3])
+    assert sig != ranking_signature(world.mv, "margin", {"a": 1}, 0, [1, 2, 3])
+    assert sig != ranking_signature(world.mv, "entropy", {"a": 2}, 0, [1, 2, 3])
+    assert sig != ranking_signature(world.mv, "entropy", {"a": 1}, 1, [1, 2, 3])
+    assert sig != ranking_signature(world.mv, "entropy", {"a": 1}, 0, [1, 2])
+    base = StrategySettings()
+    assert ranking_options(base, world.mv, 0) != ranking_options(
+        base.model_copy(update={"min_distance": 0.2}), world.mv, 0
+    )
+    assert ranking_options(base, world.mv, 0) != ranking_options(base, world.mv, 1)
+
+
+def test_rank_queue_orders_by_the_strategy_and_keeps_unscored_tasks_at_the_end(world: World) -> None:
+    queue = [QueuedTask(i, f"{k:032x}", 100 + k, k + 1, None) for k, i in enumerate(world.item_ids[:6])]
+    unscored_id = world.store.get_or_create_pool("/other", "directory", "/other")
+    world.store.apply_scan(unscored_id, [ScannedFile("x.jpg", 1, 1, "f" * 32)], [])
+    unscored = world.store.known_paths(unscored_id)["x.jpg"].item_id
+    queue.insert(0, QueuedTask(unscored, "f" * 32, 99, 0, None))
+    cfg = StrategySettings(name="entropy")
+    ordered, _ = rank_queue(world.store, cfg, world.mv, queue, build_strategy(cfg), np.zeros(0, np.int64))
+    # entropy: the flattest prediction (item 0) first, the most confident last; the unscored task stays, last
+    assert [q.item_id for q in ordered] == [*world.item_ids[:6], unscored]
+    cfg = StrategySettings(name="kcenter")
+    ordered, clusters = rank_queue(world.store, cfg, world.mv, queue[1:], build_strategy(cfg), np.zeros(0, np.int64))
+    assert sorted(q.item_id for q in ordered) == sorted(world.item_ids[:6])
+    assert set(clusters) == set(world.item_ids[:6]) and all(c is not None for c in clusters.values())
+
+
+def test_reprioritize_re_ranks_then_is_a_no_op_until_something_changes(world: World) -> None:
+    project = world.project()
+    world.select(project, list(reversed(world.item_ids[:5])))  # pushed in the opposite of entropy's order
+    world.push(project)
+    pid = project.record.project_id
+    entropy = StrategySettings(name="entropy")
+
+    def run(cfg: StrategySettings, **kw: object):  # type: ignore[no-untyped-def]
+        return reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, cfg, pool_path=None, **kw)  # type: ignore[arg-type]
+
+    report = run(entropy)
+    assert report.changed and report.reason == "re-ranked with entropy" and report.strategy == "entropy"
+    assert report.moved == 4 and report.queue_size == 5  # all but the middle one moved
+    tasks = _task_of(world, pid)
+    assert world.served(pid) == [tasks[c] for c in _content(world, world.item_ids[:5])]
+    assert [t["task_id"] for t in report.top] == world.served(pid)
+    assert 0 < report.served_after_s <= report.seconds
+    assert list(report.summary()) == [
+        "project_id", "project", "project_url", "changed", "reason", "model_version_tag", "queue_size",
+        "topped_up", "moved", "top", "served_after_s", "seconds",
+    ]  # fmt: skip
+
+    calls = len(world.ls.calls)
+    noop = run(entropy)
+    assert not noop.changed and noop.reason == "nothing changed since the last ranking"
+    assert "import_predictions" not in world.ls.calls[calls:]
+    assert run(entropy.model_copy(update={"min_distance": 0.3})).changed
+    assert run(entropy.model_copy(update={"min_distance": 0.3}), force=True).changed
+
+
+def test_reprioritize_tops_the_queue_up(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:2])
+    world.push(project)
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"),
+        pool_path=None, queue_size=5,
+    )  # fmt: skip
+    assert report.topped_up == 3 and report.queue_size == 5 and report.push is not None
+    pid = project.record.project_id
+    assert len(world.served(pid)) == 5
+    scores = sorted(p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag))
+    assert scores == [queue_score(i) for i in range(1, 6)]
+
+
+def test_an_empty_queue_is_reported_not_ranked(world: World) -> None:
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(), pool_path=None)
+    assert not report.changed and report.reason == "the queue is empty" and report.queue_size == 0
+
+
+# -- pull ------------------------------------------------------------------------------------------------------------
+
+
+def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    pid = project.record.project_id
+    tasks = list(_task_of(world, pid).values())
+    world.ls.advance(5)
+    world.ls.annotate(tasks[0], CHOICE)
+    world.ls.annotate(tasks[1], [], cancelled=True)
+    world.ls.add_task(pid, {"image": "/someone-elses.jpg"})
+    report = pull(world.store, world.ls, "queue-test")
+    assert (report.new_annotations, report.labeled_tasks, report.skipped_tasks) == (2, 1, 1)
+    assert report.tasks_seen == 5 and report.foreign_tasks == 1
+    assert list(report.summary()) == [
+        "project_id", "project", "tasks_seen", "new_annotations", "labeled_tasks", "skipped_tasks",
+        "foreign_tasks", "watermark",
+    ]  # fmt: skip
+    assert report.watermark == max(t["updated_at"] for t in world.ls.project_tasks(pid))
+    assert world.store.ls_projects()[0].pulled_until == report.watermark
+    assert len(world.store.ls_queue(project.record.id)) == 2  # labeled and skipped tasks leave the queue
+    examples = world.store.labeled_examples("classify")
+    assert len(examples) == 1
+    # a rerun reads what changed since, plus the last second before the watermark (the margin: the two tasks
+    # annotated and the foreign one, not the two untouched since the push), and stores nothing twice
+    world.ls.advance(5)
+    world.ls.annotate(tasks[2], CHOICE)
+    again = pull(world.store, world.ls, "queue-test")
+    assert again.new_annotations == 1 and again.tasks_seen == 4 and again.foreign_tasks == 1
+
+
+def test_pull_adopts_tasks_pushed_from_another_database(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    world.push(project)
+    pid = project.record.project_id
+    with world.store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM ls_tasks")
+    for task in _task_of(world, pid).values():
+        world.ls.annotate(task, CHOICE)
+    report = pull(world.store, world.ls, "queue-test")
+    assert report.new_annotations == 3 and report.labeled_tasks == 3 and report.foreign_tasks == 0
+
+
+def test_pull_needs_a_project_this_database_pushed_to(world: World) -> None:
+    world.ls.create_project("not-ours", label_config("classify", CLASSES))
+    with pytest.raises(ProjectNotFoundError, match="has not pushed"):
+        pull(world.store, world.ls, "not-ours")
+    with pytest.raises(ProjectNotFoundError, match="has no project"):
+        pull(world.store, world.ls, "missing")
+
+
+def test_paging_misses_nothing_when_a_task_is_updated_mid_pull(world: World) -> None:
+    project = world.ls.create_project("paging", label_config("classify", CLASSES))
+    ids = [world.ls.add_task(project["id"], {"image": f"/x/{i}.jpg"}) for i in range(7)]
+    seen: list[int] = []
+    for number, page in enumerate(updated_tasks(world.ls, project["id"], None, page_size=2)):
+        seen.extend(int(t["id"]) for t in page)
+        if number == 0:  # a labeler finishes a task of the first page: it moves to the end of the order
+            world.ls.annotate(int(page[0]["id"]), CHOICE)
+    assert set(seen) == set(ids) and len(seen) == len(ids) + 1  # the updated task comes again
+
+
+def test_paging_widens_past_a_full_page_updated_in_the_same_instant(world: World) -> None:
+    project = world.ls.create_project("same-instant", label_config("classify", CLASSES))
+    first = world.ls.add_task(project["id"], {"image": "/a.jpg"})
+    world.ls.frozen = True
+    same = [world.ls.add_task(project["id"], {"image": f"/s/{i}.jpg"}) for i in range(5)]
+    world.ls.frozen = False
+    last = world.ls.add_task(project["id"], {"image": "/z.jpg"})
+    seen = [int(t["id"]) for page in updated_tasks(world.ls, project["id"], None, page_size=2) for t in page]
+    assert sorted(seen) == sorted([first, *same, last]) and len(seen) == len(set(seen))
+
+
+def test_the_watermark_margin() -> None:
+    at = watermark_with_margin("2026-01-01T00:00:10.000000Z")
+    assert at is not None and at.isoformat() == "2026-01-01T00:00:09+00:00"
+    assert watermark_with_margin(None) is None
