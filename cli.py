@@ -590,9 +590,7 @@ def reprioritize(
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
-            scored, report = job.reprioritize(
-                store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress()
-            )
+            scored, report = job.reprioritize(store, settings, queue_size=queue_size, force=force, progress=_progress())
         summary = {**report.summary(), "scoring": scored.summary()}
         if report.push is not None:
             summary["push"] = report.push.summary()
@@ -864,7 +862,6 @@ def loop(
                 settings,
                 min_new_labels=min_new_labels,
                 queue_size=queue_size,
-                strategy=strategy,
                 progress=_progress(),
             )
         summary = report.summary()

@@ -55,11 +55,11 @@ class SelectionResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_strategy(settings: StrategySettings, name: str | None = None) -> Strategy:
-    """The configured strategy (``name`` overrides it), wrapped for class balance when asked."""
+def build_strategy(settings: StrategySettings) -> Strategy:
+    """The configured strategy, wrapped for class balance when asked. ``--strategy`` reaches it as the
+    ``strategy.name`` setting: there is one channel for the choice."""
     try:
-        chosen = name or settings.name
-        strategy = get_strategy(chosen, **settings.options_for(chosen))
+        strategy = get_strategy(settings.name, **settings.options_for(settings.name))
     except StrategyError as exc:
         raise ConfigError(f"strategy: {exc}") from None
     if settings.balance:
@@ -188,13 +188,12 @@ def run_selection(
     mv: ModelVersionRecord,
     settings: StrategySettings,
     budget: int,
-    strategy_name: str | None = None,
     *,
     push_to: int | None = None,
 ) -> SelectionResult:
     """Select up to ``budget`` new items and record them (meant for the Label Studio project ``push_to``, an
     ``ls_projects`` id, if given). Fewer are selected (with a warning) if fewer remain."""
-    strategy = build_strategy(settings, strategy_name)
+    strategy = build_strategy(settings)
     warnings: list[str] = []
     cands = candidate_uncertainty(store, pool_id, mv, strategy.measure or FALLBACK_MEASURE, settings.detection)
     view = pool_view(store, mv, cands, strategy, settings, store.reference_item_ids(pool_id))
@@ -223,7 +222,7 @@ def run_selection(
     if len(picked) == 0:
         raise NothingToSelectError("nothing to select: every candidate is a near-duplicate of a taken item")
     item_ids = cands.item_ids[picked.indices]
-    options: dict[str, Any] = settings.options_for(strategy_name or settings.name)
+    options: dict[str, Any] = settings.options_for(settings.name)
     options["min_distance"] = view.min_distance
     if mv.task != "classify":
         options["detection"] = settings.detection.model_dump()

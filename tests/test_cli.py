@@ -256,9 +256,7 @@ def test_an_empty_pool_is_named_not_silently_scored(tmp_path: Path) -> None:
         (["models", "promote", "nope"], "no model version 'nope'"),
     ],
 )
-def test_an_unknown_selection_or_model_version_is_a_usage_error(
-    tmp_path: Path, args: list[str], fragment: str
-) -> None:
+def test_an_unknown_selection_or_model_version_is_a_usage_error(tmp_path: Path, args: list[str], fragment: str) -> None:
     """A name the user typed that the database does not know is bad usage (2), not "nothing to select" (7) or
     "file not found" (3)."""
     code, _, err = run(*args, "--db", f"sqlite:///{tmp_path / 'c.db'}")

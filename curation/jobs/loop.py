@@ -51,7 +51,6 @@ def loop(
     *,
     min_new_labels: int | None = None,
     queue_size: int | None = None,
-    strategy: str | None = None,
     progress: Progress | None = None,
 ) -> LoopReport:
     """One turn of the cycle, for cron: pull → train if enough new labels → promote if better → rescore with the
@@ -96,7 +95,7 @@ def loop(
     elif current is not None:
         report.notes.append(f"not trained: {report.new_labels} new label(s), {threshold} needed")
     checkpoint("loop-before-rescore")
-    scored, ranked = reprioritize(store, settings, strategy=strategy, queue_size=queue_size, progress=progress, ls=ls)
+    scored, ranked = reprioritize(store, settings, queue_size=queue_size, progress=progress, ls=ls)
     report.current_model = scored.model.version
     report.scoring = scored.summary()
     report.queue = ranked.summary()

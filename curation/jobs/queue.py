@@ -60,15 +60,13 @@ def reprioritize(
     store: Store,
     settings: Settings,
     *,
-    strategy: str | None = None,
     queue_size: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
     ls: LabelStudioAPI | None = None,
 ) -> tuple[ScoreOutcome, reprioritize_module.ReprioritizeReport]:
     """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``)."""
-    strategy_cfg = settings.strategy if strategy is None else settings.strategy.model_copy(update={"name": strategy})
-    build_strategy(strategy_cfg)
+    build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
     ls = ls or connect(settings.label_studio)
     scored = score(store, settings, progress=progress)
     report = reprioritize_module.reprioritize(
@@ -77,7 +75,7 @@ def reprioritize(
         scored.model,
         scored.pool_id,
         settings.label_studio,
-        strategy_cfg,
+        settings.strategy,
         pool_path=settings.pool.path,
         queue_size=queue_size,
         force=force,

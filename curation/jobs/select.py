@@ -45,7 +45,6 @@ def select(
     settings: Settings,
     *,
     budget: int,
-    strategy: str | None = None,
     out: Path | None = None,
     rescore: bool = False,
     push: bool = False,
@@ -56,7 +55,7 @@ def select(
     With ``push``, Label Studio is checked (reachable, key accepted, project config matching the model) before
     anything is selected, so a bad token or URL records nothing.
     """
-    build_strategy(settings.strategy, strategy)  # fail on a bad strategy before spending time on scoring
+    build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
     ls = None
     if push:
         ls = connect(settings.label_studio)
@@ -68,7 +67,6 @@ def select(
         scored.model,
         settings.strategy,
         budget,
-        strategy,
         push_to=project.record.id if project is not None else None,
     )
     rows = selection_rows(result, str(scored.pool.root))

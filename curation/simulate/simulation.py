@@ -279,7 +279,8 @@ def select_round(
     budget: int,
 ) -> NDArray[np.int64]:
     """One selection exactly as ``curate select`` makes it, over the simulation's candidates."""
-    strategy = build_strategy(settings, strategy_name)
+    settings = settings.model_copy(update={"name": strategy_name})
+    strategy = build_strategy(settings)
     measure = strategy.measure or FALLBACK_MEASURE
     uncertainty, classes = scores_uncertainty(
         state.scores_for(candidates), state.n_classes, measure, settings.detection
@@ -301,7 +302,7 @@ def simulate(
         raise ConfigError(f"unknown trainer {config.trainer!r}; valid: {', '.join(TRAINERS)}")
     names = list(dict.fromkeys(["random", *config.strategies]))  # random is always the baseline
     for name in names:
-        build_strategy(settings.strategy, name)  # a bad name fails before any work
+        build_strategy(settings.strategy.model_copy(update={"name": name}))  # a bad name fails before any work
     if config.initial < 1 or config.step < 1 or config.rounds < 1 or config.seeds < 1:
         raise ConfigError("--initial, --step, --rounds and --seeds must be at least 1")
     data = load_dataset(config.dataset)
