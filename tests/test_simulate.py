@@ -78,6 +78,7 @@ def base(dataset: Path, thumb: tuple[Path, Path], tmp_path_factory: pytest.TempP
     return run(dataset, thumb, out), out
 
 
+@pytest.mark.slow  # runs `curate simulate` end to end (scoring with a model)
 def test_end_to_end_outputs_and_schema(base: tuple[dict, Path]) -> None:
     data, out = base
     assert out.is_file() and out.with_suffix(".png").stat().st_size > 1000
@@ -110,6 +111,7 @@ def test_end_to_end_outputs_and_schema(base: tuple[dict, Path]) -> None:
             assert h["labels_to_reach_random_final"] is None and h["fraction_of_random_labels"] is None
 
 
+@pytest.mark.slow  # runs `curate simulate` end to end (scoring with a model)
 def test_strategies_select_differently_from_the_same_start(base: tuple[dict, Path]) -> None:
     data, _ = base
     first = {(r["strategy"], r["seed"]): r["selected"] for r in data["records"] if r["round"] == 0}
@@ -119,6 +121,7 @@ def test_strategies_select_differently_from_the_same_start(base: tuple[dict, Pat
         assert len(set(picks)) == 4, f"two strategies picked the same items for seed {seed}"
 
 
+@pytest.mark.slow  # runs `curate simulate` end to end (scoring with a model)
 def test_same_seed_same_numbers(
     base: tuple[dict, Path], dataset: Path, thumb: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -129,6 +132,7 @@ def test_same_seed_same_numbers(
     assert c["records"] != a["records"] and c["test_items"] != a["test_items"]
 
 
+@pytest.mark.slow  # runs `curate simulate` end to end (scoring with a model)
 def test_the_test_split_never_leaks(
     base: tuple[dict, Path], dataset: Path, thumb: tuple[Path, Path], tmp_path: Path
 ) -> None:
