@@ -27,6 +27,7 @@ from curation.training.dataset import (
     write_data_yaml,
     write_labels,
     yolo_image_path,
+    yolo_images_folder,
 )
 
 SHAPES = ("circle", "square", "triangle")
@@ -141,7 +142,7 @@ def make_detection_dataset(
     """YOLO detection (or segmentation) dataset with ``data.yaml``; returns the yaml path."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
-        yolo_image_path(root, split, "").mkdir(parents=True, exist_ok=True)  # an empty split is still a split
+        yolo_images_folder(root, split).mkdir(parents=True, exist_ok=True)  # an empty split is still a split
         for i in range(n):
             k = int(rng.integers(1, 4))
             picked = [classes[int(rng.integers(len(classes)))] for _ in range(k)]

@@ -40,8 +40,12 @@ def class_folder(root: Path, split: str, label: str) -> Path:
     return root / split / label
 
 
+def yolo_images_folder(root: Path, split: str) -> Path:
+    return root / "images" / split
+
+
 def yolo_image_path(root: Path, split: str, name: str) -> Path:
-    return root / "images" / split / name
+    return yolo_images_folder(root, split) / name
 
 
 def yolo_label_path(root: Path, split: str, stem: str) -> Path:
