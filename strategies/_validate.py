@@ -63,6 +63,13 @@ def check_available(available: int, total: int, budget: int) -> None:
         raise PoolExhaustedError(available, budget)
 
 
+def check_min_distance(value: float) -> float:
+    """A near-duplicate threshold: a cosine distance in [0, 2] (0 turns suppression off)."""
+    if not 0.0 <= float(value) <= 2.0:
+        raise InvalidOptionError(f"min_distance must be a cosine distance in [0, 2], got {value}")
+    return float(value)
+
+
 def check_count(value: object, what: str) -> int:
     """A non-negative integer argument such as a pool size."""
     if not is_int(value) or int(value) < 0:

@@ -20,7 +20,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import check_available, check_budget, is_int, uncertainty_vector, unit_rows
+from strategies._validate import (
+    check_available,
+    check_budget,
+    check_min_distance,
+    is_int,
+    uncertainty_vector,
+    unit_rows,
+)
 from strategies.errors import InvalidOptionError, InvalidScoresError
 
 __all__ = ["PoolView", "Selection", "Strategy", "StrategyBase"]
@@ -86,8 +93,7 @@ class PoolView:
             raise InvalidScoresError(f"PoolView arrays disagree on the number of items: {detail}")
         if not is_int(self.seed) or self.seed < 0:
             raise InvalidOptionError(f"PoolView.seed must be an integer >= 0, got {self.seed!r}")
-        if not 0.0 <= float(self.min_distance) <= 2.0:
-            raise InvalidOptionError(f"min_distance must be a cosine distance in [0, 2], got {self.min_distance}")
+        check_min_distance(self.min_distance)
         if self.min_distance > 0 and self.embeddings is None:
             raise InvalidOptionError("near-duplicate suppression (min_distance > 0) needs embeddings")
         if self.classes is not None and (np.ndim(self.classes) != 2 or len(self.classes) != len(self)):

@@ -1,6 +1,8 @@
 """Greedy selection over embeddings: k-center, uncertainty × diversity, and near-duplicate exclusion.
 
-All of it is one exact greedy procedure. Each step picks the candidate with the largest key
+All of it is one exact greedy procedure (``kcenter``, ``hybrid`` and the near-duplicate path of ``rank_by`` call
+``greedy_rows`` on a checked ``PoolView``; ``greedy_select`` is the public, validating entry). Each step picks the
+candidate with the largest key
 
     key_i = priority_i^(1 - w) · d_i^w
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import check_available, check_budget, unit_rows
+from strategies._validate import check_available, check_budget, check_min_distance, unit_rows
 from strategies.errors import InvalidOptionError, InvalidScoresError
 from strategies.index import make_index, min_cosine_distance
 
@@ -70,8 +72,7 @@ def greedy_select(
     budget = check_budget(budget)
     if not 0.0 <= weight <= 1.0:
         raise InvalidOptionError(f"diversity weight must be in [0, 1], got {weight}")
-    if not 0.0 <= min_distance <= MAX_DISTANCE:
-        raise InvalidOptionError(f"min_distance must be a cosine distance in [0, 2], got {min_distance}")
+    min_distance = check_min_distance(min_distance)
     n = len(x)
     prio = np.ones(n) if priority is None else np.asarray(priority, dtype=np.float64)
     if prio.shape != (n,):

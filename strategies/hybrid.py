@@ -19,14 +19,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import check_name
 from strategies.base import PoolView, Selection, StrategyBase
 from strategies.errors import InvalidOptionError, UnknownStrategyError
 from strategies.greedy import greedy_rows
 from strategies.index import coarse_clusters
 from strategies.kmeans_sampling import KMeansStrategy
 from strategies.selectors import rank_by
-from strategies.uncertainty import UNCERTAINTY_MEASURES
+from strategies.uncertainty import check_measure
 
 __all__ = ["DIVERSIFY_MODES", "HybridStrategy"]
 
@@ -52,7 +51,7 @@ class HybridStrategy(StrategyBase):
     needs_uncertainty: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "measure", check_name(self.measure, UNCERTAINTY_MEASURES, "uncertainty measure"))
+        object.__setattr__(self, "measure", check_measure(self.measure))
         if not self.candidates >= 1:
             raise InvalidOptionError(
                 f"hybrid option 'candidates' must be >= 1 (a multiple of the budget), got {self.candidates}"

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies._validate import check_name
 from strategies.base import PoolView, Selection, StrategyBase
 from strategies.errors import InvalidOptionError, UnknownStrategyError
 from strategies.greedy import greedy_rows
 from strategies.index import coarse_clusters, kmeans
-from strategies.uncertainty import UNCERTAINTY_MEASURES
+from strategies.uncertainty import check_measure
 
 __all__ = ["PICK_MODES", "KMeansStrategy", "distance_to_own_centroid"]
 
@@ -37,7 +36,7 @@ class KMeansStrategy(StrategyBase):
     needs_embeddings: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "measure", check_name(self.measure, UNCERTAINTY_MEASURES, "uncertainty measure"))
+        object.__setattr__(self, "measure", check_measure(self.measure))
         if not self.clusters >= 1:
             raise InvalidOptionError(
                 f"kmeans option 'clusters' must be >= 1 (a multiple of the budget), got {self.clusters}"

@@ -128,6 +128,11 @@ def _apply(kernel: Kernel, arr: NDArray[np.number]) -> NDArray[np.float64]:
     return out
 
 
+def check_measure(method: object) -> str:
+    """The registered spelling of an uncertainty measure, or UnknownStrategyError listing the valid ones."""
+    return check_name(method, UNCERTAINTY_MEASURES, "uncertainty measure")
+
+
 def uncertainty_scores(scores: ArrayLike, method: str) -> NDArray[np.float64]:
     """Score each row of ``scores`` (N, K) with the measure ``method``; higher = more uncertain, in [0, 1].
 
@@ -140,7 +145,7 @@ def uncertainty_scores(scores: ArrayLike, method: str) -> NDArray[np.float64]:
         InvalidScoresError: wrong shape or dtype, or a non-finite, negative or > 1 value (the message names
             the row).
     """
-    kernel = _KERNELS[check_name(method, UNCERTAINTY_MEASURES, "uncertainty measure")]
+    kernel = _KERNELS[check_measure(method)]
     return _apply(kernel, _score_matrix(scores))
 
 

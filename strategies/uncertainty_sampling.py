@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from strategies._validate import check_name
 from strategies.base import PoolView, Selection, StrategyBase
 from strategies.selectors import rank_by
-from strategies.uncertainty import UNCERTAINTY_MEASURES
+from strategies.uncertainty import check_measure
 
 __all__ = ["UncertaintyStrategy"]
 
@@ -27,7 +26,7 @@ class UncertaintyStrategy(StrategyBase):
     needs_uncertainty: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        measure = check_name(self.measure, UNCERTAINTY_MEASURES, "uncertainty measure")
+        measure = check_measure(self.measure)
         object.__setattr__(self, "measure", measure)
         object.__setattr__(self, "name", measure)
 
