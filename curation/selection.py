@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
+from curation.files import atomic_path
 from curation.scoring.pool import absolute_path
 from store.repository import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem, Store
 from strategies import (
@@ -272,8 +273,7 @@ def write_selection(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         raise ConfigError(f"--out {path}: use a .jsonl or .csv file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
+        with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
             if suffix == ".csv":
                 fields = ["rank", "item_id", "path", "score", "strategy", "model_version", "cluster"]
                 writer = csv.DictWriter(fh, fieldnames=fields)
@@ -282,6 +282,5 @@ def write_selection(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             else:
                 for row in rows:
                     fh.write(json.dumps(row) + "\n")
-        tmp.replace(path)
     except OSError as exc:
         raise ConfigError(f"cannot write --out {path}: {exc.strerror or exc}") from None
