@@ -81,7 +81,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 curation.jobs.select.select(store, settings, budget=args.tasks)  # scores and selects, no push yet
                 select_s = time.perf_counter() - t0
-                latest = store.recent_selections(1)[0]["id"]
+                latest = store.selections.recent(1)[0]["id"]
                 t0 = time.perf_counter()
                 pushed = curation.jobs.queue.push(store, settings, selection_id=latest)
                 push_s = time.perf_counter() - t0
@@ -89,9 +89,9 @@ def main() -> None:
                 served_s = push_s - ((pushed.seconds or 0.0) - (pushed.served_after_s or 0.0))
 
                 ls = queue.connect(settings)
-                mv = store.model_version(pushed.tag.split("-", 1)[1].rsplit("-", 1)[0]) if pushed.tag else None
+                mv = store.models.get(pushed.tag.split("-", 1)[1].rsplit("-", 1)[0]) if pushed.tag else None
                 assert mv is not None
-                pool_id = store.find_pool(str(pool.resolve()))
+                pool_id = store.pools.find(str(pool.resolve()))
                 assert pool_id is not None
                 t0 = time.perf_counter()
                 rep = queue.reprioritize(store, settings, ls, mv, pool_id, strategy_name="margin", force=True)

@@ -1,8 +1,11 @@
-"""Engine creation and automatic migrations: the only module that knows dialect quirks."""
+"""Engine creation, automatic migrations and the one transaction helper: the only module that knows dialect
+quirks."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -122,7 +126,10 @@ def head_revision() -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The schema revision, read in a read-only transaction: opening an up-to-date database never takes SQLite's
+    write lock, so ``curate status`` next to a running loop neither waits for it nor blocks it."""
     with engine.connect() as conn:
+        conn = conn.execution_options(curate_read_only=True)
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -160,3 +167,36 @@ def open_engine(url: str) -> Engine:
         engine.dispose()
         raise DatabaseError(f"cannot use database {redacted(url)}: {first_line(exc)}") from exc
     return engine
+
+
+class Database:
+    """One database: its engine and the one transaction helper every repository shares."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.dialect = engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return redacted(self.url)
+
+    @contextmanager
+    def tx(self, write: bool = True) -> Iterator[Connection]:
+        """A transaction; driver errors become ``DatabaseError`` naming the (redacted) database.
+
+        ``write=False`` marks a read-only transaction: on SQLite it does not take the write lock, so ``curate
+        status`` and other readers never wait for a running loop.
+        """
+        try:
+            with self.engine.connect() as conn:
+                if not write:
+                    conn = conn.execution_options(curate_read_only=True)
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database error on {self.display_url}: {first_line(exc)}") from exc
+
+    def insert(self, table: Any) -> Any:
+        """An INSERT with the dialect's ``on_conflict_do_nothing``/``on_conflict_do_update``."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)

@@ -14,7 +14,7 @@ from curation.jobs.queue import reprioritize
 from curation.labelstudio import queue
 from curation.progress import Progress
 from curation.training.trainer import TrainingError, train_round
-from store.repository import Store
+from store import Store
 
 
 @dataclass
@@ -60,7 +60,7 @@ def loop(
     report = LoopReport()
     ls = queue.connect(settings)
     if settings.model.path:
-        existing = store.current_model()
+        existing = store.models.current()
         if existing is None:
             register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
         elif Path(settings.model.path).resolve() != Path(existing.source).resolve():
@@ -74,10 +74,10 @@ def loop(
         report.pulled = queue.pull(store, settings, ls, progress=progress).summary()
     except ProjectNotFoundError as exc:
         report.notes.append(f"nothing pulled: {exc}")
-    current = store.current_model()
+    current = store.models.current()
     threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
-    labeled = len(store.labeled_examples(current.task)) if current else 0
-    last = store.latest_trained()
+    labeled = len(store.labels.examples(current.task)) if current else 0
+    last = store.models.latest_trained()
     baseline = last.n_labeled or 0 if last else 0
     report.new_labels = labeled - baseline
     if current is not None and report.new_labels >= max(threshold, 1):

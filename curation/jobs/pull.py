@@ -5,7 +5,7 @@ from __future__ import annotations
 from curation.config import Settings
 from curation.labelstudio import queue
 from curation.progress import Progress
-from store.repository import Store
+from store import Store
 
 
 def pull(store: Store, settings: Settings, *, progress: Progress | None = None) -> queue.PullReport:

@@ -11,7 +11,7 @@ from curation.jobs.score import ScoreOutcome, score
 from curation.labelstudio import queue
 from curation.progress import Progress
 from curation.selection import SelectionResult, build_strategy, run_selection, selection_rows, write_selection
-from store.repository import Store
+from store import Store
 
 
 @dataclass

@@ -7,7 +7,7 @@ from curation.jobs.common import current_or_fail
 from curation.jobs.model import load_runtime, register_model
 from curation.progress import Progress
 from curation.training.trainer import TrainReport, train_round
-from store.repository import Store
+from store import Store
 
 
 def train(store: Store, settings: Settings, *, progress: Progress | None = None) -> TrainReport:

@@ -13,7 +13,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from curation.errors import ConfigError, ProjectConfigMismatchError, UnservableImageError
-from store.repository import StoredPrediction
+from store.records import StoredPrediction
 
 IMAGE_NAME = "image"
 CONTROL_NAME = "label"

@@ -47,8 +47,15 @@ from curation.labelstudio.formats import (
 from curation.progress import NullProgress, Progress
 from curation.scoring.pool import absolute_path
 from curation.selection import FALLBACK_MEASURE, build_strategy, items_uncertainty, pool_view, run_selection
-from store.ls_records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
-from store.repository import ModelVersionRecord, Store, StoredPrediction
+from store import Store
+from store.records import (
+    LSProjectRecord,
+    ModelVersionRecord,
+    PendingItem,
+    PulledAnnotation,
+    QueuedTask,
+    StoredPrediction,
+)
 from strategies import Strategy
 
 TAG_PREFIX = "curate-"
@@ -95,7 +102,7 @@ def open_project(
         )
         created = True
     ui = check_label_config(remote.get("parsed_label_config") or {}, mv.task, mv.class_names)
-    record = store.ls_project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
+    record = store.label_studio.project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
     return ProjectHandle(record, ui, remote, created)
 
 
@@ -110,21 +117,21 @@ def reconcile(store: Store, ls: LabelStudioClient, project: ProjectHandle) -> in
     """
     pid = project.record.project_id
     adopted = 0
-    for intent_id, content_ids in store.ls_intents(project.record.id):
+    for intent_id, content_ids in store.label_studio.intents(project.record.id):
         adopted += _record_found(store, project, ls.tasks_by_curation_id(pid, content_ids), intent_id)
-    if store.ls_count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
+    if store.label_studio.count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
         adopted += _record_found(store, project, ls.all_curate_tasks(pid), None)
     return adopted
 
 
 def _record_found(store: Store, project: ProjectHandle, found: dict[str, list[int]], intent_id: int | None) -> int:
-    items = store.items_by_content(sorted(found))
+    items = store.items.by_content(sorted(found))
     rows = [
         {"item_id": items[cid], "task_id": min(task_ids), "position": None, "cluster": None, "selection_id": None}
         for cid, task_ids in found.items()
         if cid in items
     ]
-    return store.ls_record_tasks(project.record.id, rows, intent_id)
+    return store.label_studio.record_tasks(project.record.id, rows, intent_id)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -245,8 +252,8 @@ def push(
     report.reconciled = reconcile(store, ls, project)
     ensure_storage(settings, ls, project)
 
-    queue = store.ls_queue(project.record.id)
-    pending, urls = _servable(store.ls_pending(project.record.id), settings, report, progress)
+    queue = store.label_studio.queue(project.record.id)
+    pending, urls = _servable(store.label_studio.pending(project.record.id), settings, report, progress)
 
     live_tag = str(project.remote.get("model_version") or "")
     active = project.record.active_tag
@@ -272,7 +279,7 @@ def push(
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
             positions = list(range(first_new + start + 1, first_new + start + len(chunk) + 1))
-            preds = store.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
+            preds = store.scores.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
             payload = [
                 _task_payload(item, urls[item.item_id], pos, tag, project, mv, min_conf, preds.get(item.item_id))
                 for item, pos in zip(chunk, positions, strict=True)
@@ -291,17 +298,17 @@ def push(
         _write_predictions(
             store, ls, project, mv, tag, [(q.item_id, q.task_id, pos) for q, pos in old], settings, progress
         )
-        store.ls_set_positions(project.record.id, [(q.item_id, pos, q.cluster) for q, pos in old])
+        store.label_studio.set_positions(project.record.id, [(q.item_id, pos, q.cluster) for q, pos in old])
         placed.update({q.task_id: (pos, q.cluster) for q, pos in old})
         ls.set_ranking(project.record.project_id, tag)  # from here on the label stream serves the new order
     report.served_after_s = round(time.perf_counter() - started, 3)
     # the queue changed either way: the next reprioritize re-ranks
-    store.ls_set_ranking(project.record.id, tag, None)
+    store.label_studio.set_ranking(project.record.id, tag, None)
     _set_clusters(ls, project.record.project_id, tag, placed, settings.label_studio.cluster_window)
     if not append:
         _drop_other_tags(ls, project.record.project_id, tag)
     report.tag = tag
-    final = store.ls_queue(project.record.id)
+    final = store.label_studio.queue(project.record.id)
     report.queue_size = len(final)
     report.first = _describe_first(final)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -330,7 +337,7 @@ def _import_chunk(
 ) -> list[dict[str, Any]]:
     """Import one chunk exactly once, whatever happens to the request."""
     pid = project.record.project_id
-    intent = store.ls_add_intent(project.record.id, [p.content_id for p in chunk])
+    intent = store.label_studio.add_intent(project.record.id, [p.content_id for p in chunk])
     by_content = {p.content_id: (p, pos, task) for p, pos, task in zip(chunk, positions, payload, strict=True)}
     try:
         task_ids = ls.import_tasks(pid, payload)
@@ -343,13 +350,13 @@ def _import_chunk(
         missing = len(by_content) - len(imported)
         if missing:
             # Keep the intent: the next run looks these up again before importing what is still absent.
-            store.ls_record_tasks(project.record.id, _task_rows(imported, by_content), None)
+            store.label_studio.record_tasks(project.record.id, _task_rows(imported, by_content), None)
             raise ImportOutcomeUnknown(
                 f"{exc}; {missing} of {len(chunk)} tasks of that import are not in the project, so the import "
                 "may still be running: rerun later, and curate checks for them before importing them again"
             ) from None
     rows = _task_rows(imported, by_content)
-    store.ls_record_tasks(project.record.id, rows, intent)
+    store.label_studio.record_tasks(project.record.id, rows, intent)
     return rows
 
 
@@ -406,7 +413,7 @@ def _write_predictions(
     try:
         for start in range(0, len(tasks), chunk):
             part = tasks[start : start + chunk]
-            stored = store.predictions(mv.id, [item_id for item_id, _, _ in part], len(mv.class_names))
+            stored = store.scores.predictions(mv.id, [item_id for item_id, _, _ in part], len(mv.class_names))
             preds: list[dict[str, Any]] = []
             for item_id, task_id, position in part:
                 prediction = _ranking_prediction(tag, position, stored.get(item_id), project, mv, min_conf)
@@ -421,7 +428,7 @@ def _write_predictions(
                 gone = [int(p["task"]) for p in preds if p["task"] not in existing]
                 if not gone:
                     raise
-                store.ls_mark_deleted(project.record.id, gone)
+                store.label_studio.mark_deleted(project.record.id, gone)
                 progress.warn(f"{len(gone)} queued task(s) were deleted in Label Studio; they leave the queue")
                 ls.import_predictions(project.record.project_id, [p for p in preds if p["task"] in existing])
             progress.advance(len(part))
@@ -562,7 +569,7 @@ def reprioritize(
     reconcile(store, ls, project)
     topped_up = 0
     push_report = None
-    queue = store.ls_queue(project.record.id)
+    queue = store.label_studio.queue(project.record.id)
     if queue_size is not None and len(queue) < queue_size:
         try:
             result = run_selection(
@@ -576,14 +583,14 @@ def reprioritize(
             )
         except NothingToSelectError:
             result = None
-        if result is not None or store.ls_pending(project.record.id):
+        if result is not None or store.label_studio.pending(project.record.id):
             push_report = push(store, settings, ls, mv, project=project, progress=progress)
             topped_up = push_report.pushed
             project = open_project(store, settings, ls, mv)
-            queue = store.ls_queue(project.record.id)
+            queue = store.label_studio.queue(project.record.id)
 
     strategy = build_strategy(settings.strategy, strategy_name)
-    labeled = store.labeled_item_ids()
+    labeled = store.labels.item_ids()
     options = {
         **settings.strategy.options_for(strategy_name or settings.strategy.name),
         # everything else that changes the order: a changed setting must re-rank, not be a no-op
@@ -632,11 +639,11 @@ def reprioritize(
     _write_predictions(store, ls, project, mv, tag, tasks, settings, progress)
     ls.set_ranking(project.record.project_id, tag)  # from here on the label stream serves the new order
     served_after = time.perf_counter() - started
-    store.ls_set_positions(
+    store.label_studio.set_positions(
         project.record.id,
         [(q.item_id, pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, start=1)],
     )
-    store.ls_set_ranking(project.record.id, tag, signature)
+    store.label_studio.set_ranking(project.record.id, tag, signature)
     placed = {q.task_id: (pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, start=1)}
     _set_clusters(ls, project.record.project_id, tag, placed, settings.label_studio.cluster_window)
     _drop_other_tags(ls, project.record.project_id, tag)
@@ -686,7 +693,7 @@ def known_project(store: Store, settings: Settings, ls: LabelStudioClient) -> Pr
     remote = ls.find_project(name)
     if remote is None:
         raise ProjectNotFoundError(f"Label Studio at {ls.url} has no project {name!r}")
-    records = [p for p in store.ls_projects() if p.server == ls.url and p.project_id == int(remote["id"])]
+    records = [p for p in store.label_studio.projects() if p.server == ls.url and p.project_id == int(remote["id"])]
     if not records:
         raise ProjectNotFoundError(
             f"curate has not pushed to project {name!r} from {store.display_url} yet: nothing to pull"
@@ -720,13 +727,13 @@ def pull(
 
 def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]], report: PullReport) -> None:
     task_ids = [int(t["id"]) for t in page]
-    known = store.ls_items_for_tasks(project.record.id, task_ids)
+    known = store.label_studio.items_for_tasks(project.record.id, task_ids)
     unknown_cids = {
         int(t["id"]): str((t.get("data") or {}).get("curation_id"))
         for t in page
         if int(t["id"]) not in known and (t.get("data") or {}).get("curation_id")
     }
-    by_content = store.items_by_content(sorted(set(unknown_cids.values()))) if unknown_cids else {}
+    by_content = store.items.by_content(sorted(set(unknown_cids.values()))) if unknown_cids else {}
     adopted = [(by_content[c], tid) for tid, c in unknown_cids.items() if c in by_content]
     known.update({tid: item for item, tid in adopted})
     annotations: list[PulledAnnotation] = []
@@ -760,7 +767,7 @@ def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]]
                     updated_at=parse_ls_time(a.get("updated_at")),
                 )
             )
-    report.new_annotations += store.ls_store_annotations(project.record.id, annotations, adopted, watermark)
+    report.new_annotations += store.label_studio.store_annotations(project.record.id, annotations, adopted, watermark)
     report.watermark = watermark
 
 

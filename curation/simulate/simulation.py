@@ -422,7 +422,7 @@ def _score_dataset(
     )
     store = curation.jobs.common.open_store(scratch)
     outcome = curation.jobs.score.score(store, scratch, progress=progress)
-    known = store.known_paths(outcome.pool_id)
+    known = store.pools.known_paths(outcome.pool_id)
     rows = {Path(manifest.parent / k) if not Path(k).is_absolute() else Path(k): v.item_id for k, v in known.items()}
     return store, {p.resolve(): i for p, i in rows.items()}, outcome.model
 
@@ -445,7 +445,7 @@ class _LinearRunner(_Runner):
             raise PoolError(f"some dataset images could not be registered, e.g. {bad}")
         if not mv.embedding_dim:
             raise PoolError(f"model {mv.version} produced no embeddings")
-        emb, found = store.load_embeddings(mv.id, ids, mv.embedding_dim)
+        emb, found = store.scores.embeddings(mv.id, ids, mv.embedding_dim)
         store.close()
         if not found.all():
             bad = [str(p) for p, f in zip(data.paths, found, strict=True) if not f][:3]
@@ -606,7 +606,7 @@ def _infer_classify(runtime: Any, paths: Sequence[Path]) -> tuple[NDArray[np.flo
 
 def _detection_state(runtime: Any, paths: Sequence[Path], settings: Settings) -> PoolState:
     from curation.selection import _scores_view
-    from store.repository import DetectionScores, ModelVersionRecord
+    from store.records import DetectionScores, ModelVersionRecord
 
     k = len(runtime.info.class_names)
     n_boxes = np.zeros(len(paths), dtype=np.int64)

@@ -32,8 +32,8 @@ from curation.config import Settings
 from curation.errors import CurateError, ExitCode
 from curation.faults import checkpoint
 from curation.progress import NullProgress, Progress
-from store.registry_records import LabeledExample, TrainedModel
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import LabeledExample, ModelVersionRecord, TrainedModel
 
 BACKGROUND = "__background__"  # detection images labeled with no box: negatives for the detector
 
@@ -181,7 +181,7 @@ def assign_splits(
     store: Store, examples: list[LabeledExample], task: str, val_fraction: float, seed: int
 ) -> dict[int, str]:
     """Split assignment for every example: existing ones kept, new ones drawn once and recorded."""
-    existing = store.splits()
+    existing = store.labels.splits()
     new = [e for e in examples if e.item_id not in existing]
     assigned: dict[int, str] = {
         e.item_id: ("val" if _unit_hash(e.content_id, seed) < val_fraction else "train") for e in new
@@ -196,7 +196,7 @@ def assign_splits(
         fresh = sorted((m for m in members if m.item_id in assigned), key=lambda m: _unit_hash(m.content_id, seed))
         if fresh:  # a class without any held-out item: its newest item with the smallest hash joins val
             merged[fresh[0].item_id] = assigned[fresh[0].item_id] = "val"
-    store.add_splits(sorted(assigned.items()))
+    store.labels.add_splits(sorted(assigned.items()))
     return merged
 
 
@@ -492,7 +492,7 @@ def train_round(
     base = current.weights_path or current.source
     if not base or not (Path(base).is_file() or base.endswith((".yaml", ".yml"))):
         raise TrainingError(f"the weights of the current model {current.version} are not available at {base!r}")
-    examples = store.labeled_examples(task)
+    examples = store.labels.examples(task)
     if not examples:
         return TrainReport(False, "no labeled items yet: pull annotations first", parent=current.version)
     splits = assign_splits(store, examples, task, cfg.val_fraction, cfg.seed)
@@ -558,13 +558,13 @@ def train_round(
             )
         digest, version, weights = _save_weights(result.weights, root, _lineage(current.version))
         checkpoint("train-after-weights-saved")
-        twin = store.model_version_by_digest(digest)
+        twin = store.models.by_digest(digest)
         if twin is not None:  # deterministic training on unchanged labels reproduces a registered model
             report.reason = f"not registered: the fine-tuned weights are identical to {twin.version}"
             report.version = twin.version
             return report
-        store.set_model_metrics(current.id, metric, incumbent, report.current_metrics)
-        mv = store.register_trained(
+        store.models.set_metrics(current.id, metric, incumbent, report.current_metrics)
+        mv = store.models.register_trained(
             TrainedModel(
                 version=version,
                 weights_path=str(weights),
