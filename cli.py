@@ -232,10 +232,12 @@ def score(
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.score
 
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.score
+
             outcome = curation.jobs.score.score(store, settings, rescore=rescore, progress=_progress())
         summary = outcome.summary()
         if json_out:
@@ -276,7 +278,6 @@ def select(
     """Score what is unscored, then select the BUDGET items most worth labeling next."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.select
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides[("select", "budget")] = (budget, "--budget")
@@ -288,6 +289,9 @@ def select(
         # Pushing is the default wherever it can happen; naming a project asks for it (and fails without a URL).
         do_push = push if push is not None else bool(settings.label_studio.url) or project is not None
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.select
+
             outcome = curation.jobs.select.select(
                 store,
                 settings,
@@ -556,10 +560,12 @@ def push(
     """Push selected items that are not in the Label Studio project yet, as prioritized tasks with predictions."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.queue
 
         settings = _settings(config, _ls_overrides(db, project))
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.queue
+
             report = curation.jobs.queue.push(store, settings, selection_id=selection, progress=_progress())
         if json_out:
             _print_json(report.summary())
@@ -591,12 +597,14 @@ def reprioritize(
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.queue
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.queue
+
             scored, report = curation.jobs.queue.reprioritize(
                 store, settings, strategy=strategy, queue_size=queue_size, force=force, progress=_progress()
             )
@@ -636,10 +644,12 @@ def pull(
     """Fetch finished annotations (and skips) from Label Studio; labeled items are never selected again."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.pull
 
         settings = _settings(config, _ls_overrides(db, project))
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.pull
+
             report = curation.jobs.pull.pull(store, settings, progress=_progress())
         summary = report.summary()
         if json_out:
@@ -722,12 +732,14 @@ def train(
     """Fine-tune the current model on the labeled items; register it, promoted only if it beats the current one."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.train
 
         overrides = _common(db, None, model)
         overrides.update(_train_overrides(epochs, imgsz, batch_size))
         settings = _settings(config, overrides)
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.train
+
             report = curation.jobs.train.train(store, settings, progress=_progress())
         summary = report.summary()
         if json_out:
@@ -822,10 +834,12 @@ def models_promote(
     """Make VERSION the current model (used by score, select, reprioritize and loop from now on)."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.registry
 
         settings = _settings(config, _common(db))
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.registry
+
             data = curation.jobs.registry.promote(store, version)
         if json_out:
             _print_json(data)
@@ -873,7 +887,6 @@ def loop(
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug):
         import curation.jobs.common
-        import curation.jobs.loop
 
         overrides = _common(db, pool, model)
         overrides[("label_studio", "project")] = (project, "--project")
@@ -881,6 +894,9 @@ def loop(
         overrides.update(_train_overrides(epochs, None, None))
         settings = _settings(config, overrides)
         with curation.jobs.common.open_store(settings) as store, curation.jobs.common.run_lock(store):
+            # imported once the lock is held: a second run is refused before loading torch
+            import curation.jobs.loop
+
             report = curation.jobs.loop.loop(
                 store,
                 settings,

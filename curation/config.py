@@ -412,18 +412,9 @@ def _resolve_file_paths(settings: Settings, base: Path, keys: list[tuple[str, ..
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:
-    from sqlalchemy.engine import make_url
+    from store.urls import resolve_sqlite_url
 
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return url  # reported (without secrets) when the store opens it
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return url
-    if Path(database).expanduser().is_absolute() or database.startswith("file:"):
-        return url
-    return parsed.set(database=str((base / database).resolve())).render_as_string(hide_password=False)
+    return resolve_sqlite_url(url, base)
 
 
 def _describe(

@@ -23,12 +23,12 @@ from types import TracebackType
 from typing import IO, Any
 
 from sqlalchemy import Connection, delete, select, text
-from sqlalchemy.engine import make_url
 
 from store.db import Database, advisory_key, redact_argv
 from store.errors import LockHeldError
 from store.schema import LockHolder, utcnow
 from store.store import Store
+from store.urls import sqlite_file
 
 LOCK_NAME = "curate-run"
 
@@ -82,10 +82,10 @@ class RunLock:
 
     # -- SQLite ------------------------------------------------------------------------------------------------------
     def lock_path(self) -> Path | None:
-        database = make_url(self.store.url).database
-        if not database or database == ":memory:":
+        database = sqlite_file(self.store.url)
+        if database is None:
             return None
-        return Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")
+        return database.expanduser().resolve().with_name(database.name + ".lock")
 
     def _lock_file(self) -> None:
         import fcntl

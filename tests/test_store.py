@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect
 
 from store import Store
-from store.db import current_revision, head_revision, redact_argv
+from store.db import current_revision, head_from_files, head_revision, redact_argv
 from store.errors import DatabaseError, DatabaseURLError
 from store.records import ScannedFile, ScoredChunk, ScoredItem
 from store.schema import Base, Embedding
@@ -65,6 +67,17 @@ def test_migrations_run_on_first_use_and_match_the_models(db_url: str) -> None:
     assert {"items", "item_paths", "predictions", "embeddings", "selections", "selection_items"} <= tables
     store.close()
     Store.open(db_url).close()  # second open: no migration, no error
+
+
+def test_an_up_to_date_database_opens_without_alembic(db_url: str) -> None:
+    """Alembic costs ~0.5 s to import: every open after the first only reads the recorded revision."""
+    assert head_from_files() == head_revision()
+    Store.open(db_url).close()  # first use: migrates
+    code = (
+        "import sys; from store import Store; Store.open(sys.argv[1]).close(); "
+        "assert not [m for m in sys.modules if m.startswith('alembic')], 'alembic was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code, db_url], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_scan_registration_and_duplicates(db_url: str) -> None:
@@ -305,3 +318,24 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path, monkeypatch: py
         writer.execute("ROLLBACK")
         writer.close()
     store.close()
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_store_owns_sql_and_never_imports_curation() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    for path in (repo / "store").rglob("*.py"):
+        assert not any(n.split(".")[0] in {"curation", "cli"} for n in _imports(path)), path
+    outside = [repo / "cli.py", *(repo / "curation").rglob("*.py"), *(repo / "bench").rglob("*.py")]
+    for path in outside:
+        assert not any(n.split(".")[0] in {"sqlalchemy", "alembic"} for n in _imports(path)), path

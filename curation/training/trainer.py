@@ -445,11 +445,11 @@ class TrainReport:
 def models_dir(settings: Settings) -> Path:
     if settings.train.models_dir:
         return Path(settings.train.models_dir).expanduser().resolve()
-    from sqlalchemy.engine import make_url
+    from store.urls import sqlite_file
 
-    url = make_url(settings.db)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database).expanduser().resolve().parent / "curate-models"
+    database = sqlite_file(settings.db)
+    if database is not None:
+        return database.expanduser().resolve().parent / "curate-models"
     return Path("curate-models").resolve()
 
 
