@@ -241,10 +241,10 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug):
-        from curation.jobs import score as job
-
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
         with _store(settings, lock=True) as store:
+            from curation.jobs import score as job  # once the lock is held: a refused run never loads torch
+
             outcome = job.score(store, settings, rescore=rescore, progress=_progress())
         _emit(outcome.summary(), json_out, _print_scoring)
 
@@ -280,7 +280,7 @@ def select(
 ) -> None:
     """Score what is unscored, then select the BUDGET items most worth labeling next."""
     with _handled(debug):
-        from curation.jobs import select as job
+        from curation.jobs.common import wants_push
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides[("select", "budget")] = (budget, "--budget")
@@ -289,8 +289,10 @@ def select(
         overrides[("strategy", "seed")] = (seed, "--seed")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
-        do_push = job.wants_push(settings, push, project_named=project is not None)
+        do_push = wants_push(settings, push, project_named=project is not None)
         with _store(settings, lock=True) as store:
+            from curation.jobs import select as job  # once the lock is held: a refused run never loads torch
+
             outcome = job.select(
                 store,
                 settings,
@@ -553,10 +555,10 @@ def push(
 ) -> None:
     """Push selected items that are not in the Label Studio project yet, as prioritized tasks with predictions."""
     with _handled(debug):
-        from curation.jobs import queue as job
-
         settings = _settings(config, _ls_overrides(db, project))
         with _store(settings, lock=True) as store:
+            from curation.jobs import queue as job  # once the lock is held: a refused run never loads torch
+
             report = job.push(store, settings, selection_id=selection, progress=_progress())
         _emit(report.summary(), json_out, _print_push)
 
@@ -584,12 +586,12 @@ def reprioritize(
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug):
-        from curation.jobs import queue as job
-
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
+            from curation.jobs import queue as job  # once the lock is held: a refused run never loads torch
+
             scored, report = job.reprioritize(store, settings, queue_size=queue_size, force=force, progress=_progress())
         summary = {**report.summary(), "scoring": scored.summary()}
         if report.push is not None:
@@ -626,10 +628,10 @@ def pull(
 ) -> None:
     """Fetch finished annotations (and skips) from Label Studio; labeled items are never selected again."""
     with _handled(debug):
-        from curation.jobs import pull as job
-
         settings = _settings(config, _ls_overrides(db, project))
         with _store(settings, lock=True) as store:
+            from curation.jobs import pull as job  # once the lock is held: a refused run never loads torch
+
             report = job.pull(store, settings, progress=_progress())
         _emit(report.summary(), json_out, _print_pull)
 
@@ -708,12 +710,12 @@ def train(
 ) -> None:
     """Fine-tune the current model on the labeled items; register it, promoted only if it beats the current one."""
     with _handled(debug):
-        from curation.jobs import train as job
-
         overrides = _common(db, None, model)
         overrides.update(_train_overrides(epochs, imgsz, batch_size))
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
+            from curation.jobs import train as job  # once the lock is held: a refused run never loads torch
+
             report = job.train(store, settings, progress=_progress())
         _emit(report.summary(), json_out, _print_training)
 
@@ -802,10 +804,10 @@ def models_promote(
 ) -> None:
     """Make VERSION the current model (used by score, select, reprioritize and loop from now on)."""
     with _handled(debug):
-        from curation.jobs import registry as job
-
         settings = _settings(config, _common(db))
         with _store(settings, lock=True) as store:
+            from curation.jobs import registry as job  # once the lock is held: a refused run never loads torch
+
             data = job.promote(store, version)
         _emit(data, json_out, _print_promoted)
 
@@ -849,14 +851,14 @@ def loop(
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug):
-        from curation.jobs import loop as job
-
         overrides = _common(db, pool, model)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
+            from curation.jobs import loop as job  # once the lock is held: a refused run never loads torch
+
             report = job.loop(
                 store,
                 settings,

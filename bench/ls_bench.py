@@ -83,7 +83,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 curation.jobs.select.select(store, settings, budget=args.tasks)  # scores and selects, no push yet
                 select_s = time.perf_counter() - t0
-                latest = store.recent_selections(1)[0]["id"]
+                latest = store.selections.recent(1)[0]["id"]
                 t0 = time.perf_counter()
                 pushed = curation.jobs.queue.push(store, settings, selection_id=latest)
                 push_s = time.perf_counter() - t0
@@ -92,9 +92,9 @@ def main() -> None:
 
                 ls = connect(settings.label_studio)
                 tag = parse_tag(pushed.model_version_tag)
-                mv = store.model_version(tag.model_version) if tag else None
+                mv = store.models.get(tag.model_version) if tag else None
                 assert mv is not None
-                pool_id = store.find_pool(str(pool.resolve()))
+                pool_id = store.pools.find(str(pool.resolve()))
                 assert pool_id is not None
                 t0 = time.perf_counter()
                 margin = settings.strategy.model_copy(update={"name": "margin"})

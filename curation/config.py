@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 from curation.errors import ConfigError
-from store.db import sqlite_url_relative_to
+from store.urls import resolve_sqlite_url
 
 DEFAULT_CONFIG_NAME = "curate.yaml"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -403,7 +403,7 @@ def _resolve_file_paths(settings: Settings, base: Path, keys: list[tuple[str, ..
         if not isinstance(value, str) or not value:
             continue
         if key == ("db",):
-            resolved = sqlite_url_relative_to(value, base)
+            resolved = resolve_sqlite_url(value, base)
         elif Path(value).expanduser().is_absolute():
             continue
         elif key == ("model", "path"):

@@ -20,7 +20,8 @@ from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
 from curation.files import atomic_path
 from curation.scoring.pool import absolute_path
-from store.repository import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem, Store
+from store import Store
+from store.records import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem
 from strategies import (
     ClassBalanced,
     EmptyPoolError,
@@ -105,9 +106,9 @@ def candidate_uncertainty(
 ) -> Candidates:
     """Per-item uncertainty of every selectable item (higher = more worth labeling)."""
     scores: ClassificationScores | DetectionScores = (
-        store.candidate_classification(pool_id, mv.id)
+        store.scores.candidate_classification(pool_id, mv.id)
         if mv.task == "classify"
-        else store.candidate_detection(pool_id, mv.id, len(mv.class_names))
+        else store.scores.candidate_detection(pool_id, mv.id, len(mv.class_names))
     )
     values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection)
     return Candidates(scores.item_ids, values, classes)
@@ -119,9 +120,9 @@ def items_uncertainty(
     """The same for given items, aligned with ``item_ids`` (NaN where the model has no valid output)."""
     ids = [int(i) for i in item_ids]
     scores: ClassificationScores | DetectionScores = (
-        store.classification_for(mv.id, ids)
+        store.scores.classification_for(mv.id, ids)
         if mv.task == "classify"
-        else store.detection_for(mv.id, ids, len(mv.class_names))
+        else store.scores.detection_for(mv.id, ids, len(mv.class_names))
     )
     values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection)
     position = {int(i): k for k, i in enumerate(scores.item_ids)}
@@ -175,10 +176,10 @@ def pool_view(
     if needs_embeddings(strategy, settings):
         if not mv.embedding_dim:
             raise NothingToSelectError(f"model version {mv.version} has no stored embeddings; score again")
-        embeddings, found = store.load_embeddings(mv.id, cands.item_ids, mv.embedding_dim)
+        embeddings, found = store.scores.embeddings(mv.id, cands.item_ids, mv.embedding_dim)
         uncertainty = np.where(found, uncertainty, np.nan)
         if len(reference_ids):
-            ref, ref_found = store.load_embeddings(mv.id, reference_ids, mv.embedding_dim)
+            ref, ref_found = store.scores.embeddings(mv.id, reference_ids, mv.embedding_dim)
             reference = np.ascontiguousarray(ref[ref_found])
     return build_view(uncertainty, cands.classes, embeddings, reference, settings)
 
@@ -197,13 +198,13 @@ def run_selection(
     strategy = build_strategy(settings)
     warnings: list[str] = []
     cands = candidate_uncertainty(store, pool_id, mv, strategy.measure or FALLBACK_MEASURE, settings.detection)
-    view = pool_view(store, mv, cands, strategy, settings, store.reference_item_ids(pool_id))
+    view = pool_view(store, mv, cands, strategy, settings, store.items.taken(pool_id))
     uncertainty = view.uncertainty if view.uncertainty is not None else cands.uncertainty
     available = int(np.count_nonzero(~np.isnan(uncertainty)))
     if available == 0:
         raise NothingToSelectError(
             "nothing to select: every item in the pool is already selected, failed, invalid or excluded"
-            if len(cands.item_ids) or store.status_counts(pool_id, mv.id)["items"]
+            if len(cands.item_ids) or store.items.counts(pool_id, mv.id)["items"]
             else "nothing to select: the pool has no scored images"
         )
     take = min(budget, available)
@@ -227,7 +228,7 @@ def run_selection(
     options["min_distance"] = view.min_distance
     if mv.task != "classify":
         options["detection"] = settings.detection.model_dump()
-    selection_id = store.record_selection(
+    selection_id = store.selections.record(
         pool_id=pool_id,
         model_version_id=mv.id,
         strategy=strategy.name,
@@ -244,7 +245,7 @@ def run_selection(
         model_version=mv.version,
         budget=budget,
         available=available,
-        items=store.selection_items(selection_id),
+        items=store.selections.items(selection_id),
         skipped_duplicates=picked.skipped,
         warnings=warnings,
     )

@@ -6,7 +6,9 @@
   ``lock_holders``.
 
 Both are released by the operating system or the server when the process dies, ``kill -9`` included, so a crashed
-run never leaves a stale lock behind.
+run never leaves a stale lock behind. A crashed run does leave its scoring run marked ``running``: the next holder of
+the lock, and only it, marks such runs ``interrupted`` (a process without the lock cannot tell a dead run from a
+live one, and read-only commands never write).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, delete, select, text
 
-from store.db import advisory_key, redact_argv
+from store.db import Database, advisory_key, redact_argv
 from store.errors import LockHeldError
-from store.repository import Store
+from store.schema import LockHolder, utcnow
+from store.store import Store
+from store.urls import sqlite_file
 
 LOCK_NAME = "curate-run"
 
@@ -35,7 +38,8 @@ def _describe(pid: Any, host: Any, command: Any, started: Any) -> str:
 
 
 class RunLock:
-    """Context manager; raises ``LockHeldError`` at once if another run holds the lock."""
+    """Context manager; raises ``LockHeldError`` at once if another run holds the lock. Once held, scoring runs
+    left ``running`` are closed as ``interrupted``: no live process can own them any more."""
 
     def __init__(self, store: Store, command: str | None = None) -> None:
         self.store = store
@@ -49,6 +53,11 @@ class RunLock:
             self._lock_file()
         elif self.store.dialect == "postgresql":
             self._lock_advisory()
+        try:
+            self.store.runs.close_stale()
+        except BaseException:
+            self.release()
+            raise
         return self
 
     def __exit__(
@@ -73,10 +82,10 @@ class RunLock:
 
     # -- SQLite ------------------------------------------------------------------------------------------------------
     def lock_path(self) -> Path | None:
-        database = make_url(self.store.url).database
-        if not database or database == ":memory:":
+        database = sqlite_file(self.store.url)
+        if database is None:
             return None
-        return Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")
+        return database.expanduser().resolve().with_name(database.name + ".lock")
 
     def _lock_file(self) -> None:
         import fcntl
@@ -122,11 +131,31 @@ class RunLock:
         conn.commit()
         if not got:
             conn.close()
-            holder = self.store.lock_holder(LOCK_NAME)
+            holder = lock_holder(self.store.db, LOCK_NAME)
             if holder is None:
                 raise LockHeldError("another run holds the lock (holder unknown)")
             pid, host, command, started = holder
             raise LockHeldError(_describe(pid, host, command, started.isoformat(timespec="seconds")))
-        with self.store.engine.begin() as tx:
-            self.store.record_lock_holder(tx, LOCK_NAME, os.getpid(), socket.gethostname(), self.command)
+        with self.store.db.tx() as tx:
+            _record_holder(self.store.db, tx, LOCK_NAME, self.command)
         self._conn = conn
+
+
+def _record_holder(db: Database, conn: Connection, name: str, command: str) -> None:
+    conn.execute(delete(LockHolder).where(LockHolder.name == name))
+    conn.execute(
+        db.insert(LockHolder).values(
+            name=name, pid=os.getpid(), host=socket.gethostname(), command=command, started_at=utcnow()
+        )
+    )
+
+
+def lock_holder(db: Database, name: str = LOCK_NAME) -> tuple[int, str, str, datetime] | None:
+    """(pid, host, command, started) of the last process that took the Postgres run lock ``name``."""
+    with db.tx(write=False) as conn:
+        row = conn.execute(
+            select(LockHolder.pid, LockHolder.host, LockHolder.command, LockHolder.started_at).where(
+                LockHolder.name == name
+            )
+        ).one_or_none()
+        return None if row is None else (int(row[0]), row[1], row[2], row[3])

@@ -1,15 +1,7 @@
 """Tables. The Alembic migrations in ``store/migrations`` create exactly these; a test checks they agree.
 
 Arrays (probabilities, boxes, embeddings) are stored as little-endian binary blobs, one row per item and model
-version: compact, fast to load into one contiguous numpy array, and the same on SQLite and Postgres.
-
-- ``predictions.probs``: float32 (K,) class probabilities (classification) — enough to re-rank with any
-  uncertainty measure without running the model again.
-- ``predictions.boxes``: float32 (n, 4) xyxy in original-image pixels (after EXIF orientation);
-  ``box_conf`` float32 (n,); ``box_scores`` float16 (n, K) per-box class scores; ``polygons`` for segmentation:
-  int32 (n,) point counts followed by float32 (sum, 2) points.
-- ``embeddings.vector``: float16 (D,), L2-normalised pooled backbone features (half the size of float32; the cosine
-  error is below 1e-3, far under any near-duplicate threshold).
+version; ``store.blobs`` is the one module that writes and reads them and documents their layouts.
 """
 
 from __future__ import annotations
@@ -165,7 +157,7 @@ class ScoringRun(Base):
 
 
 class Prediction(Base):
-    """The model's output for one item under one model version (see module docstring for blob layouts)."""
+    """The model's output for one item under one model version (blob layouts: ``store.blobs``)."""
 
     __tablename__ = "predictions"
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)

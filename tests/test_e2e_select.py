@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from curation.devtools.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, make_pool, write_bad_files
-from store.repository import Store
+from store import Store
 from strategies import uncertainty_scores
 
 runner = CliRunner()
@@ -77,15 +77,15 @@ def test_classification_select_with_broken_files(tmp_path: Path, tiny_cls_model:
     # the ranking is the entropy of the stored probabilities, highest first: every selected score is the entropy
     # of that item's stored probabilities, and no unselected item is more uncertain than the last one selected
     store = Store.open(db_url)
-    mv = store.model_version(data["model_version"])
+    mv = store.models.get(data["model_version"])
     assert mv is not None and mv.task == "classify"
-    pool_id = store.find_pool(scoring["pool"])
+    pool_id = store.pools.find(scoring["pool"])
     assert pool_id is not None
-    ids = store.items_by_content([r["item_id"] for r in lines])
-    chosen = store.classification_for(mv.id, [ids[r["item_id"]] for r in lines])
+    ids = store.items.by_content([r["item_id"] for r in lines])
+    chosen = store.scores.classification_for(mv.id, [ids[r["item_id"]] for r in lines])
     by_id = dict(zip(chosen.item_ids.tolist(), uncertainty_scores(chosen.probs, "entropy"), strict=True))
     assert [by_id[ids[r["item_id"]]] for r in lines] == pytest.approx(scores, abs=1e-6)
-    rest = store.candidate_classification(pool_id, mv.id)
+    rest = store.scores.candidate_classification(pool_id, mv.id)
     assert len(rest.item_ids) == scoring["scored"] - 10
     assert uncertainty_scores(rest.probs, "entropy").max() <= min(scores) + 1e-6
     store.close()
@@ -195,14 +195,14 @@ def test_detection_and_segmentation_store_boxes(tmp_path: Path, tiny_det_model: 
         )
         assert data["scoring"]["task"] == task and data["scoring"]["scored"] == 8
         store = Store.open(db)
-        mv = store.model_version(data["model_version"])
-        pool_id = store.find_pool(data["scoring"]["pool"])
+        mv = store.models.get(data["model_version"])
+        pool_id = store.pools.find(data["scoring"]["pool"])
         assert mv is not None and pool_id is not None
-        det = store.candidate_detection(pool_id, mv.id, len(mv.class_names))
+        det = store.scores.candidate_detection(pool_id, mv.id, len(mv.class_names))
         assert len(det.item_ids) == 5
         total_boxes = 0
         for item_id in det.item_ids:
-            pred = store.prediction(int(item_id), mv.id, len(mv.class_names))
+            pred = store.scores.prediction(int(item_id), mv.id, len(mv.class_names))
             assert pred is not None and pred.width == 96 and pred.height == 96
             assert pred.box_scores.shape == (len(pred.boxes), len(mv.class_names))
             if len(pred.boxes):
@@ -303,7 +303,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path: Path, tiny_cls_model
     assert data["scored"] == 240 - done_before  # only the rest
     assert _count_predictions(db) == 240
     store = Store.open(f"sqlite:///{db}")
-    statuses = [r["status"] for r in store.recent_runs()]
+    statuses = [r["status"] for r in store.runs.recent()]
     assert statuses[0] == "completed" and statuses[1] == "interrupted"
     store.close()
 
@@ -336,12 +336,12 @@ def test_embeddings_are_normalised_and_stored(tmp_path: Path, tiny_cls_model: Pa
     assert code == 0, err
     summary = json.loads(out)
     store = Store.open(db)
-    mv = store.model_version(summary["model_version"])
-    pool_id = store.find_pool(summary["pool"])
+    mv = store.models.get(summary["model_version"])
+    pool_id = store.pools.find(summary["pool"])
     assert mv is not None and mv.embedding_dim and pool_id is not None
-    ids = store.candidate_classification(pool_id, mv.id).item_ids
+    ids = store.scores.candidate_classification(pool_id, mv.id).item_ids
     assert len(ids) == 5
-    emb, found = store.load_embeddings(mv.id, ids, mv.embedding_dim)
+    emb, found = store.scores.embeddings(mv.id, ids, mv.embedding_dim)
     assert found.all() and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=5e-3)
     store.close()
 
@@ -459,7 +459,7 @@ def test_a_file_that_vanishes_before_scoring_is_retried_not_failed(tmp_path: Pat
     store = Store.open(url)
     source, pool_id, _ = curation.jobs.score.scan(store, settings)
     mv = curation.jobs.model.register_model(store, curation.jobs.model.load_runtime(settings, store))
-    todo = store.items_to_score(pool_id, mv.id)
+    todo = store.items.to_score(pool_id, mv.id)
     jobs = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
     moved = jobs[0].path.rename(tmp_path / "elsewhere.jpg")  # e.g. a sync job moving files mid-run
     progress = NullProgress()
@@ -467,9 +467,9 @@ def test_a_file_that_vanishes_before_scoring_is_retried_not_failed(tmp_path: Pat
     report = score_items(store, runtime, mv.id, pool_id, jobs, settings.scoring, settings.pool.max_pixels, progress)
     assert report.scored == 3 and report.failed == 0 and report.retry_later == 1
     assert any("tried again next run" in w for w in progress.warnings)
-    left = store.items_to_score(pool_id, mv.id)
+    left = store.items.to_score(pool_id, mv.id)
     assert [t.item_id for t in left] == [jobs[0].item_id]
     moved.rename(jobs[0].path)
     again = score_items(store, runtime, mv.id, pool_id, jobs[:1], settings.scoring, settings.pool.max_pixels, progress)
-    assert again.scored == 1 and store.items_to_score(pool_id, mv.id) == []
+    assert again.scored == 1 and store.items.to_score(pool_id, mv.id) == []
     store.close()

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from cli import app
 from curation.devtools.synthetic import SHAPES, classification_image
 from curation.errors import ExitCode
+from store import Store
 from store.lock import RunLock
-from store.repository import Store
 from tests.ls_support import LSApi
 from tests.models import save_thumbnail_model
 
@@ -242,14 +242,14 @@ def test_kill_9_mid_loop_then_rerun_loses_nothing(
     store = Store.open(s["db"])
     try:
         # no score lost: every pool item is scored by the current model
-        current = store.current_model()
+        current = store.models.current()
         assert current is not None
-        pool_id = store.find_pool(str(s["pool"]))
+        pool_id = store.pools.find(str(s["pool"]))
         assert pool_id is not None
-        counts = store.status_counts(pool_id, current.id)
+        counts = store.items.counts(pool_id, current.id)
         assert counts["items"] == 48 + len(extra) and counts["unscored"] == 0
         # no half-registered model: every trained version is complete, and exactly one is current
-        versions = [mv for mv, _ in store.model_versions()]
+        versions = [mv for mv, _ in store.models.versions()]
         assert sum(mv.status == "current" for mv in versions) == 1
         for mv in versions:
             if mv.trained_at is not None:
@@ -257,7 +257,7 @@ def test_kill_9_mid_loop_then_rerun_loses_nothing(
         trained = [mv for mv in versions if mv.trained_at is not None]
         assert len(trained) == 1, [mv.version for mv in trained]  # the killed round was not registered twice
         # every queued task is known and the project serves curate's ranking
-        queued = store.ls_queue(store.ls_projects()[0].id)
+        queued = store.label_studio.queue(store.label_studio.projects()[0].id)
         assert len(queued) == 20
         assert api.project_by_title(s["project"])["model_version"].startswith("curate-")
     finally:

@@ -26,8 +26,7 @@ from curation.labelstudio.formats import (
     task_payload,
 )
 from curation.labelstudio.tags import MAX_LENGTH, PREFIX, is_ours, make_tag, parse_tag
-from store.ls_records import PendingItem
-from store.repository import ModelVersionRecord, StoredPrediction
+from store.records import ModelVersionRecord, PendingItem, StoredPrediction
 from tests.fake_labelstudio import parse_label_config
 
 UI = LabelingInterface(from_name="label", to_name="image", data_key="image")

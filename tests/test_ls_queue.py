@@ -23,8 +23,8 @@ from curation.labelstudio.tags import is_ours, make_tag, parse_tag
 from curation.labelstudio.tasks import updated_tasks
 from curation.progress import NullProgress
 from curation.selection import build_strategy
-from store.ls_records import QueuedTask
-from store.repository import ModelVersionRecord, ScannedFile, ScoredChunk, Store
+from store import Store
+from store.records import ModelVersionRecord, QueuedTask, ScannedFile, ScoredChunk
 from tests.fake_labelstudio import FakeLabelStudio
 
 CLASSES = ["circle", "square", "triangle"]
@@ -45,7 +45,7 @@ class World:
         return open_project(self.store, self.ls, self.mv, name)
 
     def select(self, project: ProjectHandle, items: list[int], clusters: list[int | None] | None = None) -> int:
-        return self.store.record_selection(
+        return self.store.selections.record(
             pool_id=self.pool_id,
             model_version_id=self.mv.id,
             strategy="entropy",
@@ -81,11 +81,11 @@ def world(tmp_path: Path) -> World:
     n = 12
     for i in range(n):
         (pool / f"img_{i:02d}.jpg").write_bytes(b"not decoded by push")
-    pool_id = store.get_or_create_pool(str(pool), "directory", str(pool))
-    store.apply_scan(pool_id, [ScannedFile(f"img_{i:02d}.jpg", 10, 10, f"{i:032x}") for i in range(n)], [])
-    known = store.known_paths(pool_id)
+    pool_id = store.pools.get_or_create(str(pool), "directory", str(pool))
+    store.pools.apply_scan(pool_id, [ScannedFile(f"img_{i:02d}.jpg", 10, 10, f"{i:032x}") for i in range(n)], [])
+    known = store.pools.known_paths(pool_id)
     ids = [known[f"img_{i:02d}.jpg"].item_id for i in range(n)]
-    mv = store.register_model_version(
+    mv = store.models.register(
         version="m-1",
         source="m.pt",
         format="ultralytics",
@@ -118,9 +118,9 @@ def world(tmp_path: Path) -> World:
         e = rng.normal(size=4).astype(np.float32)
         chunk.embeddings.append({"item_id": i, "vector": (e / np.linalg.norm(e)).astype("<f2").tobytes()})
         chunk.decoded.append((i, 64, 48))
-    run = store.start_run(mv.id, pool_id, n, "cpu", 4)
-    store.write_chunk(run, mv.id, chunk)
-    store.finish_run(run, "completed", 1.0)
+    run = store.runs.start(mv.id, pool_id, n, "cpu", 4)
+    store.runs.write_chunk(run, mv.id, chunk)
+    store.runs.finish(run, "completed", 1.0)
     cfg = LabelStudioSettings(project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4)
     yield World(store, FakeLabelStudio(), mv, pool_id, pool, ids, cfg)
     store.close()
@@ -239,7 +239,7 @@ def test_plan_push_decides_append_or_re_tag(world: World) -> None:
     queue = [QueuedTask(1, "a", 10, 1, None), QueuedTask(2, "b", 11, 2, None)]
     assert plan_push(queue, 3, project, "m-1").append is False  # nothing served yet: a new tag
     tag = make_tag("m-1")
-    world.store.ls_set_ranking(project.record.id, tag, None)
+    world.store.label_studio.set_ranking(project.record.id, tag, None)
     project = world.project()
     assert plan_push(queue, 0, project, "m-1").append is False  # the live tag is not ours: re-tag
     world.ls.set_ranking(project.record.project_id, tag)
@@ -259,7 +259,7 @@ def test_a_502_after_the_server_committed_records_the_tasks_without_duplicates(w
     report = world.push(project)
     pid = project.record.project_id
     assert report.pushed == 3 and len(world.ls.project_tasks(pid)) == 3
-    assert world.store.ls_intents(project.record.id) == []
+    assert world.store.label_studio.intents(project.record.id) == []
 
 
 def test_an_import_that_never_arrived_fails_then_a_rerun_imports_once(world: World) -> None:
@@ -268,11 +268,11 @@ def test_an_import_that_never_arrived_fails_then_a_rerun_imports_once(world: Wor
     world.ls.fail_next_import("before-commit")
     with pytest.raises(ImportOutcomeUnknown, match="not in the project"):
         world.push(project)
-    assert len(world.store.ls_intents(project.record.id)) == 1  # kept: the next run looks before importing
+    assert len(world.store.label_studio.intents(project.record.id)) == 1  # kept: the next run looks before importing
     report = world.push()
     pid = project.record.project_id
     assert report.pushed == 3 and len(world.ls.project_tasks(pid)) == 3
-    assert world.store.ls_intents(project.record.id) == []
+    assert world.store.label_studio.intents(project.record.id) == []
 
 
 def test_a_new_database_adopts_the_projects_tasks_instead_of_duplicating(world: World, tmp_path: Path) -> None:
@@ -315,7 +315,7 @@ def test_publish_writes_switches_records_and_drops_curates_other_tags(world: Wor
     old = world.push(project).model_version_tag
     pid = project.record.project_id
     project = world.project()
-    queue = world.store.ls_queue(project.record.id)
+    queue = world.store.label_studio.queue(project.record.id)
     reversed_queue = [Placement(q.item_id, q.task_id, pos, None) for pos, q in enumerate(reversed(queue), 1)]
     tag = make_tag("m-1")
     calls = len(world.ls.calls)
@@ -327,9 +327,11 @@ def test_publish_writes_switches_records_and_drops_curates_other_tags(world: Wor
     assert steps == ["import_predictions", "set_ranking", "delete_model_version"]
     assert world.served(pid) == [q.task_id for q in reversed(queue)]
     assert set(world.ls.model_versions(pid)) == {tag} and old != tag
-    record = world.store.ls_projects()[0]
+    record = world.store.label_studio.projects()[0]
     assert (record.active_tag, record.ranking_signature) == (tag, "sig")
-    assert [q.task_id for q in world.store.ls_queue(project.record.id)] == [q.task_id for q in reversed(queue)]
+    assert [q.task_id for q in world.store.label_studio.queue(project.record.id)] == [
+        q.task_id for q in reversed(queue)
+    ]
 
 
 def test_a_task_deleted_in_label_studio_leaves_the_queue_when_publishing(world: World) -> None:
@@ -346,7 +348,7 @@ def test_a_task_deleted_in_label_studio_leaves_the_queue_when_publishing(world: 
     )
     assert report.changed
     assert len(world.ls.project_predictions(pid, report.model_version_tag)) == 3
-    assert victim not in {q.task_id for q in world.store.ls_queue(project.record.id)}
+    assert victim not in {q.task_id for q in world.store.label_studio.queue(project.record.id)}
 
 
 # -- rank and reprioritize -------------------------------------------------------------------------------------------
@@ -368,9 +370,9 @@ def test_ranking_signature_ignores_the_queues_order_but_not_what_changes_the_ran
 
 def test_rank_queue_orders_by_the_strategy_and_keeps_unscored_tasks_at_the_end(world: World) -> None:
     queue = [QueuedTask(i, f"{k:032x}", 100 + k, k + 1, None) for k, i in enumerate(world.item_ids[:6])]
-    unscored_id = world.store.get_or_create_pool("/other", "directory", "/other")
-    world.store.apply_scan(unscored_id, [ScannedFile("x.jpg", 1, 1, "f" * 32)], [])
-    unscored = world.store.known_paths(unscored_id)["x.jpg"].item_id
+    unscored_id = world.store.pools.get_or_create("/other", "directory", "/other")
+    world.store.pools.apply_scan(unscored_id, [ScannedFile("x.jpg", 1, 1, "f" * 32)], [])
+    unscored = world.store.pools.known_paths(unscored_id)["x.jpg"].item_id
     queue.insert(0, QueuedTask(unscored, "f" * 32, 99, 0, None))
     cfg = StrategySettings(name="entropy")
     ordered, _ = rank_queue(world.store, cfg, world.mv, queue, build_strategy(cfg), np.zeros(0, np.int64))
@@ -453,9 +455,9 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
         "foreign_tasks", "watermark",
     ]  # fmt: skip
     assert report.watermark == max(t["updated_at"] for t in world.ls.project_tasks(pid))
-    assert world.store.ls_projects()[0].pulled_until == report.watermark
-    assert len(world.store.ls_queue(project.record.id)) == 2  # labeled and skipped tasks leave the queue
-    examples = world.store.labeled_examples("classify")
+    assert world.store.label_studio.projects()[0].pulled_until == report.watermark
+    assert len(world.store.label_studio.queue(project.record.id)) == 2  # labeled and skipped tasks leave the queue
+    examples = world.store.labels.examples("classify")
     assert len(examples) == 1
     # a rerun reads what changed since, plus the last second before the watermark (the margin: the two tasks
     # annotated and the foreign one, not the two untouched since the push), and stores nothing twice

@@ -11,7 +11,7 @@ from curation.config import IMAGE_EXTENSIONS
 from curation.devtools.synthetic import make_pool
 from curation.errors import PoolError
 from curation.scoring.pool import content_id, resolve_pool, scan_pool, walk_directory
-from store.repository import Store
+from store import Store
 
 EXT = IMAGE_EXTENSIONS
 
@@ -78,7 +78,7 @@ def test_content_ids_are_stable_across_moves_and_duplicates_collapse(tmp_path: P
     source = resolve_pool(root)
     pool_id, report = scan_pool(store, source, EXT)
     assert report.files == 6 and report.new_items == 5 and report.duplicate_paths == 1
-    ids_before = {p: k.item_id for p, k in store.known_paths(pool_id).items()}
+    ids_before = {p: k.item_id for p, k in store.pools.known_paths(pool_id).items()}
     assert ids_before["copy_of_0.jpg"] == ids_before[paths[0].name]
 
     # unchanged rescan: nothing hashed
@@ -90,7 +90,7 @@ def test_content_ids_are_stable_across_moves_and_duplicates_collapse(tmp_path: P
     paths[1].rename(root / "sub" / "renamed.jpg")
     _, report = scan_pool(store, source, EXT)
     assert report.new_items == 0 and report.removed == 1
-    ids_after = {p: k.item_id for p, k in store.known_paths(pool_id).items()}
+    ids_after = {p: k.item_id for p, k in store.pools.known_paths(pool_id).items()}
     assert ids_after["sub/renamed.jpg"] == ids_before[paths[1].name]
     assert paths[1].name not in ids_after
 

@@ -13,10 +13,10 @@ import pytest
 
 from curation.training.dataset import ExportedDataset, coverage_problem, export_dataset
 from curation.training.splits import assign_splits, primary_label
+from store import Store
 from store.errors import LockHeldError
 from store.lock import RunLock
-from store.registry_records import LabeledExample, TrainedModel
-from store.repository import ScannedFile, Store
+from store.records import LabeledExample, ScannedFile, TrainedModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,8 @@ def _trained(version: str, parent: int | None, value: float) -> TrainedModel:
 
 def test_current_model_and_atomic_promotion(db_url: str) -> None:
     store = Store.open(db_url)
-    assert store.current_model() is None
-    base = store.register_model_version(
+    assert store.models.current() is None
+    base = store.models.register(
         version="base-1",
         source="/m/base.pt",
         format="ultralytics",
@@ -54,25 +54,25 @@ def test_current_model_and_atomic_promotion(db_url: str) -> None:
         digest="f" * 64,
         weights_path="/m/base.pt",
     )
-    store.set_current(base.id, note="first")
-    assert store.current_model().version == "base-1"  # type: ignore[union-attr]
-    kept = store.register_trained(_trained("cand-1", base.id, 0.4), promote=False)
-    assert kept.status == "candidate" and store.current_model().version == "base-1"  # type: ignore[union-attr]
-    promoted = store.register_trained(_trained("cand-2", base.id, 0.9), promote=True)
-    current = store.current_model()
+    store.models.set_current(base.id, note="first")
+    assert store.models.current().version == "base-1"  # type: ignore[union-attr]
+    kept = store.models.register_trained(_trained("cand-1", base.id, 0.4), promote=False)
+    assert kept.status == "candidate" and store.models.current().version == "base-1"  # type: ignore[union-attr]
+    promoted = store.models.register_trained(_trained("cand-2", base.id, 0.9), promote=True)
+    current = store.models.current()
     assert current is not None and current.version == "cand-2" and current.status == "current"
     assert promoted.parent_id == base.id and promoted.metrics == {"accuracy": 0.9}
-    statuses = {mv.version: mv.status for mv, _ in store.model_versions()}
+    statuses = {mv.version: mv.status for mv, _ in store.models.versions()}
     assert statuses == {"base-1": "retired", "cand-1": "candidate", "cand-2": "current"}
-    assert store.model_version_by_digest("f" * 64).version == "base-1"  # type: ignore[union-attr]
-    assert store.latest_trained().version == "cand-2"  # type: ignore[union-attr]
+    assert store.models.by_digest("f" * 64).version == "base-1"  # type: ignore[union-attr]
+    assert store.models.latest_trained().version == "cand-2"  # type: ignore[union-attr]
     store.close()
 
 
 def _examples(store: Store, labels: dict[str, str]) -> list[LabeledExample]:
-    pool = store.get_or_create_pool("/p", "directory", "/p")
-    store.apply_scan(pool, [ScannedFile(f"{c}.jpg", 1, 1, c) for c in labels], [])
-    ids = store.items_by_content(list(labels))
+    pool = store.pools.get_or_create("/p", "directory", "/p")
+    store.pools.apply_scan(pool, [ScannedFile(f"{c}.jpg", 1, 1, c) for c in labels], [])
+    ids = store.items.by_content(list(labels))
     return [
         LabeledExample(ids[c], c, f"/p/{c}.jpg", {"task": "classify", "classes": [lab]}, 64, 64)
         for c, lab in labels.items()
@@ -93,7 +93,7 @@ def test_splits_are_fixed_once_and_cover_every_class(db_url: str) -> None:
     assert {k: second[k] for k in first} == first
     # class c has 4 items: at least one of them is held out
     assert any(second[e.item_id] == "val" for e in examples2 if e.labels["classes"] == ["c"])
-    assert store.splits() == second
+    assert store.labels.splits() == second
     store.close()
 
 

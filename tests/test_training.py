@@ -23,7 +23,7 @@ from curation.training.dataset import (
 )
 from curation.training.promotion import Promotion, decide_promotion
 from curation.training.round import _lineage, models_dir
-from store.registry_records import LabeledExample
+from store.records import LabeledExample
 
 
 @pytest.mark.parametrize(
@@ -151,27 +151,28 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
     from curation.devtools.synthetic import SHAPES, classification_image
     from curation.scoring.runtime import load_model, resolve_device
     from curation.training.round import train_round
-    from store.repository import ScannedFile, Store
+    from store import Store
+    from store.records import ScannedFile
 
     rng = np.random.default_rng(5)
     pool = tmp_path / "pool"
     pool.mkdir()
     store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
-    pool_id = store.get_or_create_pool(str(pool), "directory", str(pool))
+    pool_id = store.pools.get_or_create(str(pool), "directory", str(pool))
     truth: dict[str, str] = {}
     for k, cls in enumerate(SHAPES * 10):
         content = f"{k:032x}"
         classification_image(rng, cls, 64).save(pool / f"{content}.jpg", quality=92)
         truth[content] = cls
-    store.apply_scan(pool_id, [ScannedFile(f"{c}.jpg", 1, 1, c, 64, 64) for c in truth], [])
-    ids = store.items_by_content(list(truth))
+    store.pools.apply_scan(pool_id, [ScannedFile(f"{c}.jpg", 1, 1, c, 64, 64) for c in truth], [])
+    ids = store.items.by_content(list(truth))
     examples = [
         LabeledExample(ids[c], c, str(pool / f"{c}.jpg"), {"task": "classify", "classes": [cls]}, 64, 64)
         for c, cls in truth.items()
     ]
     runtime = load_model(ModelSettings(path=str(tiny_cls_model)), resolve_device("cpu"), "fp32")
     info = runtime.info
-    base = store.register_model_version(
+    base = store.models.register(
         version=info.version,
         source=info.source,
         format=info.format,
@@ -182,7 +183,7 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
         digest=info.digest,
         weights_path=info.source,
     )
-    store.set_current(base.id, note="test")
+    store.models.set_current(base.id, note="test")
     settings = TrainSettings(epochs=1, batch_size=16, device="cpu", promote="never")
     models = tmp_path / "models"
 
@@ -192,7 +193,7 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
     assert report.n_train + report.n_val == 30 and report.n_val >= 3  # every class held out at least once
     assert set(report.candidate_metrics) == set(report.current_metrics) == {"accuracy"}
     assert 0.0 <= report.candidate_metrics["accuracy"] <= 1.0 and 0.0 <= report.current_metrics["accuracy"] <= 1.0
-    versions = {mv.version: mv for mv, _ in store.model_versions()}
+    versions = {mv.version: mv for mv, _ in store.models.versions()}
     new = versions[report.version or ""]
     assert new.status == "candidate" and new.parent_id == base.id and new.n_labeled == 30
     assert new.weights_path == report.weights and Path(new.weights_path).is_file()
@@ -205,5 +206,5 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
     assert (
         not again.trained and again.reason == f"not registered: the fine-tuned weights are identical to {new.version}"
     )
-    assert len(store.model_versions()) == 2
+    assert len(store.models.versions()) == 2
     store.close()

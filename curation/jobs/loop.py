@@ -16,7 +16,7 @@ from curation.labelstudio.project import connect
 from curation.labelstudio.pull import pull
 from curation.progress import Progress
 from curation.training.trainer import TrainingError
-from store.repository import Store
+from store import Store
 
 
 @dataclass
@@ -61,7 +61,7 @@ def loop(
     report = LoopReport()
     ls = connect(settings.label_studio)
     if settings.model.path:
-        existing = store.current_model()
+        existing = store.models.current()
         if existing is None:
             register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
         elif Path(settings.model.path).resolve() != Path(existing.source).resolve():
@@ -75,10 +75,10 @@ def loop(
         report.pulled = pull(store, ls, settings.label_studio.project, progress=progress).summary()
     except ProjectNotFoundError as exc:
         report.notes.append(f"nothing pulled: {exc}")
-    current = store.current_model()
+    current = store.models.current()
     threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
-    examples = store.labeled_examples(current.task) if current else []
-    last = store.latest_trained()
+    examples = store.labels.examples(current.task) if current else []
+    last = store.models.latest_trained()
     baseline = last.n_labeled or 0 if last else 0
     report.new_labels = len(examples) - baseline
     if current is not None and report.new_labels >= max(threshold, 1):

@@ -9,7 +9,8 @@ from curation.config import ModelSettings, Settings
 from curation.errors import ModelLoadError
 from curation.integrations.mlflow import is_registry_uri
 from curation.scoring.runtime import DetectionOptions, ModelRuntime, load_model, resolve_device
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 
 def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
@@ -23,7 +24,7 @@ def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
         return model.model_copy(update={"path": str(local)})
     if model.path or store is None:
         return model
-    current = store.current_model()
+    current = store.models.current()
     if current is None:
         raise ModelLoadError(
             "no model given and the registry has no current model: pass --model (a .pt, .yaml or TorchScript "
@@ -45,7 +46,7 @@ def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime
         detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
     )
     if store is not None and not chosen.version and runtime.info.digest:
-        known = store.model_version_by_digest(runtime.info.digest)
+        known = store.models.by_digest(runtime.info.digest)
         if known is not None:
             runtime.info = replace(runtime.info, version=known.version)
     runtime.warm_up()
@@ -55,7 +56,7 @@ def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime
 def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
     """Record the model version; the first model a database ever uses becomes its current model."""
     info = runtime.info
-    mv = store.register_model_version(
+    mv = store.models.register(
         version=info.version,
         source=info.source,
         format=info.format,
@@ -66,6 +67,6 @@ def register_model(store: Store, runtime: ModelRuntime) -> ModelVersionRecord:
         digest=info.digest or None,
         weights_path=info.source if Path(info.source).is_file() else None,
     )
-    if store.current_model() is None:
-        store.set_current(mv.id, note="first model used with this database")
+    if store.models.current() is None:
+        store.models.set_current(mv.id, note="first model used with this database")
     return mv

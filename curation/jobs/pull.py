@@ -7,7 +7,7 @@ from curation.labelstudio.project import connect
 from curation.labelstudio.pull import PullReport
 from curation.labelstudio.pull import pull as pull_annotations
 from curation.progress import Progress
-from store.repository import Store
+from store import Store
 
 
 def pull(store: Store, settings: Settings, *, progress: Progress | None = None) -> PullReport:

@@ -14,20 +14,21 @@ from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.project import connect, ensure_storage, open_project
 from curation.progress import Progress
 from curation.selection import build_strategy
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 
 def push(
     store: Store, settings: Settings, *, selection_id: int | None = None, progress: Progress | None = None
 ) -> push_module.PushReport:
     """Push selected items that are not tasks yet (``selection_id``: mark that selection for pushing first)."""
-    if selection_id is not None and not store.selection_exists(selection_id):
+    if selection_id is not None and not store.selections.exists(selection_id):
         raise UnknownReferenceError(f"there is no selection #{selection_id} in {store.display_url}")
     ls = connect(settings.label_studio)
     mv = _model_for_push(store, settings)
     project = open_project(store, ls, mv, settings.label_studio.project)
     if selection_id is not None:
-        store.mark_selection_for_push(selection_id, project.record.id)
+        store.selections.mark_for_push(selection_id, project.record.id)
     return push_module.push(
         store,
         ls,
@@ -43,14 +44,14 @@ def push(
 def _model_for_push(store: Store, settings: Settings) -> ModelVersionRecord:
     """Pre-annotations come from the model that made the newest selection (or ``model.version``)."""
     if settings.model.version:
-        mv = store.model_version(settings.model.version)
+        mv = store.models.get(settings.model.version)
         if mv is None:
             raise UnknownReferenceError(f"model version {settings.model.version!r} is not in {store.display_url}")
         return mv
-    latest = store.recent_selections(limit=1)
+    latest = store.selections.recent(limit=1)
     if not latest:
         raise NothingToSelectError("nothing to push: no selection yet (run curate select)")
-    mv = store.model_version(latest[0]["model_version"])
+    mv = store.models.get(latest[0]["model_version"])
     if mv is None:  # pragma: no cover - foreign key
         raise ModelLoadError(f"model version {latest[0]['model_version']!r} is missing")
     return mv

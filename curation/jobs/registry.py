@@ -7,24 +7,25 @@ from typing import Any
 
 from curation.errors import ModelLoadError, UnknownReferenceError
 from curation.jobs.common import iso
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 
 def models(store: Store) -> dict[str, Any]:
-    current = store.current_model()
+    current = store.models.current()
     return {
         "current": current.version if current else None,
-        "versions": [_describe_version(mv, n, store) for mv, n in store.model_versions()],
+        "versions": [_describe_version(mv, n, store) for mv, n in store.models.versions()],
     }
 
 
 def model_detail(store: Store, version: str | None) -> dict[str, Any]:
-    mv = store.model_version(version) if version else store.current_model()
+    mv = store.models.get(version) if version else store.models.current()
     if mv is None and version:
         raise UnknownReferenceError(f"no model version {version!r} in {store.display_url}")
     if mv is None:
         raise ModelLoadError("the registry has no current model yet")
-    counts = {m.version: n for m, n in store.model_versions()}
+    counts = {m.version: n for m, n in store.models.versions()}
     return _describe_version(mv, counts.get(mv.version, 0), store) | {
         "class_names": mv.class_names,
         "metrics": mv.metrics,
@@ -32,18 +33,18 @@ def model_detail(store: Store, version: str | None) -> dict[str, Any]:
 
 
 def promote(store: Store, version: str) -> dict[str, Any]:
-    mv = store.model_version(version)
+    mv = store.models.get(version)
     if mv is None:
         raise UnknownReferenceError(f"no model version {version!r} in {store.display_url}")
     if mv.weights_path and not Path(mv.weights_path).is_file():
         raise ModelLoadError(f"the weights of {version} are missing: {mv.weights_path}")
-    previous = store.current_model()
-    store.set_current(mv.id, note="promoted by hand")
+    previous = store.models.current()
+    store.models.set_current(mv.id, note="promoted by hand")
     return {"current": mv.version, "previous": previous.version if previous else None}
 
 
 def _describe_version(mv: ModelVersionRecord, predictions: int, store: Store) -> dict[str, Any]:
-    parent = store.model_version_by_id(mv.parent_id) if mv.parent_id else None
+    parent = store.models.by_id(mv.parent_id) if mv.parent_id else None
     return {
         "version": mv.version,
         "status": mv.status,

@@ -11,7 +11,8 @@ from curation.progress import NullProgress, Progress
 from curation.scoring.engine import ScoreJob, ScoringReport, score_items
 from curation.scoring.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
 from curation.scoring.runtime import ModelRuntime
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 
 @dataclass
@@ -80,7 +81,7 @@ def score(
     source, pool_id, scan_report = scan(store, settings, progress)
     runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
-    todo = store.items_to_score(pool_id, mv.id, rescore=rescore)
+    todo = store.items.to_score(pool_id, mv.id, rescore=rescore)
     items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
     report = score_items(store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress)
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)

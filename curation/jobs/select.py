@@ -12,7 +12,7 @@ from curation.labelstudio.project import connect, open_project
 from curation.labelstudio.push import push as push_queue
 from curation.progress import Progress
 from curation.selection import SelectionResult, build_strategy, run_selection, selection_rows, write_selection
-from store.repository import Store
+from store import Store
 
 
 @dataclass
@@ -86,11 +86,3 @@ def select(
         )
         outcome.extra["push"] = report.summary()
     return outcome
-
-
-def wants_push(settings: Settings, push: bool | None, project_named: bool) -> bool:
-    """Whether ``select`` pushes: ``--push/--no-push`` when given; otherwise wherever it can happen (a Label Studio
-    URL is configured), and naming a project asks for it (failing before scoring if no URL is configured)."""
-    if push is not None:
-        return push
-    return bool(settings.label_studio.url) or project_named

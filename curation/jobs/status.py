@@ -10,7 +10,8 @@ from curation.config import Settings
 from curation.jobs.common import iso
 from curation.scoring.pool import resolve_pool
 from curation.selection import FALLBACK_MEASURE, build_strategy, candidate_uncertainty
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 
 def status(store: Store, settings: Settings) -> dict[str, Any]:
@@ -20,17 +21,17 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
     if settings.pool.path:
         source = resolve_pool(settings.pool.path)
         pool_location = str(source.location)
-        pool_id = store.find_pool(pool_location)
-    versions = store.model_versions()
-    runs = store.recent_runs()
+        pool_id = store.pools.find(pool_location)
+    versions = store.models.versions()
+    runs = store.runs.recent()
     current: ModelVersionRecord | None = None
     if settings.model.version:
-        current = store.model_version(settings.model.version)
+        current = store.models.get(settings.model.version)
     else:
-        current = store.current_model()
+        current = store.models.current()
         if current is None and runs:
-            current = store.model_version(runs[0]["model_version"])
-    counts = store.status_counts(pool_id, current.id if current else None)
+            current = store.models.get(runs[0]["model_version"])
+    counts = store.items.counts(pool_id, current.id if current else None)
     distribution = None
     if current is not None and pool_id is not None:
         strategy = build_strategy(settings.strategy)
@@ -64,6 +65,6 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
         ],
         "score_distribution": distribution,
         "recent_runs": [{**r, "started_at": iso(r["started_at"]), "finished_at": iso(r["finished_at"])} for r in runs],
-        "recent_selections": [{**s, "created_at": iso(s["created_at"])} for s in store.recent_selections()],
-        "failures": [{"path": p, "reason": r} for p, r in store.failures(pool_id, limit=20)],
+        "recent_selections": [{**s, "created_at": iso(s["created_at"])} for s in store.selections.recent()],
+        "failures": [{"path": p, "reason": r} for p, r in store.items.failures(pool_id, limit=20)],
     }

@@ -11,8 +11,8 @@ from curation.jobs.common import current_or_fail
 from curation.jobs.model import load_runtime, register_model
 from curation.progress import Progress
 from curation.training.round import TrainReport, models_dir, train_round
-from store.registry_records import LabeledExample
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import LabeledExample, ModelVersionRecord
 
 
 def train(store: Store, settings: Settings, *, progress: Progress | None = None) -> TrainReport:

@@ -16,8 +16,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from curation.errors import ConfigError, ProjectConfigMismatchError, UnservableImageError
-from store.ls_records import PendingItem
-from store.repository import ModelVersionRecord, StoredPrediction
+from store.records import ModelVersionRecord, PendingItem, StoredPrediction
 
 IMAGE_NAME = "image"
 CONTROL_NAME = "label"

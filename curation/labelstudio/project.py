@@ -17,8 +17,8 @@ from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
 from curation.labelstudio.client import LabelStudioAPI, LabelStudioClient
 from curation.labelstudio.formats import LabelingInterface, check_label_config, label_config
 from curation.labelstudio.tasks import curate_tasks, tasks_by_curation_id
-from store.ls_records import LSProjectRecord
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import LSProjectRecord, ModelVersionRecord
 
 
 def connect(cfg: LabelStudioSettings) -> LabelStudioClient:
@@ -89,7 +89,7 @@ def open_project(
         )
         created = True
     ui = check_label_config(remote.get("parsed_label_config") or {}, mv.task, mv.class_names)
-    record = store.ls_project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
+    record = store.label_studio.project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
     return ProjectHandle(record, ui, remote, created)
 
 
@@ -99,7 +99,7 @@ def known_project(store: Store, ls: LabelStudioAPI, name: str | None) -> Project
     remote = find_project(ls, name)
     if remote is None:
         raise ProjectNotFoundError(f"Label Studio at {ls.url} has no project {name!r}")
-    records = [p for p in store.ls_projects() if p.server == ls.url and p.project_id == int(remote["id"])]
+    records = [p for p in store.label_studio.projects() if p.server == ls.url and p.project_id == int(remote["id"])]
     if not records:
         raise ProjectNotFoundError(
             f"curate has not pushed to project {name!r} from {store.display_url} yet: nothing to pull"
@@ -136,18 +136,18 @@ def reconcile(store: Store, ls: LabelStudioAPI, project: ProjectHandle) -> int:
     """
     pid = project.record.project_id
     adopted = 0
-    for intent_id, content_ids in store.ls_intents(project.record.id):
+    for intent_id, content_ids in store.label_studio.intents(project.record.id):
         adopted += _record_found(store, project, tasks_by_curation_id(ls, pid, content_ids), intent_id)
-    if store.ls_count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
+    if store.label_studio.count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
         adopted += _record_found(store, project, curate_tasks(ls, pid), None)
     return adopted
 
 
 def _record_found(store: Store, project: ProjectHandle, found: dict[str, list[int]], intent_id: int | None) -> int:
-    items = store.items_by_content(sorted(found))
+    items = store.items.by_content(sorted(found))
     rows = [
         {"item_id": items[cid], "task_id": min(task_ids), "position": None, "cluster": None, "selection_id": None}
         for cid, task_ids in found.items()
         if cid in items
     ]
-    return store.ls_record_tasks(project.record.id, rows, intent_id)
+    return store.label_studio.record_tasks(project.record.id, rows, intent_id)

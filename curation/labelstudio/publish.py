@@ -28,7 +28,8 @@ from curation.labelstudio.project import ProjectHandle
 from curation.labelstudio.tags import is_ours
 from curation.labelstudio.tasks import task_ids
 from curation.progress import Progress
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 CLUSTER_REQUESTS = 4  # concurrent cluster PATCHes: ~1.7x faster against a 2-core server, more on larger ones
 
@@ -75,8 +76,8 @@ def publish(
         ls.set_ranking(pid, ranking.tag)
         project.remote["model_version"] = ranking.tag
     served = time.perf_counter()
-    store.ls_set_positions(project.record.id, [(p.item_id, p.position, p.cluster) for p in fresh])
-    store.ls_set_ranking(project.record.id, ranking.tag, ranking.signature)
+    store.label_studio.set_positions(project.record.id, [(p.item_id, p.position, p.cluster) for p in fresh])
+    store.label_studio.set_ranking(project.record.id, ranking.tag, ranking.signature)
     set_clusters(ls, ranking.tag, ranking.placements, cluster_window)
     drop_other_tags(ls, pid, ranking.tag)
     return served
@@ -103,7 +104,7 @@ def write_predictions(
     try:
         for start in range(0, len(placements), size):
             part = placements[start : start + size]
-            stored = store.predictions(mv.id, [p.item_id for p in part], len(mv.class_names))
+            stored = store.scores.predictions(mv.id, [p.item_id for p in part], len(mv.class_names))
             preds = [
                 {
                     "task": p.task_id,
@@ -120,7 +121,7 @@ def write_predictions(
                 gone = [int(p["task"]) for p in preds if p["task"] not in existing]
                 if not gone:
                     raise
-                store.ls_mark_deleted(project.record.id, gone)
+                store.label_studio.mark_deleted(project.record.id, gone)
                 progress.warn(f"{len(gone)} queued task(s) were deleted in Label Studio; they leave the queue")
                 ls.import_predictions(project.record.project_id, [p for p in preds if p["task"] in existing])
             progress.advance(len(part))

@@ -17,8 +17,8 @@ from curation.labelstudio.project import ProjectHandle, known_project
 from curation.labelstudio.tasks import updated_tasks
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
-from store.ls_records import PulledAnnotation
-from store.repository import Store
+from store import Store
+from store.records import PulledAnnotation
 
 WATERMARK_MARGIN_S = 1.0
 
@@ -67,9 +67,9 @@ def pull(
 
 
 def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]], report: PullReport) -> None:
-    known = store.ls_items_for_tasks(project.record.id, [int(t["id"]) for t in page])
+    known = store.label_studio.items_for_tasks(project.record.id, [int(t["id"]) for t in page])
     unknown = {int(t["id"]): cid for t in page if int(t["id"]) not in known and (cid := curation_id_of(t))}
-    by_content = store.items_by_content(sorted(set(unknown.values()))) if unknown else {}
+    by_content = store.items.by_content(sorted(set(unknown.values()))) if unknown else {}
     adopted = [(by_content[c], tid) for tid, c in unknown.items() if c in by_content]
     known.update({tid: item for item, tid in adopted})
     annotations: list[PulledAnnotation] = []
@@ -89,7 +89,7 @@ def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]]
         elif done:
             report.skipped_tasks += 1
         annotations.extend(_annotation(a, int(task["id"]), item_id, project.record.task) for a in done)
-    report.new_annotations += store.ls_store_annotations(project.record.id, annotations, adopted, watermark)
+    report.new_annotations += store.label_studio.store_annotations(project.record.id, annotations, adopted, watermark)
     report.watermark = watermark
 
 

@@ -25,8 +25,8 @@ from curation.labelstudio.tasks import tasks_by_curation_id
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
 from curation.scoring.pool import absolute_path
-from store.ls_records import PendingItem, QueuedTask
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord, PendingItem, QueuedTask
 
 
 @dataclass
@@ -86,8 +86,8 @@ def push(
     report.reconciled = reconcile(store, ls, project)
     ensure_storage(ls, project, cfg, pool_path)
 
-    queue = store.ls_queue(project.record.id)
-    pending, urls = _servable(store.ls_pending(project.record.id), cfg, report, progress)
+    queue = store.label_studio.queue(project.record.id)
+    pending, urls = _servable(store.label_studio.pending(project.record.id), cfg, report, progress)
     plan = plan_push(queue, len(pending), project, mv.version)
     if plan is None:
         report.model_version_tag = project.live_tag
@@ -101,7 +101,7 @@ def push(
         for start in range(0, len(pending), cfg.import_chunk):
             chunk = pending[start : start + cfg.import_chunk]
             positions = list(range(plan.after + start + 1, plan.after + start + len(chunk) + 1))
-            preds = store.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
+            preds = store.scores.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
             payload = [
                 task_payload(item, urls[item.item_id], pos, plan.tag, preds.get(item.item_id), mv, project.ui, min_conf)
                 for item, pos in zip(chunk, positions, strict=True)
@@ -128,7 +128,7 @@ def push(
     )
     report.served_after_s = round(served - started, 3)
     report.model_version_tag = plan.tag
-    final = store.ls_queue(project.record.id)
+    final = store.label_studio.queue(project.record.id)
     report.queue_size = len(final)
     report.first = _describe_first(final)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -169,7 +169,7 @@ def _import_chunk(
 ) -> list[Placement]:
     """Import one chunk exactly once, whatever happens to the request."""
     pid = project.record.project_id
-    intent = store.ls_add_intent(project.record.id, [p.content_id for p in chunk])
+    intent = store.label_studio.add_intent(project.record.id, [p.content_id for p in chunk])
     by_content = {p.content_id: (p, pos) for p, pos in zip(chunk, positions, strict=True)}
     try:
         task_ids = ls.import_tasks(pid, payload)
@@ -182,12 +182,12 @@ def _import_chunk(
         missing = len(by_content) - len(imported)
         if missing:
             # Keep the intent: the next run looks these up again before importing what is still absent.
-            store.ls_record_tasks(project.record.id, _task_rows(imported, by_content), None)
+            store.label_studio.record_tasks(project.record.id, _task_rows(imported, by_content), None)
             raise ImportOutcomeUnknown(
                 f"{exc}; {missing} of {len(chunk)} tasks of that import are not in the project, so the import "
                 "may still be running: rerun later, and curate checks for them before importing them again"
             ) from None
-    store.ls_record_tasks(project.record.id, _task_rows(imported, by_content), intent)
+    store.label_studio.record_tasks(project.record.id, _task_rows(imported, by_content), intent)
     return [
         Placement(by_content[cid][0].item_id, tid, by_content[cid][1], by_content[cid][0].cluster)
         for cid, tid in imported.items()

@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 
 from curation.config import StrategySettings
 from curation.selection import FALLBACK_MEASURE, items_uncertainty, pool_view
-from store.ls_records import QueuedTask
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord, QueuedTask
 from strategies import Strategy
 
 

@@ -18,7 +18,8 @@ from curation.labelstudio.tags import make_tag
 from curation.progress import NullProgress, Progress
 from curation.reports import HIDDEN, Report
 from curation.selection import build_strategy, run_selection
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import ModelVersionRecord
 
 
 @dataclass
@@ -61,20 +62,20 @@ def reprioritize(
     reconcile(store, ls, project)
     topped_up = 0
     push_report = None
-    queue = store.ls_queue(project.record.id)
+    queue = store.label_studio.queue(project.record.id)
     if queue_size is not None and len(queue) < queue_size:
         try:
             result = run_selection(store, pool_id, mv, strategy_cfg, queue_size - len(queue), push_to=project.record.id)
         except NothingToSelectError:
             result = None
-        if result is not None or store.ls_pending(project.record.id):
+        if result is not None or store.label_studio.pending(project.record.id):
             push_report = push(store, ls, mv, project, cfg, pool_path=pool_path, min_conf=min_conf, progress=progress)
             topped_up = push_report.pushed
             project = open_project(store, ls, mv, cfg.project)
-            queue = store.ls_queue(project.record.id)
+            queue = store.label_studio.queue(project.record.id)
 
     strategy = build_strategy(strategy_cfg)
-    labeled = store.labeled_item_ids()
+    labeled = store.labels.item_ids()
     options = ranking_options(strategy_cfg, mv, len(labeled))
     signature = ranking_signature(mv, strategy.name, options, strategy_cfg.seed, [q.item_id for q in queue])
 

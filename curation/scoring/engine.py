@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +22,8 @@ from curation.faults import checkpoint
 from curation.progress import NullProgress, Progress
 from curation.scoring.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
 from curation.scoring.runtime import ItemOutput, ModelInfo, ModelRuntime, torch_threads
-from store.repository import ScoredChunk, Store, encode_polygons
+from store import Store
+from store.records import ScoredChunk, ScoredItem
 
 _PREPROCESS = {"center_crop": center_crop, "stretch": stretch}
 
@@ -168,23 +168,20 @@ class ScoringReport:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry) -> dict[str, Any]:
-    """The ``predictions`` row for one model output (blob layouts: ``store.schema``)."""
-    n = len(output.boxes)
-    has_boxes = output.probs is None
-    return {
-        "item_id": item_id,
-        "status": "invalid" if output.problem else "ok",
-        "problem": output.problem,
-        "width": geometry.width,
-        "height": geometry.height,
-        "probs": None if output.probs is None else np.asarray(output.probs, "<f4").tobytes(),
-        "n_boxes": n,
-        "boxes": np.asarray(output.boxes, "<f4").tobytes() if has_boxes else None,
-        "box_conf": np.asarray(output.box_conf, "<f4").tobytes() if has_boxes else None,
-        "box_scores": np.asarray(output.box_scores, "<f2").tobytes() if has_boxes else None,
-        "polygons": encode_polygons(output.polygons) if output.polygons else None,
-    }
+def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry) -> ScoredItem:
+    """What the store keeps of one model output (it encodes the arrays: ``store.blobs``)."""
+    return ScoredItem(
+        item_id=item_id,
+        width=geometry.width,
+        height=geometry.height,
+        problem=output.problem,
+        probs=output.probs,
+        boxes=None if output.probs is not None else output.boxes,
+        box_conf=None if output.probs is not None else output.box_conf,
+        box_scores=None if output.probs is not None else output.box_scores,
+        polygons=output.polygons or None,
+        embedding=output.embedding,
+    )
 
 
 def shape_batches(
@@ -281,7 +278,7 @@ def score_items(
     workers = default_workers(settings.workers, runtime.device)
     batch_size = default_batch_size(settings.batch_size, runtime.info.task, runtime.device)
     threads = default_threads(settings.threads, workers, runtime.info.task) if runtime.device.type == "cpu" else None
-    run_id = store.start_run(model_version_id, pool_id, len(items), str(runtime.device), batch_size)
+    run_id = store.runs.start(model_version_id, pool_id, len(items), str(runtime.device), batch_size)
     report.run_id = run_id
     chunk = ScoredChunk()
     start = time.perf_counter()
@@ -290,9 +287,9 @@ def score_items(
     def flush() -> None:
         nonlocal chunk
         if len(chunk):
-            store.write_chunk(run_id, model_version_id, chunk)
+            store.runs.write_chunk(run_id, model_version_id, chunk)
             checkpoint("score-after-chunk")
-            report.scored += len(chunk.predictions) - chunk.n_invalid
+            report.scored += chunk.n_valid
             report.invalid += chunk.n_invalid
             report.failed += len(chunk.failures)
             chunk = ScoredChunk()
@@ -312,15 +309,10 @@ def score_items(
                     progress.warn(f"skipped {path}: {reason}")
                 for position, geometry, output in zip(batch.positions, batch.geometries, outputs, strict=True):
                     item_id, path = items[position].item_id, items[position].path
-                    chunk.predictions.append(prediction_row(item_id, output, geometry))
-                    vector = np.asarray(output.embedding, "<f2")
-                    # A NaN or overflowing embedding would poison every distance it enters; such items are
-                    # invalid (never selected), and a missing embedding is handled downstream.
-                    if not output.problem and bool(np.isfinite(vector).all()):
-                        chunk.embeddings.append({"item_id": item_id, "vector": vector.tobytes()})
-                    chunk.decoded.append((item_id, geometry.width, geometry.height))
+                    # the store leaves out a NaN or overflowing embedding (it would poison every distance it
+                    # enters); a missing embedding is handled downstream
+                    chunk.scored.append(prediction_row(item_id, output, geometry))
                     if output.problem:
-                        chunk.n_invalid += 1
                         progress.warn(f"flagged {path}: {output.problem}")
                 done = len(batch.failures) + len(batch.positions)
                 elapsed = time.perf_counter() - start
@@ -338,5 +330,5 @@ def score_items(
     finally:
         report.seconds = time.perf_counter() - start
         progress.finish()
-        store.finish_run(run_id, status, report.images_per_s if status == "completed" else None)
+        store.runs.finish(run_id, status, report.images_per_s if status == "completed" else None)
     return report

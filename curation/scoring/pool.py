@@ -20,7 +20,8 @@ from typing import IO
 
 from curation.errors import PoolError
 from curation.scoring.images import original_size
-from store.repository import ScannedFile, Store
+from store import Store
+from store.records import ScannedFile
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
 HASH_CHUNK = 1 << 20
@@ -201,8 +202,8 @@ def scan_pool(
 ) -> tuple[int, ScanReport]:
     """Find the pool's files and register them. Returns the pool id and what changed."""
     report = ScanReport()
-    pool_id = store.get_or_create_pool(str(source.location), source.kind, str(source.root))
-    known = store.known_paths(pool_id)
+    pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
+    known = store.pools.known_paths(pool_id)
     paths = (
         walk_directory(source.location, extensions, report.skipped)
         if source.kind == "directory"
@@ -259,5 +260,5 @@ def scan_pool(
     gone = [p for p in known if p not in seen]
     report.removed = len(gone)
     report.files = len(seen)
-    report.new_items, report.duplicate_paths = store.apply_scan(pool_id, changed, gone)
+    report.new_items, report.duplicate_paths = store.pools.apply_scan(pool_id, changed, gone)
     return pool_id, report

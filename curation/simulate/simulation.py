@@ -42,7 +42,7 @@ from curation.training.dataset import (
     write_labels,
     yolo_image_path,
 )
-from store.repository import ClassificationScores, DetectionScores
+from store.records import ClassificationScores, DetectionScores
 
 if TYPE_CHECKING:
     from curation.scoring.runtime import ItemOutput
@@ -406,7 +406,7 @@ def _score_dataset(
     )
     store = curation.jobs.common.open_store(scratch)
     outcome = curation.jobs.score.score(store, scratch, progress=progress)
-    known = store.known_paths(outcome.pool_id)
+    known = store.pools.known_paths(outcome.pool_id)
     rows = {Path(manifest.parent / k) if not Path(k).is_absolute() else Path(k): v.item_id for k, v in known.items()}
     return store, {p.resolve(): i for p, i in rows.items()}, outcome.model
 
@@ -429,7 +429,7 @@ class _LinearRunner(_Runner):
             raise PoolError(f"some dataset images could not be registered, e.g. {bad}")
         if not mv.embedding_dim:
             raise PoolError(f"model {mv.version} produced no embeddings")
-        emb, found = store.load_embeddings(mv.id, ids, mv.embedding_dim)
+        emb, found = store.scores.embeddings(mv.id, ids, mv.embedding_dim)
         store.close()
         if not found.all():
             bad = [str(p) for p, f in zip(data.paths, found, strict=True) if not f][:3]

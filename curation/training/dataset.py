@@ -25,7 +25,7 @@ from curation.config import IMAGE_EXTENSIONS
 from curation.training.splits import primary_label
 
 if TYPE_CHECKING:
-    from store.registry_records import LabeledExample
+    from store.records import LabeledExample
 
 DATA_YAML = "data.yaml"
 Box = tuple[int, float, float, float, float]  # class, cx, cy, w, h (normalised)

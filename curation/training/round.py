@@ -36,8 +36,8 @@ from curation.training.trainer import (
     training_device,
     weights_identity,
 )
-from store.registry_records import LabeledExample, TrainedModel
-from store.repository import ModelVersionRecord, Store
+from store import Store
+from store.records import LabeledExample, ModelVersionRecord, TrainedModel
 
 
 @dataclass
@@ -63,10 +63,12 @@ def models_dir(train: TrainSettings, db_url: str) -> Path:
     """``train.models_dir``, else ``curate-models/`` beside a SQLite database, else in the working directory."""
     if train.models_dir:
         return Path(train.models_dir).expanduser().resolve()
-    from store.db import sqlite_file
+    from store.urls import sqlite_file
 
     database = sqlite_file(db_url)
-    return database.parent / "curate-models" if database is not None else Path("curate-models").resolve()
+    if database is None:
+        return Path("curate-models").resolve()
+    return database.expanduser().resolve().parent / "curate-models"
 
 
 def train_round(
@@ -84,7 +86,7 @@ def train_round(
     task = current.task
     metric = resolve_metric(train.metric, task)
     base = _fine_tunable_weights(current)
-    examples = store.labeled_examples(task) if examples is None else examples
+    examples = store.labels.examples(task) if examples is None else examples
     if not examples:
         return TrainReport(False, "no labeled items yet: pull annotations first", parent=current.version)
     splits = assign_splits(store, examples, task, train.val_fraction, train.seed)
@@ -121,13 +123,13 @@ def train_round(
         decision = decide_promotion(metric, candidate, incumbent, policy=train.promote, min_delta=train.min_delta)
         saved = _save_weights(result.weights, models_root, _lineage(current.version))
         checkpoint("train-after-weights-saved")
-        twin = store.model_version_by_digest(saved.digest)
+        twin = store.models.by_digest(saved.digest)
         if twin is not None:  # deterministic training on unchanged labels reproduces a registered model
             report.reason = f"not registered: the fine-tuned weights are identical to {twin.version}"
             report.version = twin.version
             return report
-        store.set_model_metrics(current.id, metric, incumbent, report.current_metrics)
-        mv = store.register_trained(
+        store.models.set_metrics(current.id, metric, incumbent, report.current_metrics)
+        mv = store.models.register_trained(
             TrainedModel(
                 version=saved.version,
                 weights_path=str(saved.path),

@@ -7,8 +7,8 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from store.registry_records import LabeledExample
-    from store.repository import Store
+    from store import Store
+    from store.records import LabeledExample
 
 BACKGROUND = "__background__"  # detection images labeled with no box: negatives for the detector
 
@@ -36,7 +36,7 @@ def assign_splits(
     """Split assignment for every example: existing ones kept, new ones drawn once (from a hash of the content id,
     so the draw does not depend on arrival order) and recorded. A class with two or more labeled items always gets
     at least one validation item."""
-    existing = store.splits()
+    existing = store.labels.splits()
     new = [e for e in examples if e.item_id not in existing]
     assigned: dict[int, str] = {
         e.item_id: ("val" if _unit_hash(e.content_id, seed) < val_fraction else "train") for e in new
@@ -51,5 +51,5 @@ def assign_splits(
         fresh = sorted((m for m in members if m.item_id in assigned), key=lambda m: _unit_hash(m.content_id, seed))
         if fresh:  # a class without any held-out item: its newest item with the smallest hash joins val
             merged[fresh[0].item_id] = assigned[fresh[0].item_id] = "val"
-    store.add_splits(sorted(assigned.items()))
+    store.labels.add_splits(sorted(assigned.items()))
     return merged

@@ -18,7 +18,7 @@ from curation.errors import CurateError, ExitCode
 from curation.training.splits import primary_label
 
 if TYPE_CHECKING:
-    from store.registry_records import LabeledExample
+    from store.records import LabeledExample
 
 
 class TrainingError(CurateError):

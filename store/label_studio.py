@@ -1,17 +1,15 @@
 """What curate remembers about Label Studio: projects, which item is which task, the queue order, pending
-imports and pulled annotations. Mixed into ``Store``; only SQL here, no HTTP."""
+imports and pulled annotations. Only SQL here, no HTTP."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
-from store.db import BATCH
+from store.db import BATCH, Database
+from store.records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
 from store.schema import (
     Annotation,
     Item,
@@ -26,72 +24,17 @@ from store.schema import (
 )
 
 
-@dataclass(frozen=True)
-class LSProjectRecord:
-    id: int
-    server: str
-    project_id: int
-    title: str
-    task: str
-    active_tag: str | None
-    ranking_signature: str | None
-    pulled_until: str | None
-
-
-@dataclass(frozen=True)
-class QueuedTask:
-    item_id: int
-    content_id: str
-    task_id: int
-    position: int | None
-    cluster: int | None
-
-
-@dataclass(frozen=True)
-class PendingItem:
-    """A selected item not yet in the project."""
-
-    item_id: int
-    content_id: str
-    path: str
-    pool_root: str | None
-    selection_id: int
-    rank: int
-    score: float
-    cluster: int | None
-    strategy: str
-
-
-@dataclass(frozen=True)
-class PulledAnnotation:
-    annotation_id: int
-    task_id: int
-    item_id: int
-    was_cancelled: bool
-    annotator: str | None
-    lead_time: float | None
-    labels: dict[str, Any]
-    result: list[Any]
-    created_at: datetime | None
-    updated_at: datetime | None
-
-
 class LabelStudioRecords:
     """Label Studio bookkeeping; every method is one transaction."""
 
-    dialect: str
-
-    def _tx(self, write: bool = True) -> AbstractContextManager[Connection]:  # provided by Store
-        raise NotImplementedError
-
-    def _insert(self, table: Any) -> Any:  # provided by Store
-        raise NotImplementedError
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     # -- projects ----------------------------------------------------------------------------------------------------
-    def ls_project(self, server: str, project_id: int, title: str, task: str) -> LSProjectRecord:
-        with self._tx() as conn:
+    def project(self, server: str, project_id: int, title: str, task: str) -> LSProjectRecord:
+        with self._db.tx() as conn:
             conn.execute(
-                self._insert(LSProject)
+                self._db.insert(LSProject)
                 .values(server=server, project_id=project_id, title=title, task=task, created_at=utcnow())
                 .on_conflict_do_nothing(index_elements=["server", "project_id"])
             )
@@ -105,12 +48,12 @@ class LabelStudioRecords:
             ).one()
         return _project(row)
 
-    def ls_projects(self) -> list[LSProjectRecord]:
-        with self._tx(write=False) as conn:
+    def projects(self) -> list[LSProjectRecord]:
+        with self._db.tx(write=False) as conn:
             return [_project(r) for r in conn.execute(select(LSProject.__table__).order_by(LSProject.id))]
 
-    def ls_set_ranking(self, ls_project_id: int, tag: str | None, signature: str | None) -> None:
-        with self._tx() as conn:
+    def set_ranking(self, ls_project_id: int, tag: str | None, signature: str | None) -> None:
+        with self._db.tx() as conn:
             conn.execute(
                 update(LSProject)
                 .where(LSProject.id == ls_project_id)
@@ -118,23 +61,23 @@ class LabelStudioRecords:
             )
 
     # -- tasks -------------------------------------------------------------------------------------------------------
-    def ls_count_tasks(self, ls_project_id: int) -> int:
-        with self._tx(write=False) as conn:
+    def count_tasks(self, ls_project_id: int) -> int:
+        with self._db.tx(write=False) as conn:
             return int(
                 conn.execute(
                     select(func.count()).select_from(LSTask).where(LSTask.ls_project_id == ls_project_id)
                 ).scalar_one()
             )
 
-    def ls_record_tasks(self, ls_project_id: int, rows: Sequence[dict[str, Any]], intent_id: int | None = None) -> int:
+    def record_tasks(self, ls_project_id: int, rows: Sequence[dict[str, Any]], intent_id: int | None = None) -> int:
         """Record imported (or reconciled) tasks and clear the import intent, atomically. Returns rows added.
 
         ``rows``: ``item_id``, ``task_id``, ``position``, ``cluster``, ``selection_id``. An item already mapped
         keeps its first task (a duplicate made outside curate is never adopted twice).
         """
         added = 0
-        with self._tx() as conn:
-            stmt = self._insert(LSTask).on_conflict_do_nothing()
+        with self._db.tx() as conn:
+            stmt = self._db.insert(LSTask).on_conflict_do_nothing()
             for start in range(0, len(rows), BATCH):
                 chunk = [
                     {"ls_project_id": ls_project_id, "status": "queued", "pushed_at": utcnow(), **r}
@@ -162,7 +105,7 @@ class LabelStudioRecords:
                 conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
         return int(added)
 
-    def ls_queue(self, ls_project_id: int) -> list[QueuedTask]:
+    def queue(self, ls_project_id: int) -> list[QueuedTask]:
         """Queued (not yet labeled or skipped) tasks in queue order."""
         stmt = (
             select(LSTask.item_id, Item.content_id, LSTask.task_id, LSTask.position, LSTask.cluster)
@@ -170,12 +113,12 @@ class LabelStudioRecords:
             .where(LSTask.ls_project_id == ls_project_id, LSTask.status == "queued")
             .order_by(LSTask.position.is_(None), LSTask.position, LSTask.id)
         )
-        with self._tx(write=False) as conn:
+        with self._db.tx(write=False) as conn:
             return [QueuedTask(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in conn.execute(stmt)]
 
-    def ls_set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
+    def set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
         """(item id, position, cluster) for the queued tasks, after a ranking was written to Label Studio."""
-        with self._tx() as conn:
+        with self._db.tx() as conn:
             stmt = (
                 update(LSTask)
                 .where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == bindparam("b_item"))
@@ -188,9 +131,9 @@ class LabelStudioRecords:
                     [{"b_item": i, "b_pos": p, "b_cluster": c} for i, p, c in positions[start : start + BATCH]],
                 )
 
-    def ls_mark_deleted(self, ls_project_id: int, task_ids: Sequence[int]) -> int:
+    def mark_deleted(self, ls_project_id: int, task_ids: Sequence[int]) -> int:
         """Tasks someone deleted in Label Studio leave the queue for good (their items are not pushed again)."""
-        with self._tx() as conn:
+        with self._db.tx() as conn:
             result = conn.execute(
                 update(LSTask)
                 .where(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_([int(t) for t in task_ids]))
@@ -199,8 +142,8 @@ class LabelStudioRecords:
             return int(result.rowcount or 0)
 
     # -- pending imports ---------------------------------------------------------------------------------------------
-    def ls_add_intent(self, ls_project_id: int, content_ids: Sequence[str]) -> int:
-        with self._tx() as conn:
+    def add_intent(self, ls_project_id: int, content_ids: Sequence[str]) -> int:
+        with self._db.tx() as conn:
             return int(
                 conn.execute(
                     insert(LSPushIntent)
@@ -209,8 +152,8 @@ class LabelStudioRecords:
                 ).scalar_one()
             )
 
-    def ls_intents(self, ls_project_id: int) -> list[tuple[int, list[str]]]:
-        with self._tx(write=False) as conn:
+    def intents(self, ls_project_id: int) -> list[tuple[int, list[str]]]:
+        with self._db.tx(write=False) as conn:
             rows = conn.execute(
                 select(LSPushIntent.id, LSPushIntent.content_ids)
                 .where(LSPushIntent.ls_project_id == ls_project_id)
@@ -219,19 +162,7 @@ class LabelStudioRecords:
             return [(int(i), list(c)) for i, c in rows]
 
     # -- what to push ------------------------------------------------------------------------------------------------
-    def mark_selection_for_push(self, selection_id: int, ls_project_id: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                update(Selection)
-                .where(Selection.id == selection_id)
-                .values(push=True, push_ls_project_id=ls_project_id)
-            )
-
-    def selection_exists(self, selection_id: int) -> bool:
-        with self._tx(write=False) as conn:
-            return conn.execute(select(Selection.id).where(Selection.id == selection_id)).first() is not None
-
-    def ls_pending(self, ls_project_id: int) -> list[PendingItem]:
+    def pending(self, ls_project_id: int) -> list[PendingItem]:
         """Items of the selections meant for this project (or for any, made before 0004) that are not tasks of
         the project yet, oldest selection first."""
 
@@ -253,7 +184,7 @@ class LabelStudioRecords:
             .where(~exists().where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == SelectionItem.item_id))
             .order_by(SelectionItem.selection_id, SelectionItem.rank)
         )
-        with self._tx(write=False) as conn:
+        with self._db.tx(write=False) as conn:
             rows = conn.execute(stmt).all()
             ids = sorted({int(r[0]) for r in rows})
             paths: dict[int, list[tuple[int, str, str]]] = {}
@@ -291,10 +222,10 @@ class LabelStudioRecords:
         return out
 
     # -- annotations -------------------------------------------------------------------------------------------------
-    def ls_items_for_tasks(self, ls_project_id: int, task_ids: Sequence[int]) -> dict[int, int]:
+    def items_for_tasks(self, ls_project_id: int, task_ids: Sequence[int]) -> dict[int, int]:
         """task id → item id for tasks curate created."""
         out: dict[int, int] = {}
-        with self._tx(write=False) as conn:
+        with self._db.tx(write=False) as conn:
             for start in range(0, len(task_ids), BATCH):
                 rows = conn.execute(
                     select(LSTask.task_id, LSTask.item_id).where(
@@ -304,17 +235,7 @@ class LabelStudioRecords:
                 out.update({int(t): int(i) for t, i in rows})
         return out
 
-    def items_by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        with self._tx(write=False) as conn:
-            for start in range(0, len(content_ids), BATCH):
-                rows = conn.execute(
-                    select(Item.content_id, Item.id).where(Item.content_id.in_(content_ids[start : start + BATCH]))
-                )
-                out.update({c: int(i) for c, i in rows})
-        return out
-
-    def ls_store_annotations(
+    def store_annotations(
         self,
         ls_project_id: int,
         annotations: Sequence[PulledAnnotation],
@@ -326,10 +247,10 @@ class LabelStudioRecords:
         ``adopted_tasks``: (item id, task id) of tasks curate finds in the project by curation_id but had not
         recorded (e.g. pushed from another database). Returns the number of new annotations.
         """
-        with self._tx() as conn:
+        with self._db.tx() as conn:
             if adopted_tasks:
                 conn.execute(
-                    self._insert(LSTask).on_conflict_do_nothing(),
+                    self._db.insert(LSTask).on_conflict_do_nothing(),
                     [
                         {
                             "ls_project_id": ls_project_id,
@@ -352,7 +273,7 @@ class LabelStudioRecords:
                     ).scalars()
                 )
                 new = len(ids) - len(known)
-                stmt = self._insert(Annotation)
+                stmt = self._db.insert(Annotation)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["ls_project_id", "annotation_id"],
                     set_={
@@ -398,26 +319,6 @@ class LabelStudioRecords:
             if watermark is not None:
                 conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))
         return new
-
-    def ls_counts(self, pool_id: int | None) -> dict[str, int]:
-        with self._tx(write=False) as conn:
-
-            def count(status: str) -> int:
-                stmt = select(func.count(func.distinct(LSTask.item_id))).where(LSTask.status == status)
-                if pool_id is not None:
-                    stmt = stmt.where(exists().where(ItemPath.item_id == LSTask.item_id, ItemPath.pool_id == pool_id))
-                return int(conn.execute(stmt).scalar_one())
-
-            labeled = select(func.count(func.distinct(Annotation.item_id))).where(Annotation.was_cancelled.is_(False))
-            if pool_id is not None:
-                labeled = labeled.where(
-                    exists().where(ItemPath.item_id == Annotation.item_id, ItemPath.pool_id == pool_id)
-                )
-            return {
-                "queued": count("queued"),
-                "skipped": count("skipped"),
-                "labeled": int(conn.execute(labeled).scalar_one()),
-            }
 
 
 def _project(row: Any) -> LSProjectRecord:

@@ -1,0 +1,143 @@
+"""Items across pools: what is left to score, which are taken, which failed, and the counts ``curate status``
+shows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import exists, func, select, union
+
+from store.db import BATCH, Database
+from store.pools import pool_items
+from store.records import ItemToScore
+from store.schema import Annotation, Item, ItemPath, LSTask, Prediction, SelectionItem
+
+
+class Items:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def to_score(self, pool_id: int, model_version_id: int, rescore: bool = False) -> list[ItemToScore]:
+        """Items of the pool without a prediction under this model version (all decodable ones if rescore)."""
+        in_pool = pool_items(pool_id)
+        stmt = (
+            select(in_pool.c.item_id, in_pool.c.path, Item.width, Item.height)
+            .join(Item, Item.id == in_pool.c.item_id)
+            .where(Item.status != "failed")
+            .order_by(in_pool.c.item_id)
+        )
+        if not rescore:
+            stmt = stmt.where(
+                ~exists().where(
+                    Prediction.item_id == in_pool.c.item_id,
+                    Prediction.model_version_id == model_version_id,
+                )
+            )
+        with self._db.tx(write=False) as conn:
+            return [ItemToScore(int(r.item_id), str(r.path), r.width, r.height) for r in conn.execute(stmt)]
+
+    def by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
+        """content id → item id, for the content ids the database knows."""
+        out: dict[str, int] = {}
+        with self._db.tx(write=False) as conn:
+            for start in range(0, len(content_ids), BATCH):
+                rows = conn.execute(
+                    select(Item.content_id, Item.id).where(Item.content_id.in_(content_ids[start : start + BATCH]))
+                )
+                out.update({c: int(i) for c, i in rows})
+        return out
+
+    def taken(self, pool_id: int | None = None) -> NDArray[np.int64]:
+        """Items already taken — selected, queued in Label Studio or labeled — (in the pool, if given): diversity
+        strategies cover around them and near-duplicate suppression avoids them."""
+        taken = union(
+            select(SelectionItem.item_id.label("item_id")),
+            select(LSTask.item_id),
+            select(Annotation.item_id).where(Annotation.was_cancelled.is_(False)),
+        ).subquery()
+        stmt = select(taken.c.item_id)
+        if pool_id is not None:
+            stmt = stmt.where(exists().where(ItemPath.item_id == taken.c.item_id, ItemPath.pool_id == pool_id))
+        with self._db.tx(write=False) as conn:
+            return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
+
+    def failures(self, pool_id: int | None, limit: int = 50) -> list[tuple[str, str]]:
+        """(path, reason) of items that could not be decoded."""
+        stmt = (
+            select(func.min(ItemPath.path), Item.failure)
+            .join(ItemPath, ItemPath.item_id == Item.id)
+            .where(Item.status == "failed")
+            .group_by(Item.id, Item.failure)
+            .order_by(Item.id)
+            .limit(limit)
+        )
+        if pool_id is not None:
+            stmt = stmt.where(ItemPath.pool_id == pool_id)
+        with self._db.tx(write=False) as conn:
+            return [(r[0], r[1] or "") for r in conn.execute(stmt)]
+
+    def counts(self, pool_id: int | None, model_version_id: int | None) -> dict[str, int]:
+        """Items, paths, failed/scored/invalid/unscored/selected, and queued/skipped/labeled in Label Studio (in
+        the pool, if given), read in one snapshot."""
+        with self._db.tx(write=False) as conn:
+            if pool_id is None:
+                ids = select(Item.id.label("item_id")).subquery()
+                n_paths = conn.execute(select(func.count()).select_from(ItemPath)).scalar_one()
+            else:
+                ids = (
+                    select(func.distinct(ItemPath.item_id).label("item_id"))
+                    .where(ItemPath.pool_id == pool_id)
+                    .subquery()
+                )
+                n_paths = conn.execute(
+                    select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)
+                ).scalar_one()
+            in_pool = Item.id.in_(select(ids.c.item_id))
+            total = conn.execute(select(func.count()).select_from(Item).where(in_pool)).scalar_one()
+            failed = conn.execute(
+                select(func.count()).select_from(Item).where(in_pool, Item.status == "failed")
+            ).scalar_one()
+            selected = conn.execute(
+                select(func.count(func.distinct(SelectionItem.item_id))).where(
+                    SelectionItem.item_id.in_(select(ids.c.item_id))
+                )
+            ).scalar_one()
+            scored = invalid = 0
+            if model_version_id is not None:
+                base = (
+                    select(func.count())
+                    .select_from(Prediction)
+                    .where(
+                        Prediction.model_version_id == model_version_id,
+                        Prediction.item_id.in_(select(ids.c.item_id)),
+                    )
+                )
+                scored = conn.execute(base.where(Prediction.status == "ok")).scalar_one()
+                invalid = conn.execute(base.where(Prediction.status == "invalid")).scalar_one()
+
+            def tasks(status: str) -> int:
+                stmt = select(func.count(func.distinct(LSTask.item_id))).where(LSTask.status == status)
+                if pool_id is not None:
+                    stmt = stmt.where(exists().where(ItemPath.item_id == LSTask.item_id, ItemPath.pool_id == pool_id))
+                return int(conn.execute(stmt).scalar_one())
+
+            labeled = select(func.count(func.distinct(Annotation.item_id))).where(Annotation.was_cancelled.is_(False))
+            if pool_id is not None:
+                labeled = labeled.where(
+                    exists().where(ItemPath.item_id == Annotation.item_id, ItemPath.pool_id == pool_id)
+                )
+            return {
+                "items": int(total),
+                "paths": int(n_paths),
+                "duplicate_paths": int(n_paths - total),
+                "failed": int(failed),
+                "scored": int(scored),
+                "invalid": int(invalid),
+                "unscored": int(total - failed - scored - invalid),
+                "selected": int(selected),
+                "queued": tasks("queued"),
+                "skipped": tasks("skipped"),
+                "labeled": int(conn.execute(labeled).scalar_one()),
+            }

@@ -1,0 +1,73 @@
+"""Labels as training data: the latest annotation of every labeled item, and the fixed train/validation split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import func, select
+
+from store.db import BATCH, Database
+from store.records import LabeledExample
+from store.schema import Annotation, Item, ItemPath, Pool, Split, utcnow
+
+
+class Labels:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def examples(self, task: str) -> list[LabeledExample]:
+        """The latest non-cancelled annotation of every labeled item that still has a file, for ``task``."""
+        latest = (
+            select(Annotation.item_id, func.max(Annotation.id).label("aid"))
+            .where(Annotation.was_cancelled.is_(False))
+            .group_by(Annotation.item_id)
+            .subquery()
+        )
+        first_path = select(ItemPath.item_id, func.min(ItemPath.id).label("pid")).group_by(ItemPath.item_id).subquery()
+        stmt = (
+            select(
+                Annotation.item_id,
+                Item.content_id,
+                ItemPath.path,
+                Pool.root,
+                Annotation.labels,
+                Item.width,
+                Item.height,
+            )
+            .join(latest, latest.c.aid == Annotation.id)
+            .join(Item, Item.id == Annotation.item_id)
+            .join(first_path, first_path.c.item_id == Annotation.item_id)
+            .join(ItemPath, ItemPath.id == first_path.c.pid)
+            .join(Pool, Pool.id == ItemPath.pool_id)
+            .order_by(Annotation.item_id)
+        )
+        out = []
+        with self._db.tx(write=False) as conn:
+            for item_id, content_id, path, root, labels, width, height in conn.execute(stmt):
+                if (labels or {}).get("task", task) != task:
+                    continue
+                full = path if Path(path).is_absolute() else str(Path(root) / path)
+                out.append(LabeledExample(int(item_id), content_id, full, dict(labels or {}), width, height))
+        return out
+
+    def item_ids(self) -> NDArray[np.int64]:
+        """Items with at least one non-cancelled annotation, sorted."""
+        stmt = select(func.distinct(Annotation.item_id)).where(Annotation.was_cancelled.is_(False))
+        with self._db.tx(write=False) as conn:
+            return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
+
+    def splits(self) -> dict[int, str]:
+        with self._db.tx(write=False) as conn:
+            return {int(i): s for i, s in conn.execute(select(Split.item_id, Split.split))}
+
+    def add_splits(self, assignments: Sequence[tuple[int, str]]) -> None:
+        """Record new assignments; an item never changes split once assigned."""
+        if not assignments:
+            return
+        with self._db.tx() as conn:
+            rows = [{"item_id": i, "split": s, "assigned_at": utcnow()} for i, s in assignments]
+            for start in range(0, len(rows), BATCH):
+                conn.execute(self._db.insert(Split).on_conflict_do_nothing(), rows[start : start + BATCH])

@@ -1,0 +1,192 @@
+"""The model registry: every model version a database used or trained, and which one is current."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from store.db import Database
+from store.records import ModelVersionRecord, TrainedModel
+from store.schema import ModelVersion, Prediction, Setting, utcnow
+
+MV = ModelVersion.__table__
+CURRENT_KEY = "current_model_version"
+
+
+def _record(row: Any) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        id=row.id,
+        version=row.version,
+        source=row.source,
+        format=row.format,
+        task=row.task,
+        class_names=list(row.class_names),
+        imgsz=row.imgsz,
+        embedding_dim=row.embedding_dim,
+        created_at=row.created_at,
+        digest=row.digest,
+        weights_path=row.weights_path,
+        parent_id=row.parent_id,
+        status=row.status,
+        metric_name=row.metric_name,
+        metric_value=row.metric_value,
+        metrics=dict(row.metrics) if row.metrics else None,
+        dataset_hash=row.dataset_hash,
+        n_labeled=row.n_labeled,
+        note=row.note,
+        trained_at=row.trained_at,
+    )
+
+
+class ModelRegistry:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def register(
+        self,
+        *,
+        version: str,
+        source: str,
+        format: str,
+        task: str,
+        class_names: list[str],
+        imgsz: int,
+        embedding_dim: int | None,
+        digest: str | None = None,
+        weights_path: str | None = None,
+    ) -> ModelVersionRecord:
+        """Register a model version used for scoring (idempotent: an existing version gains only what it lacked)."""
+        with self._db.tx() as conn:
+            conn.execute(
+                self._db.insert(ModelVersion)
+                .values(
+                    version=version,
+                    source=source,
+                    format=format,
+                    task=task,
+                    class_names=class_names,
+                    imgsz=imgsz,
+                    embedding_dim=embedding_dim,
+                    digest=digest,
+                    weights_path=weights_path,
+                    status="external",
+                    created_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=["version"])
+            )
+            row = conn.execute(select(MV).where(MV.c.version == version)).one()
+            changes: dict[str, Any] = {}
+            if embedding_dim is not None and row.embedding_dim != embedding_dim:
+                changes["embedding_dim"] = embedding_dim
+            if digest and not row.digest:
+                changes["digest"] = digest
+            if weights_path and not row.weights_path:
+                changes["weights_path"] = weights_path
+            if changes:
+                conn.execute(update(ModelVersion).where(ModelVersion.id == row.id).values(**changes))
+                row = conn.execute(select(MV).where(MV.c.id == row.id)).one()
+            return _record(row)
+
+    def register_trained(self, model: TrainedModel, *, promote: bool) -> ModelVersionRecord:
+        """Register a trained model (and make it current if ``promote``) in one transaction: a crash leaves either
+        nothing or a complete version."""
+        with self._db.tx() as conn:
+            mv_id = int(
+                conn.execute(
+                    self._db.insert(ModelVersion)
+                    .values(
+                        version=model.version,
+                        source=model.weights_path,
+                        format=model.format,
+                        task=model.task,
+                        class_names=model.class_names,
+                        imgsz=model.imgsz,
+                        embedding_dim=None,
+                        digest=model.digest,
+                        weights_path=model.weights_path,
+                        parent_id=model.parent_id,
+                        status="candidate",
+                        metric_name=model.metric_name,
+                        metric_value=model.metric_value,
+                        metrics=model.metrics,
+                        dataset_hash=model.dataset_hash,
+                        n_labeled=model.n_labeled,
+                        note=model.note,
+                        trained_at=utcnow(),
+                        created_at=utcnow(),
+                    )
+                    .returning(ModelVersion.id)
+                ).scalar_one()
+            )
+            if promote:
+                self._set_current(conn, mv_id, None)
+            return _record(conn.execute(select(MV).where(MV.c.id == mv_id)).one())
+
+    def get(self, version: str) -> ModelVersionRecord | None:
+        return self._one(MV.c.version == version)
+
+    def by_id(self, model_version_id: int) -> ModelVersionRecord | None:
+        return self._one(MV.c.id == model_version_id)
+
+    def by_digest(self, digest: str) -> ModelVersionRecord | None:
+        """The first version registered with these weights."""
+        return self._one(MV.c.digest == digest)
+
+    def latest_trained(self) -> ModelVersionRecord | None:
+        with self._db.tx(write=False) as conn:
+            row = conn.execute(
+                select(MV).where(MV.c.trained_at.is_not(None)).order_by(MV.c.trained_at.desc(), MV.c.id.desc()).limit(1)
+            ).one_or_none()
+            return None if row is None else _record(row)
+
+    def _one(self, condition: Any) -> ModelVersionRecord | None:
+        with self._db.tx(write=False) as conn:
+            row = conn.execute(select(MV).where(condition).order_by(MV.c.id).limit(1)).one_or_none()
+            return None if row is None else _record(row)
+
+    def versions(self) -> list[tuple[ModelVersionRecord, int]]:
+        """Every model version with its number of stored predictions, newest first."""
+        with self._db.tx(write=False) as conn:
+            counts = dict(
+                conn.execute(
+                    select(Prediction.model_version_id, func.count()).group_by(Prediction.model_version_id)
+                ).all()
+            )
+            rows = conn.execute(select(MV).order_by(MV.c.id.desc())).all()
+            return [(_record(r), int(counts.get(r.id, 0))) for r in rows]
+
+    def current(self) -> ModelVersionRecord | None:
+        with self._db.tx(write=False) as conn:
+            value = conn.execute(select(Setting.value).where(Setting.key == CURRENT_KEY)).scalar_one_or_none()
+            if value is None:
+                return None
+            row = conn.execute(select(MV).where(MV.c.id == int(value))).one_or_none()
+            return None if row is None else _record(row)
+
+    def set_current(self, model_version_id: int, note: str | None = None) -> None:
+        with self._db.tx() as conn:
+            self._set_current(conn, model_version_id, note)
+
+    def _set_current(self, conn: Connection, model_version_id: int, note: str | None) -> None:
+        conn.execute(update(ModelVersion).where(ModelVersion.status == "current").values(status="retired"))
+        values: dict[str, Any] = {"status": "current"}
+        if note is not None:
+            values["note"] = note
+        conn.execute(update(ModelVersion).where(ModelVersion.id == model_version_id).values(**values))
+        conn.execute(
+            self._db.insert(Setting)
+            .values(key=CURRENT_KEY, value=str(model_version_id))
+            .on_conflict_do_update(index_elements=["key"], set_={"value": str(model_version_id)})
+        )
+
+    def set_metrics(
+        self, model_version_id: int, metric_name: str, metric_value: float, metrics: dict[str, Any]
+    ) -> None:
+        """Record an evaluation of an existing version (e.g. the current model on the held-out set)."""
+        with self._db.tx() as conn:
+            conn.execute(
+                update(ModelVersion)
+                .where(ModelVersion.id == model_version_id)
+                .values(metric_name=metric_name, metric_value=metric_value, metrics=metrics)
+            )

@@ -1,0 +1,237 @@
+"""Every record the store reads or writes: plain frozen dataclasses (and one chunk builder), no SQL, no behaviour
+that needs a database. Arrays are numpy; ``store.blobs`` turns them into the stored bytes and back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+# -- pools and items ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownPath:
+    item_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str
+    size: int
+    mtime_ns: int
+    content_id: str
+    width: int | None = None  # from the header (EXIF-oriented), if readable
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemToScore:
+    item_id: int
+    path: str
+    width: int | None
+    height: int | None
+
+
+# -- model versions ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    id: int
+    version: str
+    source: str
+    format: str
+    task: str
+    class_names: list[str]
+    imgsz: int
+    embedding_dim: int | None
+    created_at: datetime
+    digest: str | None = None
+    weights_path: str | None = None
+    parent_id: int | None = None
+    status: str = "external"
+    metric_name: str | None = None
+    metric_value: float | None = None
+    metrics: dict[str, Any] | None = None
+    dataset_hash: str | None = None
+    n_labeled: int | None = None
+    note: str | None = None
+    trained_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Everything a trained model version is registered with, in one transaction."""
+
+    version: str
+    weights_path: str
+    digest: str
+    format: str
+    task: str
+    class_names: list[str]
+    imgsz: int
+    parent_id: int | None
+    metric_name: str
+    metric_value: float
+    metrics: dict[str, Any]
+    dataset_hash: str
+    n_labeled: int
+    note: str
+
+
+# -- scoring -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """One model output to store. Classification fills ``probs``; detection and segmentation fill the box arrays
+    (and ``polygons``). ``problem`` marks the output invalid (stored, never selected). The ``embedding`` of an invalid
+    output, or one that is not finite once stored (``store.blobs.EMBEDDING``), is left out: a NaN would poison every
+    distance it enters."""
+
+    item_id: int
+    width: int
+    height: int
+    problem: str | None = None
+    probs: NDArray[np.floating[Any]] | None = None  # (K,)
+    boxes: NDArray[np.floating[Any]] | None = None  # (n, 4) xyxy pixels
+    box_conf: NDArray[np.floating[Any]] | None = None  # (n,)
+    box_scores: NDArray[np.floating[Any]] | None = None  # (n, K)
+    polygons: Sequence[NDArray[np.floating[Any]]] | None = None  # n arrays of (m, 2) points
+    embedding: NDArray[np.floating[Any]] | None = None  # (D,)
+
+
+@dataclass
+class ScoredChunk:
+    """One chunk of scoring output, written in one transaction: model outputs and files that failed to decode."""
+
+    scored: list[ScoredItem] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # item id, reason
+
+    @property
+    def n_invalid(self) -> int:
+        return sum(s.problem is not None for s in self.scored)
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.scored) - self.n_invalid
+
+    def __len__(self) -> int:
+        return len(self.scored) + len(self.failures)
+
+
+@dataclass(frozen=True)
+class ClassificationScores:
+    item_ids: NDArray[np.int64]
+    probs: NDArray[np.float32]  # (N, K)
+
+
+@dataclass(frozen=True)
+class DetectionScores:
+    item_ids: NDArray[np.int64]
+    n_boxes: NDArray[np.int64]  # (N,)
+    box_conf: NDArray[np.float32]  # (B,)
+    box_scores: NDArray[np.float32]  # (B, K)
+
+    @property
+    def box_image_index(self) -> NDArray[np.int64]:
+        """Row of the image each box belongs to (aligned with ``item_ids``)."""
+        return np.repeat(np.arange(len(self.item_ids), dtype=np.int64), self.n_boxes)
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    item_id: int
+    width: int
+    height: int
+    probs: NDArray[np.float32] | None
+    boxes: NDArray[np.float32]  # (n, 4) xyxy pixels
+    box_conf: NDArray[np.float32]
+    box_scores: NDArray[np.float32]  # (n, K)
+    polygons: list[NDArray[np.float32]]
+
+
+# -- selections --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SelectedItem:
+    item_id: int
+    content_id: str
+    path: str
+    rank: int
+    score: float
+    cluster: int | None
+
+
+# -- labels ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabeledExample:
+    item_id: int
+    content_id: str
+    path: str  # absolute
+    labels: dict[str, Any]
+    width: int | None
+    height: int | None
+
+
+# -- Label Studio ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LSProjectRecord:
+    id: int
+    server: str
+    project_id: int
+    title: str
+    task: str
+    active_tag: str | None
+    ranking_signature: str | None
+    pulled_until: str | None
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    item_id: int
+    content_id: str
+    task_id: int
+    position: int | None
+    cluster: int | None
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    """A selected item not yet in the project."""
+
+    item_id: int
+    content_id: str
+    path: str
+    pool_root: str | None
+    selection_id: int
+    rank: int
+    score: float
+    cluster: int | None
+    strategy: str
+
+
+@dataclass(frozen=True)
+class PulledAnnotation:
+    annotation_id: int
+    task_id: int
+    item_id: int
+    was_cancelled: bool
+    annotator: str | None
+    lead_time: float | None
+    labels: dict[str, Any]
+    result: list[Any]
+    created_at: datetime | None
+    updated_at: datetime | None

@@ -1,0 +1,153 @@
+"""Scoring runs and what they write: every chunk of model outputs lands here in one transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+
+from store import blobs
+from store.db import Database
+from store.records import ScoredChunk
+from store.schema import Embedding, Item, ModelVersion, Prediction, ScoringRun, utcnow
+
+_PREDICTION_COLUMNS = (
+    "run_id",
+    "status",
+    "problem",
+    "width",
+    "height",
+    "probs",
+    "n_boxes",
+    "boxes",
+    "box_conf",
+    "box_scores",
+    "polygons",
+    "created_at",
+)
+
+
+class Runs:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def start(self, model_version_id: int, pool_id: int, n_todo: int, device: str, batch_size: int) -> int:
+        with self._db.tx() as conn:
+            return int(
+                conn.execute(
+                    insert(ScoringRun)
+                    .values(
+                        model_version_id=model_version_id,
+                        pool_id=pool_id,
+                        n_todo=n_todo,
+                        device=device,
+                        batch_size=batch_size,
+                        status="running",
+                        started_at=utcnow(),
+                        n_scored=0,
+                        n_failed=0,
+                        n_invalid=0,
+                    )
+                    .returning(ScoringRun.id)
+                ).scalar_one()
+            )
+
+    def write_chunk(self, run_id: int, model_version_id: int, chunk: ScoredChunk) -> None:
+        """Commit one chunk of results atomically: a crash loses at most the chunk in flight."""
+        now = utcnow()
+        predictions = [
+            {
+                "item_id": s.item_id,
+                "model_version_id": model_version_id,
+                "run_id": run_id,
+                "status": "invalid" if s.problem else "ok",
+                "problem": s.problem,
+                "width": s.width,
+                "height": s.height,
+                "created_at": now,
+                **blobs.prediction_columns(s.probs, s.boxes, s.box_conf, s.box_scores, s.polygons),
+            }
+            for s in chunk.scored
+        ]
+        embeddings = []
+        for s in chunk.scored:
+            # an invalid output's embedding is as untrustworthy as its scores
+            vector = None if s.embedding is None or s.problem else blobs.EMBEDDING.encode_finite(s.embedding)
+            if vector is not None:
+                embeddings.append({"item_id": s.item_id, "model_version_id": model_version_id, "vector": vector})
+        with self._db.tx() as conn:
+            if chunk.failures:
+                conn.execute(
+                    update(Item)
+                    .where(Item.id == bindparam("b_id"))
+                    .values(status="failed", failure=bindparam("b_reason")),
+                    [{"b_id": i, "b_reason": r} for i, r in chunk.failures],
+                )
+            if chunk.scored:
+                conn.execute(
+                    update(Item)
+                    .where(Item.id == bindparam("b_id"))
+                    .values(status="ok", failure=None, width=bindparam("b_w"), height=bindparam("b_h")),
+                    [{"b_id": s.item_id, "b_w": s.width, "b_h": s.height} for s in chunk.scored],
+                )
+                stmt = self._db.insert(Prediction)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["item_id", "model_version_id"],
+                    set_={c: getattr(stmt.excluded, c) for c in _PREDICTION_COLUMNS},
+                )
+                conn.execute(stmt, predictions)
+            if embeddings:
+                stmt = self._db.insert(Embedding)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["item_id", "model_version_id"], set_={"vector": stmt.excluded.vector}
+                )
+                conn.execute(stmt, embeddings)
+            conn.execute(
+                update(ScoringRun)
+                .where(ScoringRun.id == run_id)
+                .values(
+                    n_scored=ScoringRun.n_scored + chunk.n_valid,
+                    n_failed=ScoringRun.n_failed + len(chunk.failures),
+                    n_invalid=ScoringRun.n_invalid + chunk.n_invalid,
+                )
+            )
+
+    def finish(self, run_id: int, status: str, images_per_s: float | None) -> None:
+        with self._db.tx() as conn:
+            conn.execute(
+                update(ScoringRun)
+                .where(ScoringRun.id == run_id)
+                .values(status=status, finished_at=utcnow(), images_per_s=images_per_s)
+            )
+
+    def close_stale(self) -> int:
+        """Mark runs left 'running' as interrupted (their committed chunks stay). Only the holder of the run lock
+        may call this (``store.lock.RunLock`` does): anyone else could be closing a live run."""
+        with self._db.tx() as conn:
+            result = conn.execute(update(ScoringRun).where(ScoringRun.status == "running").values(status="interrupted"))
+            return int(result.rowcount or 0)
+
+    def recent(self, limit: int = 5) -> list[dict[str, Any]]:
+        stmt = (
+            select(ScoringRun.__table__, ModelVersion.version.label("model_version"))
+            .join(ModelVersion, ModelVersion.id == ScoringRun.model_version_id)
+            .order_by(ScoringRun.id.desc())
+            .limit(limit)
+        )
+        with self._db.tx(write=False) as conn:
+            return [
+                {
+                    "id": r.id,
+                    "model_version": r.model_version,
+                    "status": r.status,
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "scored": r.n_scored,
+                    "failed": r.n_failed,
+                    "invalid": r.n_invalid,
+                    "todo": r.n_todo,
+                    "device": r.device,
+                    "images_per_s": r.images_per_s,
+                }
+                for r in conn.execute(stmt)
+            ]
