@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cli import app
 from curation.errors import ExitCode
 from store import Store
+from tests.models import save_thumbnail_model
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSAL_S = 3.0  # issue 10's acceptance bound for "a second run exits 8 at once"
@@ -66,8 +67,10 @@ def _read_only_url(db_url: str) -> str:
 
 
 def test_read_only_commands_and_a_second_run_leave_a_live_run_alone(
-    db_url: str, tmp_path: Path, tiny_cls_model: Path, pool_dir: Path
+    db_url: str, tmp_path: Path, pool_dir: Path
 ) -> None:
+    # a TorchScript model fixed by construction: a real scoring run without training one first
+    model, model_cfg = save_thumbnail_model(tmp_path)
     release = tmp_path / "release"
     env = {
         **os.environ,
@@ -76,7 +79,7 @@ def test_read_only_commands_and_a_second_run_leave_a_live_run_alone(
         "CURATE_PAUSEPOINT": f"score-after-chunk:{release}",
     }
     env.pop("CURATE_FAILPOINT", None)
-    model_args = ["--pool", str(pool_dir), "--model", str(tiny_cls_model), "--db", db_url]
+    model_args = ["--pool", str(pool_dir), "--model", str(model), "--config", str(model_cfg), "--db", db_url]
     first = subprocess.Popen(
         [sys.executable, "-m", "cli", "score", *model_args, "--workers", "0", "--json"],
         env=env,

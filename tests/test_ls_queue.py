@@ -24,7 +24,7 @@ from curation.labelstudio.tasks import updated_tasks
 from curation.progress import NullProgress
 from curation.selection import build_strategy
 from store import Store
-from store.records import ModelVersionRecord, QueuedTask, ScannedFile, ScoredChunk
+from store.records import ModelVersionRecord, QueuedTask, ScannedFile, ScoredChunk, ScoredItem
 from tests.fake_labelstudio import FakeLabelStudio
 
 CLASSES = ["circle", "square", "triangle"]
@@ -100,24 +100,8 @@ def world(tmp_path: Path) -> World:
         # item k's top probability rises with k: entropy ranks the early items first
         p = np.full(3, (1 - (0.34 + 0.05 * k)) / 2, np.float32)
         p[k % 3] = 0.34 + 0.05 * k
-        chunk.predictions.append(
-            {
-                "item_id": i,
-                "status": "ok",
-                "problem": None,
-                "width": 64,
-                "height": 48,
-                "probs": p.astype("<f4").tobytes(),
-                "n_boxes": 0,
-                "boxes": None,
-                "box_conf": None,
-                "box_scores": None,
-                "polygons": None,
-            }
-        )
         e = rng.normal(size=4).astype(np.float32)
-        chunk.embeddings.append({"item_id": i, "vector": (e / np.linalg.norm(e)).astype("<f2").tobytes()})
-        chunk.decoded.append((i, 64, 48))
+        chunk.scored.append(ScoredItem(item_id=i, width=64, height=48, probs=p, embedding=e / np.linalg.norm(e)))
     run = store.runs.start(mv.id, pool_id, n, "cpu", 4)
     store.runs.write_chunk(run, mv.id, chunk)
     store.runs.finish(run, "completed", 1.0)

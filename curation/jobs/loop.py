@@ -15,34 +15,22 @@ from curation.jobs.train import fine_tune
 from curation.labelstudio.project import connect
 from curation.labelstudio.pull import pull
 from curation.progress import Progress
+from curation.reports import Report, rounded
 from curation.training.trainer import TrainingError
 from store import Store
 
 
 @dataclass
-class LoopReport:
+class LoopReport(Report):
     pulled: dict[str, Any] | None = None
+    training_error: str | None = None
     new_labels: int = 0
     training: dict[str, Any] | None = None
     current_model: str | None = None
     scoring: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    training_error: str | None = None
-    seconds: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "pulled": self.pulled,
-            "training_error": self.training_error,
-            "new_labels": self.new_labels,
-            "training": self.training,
-            "current_model": self.current_model,
-            "scoring": self.scoring,
-            "queue": self.queue,
-            "notes": self.notes,
-            "seconds": round(self.seconds, 2),
-        }
+    seconds: float = field(default=0.0, metadata=rounded(2))
 
 
 def loop(
