@@ -318,24 +318,3 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path, monkeypatch: py
         writer.execute("ROLLBACK")
         writer.close()
     store.close()
-
-
-def _imports(path: Path) -> set[str]:
-    import ast
-
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
-def test_the_store_owns_sql_and_never_imports_curation() -> None:
-    repo = Path(__file__).resolve().parents[1]
-    for path in (repo / "store").rglob("*.py"):
-        assert not any(n.split(".")[0] in {"curation", "cli"} for n in _imports(path)), path
-    outside = [repo / "cli.py", *(repo / "curation").rglob("*.py"), *(repo / "bench").rglob("*.py")]
-    for path in outside:
-        assert not any(n.split(".")[0] in {"sqlalchemy", "alembic"} for n in _imports(path)), path
