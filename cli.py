@@ -392,7 +392,7 @@ def demo(
             overrides[("label_studio", "document_root")] = (str(assets.root), "demo")
         try:
             settings = _settings(config, overrides)
-            with _store(settings, lock=False) as store:
+            with _store(settings, lock=True) as store:
                 outcome = job.select(
                     store, settings, budget=budget, out=Path(settings.select.out), push=push, progress=progress
                 )
@@ -669,7 +669,7 @@ def ls_init(
         overrides = _common(db, pool, model, model_version)
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
-        with _store(settings, lock=False) as store:
+        with _store(settings, lock=True) as store:
             info = job.ls_init(store, settings)
         if json_out:
             _print_json(info)
