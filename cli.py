@@ -664,12 +664,12 @@ def ls_init(
 ) -> None:
     """Create the Label Studio project from the model's task and classes, or check an existing one's labels."""
     with _handled(debug):
-        from curation.jobs import queue as job
-
         overrides = _common(db, pool, model, model_version)
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
+            from curation.jobs import queue as job  # once the lock is held: a refused run never loads torch
+
             info = job.ls_init(store, settings)
         if json_out:
             _print_json(info)
