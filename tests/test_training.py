@@ -11,6 +11,7 @@ from PIL import Image
 
 from curation.config import TrainSettings
 from curation.files import atomic_copy, atomic_path, atomic_write_text
+from curation.jobs.model import register_model
 from curation.training.dataset import (
     box_row,
     export_dataset,
@@ -171,19 +172,8 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
         for c, cls in truth.items()
     ]
     runtime = load_model(ModelSettings(path=str(tiny_cls_model)), resolve_device("cpu"), "fp32")
-    info = runtime.info
-    base = store.models.register(
-        version=info.version,
-        source=info.source,
-        format=info.format,
-        task=info.task,
-        class_names=info.class_names,
-        imgsz=info.imgsz,
-        embedding_dim=None,
-        digest=info.digest,
-        weights_path=info.source,
-    )
-    store.models.set_current(base.id, note="test")
+    base = register_model(store, runtime)  # the first model a database uses becomes current
+    assert (current := store.models.current()) is not None and current.id == base.id
     settings = TrainSettings(epochs=1, batch_size=16, device="cpu", promote="never")
     models = tmp_path / "models"
 
