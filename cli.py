@@ -33,7 +33,6 @@ app = typer.Typer(
     name="curate",
     help="Decide which images to label next, and keep Label Studio's queue in that order.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -119,9 +118,59 @@ class RichProgress:
         self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False)
 
 
+class PlainProgress:
+    """Progress for logs (stderr is not a terminal, e.g. cron): one plain line when a phase starts, one every
+    ``interval`` seconds while it runs, one when it ends; warnings print once each."""
+
+    def __init__(self, console: Console, interval: float = 10.0) -> None:
+        self.console = console
+        self.interval = interval
+        self._description: str | None = None
+        self._total: int | None = None
+        self._done = 0
+        self._rate: float | None = None
+        self._started = self._last = 0.0
+
+    def start(self, description: str, total: int | None) -> None:
+        import time
+
+        self.finish()
+        self._description, self._total, self._done, self._rate = description, total, 0, None
+        self._started = self._last = time.monotonic()
+        self._line("started")
+
+    def advance(self, amount: int = 1, rate: float | None = None) -> None:
+        import time
+
+        if self._description is None:
+            return
+        self._done += amount
+        self._rate = rate or self._rate
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._line(f"{now - self._started:.0f} s")
+
+    def finish(self) -> None:
+        import time
+
+        if self._description is not None:
+            self._line(f"done in {time.monotonic() - self._started:.1f} s")
+            self._description = None
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"warning: {message}", highlight=False)
+
+    def _line(self, when: str) -> None:
+        count = f"{self._done}/{self._total}" if self._total is not None else str(self._done)
+        rate = f", {self._rate:.1f} img/s" if self._rate else ""
+        self.console.print(f"{self._description}: {count}{rate} ({when})", highlight=False)
+
+
 @contextmanager
-def _handled(debug: bool) -> Iterator[None]:
-    """Translate library errors into one line and their documented exit code (``curation.errors.exit_code_for``)."""
+def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
+    """Translate library errors into one line and their documented exit code (``curation.errors.exit_code_for``);
+    under ``--json`` the error is also one JSON object on stdout, so a script always gets a document."""
     from curation.errors import ExitCode, exit_code_for
 
     try:
@@ -129,7 +178,10 @@ def _handled(debug: bool) -> Iterator[None]:
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        err_console.print("Interrupted: work done so far is saved; run the command again to continue.")
+        message = "Interrupted: work done so far is saved; run the command again to continue."
+        err_console.print(message)
+        if json_out:
+            _print_json({"error": message, "exit_code": ExitCode.INTERRUPTED})
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     except Exception as exc:
         code = exit_code_for(exc)
@@ -139,6 +191,8 @@ def _handled(debug: bool) -> Iterator[None]:
         err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, markup=True)
         if code == ExitCode.INTERNAL and not debug:
             err_console.print("This is a bug in curate; rerun with --debug for the traceback.")
+        if json_out:
+            _print_json({"error": message, "exit_code": code})
         raise typer.Exit(code) from None
 
 
@@ -178,8 +232,11 @@ def _emit(summary: dict[str, Any], json_out: bool, show: Callable[[dict[str, Any
         show(summary)
 
 
-def _progress() -> RichProgress:
-    return RichProgress(err_console, enabled=err_console.is_terminal)
+def _progress() -> RichProgress | PlainProgress:
+    """A progress bar on a terminal; plain periodic lines otherwise (cron logs)."""
+    if err_console.is_terminal:
+        return RichProgress(err_console, enabled=True)
+    return PlainProgress(err_console)
 
 
 def _print_scoring(summary: dict[str, Any]) -> None:
@@ -240,7 +297,7 @@ def score(
     debug: DebugOpt = False,
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
         with _store(settings, lock=True) as store:
             from curation.jobs import score as job  # once the lock is held: a refused run never loads torch
@@ -279,7 +336,7 @@ def select(
     debug: DebugOpt = False,
 ) -> None:
     """Score what is unscored, then select the BUDGET items most worth labeling next."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.jobs.common import wants_push
 
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
@@ -374,7 +431,7 @@ def demo(
 ) -> None:
     """Offline demo: generate a pool with broken files, train a tiny model, start a local Label Studio and push
     the selection into it as a prioritized queue."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.devtools.demo import DEMO_PROJECT, prepare_demo, start_demo_label_studio
         from curation.jobs import select as job
 
@@ -436,7 +493,7 @@ def status(
     debug: DebugOpt = False,
 ) -> None:
     """Show pool size, scored/failed/selected/labeled counts, model versions, scores and recent runs."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.jobs import status as job
 
         settings = _settings(config, _common(db, pool, None, model_version))
@@ -554,7 +611,7 @@ def push(
     debug: DebugOpt = False,
 ) -> None:
     """Push selected items that are not in the Label Studio project yet, as prioritized tasks with predictions."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         settings = _settings(config, _ls_overrides(db, project))
         with _store(settings, lock=True) as store:
             from curation.jobs import queue as job  # once the lock is held: a refused run never loads torch
@@ -585,7 +642,7 @@ def reprioritize(
     debug: DebugOpt = False,
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
@@ -627,7 +684,7 @@ def pull(
     debug: DebugOpt = False,
 ) -> None:
     """Fetch finished annotations (and skips) from Label Studio; labeled items are never selected again."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         settings = _settings(config, _ls_overrides(db, project))
         with _store(settings, lock=True) as store:
             from curation.jobs import pull as job  # once the lock is held: a refused run never loads torch
@@ -663,7 +720,7 @@ def ls_init(
     debug: DebugOpt = False,
 ) -> None:
     """Create the Label Studio project from the model's task and classes, or check an existing one's labels."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         overrides = _common(db, pool, model, model_version)
         overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
@@ -709,7 +766,7 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Fine-tune the current model on the labeled items; register it, promoted only if it beats the current one."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         overrides = _common(db, None, model)
         overrides.update(_train_overrides(epochs, imgsz, batch_size))
         settings = _settings(config, overrides)
@@ -745,7 +802,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list(db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Every model version: status, metric on the held-out split, parent, labels used."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
@@ -780,7 +837,7 @@ def models_show(
     debug: DebugOpt = False,
 ) -> None:
     """One model version in detail: weights, metrics, parent, dataset hash, classes."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
@@ -803,7 +860,7 @@ def models_promote(
     debug: DebugOpt = False,
 ) -> None:
     """Make VERSION the current model (used by score, select, reprioritize and loop from now on)."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         settings = _settings(config, _common(db))
         with _store(settings, lock=True) as store:
             from curation.jobs import registry as job  # once the lock is held: a refused run never loads torch
@@ -821,7 +878,7 @@ def models_current(
     db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
 ) -> None:
     """Print the current model version."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.jobs import registry as job
 
         settings = _settings(config, _common(db))
@@ -850,7 +907,7 @@ def loop(
     debug: DebugOpt = False,
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
-    with _handled(debug):
+    with _handled(debug, json_out):
         overrides = _common(db, pool, model)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
@@ -932,7 +989,7 @@ def simulate(
     debug: DebugOpt = False,
 ) -> None:
     """Learning curves of strategies against random on a labeled dataset: do they save labels on your data?"""
-    with _handled(debug):
+    with _handled(debug, json_out):
         from curation.simulate.simulation import SimulationConfig, fmt_fraction, plot_curves, simulate, write_json
 
         overrides = _common(db, None, None, None, device, batch_size, workers)
@@ -986,6 +1043,24 @@ def simulate(
                 + (f"; below random at {len(below)} round(s)" if below else "; never below random")
             )
         err_console.print(f"Wrote {out} and {picture}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out_console.print(f"curate {version('curate')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print curate's version and exit."),
+    ] = False,
+) -> None:
+    """Decide which images to label next, and keep Label Studio's queue in that order."""
 
 
 def main() -> None:

@@ -277,3 +277,38 @@ def test_exit_codes_follow_the_most_specific_error_type() -> None:
     assert exit_code_for(LabelStudioAuthError("x")) == ExitCode.AUTH
     assert exit_code_for(LabelStudioError("x")) == ExitCode.LABEL_STUDIO
     assert exit_code_for(KeyError("x")) == ExitCode.INTERNAL
+
+
+def test_version_and_shell_completion() -> None:
+    from importlib.metadata import version
+
+    code, out, _ = run("--version")
+    assert code == 0 and out.strip() == f"curate {version('curate')}"
+    code, out, _ = run("--help")
+    assert code == 0 and "--install-completion" in out and "--show-completion" in out
+
+
+def test_under_json_an_error_is_one_json_object_on_stdout_too(tmp_path: Path) -> None:
+    code, out, err = run("select", "--json", "--pool", str(tmp_path / "nope"), "--db", f"sqlite:///{tmp_path}/c.db")
+    assert_one_clean_error(code, err, ExitCode.NOT_FOUND, "nope")
+    assert json.loads(out) == {"error": err.split("Error: ", 1)[1].strip().replace("\n", " "), "exit_code": 3}
+
+
+def test_progress_in_a_log_is_plain_periodic_lines() -> None:
+    from rich.console import Console
+
+    from cli import PlainProgress
+
+    console = Console(record=True, width=200, force_terminal=False)
+    progress = PlainProgress(console, interval=0.0)
+    progress.start("scoring", 3)
+    progress.advance(1, rate=12.5)
+    progress.advance(2)
+    progress.warn("skipped a.jpg: corrupt")
+    progress.finish()
+    lines = console.export_text().splitlines()
+    assert lines[0] == "scoring: 0/3 (started)"
+    assert lines[1].startswith("scoring: 1/3, 12.5 img/s (") and lines[2].startswith("scoring: 3/3, 12.5 img/s (")
+    assert lines[3] == "warning: skipped a.jpg: corrupt"
+    assert lines[4].startswith("scoring: 3/3, 12.5 img/s (done in ") and len(lines) == 5
+    assert "\x1b" not in console.export_text(styles=False)
