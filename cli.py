@@ -173,6 +173,7 @@ def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
     under ``--json`` the error is also one JSON object on stdout, so a script always gets a document."""
     from curation.errors import ExitCode, exit_code_for
 
+    _printed_json.clear()
     try:
         yield
     except typer.Exit:
@@ -181,7 +182,7 @@ def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
         message = "Interrupted: work done so far is saved; run the command again to continue."
         err_console.print(message)
         if json_out:
-            _print_json({"error": message, "exit_code": ExitCode.INTERRUPTED})
+            _print_json_error(message, ExitCode.INTERRUPTED)
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     except Exception as exc:
         code = exit_code_for(exc)
@@ -192,7 +193,7 @@ def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
         if code == ExitCode.INTERNAL and not debug:
             err_console.print("This is a bug in curate; rerun with --debug for the traceback.")
         if json_out:
-            _print_json({"error": message, "exit_code": code})
+            _print_json_error(message, code)
         raise typer.Exit(code) from None
 
 
@@ -219,9 +220,20 @@ def _store(settings: Any, *, lock: bool) -> Iterator[Any]:
             yield store
 
 
+_printed_json: list[bool] = []  # set once this command has written its one JSON document
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    _printed_json.append(True)
+
+
+def _print_json_error(message: str, code: int) -> None:
+    """Under ``--json`` an error is a document too, unless the command already printed its own (``loop`` reports a
+    training failure inside its summary, then exits 10): stdout always holds exactly one document."""
+    if not _printed_json:
+        _print_json({"error": message, "exit_code": code})
 
 
 def _emit(summary: dict[str, Any], json_out: bool, show: Callable[[dict[str, Any]], None]) -> None:

@@ -312,3 +312,17 @@ def test_progress_in_a_log_is_plain_periodic_lines() -> None:
     assert lines[3] == "warning: skipped a.jpg: corrupt"
     assert lines[4].startswith("scoring: 3/3, 12.5 img/s (done in ") and len(lines) == 5
     assert "\x1b" not in console.export_text(styles=False)
+
+
+def test_a_command_that_printed_its_document_then_fails_keeps_one_document(capsys: pytest.CaptureFixture[str]) -> None:
+    """``loop`` prints its summary (with the training error in it), then exits 10: stdout stays one document."""
+    import typer
+
+    import cli
+    from curation.training.trainer import TrainingError
+
+    with pytest.raises(typer.Exit) as exit_info, cli._handled(False, json_out=True):
+        cli._print_json({"training_error": "boom"})
+        raise TrainingError("training failed: boom")
+    assert exit_info.value.exit_code == ExitCode.TRAINING
+    assert json.loads(capsys.readouterr().out) == {"training_error": "boom"}
