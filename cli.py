@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,16 +133,12 @@ class PlainProgress:
         self._started = self._last = 0.0
 
     def start(self, description: str, total: int | None) -> None:
-        import time
-
         self.finish()
         self._description, self._total, self._done, self._rate = description, total, 0, None
         self._started = self._last = time.monotonic()
         self._line("started")
 
     def advance(self, amount: int = 1, rate: float | None = None) -> None:
-        import time
-
         if self._description is None:
             return
         self._done += amount
@@ -152,8 +149,6 @@ class PlainProgress:
             self._line(f"{now - self._started:.0f} s")
 
     def finish(self) -> None:
-        import time
-
         if self._description is not None:
             self._line(f"done in {time.monotonic() - self._started:.1f} s")
             self._description = None
@@ -479,7 +474,6 @@ def demo(
                 )
                 if serve:
                     err_console.print("Press Ctrl-C to stop Label Studio.")
-                    import time
 
                     try:
                         while server.is_running():
