@@ -157,9 +157,13 @@ class PlainProgress:
         self.console.print(f"warning: {message}", highlight=False)
 
     def _line(self, when: str) -> None:
-        count = f"{self._done}/{self._total}" if self._total is not None else str(self._done)
-        rate = f", {self._rate:.1f} img/s" if self._rate else ""
-        self.console.print(f"{self._description}: {count}{rate} ({when})", highlight=False)
+        parts = []
+        if self._total is not None or self._done:  # a phase that counts nothing (training) shows only its time
+            parts.append(f"{self._done}/{self._total}" if self._total is not None else str(self._done))
+        if self._rate:
+            parts.append(f"{self._rate:.1f} img/s")
+        counts = ", ".join(parts)
+        self.console.print(f"{self._description}: {counts + ' ' if counts else ''}({when})", highlight=False)
 
 
 @contextmanager
