@@ -253,7 +253,7 @@ def _progress() -> RichProgress | PlainProgress:
 def _print_scoring(summary: dict[str, Any]) -> None:
     line = (
         f"Scored {summary['scored']} new item(s) with [bold]{escape(summary['model_version'])}[/bold] "
-        f"({summary['task']}, {summary['device']})"
+        f"({summary['task']}, {summary['device'] or 'model not loaded: nothing to score'})"
     )
     if summary["scored"] or summary["failed"]:
         line += f" at {summary['images_per_s']:.1f} img/s"

@@ -6,18 +6,17 @@ time (what light commands import).
 - only ``store`` imports SQLAlchemy and Alembic; only ``curation.labelstudio`` imports the Label Studio SDK;
 - dev tooling (``curation.devtools``: demo, synthetic data, the local Label Studio) is never imported by the
   library — only ``cli.py``'s demo command, the benchmarks and the tests use it;
-- ``status``, ``models list`` and ``--help`` never import torch.
+- ``status``, ``models list`` and ``--help`` never import torch (nor does an idle ``loop`` turn: tests/test_loop.py).
 """
 
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.imports import heavy_imports
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("curation", "store", "strategies", "bench")
@@ -97,25 +96,6 @@ def test_dev_tooling_is_never_imported_by_the_library() -> None:
     assert _offenders(("curation.devtools", "cli", "bench"), ("curation.devtools",), outside=True) == []
 
 
-def _imported_by(args: list[str], tmp_path: Path) -> tuple[int, list[str], str]:
-    """Run ``curate ARGS`` in a fresh interpreter; return its exit code, the heavy modules it imported, output."""
-    script = (
-        "import json, sys\n"
-        "from typer.testing import CliRunner\n"
-        "import cli\n"
-        f"result = CliRunner().invoke(cli.app, {args!r})\n"
-        "heavy = sorted(m for m in ('torch', 'ultralytics', 'faiss', 'torchvision', 'label_studio_sdk') "
-        "if m in sys.modules)\n"
-        "print(json.dumps({'code': result.exit_code, 'heavy': heavy, 'output': result.output}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout.strip().splitlines()[-1])
-    return data["code"], data["heavy"], data["output"]
-
-
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["status", "--json"], ["models", "list", "--json"], ["models", "current"], ["select", "--help"]],
@@ -123,7 +103,7 @@ def _imported_by(args: list[str], tmp_path: Path) -> tuple[int, list[str], str]:
 def test_light_commands_do_not_import_torch(args: list[str], tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'curate.db'}"
     full = args if "--help" in args else [*args, "--db", db]
-    code, heavy, output = _imported_by(full, tmp_path)
+    code, heavy, stdout, stderr = heavy_imports(full, tmp_path)
     # ``models current`` on an empty registry fails cleanly (exit 3); everything else succeeds
-    assert code == (3 if args == ["models", "current"] else 0), output
+    assert code == (3 if args == ["models", "current"] else 0), stdout + stderr
     assert heavy == [], f"curate {' '.join(args)} imported {heavy}"

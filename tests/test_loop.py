@@ -21,6 +21,7 @@ from curation.devtools.synthetic import SHAPES, classification_image
 from curation.errors import ExitCode
 from store import Store
 from store.lock import RunLock
+from tests.imports import heavy_imports
 from tests.ls_support import LSApi
 from tests.models import save_thumbnail_model
 
@@ -146,6 +147,22 @@ def test_loop_trains_registers_promotes_only_when_better_and_reorders(
     second = curate_json("train", *common)
     assert not second["trained"] and "identical to " + first["version"] in second["reason"]
     assert len(curate_json("models", "list", *common)["versions"]) == len(models["versions"]) + 1
+
+
+def test_an_idle_turn_loads_neither_torch_nor_the_model(setup: dict[str, Any], tmp_path: Path) -> None:
+    """Cron runs the loop every few minutes; a turn with nothing new must cost a pool scan and a few queries."""
+    s = setup
+    common = ["--config", s["cfg"], "--db", s["db"]]
+    curate_json("select", "--model", s["model"], "--budget", "10", *common)
+    curate_json("loop", *common)  # the first turn may re-rank; the next one has nothing to do
+    code, heavy, stdout, stderr = heavy_imports(["loop", "--json", *common], tmp_path)
+    assert code == 0, stderr
+    assert not {"torch", "ultralytics", "faiss", "torchvision"} & set(heavy), f"an idle loop imported {heavy}"
+    idle = json.loads(stdout)
+    assert idle["scoring"]["scored"] == 0 and idle["scoring"]["device"] is None and not idle["queue"]["changed"]
+    # a new image is work again: the model is loaded and scores exactly that one
+    classification_image(np.random.default_rng(7), "circle", 64).save(s["pool"] / "new.jpg")
+    assert curate_json("loop", *common)["scoring"]["scored"] == 1
 
 
 def test_wrong_labels_are_not_promoted_when_not_better(setup: dict[str, Any], api: LSApi) -> None:

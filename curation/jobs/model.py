@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from curation.config import ModelSettings, Settings
 from curation.errors import ModelLoadError
 from curation.integrations.mlflow import is_registry_uri
-from curation.scoring.runtime import DetectionOptions, ModelRuntime, load_model, resolve_device
 from store import Store
 from store.records import ModelVersionRecord
+
+if TYPE_CHECKING:  # the runtime imports torch: only a job that really runs the model loads it
+    from curation.scoring.runtime import ModelRuntime
 
 
 def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
@@ -34,9 +37,22 @@ def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
     return model.model_copy(update={"path": path, "version": model.version or current.version})
 
 
+def registered_model(settings: Settings, store: Store) -> ModelVersionRecord | None:
+    """The registry's record of the model a job would run, when that is known without loading it: the current
+    model (or ``model.version``) when no ``model.path`` is given. ``None`` means: load the model to find out."""
+    model = settings.model
+    if model.path:
+        return None  # a file's version is the digest of its weights: only loading it tells
+    if model.version:
+        return store.models.get(model.version)
+    return store.models.current()
+
+
 def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime:
     """Load the model (see ``model_settings``) on the configured device and learn its embedding size with one
     warm-up batch. Weights the database already knows keep their registered version name."""
+    from curation.scoring.runtime import DetectionOptions, load_model, resolve_device
+
     device = resolve_device(settings.scoring.device)
     chosen = model_settings(settings, store)
     runtime = load_model(

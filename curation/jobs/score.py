@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation.config import Settings
-from curation.jobs.model import load_runtime, register_model
+from curation.jobs.model import load_runtime, register_model, registered_model
 from curation.progress import NullProgress, Progress
-from curation.scoring.engine import ScoreJob, ScoringReport, score_items
 from curation.scoring.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
-from curation.scoring.runtime import ModelRuntime
+from curation.scoring.summary import ScoringReport
 from store import Store
 from store.records import ModelVersionRecord
+
+if TYPE_CHECKING:
+    from curation.scoring.runtime import ModelRuntime
 
 
 @dataclass
@@ -21,7 +23,7 @@ class ScoreOutcome:
     pool_id: int
     scan: ScanReport
     model: ModelVersionRecord
-    device: str
+    device: str | None  # None: nothing to score, so the model was never loaded
     scoring: ScoringReport
 
     def summary(self) -> dict[str, Any]:
@@ -76,9 +78,18 @@ def score(
     progress: Progress | None = None,
     runtime: ModelRuntime | None = None,
 ) -> ScoreOutcome:
-    """Scan the pool and score every item the current model version has not scored yet."""
+    """Scan the pool and score every item the current model version has not scored yet.
+
+    When the registry already knows the model and every item has its score, the model is never loaded (nor torch
+    imported): an idle cron turn costs a pool scan and a few queries."""
     progress = progress or NullProgress()
     source, pool_id, scan_report = scan(store, settings, progress)
+    if runtime is None and not rescore:
+        known = registered_model(settings, store)
+        if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
+            return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport())
+    from curation.scoring.engine import ScoreJob, score_items
+
     runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
     todo = store.items.to_score(pool_id, mv.id, rescore=rescore)

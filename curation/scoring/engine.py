@@ -22,6 +22,7 @@ from curation.faults import checkpoint
 from curation.progress import NullProgress, Progress
 from curation.scoring.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
 from curation.scoring.runtime import ItemOutput, ModelInfo, ModelRuntime, torch_threads
+from curation.scoring.summary import ScoringReport
 from store import Store
 from store.records import ScoredChunk, ScoredItem
 
@@ -148,24 +149,6 @@ def default_threads(requested: int | None, workers: int, task: str) -> int:
         return requested
     cores = _cores()
     return max(1, cores - workers) if task == "classify" else cores
-
-
-@dataclass
-class ScoringReport:
-    todo: int = 0
-    scored: int = 0
-    failed: int = 0
-    invalid: int = 0
-    seconds: float = 0.0
-    run_id: int | None = None
-    interrupted: bool = False
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
-
-    @property
-    def images_per_s(self) -> float:
-        done = self.scored + self.invalid + self.failed
-        return done / self.seconds if self.seconds > 0 else 0.0
 
 
 def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry) -> ScoredItem:

@@ -1,0 +1,23 @@
+"""What one scoring run did, kept apart from the engine so that a run with nothing to score never imports torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ScoringReport:
+    todo: int = 0
+    scored: int = 0
+    failed: int = 0
+    invalid: int = 0
+    seconds: float = 0.0
+    run_id: int | None = None
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
+
+    @property
+    def images_per_s(self) -> float:
+        done = self.scored + self.invalid + self.failed
+        return done / self.seconds if self.seconds > 0 else 0.0
