@@ -200,9 +200,9 @@ Overrides = dict[tuple[str, ...], tuple[Any, str]]
 
 
 def _settings(config: Path | None, overrides: Overrides) -> Any:
-    from curation.config import load_settings
+    from curation.config import load_cli_settings
 
-    return load_settings(config, overrides)
+    return load_cli_settings(config, overrides)
 
 
 @contextmanager

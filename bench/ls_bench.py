@@ -60,15 +60,17 @@ def main() -> None:
         server = start_local_label_studio(root, data_dir=Path(tmp) / "ls")
         try:
             overrides = {
-                ("db",): (f"sqlite:///{tmp}/bench.db", "x"),
-                ("pool", "path"): (str(pool), "x"),
-                ("model", "path"): ("yolov8n-cls.yaml", "x"),
-                ("model", "imgsz"): (32, "x"),
-                ("label_studio", "url"): (server.url, "x"),
-                ("label_studio", "api_key"): (server.api_key, "x"),
-                ("label_studio", "project"): ("bench-queue", "x"),
-                ("label_studio", "document_root"): (str(root), "x"),
-                ("label_studio", "import_chunk"): (1000, "x"),
+                "db": f"sqlite:///{tmp}/bench.db",
+                "pool.path": str(pool),
+                "model.path": "yolov8n-cls.yaml",
+                "model.imgsz": 32,
+                "label_studio": {
+                    "url": server.url,
+                    "api_key": server.api_key,
+                    "project": "bench-queue",
+                    "document_root": str(root),
+                    "import_chunk": 1000,
+                },
             }
             settings = load_settings(None, overrides, environ={})
             recorded: list[dict[str, Any]] = []

@@ -72,14 +72,14 @@ def bench_curate(
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {
-            ("db",): (f"sqlite:///{tmp}/bench.db", "--db"),
-            ("pool", "path"): (str(pool), "--pool"),
-            ("model", "path"): (model_path, "--model"),
-            ("model", "imgsz"): (imgsz, "--imgsz"),
-            ("scoring", "device"): (device, "--device"),
-            ("scoring", "batch_size"): (batch, "--batch-size"),
-            ("scoring", "workers"): (workers, "--workers"),
-            ("scoring", "precision"): (precision, "--precision"),
+            "db": f"sqlite:///{tmp}/bench.db",
+            "pool.path": str(pool),
+            "model.path": model_path,
+            "model.imgsz": imgsz,
+            "scoring.device": device,
+            "scoring.batch_size": batch,
+            "scoring.workers": workers,
+            "scoring.precision": precision,
         }
         settings = load_settings(None, overrides, environ={})
         runtime = curation.jobs.model.load_runtime(settings)

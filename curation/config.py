@@ -1,11 +1,12 @@
 """Configuration: one validated ``Settings`` object built from four layers.
 
-Precedence (highest first): command-line flag > ``CURATE_*`` environment variable > ``--config FILE`` (YAML) >
-built-in default. Nested keys use ``__`` in environment variables (``CURATE_SCORING__BATCH_SIZE=64``). Label Studio's
-own variables ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``).
+Precedence (highest first): command-line flag (or, from Python, an override passed to ``load_settings``) >
+``CURATE_*`` environment variable > ``--config FILE`` (YAML) > built-in default. Nested keys use ``__`` in
+environment variables (``CURATE_SCORING__BATCH_SIZE=64``). Label Studio's own variables ``LABEL_STUDIO_URL`` and
+``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``).
 
-Validation happens once, here. Every error names the key and the layer it came from (the file, the variable or the
-flag), so a user can fix it without reading a traceback.
+Validation happens once, here. Every error names the key and the layer it came from (the file, the variable, the
+flag or the override), so a user can fix it without reading a traceback.
 """
 
 from __future__ import annotations
@@ -313,12 +314,14 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``top`` into ``base`` section by section; mappings are copied, so a caller's dicts are never edited."""
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         else:
-            base[key] = dict(value) if isinstance(value, Mapping) else value
+            base[key] = _merge({}, value) if isinstance(value, Mapping) else value
+    return base
 
 
 def _has(data: Mapping[str, Any], path: tuple[str | int, ...]) -> bool:
@@ -345,34 +348,81 @@ def _valid_keys(loc: tuple[str | int, ...]) -> list[str]:
 
 def load_settings(
     config_file: str | Path | None = None,
-    overrides: Mapping[tuple[str, ...], tuple[Any, str]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build validated settings. ``overrides`` maps a key path to ``(value, flag name)`` for set CLI flags."""
+    """Build validated settings from the four layers, the way ``curate`` does: ``overrides`` > ``CURATE_*``
+    environment variables > the config file > built-in defaults.
+
+    ``overrides`` maps config keys to values, as dotted paths or nested mappings (they may be mixed):
+    ``{"pool.path": "images/", "select.budget": 10}`` and ``{"pool": {"path": "images/"}, "select": {"budget":
+    10}}`` mean the same. A value is taken as given (``None`` too); a mapping merges into the section below it
+    rather than replacing it. ``config_file`` defaults to ``$CURATE_CONFIG``, then ``./curate.yaml`` if it exists;
+    ``environ`` defaults to ``os.environ`` (pass ``{}`` to ignore the environment).
+
+    Raises:
+        ConfigError: an unknown or invalid key; the message names it and the layer it came from.
+    """
+    layer: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for key, value in (overrides or {}).items():
+        path = _override_path(key)
+        nested: dict[str, Any] = {}
+        _set(nested, path, value)
+        _merge(layer, nested)
+        origins[path] = f"override {'.'.join(path)!r}"
+    return _load(config_file, layer, origins, environ)
+
+
+def load_cli_settings(
+    config_file: str | Path | None,
+    flags: Mapping[tuple[str, ...], tuple[Any, str]],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """``load_settings`` for ``cli.py``: ``flags`` maps a key path to ``(value, flag name)``, so that an error names
+    the flag the user typed; a flag left unset (``None``) does not override."""
+    layer: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for key_path, (value, flag) in flags.items():
+        if value is None:
+            continue
+        _set(layer, key_path, value)
+        origins[key_path] = f"option {flag}"
+    return _load(config_file, layer, origins, environ)
+
+
+def _override_path(key: object) -> tuple[str, ...]:
+    """``"select.budget"`` -> ``("select", "budget")``, refusing what cannot be a config key."""
+    if not isinstance(key, str):
+        raise ConfigError(f"override keys are config key names such as 'select.budget', not {key!r}")
+    parts = tuple(key.split("."))
+    if not all(parts):
+        raise ConfigError(f"override key {key!r} is not a config key name such as 'select.budget'")
+    return parts
+
+
+def _load(
+    config_file: str | Path | None,
+    top: dict[str, Any],
+    top_origins: dict[tuple[str, ...], str],
+    environ: Mapping[str, str] | None,
+) -> Settings:
     environ = os.environ if environ is None else environ
     path = find_config_file(config_file, environ)
     file_data = _read_yaml(path) if path is not None else {}
     env_data, env_origins = _env_layer(environ)
-    cli_data: dict[str, Any] = {}
-    cli_origins: dict[tuple[str, ...], str] = {}
-    for key_path, (value, flag) in (overrides or {}).items():
-        if value is None:
-            continue
-        _set(cli_data, key_path, value)
-        cli_origins[key_path] = f"option {flag}"
 
     merged: dict[str, Any] = {}
     _merge(merged, file_data)
     _merge(merged, env_data)
-    _merge(merged, cli_data)
+    _merge(merged, top)
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path, file_data, env_origins, cli_origins)) from None
+        raise ConfigError(_describe(exc, path, file_data, env_origins, top_origins)) from None
     if path is not None:
-        _resolve_file_paths(
-            settings, path.parent, [k for k in _FILE_PATHS if _from_file(k, file_data, env_data, cli_data)]
-        )
+        _resolve_file_paths(settings, path.parent, [k for k in _FILE_PATHS if _from_file(k, file_data, env_data, top)])
     return settings
 
 
@@ -389,8 +439,8 @@ _FILE_PATHS = [
 ]
 
 
-def _from_file(key: tuple[str, ...], file_data: Any, env_data: Any, cli_data: Any) -> bool:
-    return _has(file_data, key) and not _has(env_data, key) and not _has(cli_data, key)
+def _from_file(key: tuple[str, ...], file_data: Any, env_data: Any, override_data: Any) -> bool:
+    return _has(file_data, key) and not _has(env_data, key) and not _has(override_data, key)
 
 
 def _resolve_file_paths(settings: Settings, base: Path, keys: list[tuple[str, ...]]) -> None:
@@ -419,13 +469,13 @@ def _describe(
     path: Path | None,
     file_data: Mapping[str, Any],
     env_origins: Mapping[tuple[str, ...], str],
-    cli_origins: Mapping[tuple[str, ...], str],
+    override_origins: Mapping[tuple[str, ...], str],
 ) -> str:
     lines = []
     for err in exc.errors():
         loc = _trim_loc(tuple(err["loc"]), keep_unknown=err["type"] == "extra_forbidden")
         key = ".".join(str(p) for p in loc)
-        origin = _origin(loc, path, file_data, env_origins, cli_origins)
+        origin = _origin(loc, path, file_data, env_origins, override_origins)
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(loc)
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
@@ -466,10 +516,10 @@ def _origin(
     path: Path | None,
     file_data: Mapping[str, Any],
     env_origins: Mapping[tuple[str, ...], str],
-    cli_origins: Mapping[tuple[str, ...], str],
+    override_origins: Mapping[tuple[str, ...], str],
 ) -> str:
     str_loc = tuple(str(p) for p in loc)
-    for origins in (cli_origins, env_origins):
+    for origins in (override_origins, env_origins):
         for depth in range(len(str_loc), 0, -1):
             prefix = str_loc[:depth]
             if prefix in origins:

@@ -49,6 +49,21 @@ class Items:
                 out.update({c: int(i) for c, i in rows})
         return out
 
+    def paths(self, pool_id: int, item_ids: Sequence[int]) -> list[str]:
+        """Each item's path in the pool (relative to its root; the first if it has several), aligned with
+        ``item_ids``; ``""`` for an item that is not in the pool."""
+        found: dict[int, str] = {}
+        ids = [int(i) for i in item_ids]
+        with self._db.tx(write=False) as conn:
+            for start in range(0, len(ids), BATCH):
+                rows = conn.execute(
+                    select(ItemPath.item_id, func.min(ItemPath.path))
+                    .where(ItemPath.pool_id == pool_id, ItemPath.item_id.in_(ids[start : start + BATCH]))
+                    .group_by(ItemPath.item_id)
+                )
+                found.update({int(i): str(path) for i, path in rows})
+        return [found.get(i, "") for i in ids]
+
     def taken(self, pool_id: int | None = None) -> NDArray[np.int64]:
         """Items already taken — selected, queued in Label Studio or labeled — (in the pool, if given): diversity
         strategies cover around them and near-duplicate suppression avoids them."""

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import load_settings
+from curation.config import load_cli_settings, load_settings
 from curation.errors import ConfigError
 
 
@@ -24,8 +24,9 @@ def test_defaults_without_any_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
     cfg = write(tmp_path / "c.yaml", "scoring:\n  batch_size: 8\n  device: cpu\nstrategy:\n  name: margin\n")
     env = {"CURATE_SCORING__BATCH_SIZE": "16", "CURATE_STRATEGY__SEED": "5"}
-    s = load_settings(cfg, {("scoring", "batch_size"): (64, "--batch-size")}, environ=env)
+    s = load_cli_settings(cfg, {("scoring", "batch_size"): (64, "--batch-size")}, environ=env)
     assert s.scoring.batch_size == 64  # flag
+    assert load_settings(cfg, {"scoring.batch_size": 32}, environ=env).scoring.batch_size == 32  # Python override
     assert s.strategy.seed == 5  # env over default
     assert s.strategy.name == "margin"  # file over default
     assert s.scoring.device == "cpu"
@@ -37,7 +38,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 
 def test_unset_flags_do_not_override(tmp_path: Path) -> None:
     cfg = write(tmp_path / "c.yaml", "db: sqlite:///x.db\n")
-    s = load_settings(cfg, {("db",): (None, "--db")}, environ={})
+    s = load_cli_settings(cfg, {("db",): (None, "--db")}, environ={})
     assert s.db == f"sqlite:///{(tmp_path / 'x.db').resolve()}"  # the file's value (relative to the file)
 
 
@@ -53,7 +54,7 @@ def test_error_names_env_variable_and_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CURATE_SCORING__WORKERS"):
         load_settings(None, {}, environ={"CURATE_SCORING__WORKERS": "-3"})
     with pytest.raises(ConfigError, match="--batch-size"):
-        load_settings(None, {("scoring", "batch_size"): (0, "--batch-size")}, environ={})
+        load_cli_settings(None, {("scoring", "batch_size"): (0, "--batch-size")}, environ={})
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
@@ -120,8 +121,11 @@ def test_every_relative_path_in_a_config_file_is_relative_to_it(
     s = load_settings(other, {}, environ={})
     assert s.model.path == "yolov8n-cls.yaml" and s.db == "postgresql+psycopg://u:pw@h/db"
     # flags and environment variables stay relative to the working directory
-    s = load_settings(cfg, {("select", "out"): ("x.csv", "--out")}, environ={"CURATE_DB": "sqlite:///here.db"})
+    s = load_cli_settings(cfg, {("select", "out"): ("x.csv", "--out")}, environ={"CURATE_DB": "sqlite:///here.db"})
     assert s.select.out == "x.csv" and s.db == "sqlite:///here.db"
+    # so do Python overrides
+    s = load_settings(cfg, {"select.out": "x.csv", "model": {"path": "best.pt"}}, environ={})
+    assert s.select.out == "x.csv" and s.model.path == "best.pt"
 
 
 def test_detection_empty_policy_values() -> None:
@@ -168,3 +172,40 @@ def test_default_yaml_is_the_built_in_defaults(tmp_path: Path, monkeypatch: pyte
 
     assert flat(documented) == flat(built_in)
     assert len(flat(built_in)) > 40  # the comparison walked the whole tree
+
+
+# -- the Python API: plain overrides -----------------------------------------------------------------------------
+
+
+def test_dotted_and_nested_overrides_mean_the_same(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "pool:\n  hash_workers: 2\nselect:\n  budget: 7\n")
+    dotted = load_settings(cfg, {"pool.path": "/data/images", "select.budget": 10}, environ={})
+    nested = load_settings(cfg, {"pool": {"path": "/data/images"}, "select": {"budget": 10}}, environ={})
+    assert dotted.model_dump() == nested.model_dump()
+    assert dotted.pool.path == "/data/images" and dotted.select.budget == 10
+    assert dotted.pool.hash_workers == 2  # a nested mapping merges into the file's section, not replacing it
+
+
+def test_mixed_overrides_merge_and_leave_the_callers_dicts_alone() -> None:
+    options = {"hybrid": {"weight": 0.3}}
+    given = {"strategy": {"name": "hybrid", "options": options}, "strategy.options.hybrid.weight": 0.7}
+    s = load_settings(None, given, environ={})
+    assert s.strategy.name == "hybrid" and s.strategy.options_for("hybrid")["weight"] == 0.7
+    assert options == {"hybrid": {"weight": 0.3}}  # the caller's mapping was copied, not edited
+
+
+def test_an_override_is_taken_as_given_none_included(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "select:\n  out: sel.jsonl\n")
+    assert load_settings(cfg, {}, environ={}).select.out is not None
+    assert load_settings(cfg, {"select.out": None}, environ={}).select.out is None
+
+
+def test_override_errors_name_the_override() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'select.budgt' \(from override 'select.budgt'\); did"):
+        load_settings(None, {"select.budgt": 3}, environ={})
+    with pytest.raises(ConfigError, match=r"invalid config key 'select.budget' \(from override 'select'\)"):
+        load_settings(None, {"select": {"budget": 0}}, environ={})
+    with pytest.raises(ConfigError, match="not a config key name"):
+        load_settings(None, {"select..budget": 3}, environ={})
+    with pytest.raises(ConfigError, match="override keys are config key names"):
+        load_settings(None, {("select", "budget"): (3, "--budget")}, environ={})  # type: ignore[dict-item]

@@ -453,9 +453,7 @@ def test_a_file_that_vanishes_before_scoring_is_retried_not_failed(tmp_path: Pat
     pool = tmp_path / "pool"
     make_pool(pool, n=4, size=48, seed=12)
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    settings = load_settings(
-        None, {("pool", "path"): (str(pool), "--pool"), ("model", "path"): (str(tiny_cls_model), "--model")}
-    )
+    settings = load_settings(None, {"pool.path": str(pool), "model.path": str(tiny_cls_model)})
     store = Store.open(url)
     source, pool_id, _ = curation.jobs.score.scan(store, settings)
     mv = curation.jobs.model.register_model(store, curation.jobs.model.load_runtime(settings, store))

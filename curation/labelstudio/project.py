@@ -26,6 +26,11 @@ def connect(cfg: LabelStudioSettings) -> LabelStudioClient:
     if not cfg.url:
         raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (or label_studio.url)")
     key = cfg.api_key.get_secret_value() if cfg.api_key else ""
+    if not key.strip():
+        raise ConfigError(
+            "no Label Studio API key: set LABEL_STUDIO_API_KEY (or label_studio.api_key); "
+            "create one in Label Studio under Account & Settings > Access Token"
+        )
     client = LabelStudioClient(cfg.url, key, timeout=cfg.timeout)
     client.whoami()
     return client
