@@ -591,6 +591,51 @@ def _print_status(report: dict[str, Any]) -> None:
             out_console.print(f"  {f['path']}: {f['reason']}", highlight=False)
 
 
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (self-contained).")] = Path(
+        "report.html"
+    ),
+    png: Annotated[Path | None, typer.Option("--png", help="Also write each figure as DIR/<name>.png.")] = None,
+    simulation: Annotated[
+        Path | None, typer.Option("--simulation", help="Add the learning curves of a curate simulate result (JSON).")
+    ] = None,
+    pool: PoolOpt = None,
+    model_version: Annotated[
+        str | None,
+        typer.Option("--model-version", help="Report on this version (default: the current one)."),
+    ] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write one self-contained HTML report: pool and queue health, uncertainty, an embedding map, class balance,
+    the model versions and simulated learning curves."""
+    with _handled(debug, json_out):
+        from curation.jobs import report as job
+
+        settings = _settings(config, _common(db, pool, None, model_version))
+        with _store(settings, lock=False) as store:
+            outcome = job.report(store, settings, out=out, png_dir=png, simulation=simulation)
+        _emit(outcome.summary(), json_out, _print_report)
+
+
+def _print_report(summary: dict[str, Any]) -> None:
+    if summary["empty"]:
+        err_console.print("The database is empty (nothing scanned or scored yet); the report says so.")
+    figures = summary["figures"]
+    err_console.print(
+        f"Wrote {summary['out']} ({summary['size_kib']:.0f} KiB, {len(figures)} figure(s)"
+        + (f": {', '.join(figures)})" if figures else ")"),
+        highlight=False,
+    )
+    for path in summary["png"]:
+        err_console.print(f"  {path}", highlight=False)
+    for note in summary["notes"]:
+        err_console.print(f"  note: {note}", highlight=False)
+
+
 def _ranking_overrides(
     strategy: str | None, balance: bool | None, min_distance: float | None, project: str | None
 ) -> Overrides:

@@ -54,6 +54,13 @@ class ModelLoadError(CurateError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class InputFileError(CurateError):
+    """A file given on the command line to read from (``report --simulation``) is missing, unreadable or not what
+    it should be."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
 class ModelOutputError(CurateError):
     """The model runs but its output cannot be used (wrong shape, unknown task)."""
 

@@ -4,6 +4,7 @@ shows."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,7 +13,7 @@ from sqlalchemy import exists, func, select, union
 from store.db import BATCH, Database
 from store.pools import pool_items
 from store.records import ItemToScore
-from store.schema import Annotation, Item, ItemPath, LSTask, Prediction, SelectionItem
+from store.schema import Annotation, Item, ItemPath, LSTask, Pool, Prediction, SelectionItem
 
 
 class Items:
@@ -156,3 +157,44 @@ class Items:
                 "skipped": tasks("skipped"),
                 "labeled": int(conn.execute(labeled).scalar_one()),
             }
+
+    def states(self, pool_id: int | None = None) -> dict[str, NDArray[np.int64]]:
+        """Sorted item ids (in the pool, if given) that were ever ``selected``, whose task is ``queued`` or
+        ``skipped`` in a Label Studio project, and that are ``labeled`` (a non-cancelled annotation). An item can be
+        in several: a labeled item was selected and queued first."""
+
+        def ids(stmt: Any, column: Any) -> Any:
+            if pool_id is not None:
+                stmt = stmt.where(exists().where(ItemPath.item_id == column, ItemPath.pool_id == pool_id))
+            return stmt
+
+        queries = {
+            "selected": ids(select(func.distinct(SelectionItem.item_id)), SelectionItem.item_id),
+            "queued": ids(select(func.distinct(LSTask.item_id)).where(LSTask.status == "queued"), LSTask.item_id),
+            "skipped": ids(select(func.distinct(LSTask.item_id)).where(LSTask.status == "skipped"), LSTask.item_id),
+            "labeled": ids(
+                select(func.distinct(Annotation.item_id)).where(Annotation.was_cancelled.is_(False)),
+                Annotation.item_id,
+            ),
+        }
+        with self._db.tx(write=False) as conn:
+            return {
+                name: np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
+                for name, stmt in queries.items()
+            }
+
+    def locations(self, item_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """item id → (pool root, stored path) of its first known path, for reading the file."""
+        out: dict[int, tuple[str, str]] = {}
+        ids = [int(i) for i in item_ids]
+        first = select(ItemPath.item_id, func.min(ItemPath.id).label("pid")).group_by(ItemPath.item_id)
+        with self._db.tx(write=False) as conn:
+            for start in range(0, len(ids), BATCH):
+                sub = first.where(ItemPath.item_id.in_(ids[start : start + BATCH])).subquery()
+                rows = conn.execute(
+                    select(ItemPath.item_id, Pool.root, ItemPath.path)
+                    .join(sub, sub.c.pid == ItemPath.id)
+                    .join(Pool, Pool.id == ItemPath.pool_id)
+                )
+                out.update({int(i): (str(root), str(path)) for i, root, path in rows})
+        return out

@@ -116,6 +116,28 @@ class LabelStudioRecords:
         with self._db.tx(write=False) as conn:
             return [QueuedTask(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in conn.execute(stmt)]
 
+    def task_history(self, pool_id: int | None = None) -> list[dict[str, Any]]:
+        """Every task not deleted (its item in the pool, if given), oldest push first: when it was pushed, its
+        status, and when it was resolved (its first labeled-or-skipped annotation's time; None while queued or when
+        Label Studio gave no time)."""
+        resolved = (
+            select(func.min(func.coalesce(Annotation.created_at, Annotation.updated_at)))
+            .where(Annotation.ls_project_id == LSTask.ls_project_id, Annotation.task_id == LSTask.task_id)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(LSTask.item_id, LSTask.status, LSTask.pushed_at, resolved.label("resolved_at"))
+            .where(LSTask.status != "deleted")
+            .order_by(LSTask.pushed_at, LSTask.id)
+        )
+        if pool_id is not None:
+            stmt = stmt.where(exists().where(ItemPath.item_id == LSTask.item_id, ItemPath.pool_id == pool_id))
+        with self._db.tx(write=False) as conn:
+            return [
+                {"item_id": int(r.item_id), "status": r.status, "pushed_at": r.pushed_at, "resolved_at": r.resolved_at}
+                for r in conn.execute(stmt)
+            ]
+
     def set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
         """(item id, position, cluster) for the queued tasks, after a ranking was written to Label Studio."""
         with self._db.tx() as conn:

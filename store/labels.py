@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,6 +53,19 @@ class Labels:
                 full = path if Path(path).is_absolute() else str(Path(root) / path)
                 out.append(LabeledExample(int(item_id), content_id, full, dict(labels or {}), width, height))
         return out
+
+    def latest(self) -> dict[int, dict[str, Any]]:
+        """item id → the normalised labels of its latest non-cancelled annotation (every labeled item, whether its
+        file still exists or not)."""
+        latest = (
+            select(func.max(Annotation.id).label("aid"))
+            .where(Annotation.was_cancelled.is_(False))
+            .group_by(Annotation.item_id)
+            .subquery()
+        )
+        stmt = select(Annotation.item_id, Annotation.labels).join(latest, latest.c.aid == Annotation.id)
+        with self._db.tx(write=False) as conn:
+            return {int(i): dict(labels or {}) for i, labels in conn.execute(stmt)}
 
     def item_ids(self) -> NDArray[np.int64]:
         """Items with at least one non-cancelled annotation, sorted."""

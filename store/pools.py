@@ -39,6 +39,11 @@ class Pools:
             value = conn.execute(select(Pool.id).where(Pool.location == location)).scalar_one_or_none()
             return None if value is None else int(value)
 
+    def all(self) -> list[tuple[int, str]]:
+        """(id, location) of every pool, oldest first."""
+        with self._db.tx(write=False) as conn:
+            return [(int(i), str(loc)) for i, loc in conn.execute(select(Pool.id, Pool.location).order_by(Pool.id))]
+
     def known_paths(self, pool_id: int) -> dict[str, KnownPath]:
         with self._db.tx(write=False) as conn:
             rows = conn.execute(

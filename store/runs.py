@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
 
 from store import blobs
 from store.db import Database
 from store.records import ScoredChunk
-from store.schema import Embedding, Item, ModelVersion, Prediction, ScoringRun, utcnow
+from store.schema import Embedding, Item, ItemPath, ModelVersion, Prediction, ScoringRun, utcnow
 
 _PREDICTION_COLUMNS = (
     "run_id",
@@ -151,3 +151,38 @@ class Runs:
                 }
                 for r in conn.execute(stmt)
             ]
+
+    def history(self, pool_id: int | None = None) -> list[dict[str, Any]]:
+        """Every scoring run (of the pool, if given), oldest first: the time axis of ``curate report``."""
+        stmt = (
+            select(ScoringRun.__table__, ModelVersion.version.label("model_version"))
+            .join(ModelVersion, ModelVersion.id == ScoringRun.model_version_id)
+            .order_by(ScoringRun.id)
+        )
+        if pool_id is not None:
+            stmt = stmt.where(ScoringRun.pool_id == pool_id)
+        with self._db.tx(write=False) as conn:
+            return [
+                {
+                    "id": r.id,
+                    "model_version": r.model_version,
+                    "status": r.status,
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "scored": r.n_scored,
+                    "failed": r.n_failed,
+                    "invalid": r.n_invalid,
+                }
+                for r in conn.execute(stmt)
+            ]
+
+    def first_scored(self, pool_id: int | None = None) -> dict[int | None, int]:
+        """run id → how many items (of the pool, if given) got their first valid prediction, from any model, in
+        that run (None: runs since deleted). One aggregate row per run, whatever the pool's size."""
+        first = select(Prediction.item_id, func.min(Prediction.run_id).label("run_id")).where(Prediction.status == "ok")
+        if pool_id is not None:
+            first = first.where(exists().where(ItemPath.item_id == Prediction.item_id, ItemPath.pool_id == pool_id))
+        sub = first.group_by(Prediction.item_id).subquery()
+        stmt = select(sub.c.run_id, func.count()).group_by(sub.c.run_id)
+        with self._db.tx(write=False) as conn:
+            return {None if r is None else int(r): int(n) for r, n in conn.execute(stmt)}

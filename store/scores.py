@@ -16,7 +16,7 @@ from store import blobs
 from store.db import BATCH, Database
 from store.pools import pool_items
 from store.records import ClassificationScores, DetectionScores, StoredPrediction
-from store.schema import Annotation, Embedding, Item, LSTask, Prediction, SelectionItem
+from store.schema import Annotation, Embedding, Item, ItemPath, LSTask, Prediction, SelectionItem
 
 
 def _column_ints(rows: Sequence[Any], column: int) -> NDArray[np.int64]:
@@ -111,6 +111,15 @@ class Scores:
             blobs.BOX_CONF.decode(_column_bytes(rows, 2)),
             blobs.BOX_SCORES.decode(_column_bytes(rows, 3), (-1, n_classes)),
         )
+
+    def embedded_items(self, model_version_id: int, pool_id: int | None = None) -> NDArray[np.int64]:
+        """Sorted ids of the items (in the pool, if given) that have an embedding under this model version."""
+        stmt = select(Embedding.item_id).where(Embedding.model_version_id == model_version_id)
+        if pool_id is not None:
+            stmt = stmt.where(exists().where(ItemPath.item_id == Embedding.item_id, ItemPath.pool_id == pool_id))
+        with self._db.tx(write=False) as conn:
+            rows = conn.execute(stmt.order_by(Embedding.item_id)).all()
+        return _column_ints(rows, 0)
 
     def embeddings(
         self, model_version_id: int, item_ids: NDArray[np.int64], dim: int

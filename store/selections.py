@@ -120,3 +120,32 @@ class Selections:
                 .where(Selection.id == selection_id)
                 .values(push=True, push_ls_project_id=ls_project_id)
             )
+
+    def history(self, pool_id: int | None = None) -> list[dict[str, Any]]:
+        """Every selection (from the pool, if given), oldest first."""
+        stmt = (
+            select(Selection.__table__, ModelVersion.version.label("model_version"))
+            .join(ModelVersion, ModelVersion.id == Selection.model_version_id)
+            .order_by(Selection.id)
+        )
+        if pool_id is not None:
+            stmt = stmt.where(Selection.pool_id == pool_id)
+        with self._db.tx(write=False) as conn:
+            return [
+                {
+                    "id": s.id,
+                    "model_version": s.model_version,
+                    "strategy": s.strategy,
+                    "selected": s.n_selected,
+                    "created_at": s.created_at,
+                }
+                for s in conn.execute(stmt)
+            ]
+
+    def latest_id(self, pool_id: int | None = None) -> int | None:
+        stmt = select(func.max(Selection.id))
+        if pool_id is not None:
+            stmt = stmt.where(Selection.pool_id == pool_id)
+        with self._db.tx(write=False) as conn:
+            value = conn.execute(stmt).scalar_one_or_none()
+            return None if value is None else int(value)

@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.browser import browser, browser_page, chromium_path  # noqa: F401  (fixtures for browser tests)
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
