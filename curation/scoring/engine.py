@@ -95,7 +95,7 @@ class PoolDataset(Dataset[Sample]):
             return Sample(position, None, None, str(exc), exc.transient)
         except MemoryError:
             return Sample(position, None, None, "out of memory while decoding", True)
-        except Exception as exc:  # noqa: BLE001 - see the class docstring: an item's failure, never the run's
+        except Exception as exc:  # see the class docstring: an item's failure, never the run's
             detail = str(exc).strip().splitlines()
             reason = f"cannot preprocess image: {type(exc).__name__}" + (f": {detail[0][:200]}" if detail else "")
             return Sample(position, None, None, reason)

@@ -77,9 +77,7 @@ class Decoded:
     height: int
 
 
-def load_rgb(
-    path: Path, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT
-) -> Decoded:
+def load_rgb(path: Path, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> Decoded:
     """Decode ``path`` to an RGB uint8 (H, W, 3) array, EXIF-oriented.
 
     ``target`` (the model input size) bounds the work: JPEG decoding uses libjpeg's DCT scaling (``draft``) when
@@ -101,9 +99,10 @@ def load_rgb(
                         f"pool.max_pixels ({max_pixels / 1e6:.1f} MP)"
                     )
                 if max(width, height) > max_aspect * min(width, height):
+                    ratio = max(width, height) / min(width, height)
                     raise ImageDecodeError(
-                        f"aspect ratio too extreme: {width}x{height} is {max(width, height) / min(width, height):.0f}:1,"
-                        f" above pool.max_aspect_ratio ({max_aspect:g}:1)"
+                        f"aspect ratio too extreme: {width}x{height} is {ratio:.0f}:1, above "
+                        f"pool.max_aspect_ratio ({max_aspect:g}:1)"
                     )
                 if target is not None and im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
                     # Oriented size is unknown until EXIF is read; request enough pixels for either orientation.
