@@ -1045,8 +1045,11 @@ def simulate(
 ) -> None:
     """Learning curves of strategies against random on a labeled dataset: do they save labels on your data?"""
     with _handled(debug, json_out):
+        from curation.files import check_output_path
         from curation.simulate.simulation import SimulationConfig, fmt_fraction, plot_curves, simulate, write_json
 
+        check_output_path(out, "--out", (".json",))  # before minutes of training, not after
+        check_output_path(png or out.with_suffix(".png"), "--png", (".png", ".svg", ".pdf"))
         overrides = _common(db, None, None, None, device, batch_size, workers)
         overrides[("model", "imgsz")] = (imgsz, "--imgsz")
         settings = _settings(config, overrides)

@@ -44,6 +44,9 @@ class PoolSettings(_Section):
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     max_pixels: int = Field(default=89_478_485, gt=0)
     """Images with more pixels are refused as decompression bombs (Pillow's default limit)."""
+    max_aspect_ratio: float = Field(default=20.0, gt=1.0)
+    """Images whose long side exceeds this many times the short side are refused (failed items): resizing a
+    4,000,000 x 1 line to a model input would take gigabytes."""
     hash_workers: int = Field(default=4, ge=1, le=64)
 
     @field_validator("extensions")

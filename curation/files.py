@@ -43,3 +43,30 @@ def atomic_copy(source: Path, target: Path) -> Path:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
+
+
+def check_output_path(path: Path, option: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Refuse an output path that cannot be written, before any work is done.
+
+    Why: a command that selects (and so uses up) items, or computes for minutes, must not learn only at the end
+    that its file cannot be written. Checks the extension, that the path is not a folder, and that the nearest
+    existing folder above it (writers create missing parents) is a writable folder.
+    """
+    from curation.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        names = " or ".join(s for s in suffixes if s != ".json") or "/".join(suffixes)
+        raise ConfigError(f"{option} {path}: use a {names} file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path}: file is not writable")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: folder {parent} is not writable")
+    return path

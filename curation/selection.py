@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
-from curation.files import atomic_path
+from curation.files import atomic_path, check_output_path
 from curation.scoring.pool import absolute_path
 from store import Store
 from store.records import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem
@@ -267,11 +267,18 @@ def selection_rows(result: SelectionResult, pool_root: str) -> list[dict[str, An
     ]
 
 
+SELECTION_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def check_selection_out(path: Path) -> Path:
+    """``--out`` must be writable before anything is selected: a selection uses its items up."""
+    return check_output_path(path, "--out", SELECTION_SUFFIXES)
+
+
 def write_selection(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write ``rows`` as JSONL (default) or CSV (``.csv``); atomically, so a crash never leaves half a file."""
+    check_selection_out(path)
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise ConfigError(f"--out {path}: use a .jsonl or .csv file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:

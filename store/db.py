@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from store.errors import DatabaseError, DatabaseURLError
+from store.errors import DatabaseError, DatabaseURLError, SchemaTooNewError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -142,6 +142,40 @@ def current_revision(engine: Engine) -> str | None:
 _REVISION_LINE = re.compile(r"""^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(?:['"]([^'"]+)['"]|None)""", re.MULTILINE)
 
 
+def known_revisions() -> list[str]:
+    """Every schema revision this curate ships, oldest first (the migration files are named by their number)."""
+    found = []
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        match = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(path.read_text(encoding="utf-8"))}
+        if match.get("revision"):
+            found.append(match["revision"])
+    return found
+
+
+def _curate_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("curate")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _refuse_unknown_revision(engine: Engine, stored: str | None) -> None:
+    """A revision this curate does not ship means a newer curate migrated the database: say so (exit 4) instead
+    of Alembic's "Can't locate revision", and never touch the schema."""
+    known = known_revisions()
+    if stored is None or stored in known:
+        return
+    url = engine.url.render_as_string(hide_password=True)
+    newest = known[-1] if known else "none"
+    raise SchemaTooNewError(
+        f"database {url} has schema revision {stored}, newer than this curate ({_curate_version()}) knows (its "
+        f"newest is {newest}): it was migrated by a newer curate. Upgrade curate to a release whose "
+        f"store/migrations include revision {stored} (pip install -U curate); databases are never downgraded"
+    )
+
+
 def head_from_files() -> str | None:
     """The head revision read straight from the (frozen, linear) migration files, or None if they do not form one
     chain. Why: importing Alembic costs ~0.5 s, and every open but the first finds the database already at head,
@@ -172,8 +206,10 @@ def _stored_revision(engine: Engine) -> str | None:
 def migrate(engine: Engine) -> bool:
     """Bring the schema to head; returns True if migrations ran. Safe when several processes start at once."""
     fast_head = head_from_files()
-    if fast_head is not None and _stored_revision(engine) == fast_head:
+    stored = _stored_revision(engine)
+    if fast_head is not None and stored == fast_head:
         return False  # the usual case, without importing Alembic
+    _refuse_unknown_revision(engine, stored)
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 

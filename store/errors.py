@@ -7,6 +7,10 @@ class DatabaseError(Exception):
     """The database cannot be opened, reached or written."""
 
 
+class SchemaTooNewError(DatabaseError):
+    """The database was migrated by a newer curate: this one does not know its schema and never downgrades it."""
+
+
 class DatabaseURLError(DatabaseError):
     """The database URL is malformed or names a driver that is not installed."""
 

@@ -326,3 +326,38 @@ def test_a_command_that_printed_its_document_then_fails_keeps_one_document(capsy
         raise TrainingError("training failed: boom")
     assert exit_info.value.exit_code == ExitCode.TRAINING
     assert json.loads(capsys.readouterr().out) == {"training_error": "boom"}
+
+
+@pytest.mark.parametrize(
+    ("out", "fragment"),
+    [("sel.txt", "use a .jsonl or .csv file name"), ("afile/sel.jsonl", "is not a folder"), ("adir", "is a folder")],
+)
+def test_a_bad_out_path_is_refused_before_anything_is_scored_or_selected(
+    db_url: str, tmp_path: Path, small_pool: Path, out: str, fragment: str
+) -> None:
+    """A selection uses its items up: an unwritable --out must not leave a recorded selection without a file."""
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "adir").mkdir()
+    args = ["--pool", str(small_pool), "--model", "yolov8n-cls.yaml", "--db", db_url]
+    code, _, err = run("select", "--no-push", "--budget", "1", "--out", str(tmp_path / out), *args)
+    assert_one_clean_error(code, err, ExitCode.USAGE, "--out", fragment)
+    code, stdout, err = run("status", "--json", "--db", db_url)
+    assert code == 0, err
+    status = json.loads(stdout)
+    assert status["recent_selections"] == [] and status["recent_runs"] == []  # nothing used up, nothing scored
+    code, _, err = run("select", "--no-push", "--budget", "1", "--out", str(tmp_path / "sel.jsonl"), *args)
+    assert code == 0, err
+    assert len((tmp_path / "sel.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [("--out", "curves.txt", "use a .json file name"), ("--png", "curves.gif", "--png"), ("--out", "f/x.json", "f")],
+)
+def test_simulate_checks_its_output_paths_before_any_work(
+    tmp_path: Path, option: str, value: str, fragment: str
+) -> None:
+    (tmp_path / "f").write_text("a file where a folder should be")
+    dataset = tmp_path / "missing-dataset"  # would be exit 3, later: the output paths are checked first
+    code, _, err = run("simulate", "--dataset", str(dataset), option, str(tmp_path / value))
+    assert_one_clean_error(code, err, ExitCode.USAGE, option, fragment)

@@ -131,3 +131,106 @@ def test_shape_batches_never_mix_shapes() -> None:
         assert len({shapes[p] or (320, 320) for p in batch}) == 1 and len(batch) <= 2
     shapes, batches = shape_batches(jobs, "center_crop", 224, 32, batch_size=4)
     assert shapes == [None] * 6 and [len(b) for b in batches] == [4, 2]
+
+
+# --- one file must never block a pool (issue 17, item 4) -----------------------------------------------------------
+
+
+def test_an_absurd_aspect_ratio_is_refused_before_decoding(tmp_path: Path) -> None:
+    line = tmp_path / "line.png"
+    Image.new("RGB", (20_000, 1), (200, 10, 10)).save(line)
+    with pytest.raises(ImageDecodeError, match=r"aspect ratio too extreme: 20000x1 .*pool.max_aspect_ratio \(20:1\)"):
+        load_rgb(line, MAX_PIXELS, target=64)
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (30, 300), (0, 0, 0)).save(tall)
+    assert load_rgb(tall, MAX_PIXELS).rgb.shape == (300, 30, 3)  # 10:1 passes the default
+    with pytest.raises(ImageDecodeError, match=r"pool.max_aspect_ratio \(5:1\)"):
+        load_rgb(tall, MAX_PIXELS, max_aspect=5)
+
+
+def test_the_default_aspect_limit_is_the_documented_setting() -> None:
+    from curation.config import PoolSettings
+    from curation.scoring.images import DEFAULT_MAX_ASPECT
+
+    assert PoolSettings().max_aspect_ratio == DEFAULT_MAX_ASPECT
+    assert "pool.max_aspect_ratio" in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("mode", "colour"), [("RGB", (128, 128, 128)), ("L", 128), ("RGBA", (128, 128, 128, 255))])
+def test_a_large_non_jpeg_is_reduced_to_what_the_model_input_needs(
+    tmp_path: Path, mode: str, colour: int | tuple[int, ...]
+) -> None:
+    path = tmp_path / "large.png"
+    Image.new(mode, (3000, 2000), colour).save(path)
+    decoded = load_rgb(path, MAX_PIXELS, target=64)
+    assert (decoded.width, decoded.height) == (3000, 2000)  # geometry of the original
+    h, w = decoded.rgb.shape[:2]
+    assert 128 <= min(h, w) < 256 and abs(w / h - 1.5) < 0.02  # short side within [2, 4) x target, ratio kept
+    crop, _ = center_crop(decoded.rgb, 64, decoded.width, decoded.height)
+    assert crop.shape == (64, 64, 3) and int(crop[..., 0].mean()) == 128
+
+
+def test_a_palette_image_is_not_reduced_by_averaging_indices(tmp_path: Path) -> None:
+    """Indices 0 (red) and 2 (blue) in a checkerboard: averaging the indices would paint it green (index 1)."""
+    path = tmp_path / "palette.png"
+    board = (np.indices((600, 600)).sum(axis=0) % 2 * 2).astype(np.uint8)
+    im = Image.fromarray(board, mode="P")
+    im.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+    im.save(path)
+    decoded = load_rgb(path, MAX_PIXELS, target=64)
+    assert decoded.rgb[..., 1].max() == 0  # no green anywhere
+    crop, _ = center_crop(decoded.rgb, 64, decoded.width, decoded.height)
+    assert abs(int(crop[..., 0].mean()) - 127) <= 2 and abs(int(crop[..., 2].mean()) - 127) <= 2  # purple
+
+
+def test_any_preprocessing_error_is_that_items_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever fails inside the worker (here OpenCV refusing an allocation, as a 4,000,000 x 1 PNG made it do)
+    becomes a failed sample; the loader never raises."""
+    import cv2
+
+    from curation.scoring import engine
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (40, 30)).save(good)
+    Image.new("RGB", (30, 40)).save(bad)
+
+    def crop(rgb: np.ndarray, size: int, w: int, h: int) -> object:
+        if h > w:
+            raise cv2.error("OpenCV(4.x) alloc.cpp:73: error: (-4:Insufficient memory) Failed to allocate")
+        return center_crop(rgb, size, w, h)
+
+    monkeypatch.setitem(engine._PREPROCESS, "center_crop", crop)
+    dataset = engine.PoolDataset([good, bad], "center_crop", 32, MAX_PIXELS)
+    assert dataset[0].image is not None
+    failed = dataset[1]
+    assert failed.image is None and not failed.transient
+    assert failed.error is not None and failed.error.startswith("cannot preprocess image: error: OpenCV")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_four_million_pixel_line_fails_alone_and_the_pool_is_scored(
+    db_url: str, tmp_path: Path, workers: int
+) -> None:
+    """The probe's file: a 4,000,000 x 1 PNG of ~12 KB. It is one failed item, on every rerun too."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.devtools.synthetic import make_pool
+    from tests.models import save_thumbnail_model
+
+    pool = tmp_path / "pool"
+    make_pool(pool, n=4, size=32)
+    Image.new("L", (4_000_000, 1), 255).save(pool / "line.png")
+    assert (pool / "line.png").stat().st_size < 20_000
+    model, cfg = save_thumbnail_model(tmp_path)
+    args = ["score", "--pool", str(pool), "--model", str(model), "--config", str(cfg), "--db", db_url]
+    result = CliRunner().invoke(app, [*args, "--workers", str(workers), "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["scored"] == 4 and summary["failed"] == 1
+    assert "line.png" in summary["failures"][0]["path"]
+    assert "aspect ratio too extreme: 4000000x1" in summary["failures"][0]["reason"]
+    again = CliRunner().invoke(app, [*args, "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["scored"] == 0, again.stderr

@@ -113,3 +113,33 @@ def test_unreadable_file_is_reported_not_fatal(tmp_path: Path) -> None:
     _, report = scan_pool(store, resolve_pool(root), EXT)
     assert report.files == 1 and "cannot read" in report.skipped[0][1]
     store.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_is_registered(db_url: str, tmp_path: Path) -> None:
+    """Issue 17, item 5: one such name made the whole scan fail and registered nothing."""
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.devtools.synthetic import make_pool
+    from tests.models import save_thumbnail_model
+
+    pool = tmp_path / "pool"
+    make_pool(pool, n=3, size=32)
+    os.rename(pool / "img_00000.jpg", os.fsencode(pool) + b"/bad\xff\xfe.jpg")
+    (pool / "sub\udcff").mkdir()  # a folder with such a name: its files are reported too
+    os.rename(pool / "img_00001.jpg", pool / "sub\udcff" / "inside.jpg")
+    model, cfg = save_thumbnail_model(tmp_path)
+    args = ["score", "--pool", str(pool), "--model", str(model), "--config", str(cfg), "--db", db_url, "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["scored"] == 1 and summary["files"] == 1, summary
+    skipped = {s["path"]: s["reason"] for s in summary["skipped_files"]}
+    assert skipped.keys() == {f"{pool}/bad\\xff\\xfe.jpg", f"{pool}/sub\\xff/inside.jpg"}
+    assert all("not valid UTF-8" in reason for reason in skipped.values())
+    assert "warning: skipped" in result.stderr and "bad\\xff\\xfe.jpg" in result.stderr
+    status = CliRunner().invoke(app, ["status", "--json", "--db", db_url, "--pool", str(pool)])
+    assert status.exit_code == 0 and json.loads(status.stdout)["counts"]["items"] == 1, status.stderr

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect
 
 from store import Store
-from store.db import current_revision, head_from_files, head_revision, redact_argv
+from store.db import create_store_engine, current_revision, head_from_files, head_revision, redact_argv
 from store.errors import DatabaseError, DatabaseURLError
 from store.records import ScannedFile, ScoredChunk, ScoredItem
 from store.schema import Base, Embedding
@@ -318,3 +318,28 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path, monkeypatch: py
         writer.execute("ROLLBACK")
         writer.close()
     store.close()
+
+
+def test_a_database_migrated_by_a_newer_curate_names_the_revision_and_is_left_alone(db_url: str) -> None:
+    from sqlalchemy import text
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.errors import ExitCode
+    from store.db import known_revisions
+    from store.errors import SchemaTooNewError
+
+    with Store.open(db_url) as store, store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(SchemaTooNewError, match=r"schema revision 0099, newer than this curate"):
+        Store.open(db_url)
+    for command in (["status"], ["models", "list"], ["score", "--pool", "/nowhere", "--model", "m.pt"]):
+        result = CliRunner().invoke(app, [*command, "--db", db_url])
+        assert result.exit_code == ExitCode.DATABASE, (command, result.stderr)
+        assert "Traceback" not in result.stderr and "Can't locate" not in result.stderr
+        assert "revision 0099" in result.stderr and f"newest is {known_revisions()[-1]}" in result.stderr
+        assert "Upgrade curate" in result.stderr
+    engine = create_store_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0099"  # never downgraded
+    engine.dispose()

@@ -94,5 +94,15 @@ def score(
     mv = register_model(store, runtime)
     todo = store.items.to_score(pool_id, mv.id, rescore=rescore)
     items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
-    report = score_items(store, runtime, mv.id, pool_id, items, settings.scoring, settings.pool.max_pixels, progress)
+    report = score_items(
+        store,
+        runtime,
+        mv.id,
+        pool_id,
+        items,
+        settings.scoring,
+        settings.pool.max_pixels,
+        progress,
+        max_aspect=settings.pool.max_aspect_ratio,
+    )
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)

@@ -11,7 +11,14 @@ from curation.jobs.score import ScoreOutcome, score
 from curation.labelstudio.project import connect, open_project
 from curation.labelstudio.push import push as push_queue
 from curation.progress import Progress
-from curation.selection import SelectionResult, build_strategy, run_selection, selection_rows, write_selection
+from curation.selection import (
+    SelectionResult,
+    build_strategy,
+    check_selection_out,
+    run_selection,
+    selection_rows,
+    write_selection,
+)
 from store import Store
 
 
@@ -52,10 +59,13 @@ def select(
 ) -> SelectOutcome:
     """Score what is unscored, select ``budget`` new items, write them to ``out`` and push them to Label Studio.
 
-    With ``push``, Label Studio is checked (reachable, key accepted, project config matching the model) before
+    ``out`` is checked (extension, writable folder) before anything else, like the strategy. With ``push``,
+    Label Studio is checked (reachable, key accepted, project config matching the model) before
     anything is selected, so a bad token or URL records nothing.
     """
     build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
+    if out is not None:
+        check_selection_out(out)  # a selection uses its items up: never record one whose file cannot be written
     ls = None
     if push:
         ls = connect(settings.label_studio)

@@ -20,7 +20,16 @@ from torch.utils.data import DataLoader, Dataset
 from curation.config import ScoringSettings
 from curation.faults import checkpoint
 from curation.progress import NullProgress, Progress
-from curation.scoring.images import Geometry, ImageDecodeError, center_crop, letterbox, load_rgb, rect_shape, stretch
+from curation.scoring.images import (
+    DEFAULT_MAX_ASPECT,
+    Geometry,
+    ImageDecodeError,
+    center_crop,
+    letterbox,
+    load_rgb,
+    rect_shape,
+    stretch,
+)
 from curation.scoring.runtime import ItemOutput, ModelInfo, ModelRuntime, torch_threads
 from curation.scoring.summary import ScoringReport
 from store import Store
@@ -49,7 +58,11 @@ class Sample:
 
 
 class PoolDataset(Dataset[Sample]):
-    """Decodes one image per index; a bad file yields an error sample instead of raising."""
+    """Decodes one image per index; a bad file yields an error sample instead of raising.
+
+    Whatever goes wrong with one item in here (a decoder, OpenCV or a preprocessing step failing in a way nobody
+    foresaw) becomes that item's failure: one file must never end the run, on this or any later rerun.
+    """
 
     def __init__(
         self,
@@ -58,8 +71,10 @@ class PoolDataset(Dataset[Sample]):
         imgsz: int,
         max_pixels: int,
         shapes: Sequence[tuple[int, int] | None] | None = None,
+        max_aspect: float = DEFAULT_MAX_ASPECT,
     ) -> None:
         self.paths = list(paths)
+        self.max_aspect = max_aspect
         self.preprocess = preprocess
         self.imgsz = imgsz
         self.max_pixels = max_pixels
@@ -70,17 +85,21 @@ class PoolDataset(Dataset[Sample]):
 
     def __getitem__(self, position: int) -> Sample:
         try:
-            decoded = load_rgb(self.paths[position], self.max_pixels, target=self.imgsz)
+            decoded = load_rgb(self.paths[position], self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
             if self.preprocess == "letterbox":
                 shape = self.shapes[position]
                 array, geometry = letterbox(decoded.rgb, self.imgsz, decoded.width, decoded.height, shape)
             else:
                 array, geometry = _PREPROCESS[self.preprocess](decoded.rgb, self.imgsz, decoded.width, decoded.height)
+            tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # CHW, own writable copy
         except ImageDecodeError as exc:
             return Sample(position, None, None, str(exc), exc.transient)
         except MemoryError:
             return Sample(position, None, None, "out of memory while decoding", True)
-        tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # CHW, own writable copy
+        except Exception as exc:  # see the class docstring: an item's failure, never the run's
+            detail = str(exc).strip().splitlines()
+            reason = f"cannot preprocess image: {type(exc).__name__}" + (f": {detail[0][:200]}" if detail else "")
+            return Sample(position, None, None, reason)
         return Sample(position, tensor, geometry, None)
 
 
@@ -205,12 +224,13 @@ def decoded_batches(
     *,
     workers: int = 0,
     max_pixels: int = NO_PIXEL_LIMIT,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
     pin_memory: bool = False,
 ) -> Iterator[DecodedBatch]:
     """Decode and preprocess ``jobs`` for a model described by ``info``, in ``workers`` processes, in batches of
     one canvas shape (see ``shape_batches``). Positions in the batches index ``jobs``."""
     shapes, batches = shape_batches(jobs, info.preprocess, info.imgsz, info.stride, batch_size)
-    dataset = PoolDataset([j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes)
+    dataset = PoolDataset([j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes, max_aspect)
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -231,12 +251,15 @@ def inferred_batches(
     *,
     workers: int = 0,
     max_pixels: int = NO_PIXEL_LIMIT,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> Iterator[tuple[DecodedBatch, list[ItemOutput]]]:
     """The one inference loop: each decoded batch with the model's output for each of its images (in
     ``batch.positions`` order; empty when nothing in the batch decoded). Scoring, training's evaluation and
     ``simulate`` all run their models through it."""
     pin = runtime.device.type == "cuda"
-    batches = decoded_batches(jobs, runtime.info, batch_size, workers=workers, max_pixels=max_pixels, pin_memory=pin)
+    batches = decoded_batches(
+        jobs, runtime.info, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, pin_memory=pin
+    )
     for batch in batches:
         outputs = runtime.infer(batch.images, batch.geometries) if batch.images is not None else []
         yield batch, outputs
@@ -251,6 +274,7 @@ def score_items(
     settings: ScoringSettings,
     max_pixels: int,
     progress: Progress | None = None,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> ScoringReport:
     """Score ``items`` (item id, absolute path) and store every result; broken files are recorded as failed,
     files that cannot be read right now are left for the next run."""
@@ -280,7 +304,10 @@ def score_items(
     status = "failed"
     try:
         with torch_threads(threads):
-            for batch, outputs in inferred_batches(runtime, items, batch_size, workers=workers, max_pixels=max_pixels):
+            batches = inferred_batches(
+                runtime, items, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect
+            )
+            for batch, outputs in batches:
                 for position, reason, transient in batch.failures:
                     item_id, path = items[position].item_id, items[position].path
                     if transient:

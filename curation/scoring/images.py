@@ -8,7 +8,12 @@ Conversions (documented in the README):
   channels are kept, as OpenCV does when Ultralytics trains), palette transparency included;
 - 16-bit and 32-bit integer grayscale are mapped linearly to 8 bits (value / 257, i.e. 65535 → 255);
 - multi-frame files (GIF, TIFF, animated WebP) use their first frame;
-- images above ``max_pixels`` are refused as decompression bombs before any pixel is decoded.
+- images above ``max_pixels`` are refused as decompression bombs before any pixel is decoded;
+- images whose long side is more than ``max_aspect`` times their short side (a 4,000,000 x 1 PNG of 12 KB) are
+  refused before any pixel is decoded: resizing one to a model input would cost memory without bound;
+- work per image is bounded by the model input, not the file: JPEGs decode at reduced scale (``draft``) and other
+  formats are box-reduced (``Image.reduce``) before conversion, so that no later step sees more than about twice the
+  pixels the model input needs.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ def _pillow_open() -> Callable[..., Image.Image]:
     return opener
 
 
+DEFAULT_MAX_ASPECT = 20.0  # pool.max_aspect_ratio: wider than phone panoramas (~10:1), far below a 1-px line
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How a preprocessed image maps back to the original (EXIF-corrected) image."""
@@ -69,11 +77,13 @@ class Decoded:
     height: int
 
 
-def load_rgb(path: Path, max_pixels: int, target: int | None = None) -> Decoded:
+def load_rgb(path: Path, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> Decoded:
     """Decode ``path`` to an RGB uint8 (H, W, 3) array, EXIF-oriented.
 
-    ``target`` lets JPEG decoding use libjpeg's DCT scaling (``draft``) when the image is much larger than the
-    model input: decoding a 4000 px photo at 1/8 scale is ~20x faster and gives the same resized result.
+    ``target`` (the model input size) bounds the work: JPEG decoding uses libjpeg's DCT scaling (``draft``) when
+    the image is much larger than the model input (a 4000 px photo at 1/8 scale is ~20x faster and gives the same
+    resized result), and other formats are box-reduced before conversion, keeping the short side at least
+    ``2 * target``. Every preprocessing (letterbox, centre crop, stretch) needs at most ``target`` on the short side.
     """
     try:
         with warnings.catch_warnings():
@@ -88,6 +98,12 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None) -> Decoded:
                         f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP exceeds "
                         f"pool.max_pixels ({max_pixels / 1e6:.1f} MP)"
                     )
+                if max(width, height) > max_aspect * min(width, height):
+                    ratio = max(width, height) / min(width, height)
+                    raise ImageDecodeError(
+                        f"aspect ratio too extreme: {width}x{height} is {ratio:.0f}:1, above "
+                        f"pool.max_aspect_ratio ({max_aspect:g}:1)"
+                    )
                 if target is not None and im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
                     # Oriented size is unknown until EXIF is read; request enough pixels for either orientation.
                     scale = target / min(width, height)
@@ -100,6 +116,8 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None) -> Decoded:
                 except Exception:  # corrupt EXIF block: keep the stored orientation
                     oriented = im
                 swapped = oriented.size != im.size
+                if target is not None:
+                    oriented = _reduce(oriented, target)
                 rgb = _to_rgb(oriented)
                 return Decoded(rgb, height if swapped else width, width if swapped else height)
     except ImageDecodeError:
@@ -122,6 +140,20 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None) -> Decoded:
     except (SyntaxError, ValueError, EOFError) as exc:
         # Truncated JPEGs raise OSError("image file is truncated ..."); broken PNG chunks raise SyntaxError.
         raise ImageDecodeError(f"corrupt image: {exc}") from None
+
+
+_REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"})
+
+
+def _reduce(im: Image.Image, target: int) -> Image.Image:
+    """Box-average ``im`` by an integer factor that keeps its short side at least ``2 * target`` (a no-op for an
+    image already near the model input). Why: conversion and resizing then cost what the output needs, not what
+    the file holds. Palette images are kept as they are (averaging palette indices would invent colours), as are
+    modes ``reduce`` does not support (1-bit, 16-bit)."""
+    factor = min(im.size) // (2 * target)
+    if factor < 2 or im.mode not in _REDUCIBLE:
+        return im
+    return im.reduce(factor)
 
 
 def _to_rgb(im: Image.Image) -> NDArray[np.uint8]:

@@ -57,6 +57,8 @@ def resolve_pool(path: str | Path | None) -> PoolSource:
         raise PoolError(f"pool not found: {path}") from None
     except (OSError, RuntimeError) as exc:
         raise PoolError(f"cannot access pool {path}: {exc}") from None
+    if not _is_utf8(str(location)):
+        raise PoolError(f"pool path {shown_path(location)} is not valid UTF-8: rename it (paths are stored as text)")
     if location.is_dir():
         if not os.access(location, os.R_OK | os.X_OK):
             raise PoolError(f"pool directory is not readable: {location}")
@@ -83,7 +85,7 @@ def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[
         try:
             st = directory.stat()
         except OSError as exc:
-            skipped.append((str(directory), f"cannot read directory: {exc.strerror or exc}"))
+            skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
         key = (st.st_dev, st.st_ino)
         if key in visited:
@@ -92,7 +94,7 @@ def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            skipped.append((str(directory), f"cannot read directory: {exc.strerror or exc}"))
+            skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
         subdirs = []
         for entry in entries:
@@ -101,14 +103,14 @@ def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[
                 if entry.is_symlink():
                     target = path.resolve()
                     if not target.is_relative_to(real_root):
-                        skipped.append((str(path), "symlink leaves the pool root"))
+                        skipped.append((shown_path(path), "symlink leaves the pool root"))
                         continue
                     if not target.exists():
-                        skipped.append((str(path), "broken symlink"))
+                        skipped.append((shown_path(path), "broken symlink"))
                         continue
                 is_dir = entry.is_dir()
             except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on resolve()
-                skipped.append((str(path), f"cannot follow: {exc}"))
+                skipped.append((shown_path(path), f"cannot follow: {shown_path(str(exc))}"))
                 continue
             if is_dir:
                 subdirs.append(path)
@@ -170,6 +172,23 @@ def _jsonl_paths(fh: IO[str], manifest: Path) -> Iterator[str]:
             raise PoolError(f'manifest {manifest} line {number}: expected a string or an object with "path"')
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` as printable, storable text: bytes that are not UTF-8 (kept by Python as surrogates) become
+    ``\\xNN`` escapes, so a message or a JSON report about such a file can always be written."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UTF8 = "file name is not valid UTF-8: rename it (paths are stored as text and become Label Studio URLs)"
+
+
 def content_id(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -215,16 +234,19 @@ def scan_pool(
         key = stored_path(source, path)
         if key in seen:
             continue
+        if not _is_utf8(key):  # one such name must not stop the pool from being registered
+            report.skipped.append((shown_path(path), NOT_UTF8))
+            continue
         try:
             st = path.stat()
         except FileNotFoundError:
-            report.skipped.append((str(path), "file not found"))
+            report.skipped.append((shown_path(path), "file not found"))
             continue
         except OSError as exc:
-            report.skipped.append((str(path), f"cannot stat: {exc.strerror or exc}"))
+            report.skipped.append((shown_path(path), f"cannot stat: {exc.strerror or exc}"))
             continue
         if not stat.S_ISREG(st.st_mode):
-            report.skipped.append((str(path), "not a regular file"))
+            report.skipped.append((shown_path(path), "not a regular file"))
             continue
         seen.add(key)
         old = known.get(key)
@@ -239,7 +261,7 @@ def scan_pool(
         try:
             digest = content_id(path)
         except OSError as exc:
-            return (key, str(path), f"cannot read: {exc.strerror or exc}")
+            return (key, shown_path(path), f"cannot read: {exc.strerror or exc}")
         try:
             width, height = original_size(path)
         except Exception:  # not an image: decoding will fail later and record the reason once
