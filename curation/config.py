@@ -43,8 +43,12 @@ class PoolSettings(_Section):
     """Directory (scanned recursively) or manifest file (.txt, .csv, .jsonl) of image paths."""
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     max_pixels: int = Field(default=89_478_485, gt=0)
-    """Images with more pixels are refused as decompression bombs (Pillow's default limit)."""
+    """Images with more pixels are refused as decompression bombs, before any pixel is decoded. The one limit:
+    Pillow's own (179 MP) follows it, so raising it admits larger images. Default: Pillow's default warning level."""
     hash_workers: int = Field(default=4, ge=1, le=64)
+    allow_outside_root: bool = False
+    """Let a manifest list files outside its own directory tree (refused by default: a manifest must not make
+    curate read any file the user can read)."""
 
     @field_validator("extensions")
     @classmethod
