@@ -202,7 +202,10 @@ Overrides = dict[tuple[str, ...], tuple[Any, str]]
 def _settings(config: Path | None, overrides: Overrides) -> Any:
     from curation.config import load_cli_settings
 
-    return load_cli_settings(config, overrides)
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False)
+
+    return load_cli_settings(config, overrides, warn=warn)
 
 
 @contextmanager

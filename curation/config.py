@@ -12,8 +12,9 @@ flag or the override), so a user can fix it without reading a traceback.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,11 +44,15 @@ class PoolSettings(_Section):
     """Directory (scanned recursively) or manifest file (.txt, .csv, .jsonl) of image paths."""
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     max_pixels: int = Field(default=89_478_485, gt=0)
-    """Images with more pixels are refused as decompression bombs (Pillow's default limit)."""
+    """Images with more pixels are refused as decompression bombs, before any pixel is decoded. The one limit:
+    Pillow's own (179 MP) follows it, so raising it admits larger images. Default: Pillow's default warning level."""
     max_aspect_ratio: float = Field(default=20.0, gt=1.0)
     """Images whose long side exceeds this many times the short side are refused (failed items): resizing a
     4,000,000 x 1 line to a model input would take gigabytes."""
     hash_workers: int = Field(default=4, ge=1, le=64)
+    allow_outside_root: bool = False
+    """Let a manifest list files outside its own directory tree (refused by default: a manifest must not make
+    curate read any file the user can read)."""
 
     @field_validator("extensions")
     @classmethod
@@ -247,7 +252,7 @@ def find_config_file(explicit: str | Path | None, environ: Mapping[str, str] | N
     return default if default.is_file() else None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -256,6 +261,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         data = yaml.safe_load(text)
+        if warn is not None:
+            for key, line in _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)):
+                warn(f"duplicate key '{key}' in config file {path} (line {line}): the last value wins")
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -268,6 +276,69 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping of keys, not {type(data).__name__}")
     return data
+
+
+def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> Iterator[tuple[str, int]]:
+    """``(dotted key, line)`` of every key given twice in one YAML mapping (PyYAML keeps the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None or key == "<<":  # a complex key or a merge: not a config key
+                continue
+            dotted = f"{prefix}{key}"
+            if key in seen:
+                yield dotted, key_node.start_mark.line + 1
+            seen.add(key)
+            yield from _duplicate_keys(value_node, f"{dotted}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for index, child in enumerate(node.value):
+            yield from _duplicate_keys(child, f"{prefix}{index}.")
+
+
+# CURATE_* variables that are not config keys: read by curate itself (or its scripts and tests) elsewhere. Any other
+# CURATE_ name that matches no key is a typo and gets a warning (a nested one, CURATE_X__Y, is an error).
+NON_CONFIG_ENV = frozenset(
+    {
+        "CURATE_CONFIG",  # the config file (find_config_file)
+        "CURATE_FAILPOINT",  # fault injection for tests (curation.faults)
+        "CURATE_PAUSEPOINT",
+        "CURATE_LS_VENV",  # where the local Label Studio is installed (devtools)
+        "CURATE_VENV",  # scripts/setup.sh
+        "CURATE_PROJECT",  # deploy/docker-compose.yml
+    }
+)
+NON_CONFIG_ENV_PREFIXES = ("CURATE_TEST_", "CURATE_REQUIRE_", "CURATE_SKIP_")  # test-suite switches
+
+
+def _env_names(model: type[BaseModel] | None = None, prefix: str = "CURATE_") -> list[str]:
+    """Every environment variable name that sets a config key (a section as JSON, or a leaf)."""
+    names = []
+    for name, field in (model or Settings).model_fields.items():
+        full = f"{prefix}{name.upper()}"
+        names.append(full)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.extend(_env_names(annotation, f"{full}__"))
+    return names
+
+
+def _unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``CURATE_*`` variable that sets nothing (not a key, not one of ``NON_CONFIG_ENV``)."""
+    valid = _env_names()
+    out = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith("CURATE_") or "__" in upper or upper in NON_CONFIG_ENV:
+            continue
+        if upper.startswith(NON_CONFIG_ENV_PREFIXES) or upper[len("CURATE_") :].lower() in Settings.model_fields:
+            continue
+        hint = difflib.get_close_matches(upper, valid, n=1)
+        out.append(
+            f"environment variable {upper} matches no config key and is ignored"
+            + (f"; did you mean {hint[0]}?" if hint else "")
+        )
+    return out
 
 
 def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
@@ -354,6 +425,7 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Settings:
     """Build validated settings from the four layers, the way ``curate`` does: ``overrides`` > ``CURATE_*``
     environment variables > the config file > built-in defaults.
@@ -375,13 +447,14 @@ def load_settings(
         _set(nested, path, value)
         _merge(layer, nested)
         origins[path] = f"override {'.'.join(path)!r}"
-    return _load(config_file, layer, origins, environ)
+    return _load(config_file, layer, origins, environ, warn)
 
 
 def load_cli_settings(
     config_file: str | Path | None,
     flags: Mapping[tuple[str, ...], tuple[Any, str]],
     environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Settings:
     """``load_settings`` for ``cli.py``: ``flags`` maps a key path to ``(value, flag name)``, so that an error names
     the flag the user typed; a flag left unset (``None``) does not override."""
@@ -392,7 +465,7 @@ def load_cli_settings(
             continue
         _set(layer, key_path, value)
         origins[key_path] = f"option {flag}"
-    return _load(config_file, layer, origins, environ)
+    return _load(config_file, layer, origins, environ, warn)
 
 
 def _override_path(key: object) -> tuple[str, ...]:
@@ -410,10 +483,16 @@ def _load(
     top: dict[str, Any],
     top_origins: dict[tuple[str, ...], str],
     environ: Mapping[str, str] | None,
+    warn: Callable[[str], None] | None = None,
 ) -> Settings:
+    """``warn`` receives one line per thing that is accepted but probably a mistake: a ``CURATE_*`` variable that
+    matches no key, a key given twice in the config file."""
     environ = os.environ if environ is None else environ
+    if warn is not None:
+        for message in _unknown_env_warnings(environ):
+            warn(message)
     path = find_config_file(config_file, environ)
-    file_data = _read_yaml(path) if path is not None else {}
+    file_data = _read_yaml(path, warn) if path is not None else {}
     env_data, env_origins = _env_layer(environ)
 
     merged: dict[str, Any] = {}
@@ -424,9 +503,58 @@ def _load(
         settings = Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, file_data, env_origins, top_origins)) from None
+    _check_strategies(settings.strategy, lambda loc: _origin(loc, path, file_data, env_origins, top_origins))
     if path is not None:
         _resolve_file_paths(settings, path.parent, [k for k in _FILE_PATHS if _from_file(k, file_data, env_data, top)])
     return settings
+
+
+def _check_strategies(cfg: StrategySettings, origin: Callable[[tuple[str, ...]], str]) -> None:
+    """``strategy.name`` and every ``strategy.options`` entry against the registry: option names and types from
+    each strategy's signature, then its own value checks (by building it), so that a wrong option fails here
+    with its key and exit code 2, not halfway through a run. Options are stored converted to their declared
+    types, under the registered strategy names."""
+    from strategies import STRATEGIES, StrategyError, canonical_name, check_options, get_strategy
+
+    valid = sorted(STRATEGIES)
+    if canonical_name(cfg.name) not in STRATEGIES:
+        raise ConfigError(
+            f"invalid config key 'strategy.name' {origin(('strategy', 'name'))}: unknown strategy {cfg.name!r}"
+            f"{_did_you_mean(cfg.name, valid)}; valid: {', '.join(valid)}"
+        )
+    checked: dict[str, dict[str, Any]] = {}
+    for name, options in cfg.options.items():
+        key = canonical_name(name)
+        if key not in STRATEGIES:
+            loc = ("strategy", "options", name)
+            raise ConfigError(
+                f"unknown config key 'strategy.options.{name}' {origin(loc)}: no strategy {name!r}"
+                f"{_did_you_mean(name, valid)}; valid: {', '.join(valid)}"
+            )
+        options = options or {}
+        try:
+            checked[key] = check_options(key, options)
+            get_strategy(key, **checked[key])
+        except StrategyError as exc:
+            option = getattr(exc, "option", None)
+            loc = ("strategy", "options", name, *([option] if option else []))
+            dotted = ".".join(loc)
+            if option is not None and option not in options:
+                raise ConfigError(f"missing config key '{dotted}' {origin(loc[:-1])}: {exc}") from None
+            if option is not None and str(exc).startswith(f"strategy {key!r} has no option"):
+                accepted = sorted(inspect.signature(STRATEGIES[key]).parameters)
+                raise ConfigError(
+                    f"unknown config key '{dotted}' {origin(loc)}: strategy {key!r} has no option {option!r}"
+                    f"{_did_you_mean(option, accepted)}; valid options: {', '.join(accepted) or 'none'}"
+                ) from None
+            detail = str(exc).split(": ", 1)[1] if option is not None and ": expected " in str(exc) else str(exc)
+            raise ConfigError(f"invalid config key '{dotted}' {origin(loc)}: {detail}") from None
+    cfg.options = checked
+
+
+def _did_you_mean(name: str, valid: list[str]) -> str:
+    hint = difflib.get_close_matches(name, valid, n=1)
+    return f"; did you mean '{hint[0]}'?" if hint else ""
 
 
 # Keys holding filesystem paths: a relative path written in a config file means relative to that file, so that a

@@ -34,7 +34,14 @@ from strategies.index import (
 from strategies.kcenter import KCenterStrategy, covering_radius
 from strategies.kmeans_sampling import KMeansStrategy
 from strategies.random_sampling import RandomStrategy
-from strategies.registry import STRATEGIES, StrategyFactory, canonical_name, get_strategy, strategy_names
+from strategies.registry import (
+    STRATEGIES,
+    StrategyFactory,
+    canonical_name,
+    check_options,
+    get_strategy,
+    strategy_names,
+)
 from strategies.selectors import rank_by, top_k
 from strategies.uncertainty import (
     UNCERTAINTY_MEASURES,
@@ -76,6 +83,7 @@ __all__ = [
     "aggregate_boxes",
     "canonical_name",
     "center_in_place",
+    "check_options",
     "coarse_clusters",
     "covering_radius",
     "entropy",

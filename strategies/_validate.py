@@ -7,9 +7,12 @@ nowhere else.
 
 from __future__ import annotations
 
+import inspect
+import math
 import numbers
+import types
 from collections.abc import Collection
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard, Union, get_args, get_origin
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -47,6 +50,89 @@ def check_name(name: object, valid: Collection[str], kind: str) -> str:
         if key in valid:
             return key
     raise UnknownStrategyError(name, valid, kind=kind)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce_option(value: object, annotation: Any, what: str) -> Any:
+    """``value`` as the type ``annotation`` declares (a parameter annotation of a strategy's factory), or
+    InvalidOptionError "``what``: expected a number, got 'abc'".
+
+    Understood: ``float``, ``int``, ``bool``, ``str``, ``Literal[...]``, unions (``X | None``) and classes
+    (isinstance). Text that spells a number or a bool is converted (environment variables carry only text);
+    ``True`` is not a number, and numbers must be finite. Anything else (``Any``, no annotation) passes as is.
+    """
+    try:
+        return _coerce(value, annotation)
+    except _Mismatch as exc:
+        raise InvalidOptionError(f"{what}: expected {exc.expected}, got {value!r}") from None
+
+
+class _Mismatch(Exception):
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def _coerce(value: object, annotation: Any) -> Any:
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return value
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value in choices and not isinstance(value, bool):
+            return value
+        raise _Mismatch("one of " + ", ".join(repr(c) for c in choices))
+    if origin is Union or origin is types.UnionType:
+        members = get_args(annotation)
+        if value is None and type(None) in members:
+            return None
+        expected = []
+        for member in (m for m in members if m is not type(None)):
+            try:
+                return _coerce(value, member)
+            except _Mismatch as exc:
+                expected.append(exc.expected)
+        raise _Mismatch(" or ".join(expected + (["null"] if type(None) in members else [])))
+    if annotation is bool:
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _Mismatch("true or false")
+    if annotation is int:
+        if is_int(value):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise _Mismatch("an integer")
+    if annotation is float:
+        number: float | None = None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number):
+            raise _Mismatch("a finite number" if number is not None else "a number")
+        return number
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("a string")
+    if isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        raise _Mismatch(f"a {annotation.__name__}")
+    return value  # a construct this checker does not model (generics, protocols): the factory checks it
 
 
 def check_budget(budget: object) -> int:

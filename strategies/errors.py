@@ -70,4 +70,15 @@ class InvalidBudgetError(StrategyError):
 
 
 class InvalidOptionError(StrategyError):
-    """An option or argument (of a strategy, reducer or score function) is unknown or has an invalid value."""
+    """An option or argument (of a strategy, reducer or score function) is unknown or has an invalid value.
+
+    ``option``: the offending option's name when one option is to blame (a config loader uses it to name the
+    key); None otherwise.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        self.option = option
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[InvalidOptionError], tuple[str, str | None]]:
+        return (type(self), (str(self), self.option))

@@ -54,10 +54,11 @@ class HybridStrategy(StrategyBase):
         object.__setattr__(self, "measure", check_measure(self.measure))
         if not self.candidates >= 1:
             raise InvalidOptionError(
-                f"hybrid option 'candidates' must be >= 1 (a multiple of the budget), got {self.candidates}"
+                f"hybrid option 'candidates' must be >= 1 (a multiple of the budget), got {self.candidates}",
+                option="candidates",
             )
         if not 0.0 <= self.weight <= 1.0:
-            raise InvalidOptionError(f"hybrid option 'weight' must be in [0, 1], got {self.weight}")
+            raise InvalidOptionError(f"hybrid option 'weight' must be in [0, 1], got {self.weight}", option="weight")
         if self.diversify not in DIVERSIFY_MODES:
             raise UnknownStrategyError(self.diversify, DIVERSIFY_MODES, kind="hybrid diversify mode")
 

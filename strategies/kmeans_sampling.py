@@ -39,7 +39,8 @@ class KMeansStrategy(StrategyBase):
         object.__setattr__(self, "measure", check_measure(self.measure))
         if not self.clusters >= 1:
             raise InvalidOptionError(
-                f"kmeans option 'clusters' must be >= 1 (a multiple of the budget), got {self.clusters}"
+                f"kmeans option 'clusters' must be >= 1 (a multiple of the budget), got {self.clusters}",
+                option="clusters",
             )
         if self.pick not in PICK_MODES:
             raise UnknownStrategyError(self.pick, PICK_MODES, kind="kmeans pick mode")

@@ -1,8 +1,9 @@
 """Strategies by name, the shape of the YAML config (``{name: options}``).
 
 A new strategy registers by adding one entry to ``STRATEGIES``: a factory whose keyword parameters are its
-options. ``get_strategy`` checks the options against the factory's signature, so a typo in a config names the
-bad option instead of failing somewhere inside. Names are spelled one way everywhere: ``canonical_name``
+options, annotated with their types. ``check_options`` (run by ``get_strategy``, and by the config loader) checks
+names and types against the factory's signature, so a typo or a wrong type in a config names the bad option
+instead of failing somewhere inside. Names are spelled one way everywhere: ``canonical_name``
 ("least-confidence" → "least_confidence") is the only normalisation, used for strategy, measure and reducer
 names alike.
 """
@@ -15,7 +16,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from strategies._validate import canonical_name, check_name
+from strategies._validate import canonical_name, check_name, coerce_option
 from strategies.base import Strategy
 from strategies.errors import InvalidOptionError
 from strategies.hybrid import HybridStrategy
@@ -24,7 +25,7 @@ from strategies.kmeans_sampling import KMeansStrategy
 from strategies.random_sampling import RandomStrategy
 from strategies.uncertainty_sampling import UncertaintyStrategy
 
-__all__ = ["STRATEGIES", "StrategyFactory", "canonical_name", "get_strategy", "strategy_names"]
+__all__ = ["STRATEGIES", "StrategyFactory", "canonical_name", "check_options", "get_strategy", "strategy_names"]
 
 StrategyFactory = Callable[..., Strategy]
 
@@ -47,22 +48,42 @@ def strategy_names() -> list[str]:
     return sorted(STRATEGIES)
 
 
-def _check_options(name: str, factory: StrategyFactory, options: Mapping[str, Any]) -> None:
-    params_by_name = inspect.signature(factory).parameters
+def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of strategy ``name``, checked against its factory's signature and converted to the types it
+    declares (``"0.3"`` → 0.3 for a ``float``). New strategies get this for free from their annotations.
+
+    Raises:
+        UnknownStrategyError: no such strategy.
+        InvalidOptionError: an unknown option (the message lists the valid ones), a missing required one, or a
+            value of the wrong type ("strategy 'hybrid' option 'weight': expected a number, got 'abc'");
+            ``.option`` names it.
+    """
+    key = check_name(name, STRATEGIES, "strategy")
+    params_by_name = inspect.signature(STRATEGIES[key], eval_str=True).parameters
     params = params_by_name.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
+        return dict(options)
     keyword_kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     accepted = {p.name for p in params if p.kind in keyword_kinds}
     unknown = sorted(set(options) - accepted)
     if unknown:
         valid = ", ".join(sorted(accepted)) or "none"
-        raise InvalidOptionError(f"strategy {name!r} has no option {unknown[0]!r}; valid options: {valid}")
+        raise InvalidOptionError(
+            f"strategy {key!r} has no option {unknown[0]!r}; valid options: {valid}", option=str(unknown[0])
+        )
     missing = sorted(
         name for name in accepted - set(options) if params_by_name[name].default is inspect.Parameter.empty
     )
     if missing:
-        raise InvalidOptionError(f"strategy {name!r} needs option {missing[0]!r}")
+        raise InvalidOptionError(f"strategy {key!r} needs option {missing[0]!r}", option=missing[0])
+    out: dict[str, Any] = {}
+    for option, value in options.items():
+        what = f"strategy {key!r} option {option!r}"
+        try:
+            out[option] = coerce_option(value, params_by_name[option].annotation, what)
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(str(exc), option=option) from None
+    return out
 
 
 def get_strategy(name: str, **options: Any) -> Strategy:
@@ -73,6 +94,4 @@ def get_strategy(name: str, **options: Any) -> Strategy:
         InvalidOptionError: an option the strategy does not take, a required one missing, or a bad value.
     """
     key = check_name(name, STRATEGIES, "strategy")
-    factory = STRATEGIES[key]
-    _check_options(key, factory, options)
-    return factory(**options)
+    return STRATEGIES[key](**check_options(key, options))

@@ -19,7 +19,8 @@ def heavy_imports(args: list[str], cwd: Path) -> tuple[int, list[str], str, str]
         "import cli\n"
         f"result = CliRunner().invoke(cli.app, {args!r})\n"
         f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
-        "print(json.dumps({'code': result.exit_code, 'heavy': heavy, 'stdout': result.stdout, 'stderr': result.stderr}))\n"
+        "print(json.dumps({'code': result.exit_code, 'heavy': heavy, 'stdout': result.stdout,\n"
+        "                  'stderr': result.stderr}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, timeout=300, check=False

@@ -361,3 +361,25 @@ def test_simulate_checks_its_output_paths_before_any_work(
     dataset = tmp_path / "missing-dataset"  # would be exit 3, later: the output paths are checked first
     code, _, err = run("simulate", "--dataset", str(dataset), option, str(tmp_path / value))
     assert_one_clean_error(code, err, ExitCode.USAGE, option, fragment)
+
+
+def test_a_wrongly_typed_strategy_option_is_a_usage_error_naming_the_key(tmp_path: Path, small_pool: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("strategy:\n  options:\n    hybrid: {weight: abc}\n")
+    code, _, err = run(
+        "select", "--no-push", "--pool", str(small_pool), "--model", "yolov8n-cls.yaml", "--config", str(cfg),
+        "--db", f"sqlite:///{tmp_path / 'c.db'}",
+    )  # fmt: skip
+    assert_one_clean_error(
+        code, err, ExitCode.USAGE, "strategy.options.hybrid.weight", "expected a number, got 'abc'", str(cfg)
+    )
+    assert not (tmp_path / "c.db").exists()  # refused at load, before any work
+
+
+def test_an_unknown_curate_variable_is_a_warning_on_stderr(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["status", "--db", f"sqlite:///{tmp_path / 'c.db'}"], env={"CURATE_BD": "sqlite:///elsewhere.db"}
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "warning: environment variable CURATE_BD matches no config key" in result.stderr
+    assert "did you mean CURATE_DB?" in result.stderr

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -209,3 +211,120 @@ def test_override_errors_name_the_override() -> None:
         load_settings(None, {"select..budget": 3}, environ={})
     with pytest.raises(ConfigError, match="override keys are config key names"):
         load_settings(None, {("select", "budget"): (3, "--budget")}, environ={})  # type: ignore[dict-item]
+
+
+# -- strategy options: checked with their declared types at load (issue 17, item 8) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "fragments"),
+    [
+        (
+            "hybrid: {weight: abc}",
+            ["invalid config key 'strategy.options.hybrid.weight'", "expected a number, got 'abc'"],
+        ),
+        ("hybrid: {weight: true}", ["'strategy.options.hybrid.weight'", "expected a number, got True"]),
+        ("hybrid: {candidates: .inf}", ["'strategy.options.hybrid.candidates'", "expected a finite number"]),
+        ("kmeans: {measure: 3}", ["'strategy.options.kmeans.measure'", "expected a string, got 3"]),
+        (
+            "hybrid: {wieght: 0.3}",
+            [
+                "unknown config key 'strategy.options.hybrid.wieght'",
+                "did you mean 'weight'?",
+                "valid options: candidates, diversify, measure, weight",
+            ],
+        ),
+        ("random: {weight: 1}", ["unknown config key 'strategy.options.random.weight'", "valid options: none"]),
+        ("hybird: {weight: 0.3}", ["unknown config key 'strategy.options.hybird'", "did you mean 'hybrid'?"]),
+        ("hybrid: {weight: 2}", ["'strategy.options.hybrid.weight'", "must be in [0, 1]"]),
+        ("hybrid: {diversify: sideways}", ["'strategy.options.hybrid'", "sideways", "greedy, kmeans"]),
+    ],
+)
+def test_a_bad_strategy_option_names_its_key_at_load(tmp_path: Path, yaml_text: str, fragments: list[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", f"strategy:\n  options:\n    {yaml_text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, {}, environ={})
+    for fragment in [*fragments, str(cfg)]:
+        assert fragment in str(info.value)
+
+
+def test_strategy_options_are_converted_to_their_declared_types() -> None:
+    env = {"CURATE_STRATEGY__OPTIONS__HYBRID__WEIGHT": "0.25", "CURATE_STRATEGY__OPTIONS__KMEANS__CLUSTERS": "2"}
+    s = load_settings(None, {}, environ=env)
+    assert s.strategy.options == {"hybrid": {"weight": 0.25}, "kmeans": {"clusters": 2.0}}
+    with pytest.raises(ConfigError, match=r"CURATE_STRATEGY__OPTIONS__KMEANS__CLUSTERS\): expected a number"):
+        load_settings(None, {}, environ={"CURATE_STRATEGY__OPTIONS__KMEANS__CLUSTERS": "many"})
+    s = load_settings(None, {}, environ={"CURATE_STRATEGY__OPTIONS": '{"least-confidence": {}}'})
+    assert s.strategy.options == {"least_confidence": {}}  # the registered spelling
+
+
+def test_an_unknown_strategy_name_is_refused_at_load_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"'strategy.name' \(from option --strategy\): unknown strategy 'hybird'"):
+        load_settings(None, {("strategy", "name"): ("hybird", "--strategy")}, environ={})
+
+
+def test_the_type_check_comes_from_the_signature_so_new_strategies_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass, field
+
+    import strategies.registry as registry
+    from strategies import InvalidOptionError, RandomStrategy
+
+    @dataclass(frozen=True)
+    class Newcomer(RandomStrategy):
+        rounds: int = 3
+        mode: Literal["a", "b"] = "a"
+        scale: float | None = None
+        name: str = field(default="newcomer", init=False)
+
+    monkeypatch.setattr(registry, "STRATEGIES", {**registry.STRATEGIES, "newcomer": Newcomer})
+    assert registry.check_options("newcomer", {"rounds": "4", "scale": None}) == {"rounds": 4, "scale": None}
+    for bad, expected in [
+        ({"rounds": 2.5}, "expected an integer, got 2.5"),
+        ({"mode": "c"}, "expected one of 'a', 'b', got 'c'"),
+        ({"scale": "x"}, "expected a number or null, got 'x'"),
+    ]:
+        with pytest.raises(InvalidOptionError, match=re.escape(expected)) as info:
+            registry.get_strategy("newcomer", **bad)
+        assert info.value.option == next(iter(bad))
+
+
+# -- warnings for what is accepted but probably a mistake (issue 17, item 13a) ------------------------------------
+
+
+def test_a_curate_variable_that_matches_no_key_warns_with_a_suggestion() -> None:
+    warnings: list[str] = []
+    env = {
+        "CURATE_BD": "sqlite:///x.db",
+        "CURATE_DB": "sqlite:///y.db",
+        "CURATE_CONFIG": "",
+        "CURATE_FAILPOINT": "x",
+        "CURATE_PAUSEPOINT": "x",
+        "CURATE_LS_VENV": "/tmp/v",
+        "CURATE_TEST_PG_URL": "postgresql://",
+        "CURATE_REQUIRE_POSTGRES": "1",
+        "CURATE_SKIP_LABEL_STUDIO": "1",
+        "PATH": "/bin",
+    }
+    load_settings(None, {}, environ=env, warn=warnings.append)
+    assert warnings == ["environment variable CURATE_BD matches no config key and is ignored; did you mean CURATE_DB?"]
+
+
+def test_a_key_given_twice_in_the_config_file_warns_naming_it(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path / "c.yaml",
+        "select:\n  budget: 3\n  budget: 4\nstrategy:\n  options:\n    hybrid: {weight: 0.2, weight: 0.3}\n",
+    )
+    warnings: list[str] = []
+    s = load_settings(cfg, {}, environ={}, warn=warnings.append)
+    assert s.select.budget == 4
+    assert warnings == [
+        f"duplicate key 'select.budget' in config file {cfg} (line 3): the last value wins",
+        f"duplicate key 'strategy.options.hybrid.weight' in config file {cfg} (line 6): the last value wins",
+    ]
+
+
+def test_shipped_configs_load_without_warnings() -> None:
+    for cfg in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        warnings: list[str] = []
+        load_settings(cfg, {}, environ={}, warn=warnings.append)
+        assert warnings == [], cfg

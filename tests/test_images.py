@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from curation.devtools.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, write_bad_files
-from curation.scoring.images import ImageDecodeError, center_crop, letterbox, load_rgb
+from curation.scoring.images import ImageDecodeError, center_crop, letterbox, load_rgb, original_size
 
 MAX_PIXELS = 89_478_485
 
@@ -234,3 +234,40 @@ def test_a_four_million_pixel_line_fails_alone_and_the_pool_is_scored(
     assert "aspect ratio too extreme: 4000000x1" in summary["failures"][0]["reason"]
     again = CliRunner().invoke(app, [*args, "--json"])
     assert again.exit_code == 0 and json.loads(again.stdout)["scored"] == 0, again.stderr
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` but holds almost no data: opening it reads only the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_pool_max_pixels_is_the_one_limit_not_pillows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow refuses images above 2 x Image.MAX_IMAGE_PIXELS on its own; pool.max_pixels must decide instead."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow's own limit: 20,000 px
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(path)  # 60,000 px
+    decoded = load_rgb(path, max_pixels=100_000)  # raised above Pillow's limit: it now decodes
+    assert decoded.rgb.shape == (200, 300, 3)
+    for limit in (20_000, 59_999):  # below Pillow's limit and above it: one check, one wording
+        with pytest.raises(ImageDecodeError, match=r"too large: 300x200 = 0\.1 MP exceeds pool\.max_pixels"):
+            load_rgb(path, max_pixels=limit)
+    assert Image.MAX_IMAGE_PIXELS == 10_000  # set per call, restored: nothing global changes
+
+
+def test_a_header_above_pillows_default_limit_is_read_and_judged_by_max_pixels(tmp_path: Path) -> None:
+    path = _png_header(tmp_path / "huge.png", 20_000, 10_000)  # 200 MP > Pillow's default 179 MP
+    assert original_size(path) == (20_000, 10_000)  # the pool scan records its size
+    with pytest.raises(ImageDecodeError, match=r"20000x10000 = 200\.0 MP exceeds pool\.max_pixels \(89\.5 MP\)"):
+        load_rgb(path, max_pixels=89_478_485)
+    with pytest.raises(ImageDecodeError, match=r"20000x10000 = 200\.0 MP exceeds pool\.max_pixels \(150\.0 MP\)"):
+        load_rgb(path, max_pixels=150_000_000)  # the configured limit decides, not Pillow's 179 MP

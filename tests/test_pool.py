@@ -10,6 +10,7 @@ import pytest
 from curation.config import IMAGE_EXTENSIONS
 from curation.devtools.synthetic import make_pool
 from curation.errors import PoolError
+from curation.scoring import pool as pool_module
 from curation.scoring.pool import content_id, resolve_pool, scan_pool, walk_directory
 from store import Store
 
@@ -67,6 +68,38 @@ def test_manifests_txt_csv_jsonl(tmp_path: Path) -> None:
     (tmp_path / "missing.txt").write_text("imgs/none.jpg\n")
     _, report = scan_pool(store, resolve_pool(tmp_path / "missing.txt"), EXT)
     assert report.files == 0 and report.skipped[0][1] == "file not found"
+    store.close()
+
+
+def test_a_manifest_reads_only_images_inside_its_own_tree_and_reports_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    base = tmp_path / "data"
+    inside = make_pool(base / "imgs", n=2, size=32)
+    elsewhere = make_pool(tmp_path / "elsewhere", n=1, size=32)[0]
+    (base / "notes.txt").write_text("secret")
+    (base / "imgs" / "sneaky.jpg").symlink_to(elsewhere)  # inside by name, outside once followed
+    manifest = base / "list.txt"
+    entries = ["/etc/passwd", "notes.txt", f"../elsewhere/{elsewhere.name}", "imgs/sneaky.jpg"]
+    manifest.write_text("\n".join([*entries, *(f"imgs/{p.name}" for p in inside)]) + "\n")
+    opened: list[Path] = []
+    real_content_id = content_id
+    monkeypatch.setattr(pool_module, "content_id", lambda path: opened.append(path) or real_content_id(path))
+
+    _, report = scan_pool(store, resolve_pool(manifest), EXT)
+    assert report.files == 2
+    reasons = dict(report.skipped)
+    assert reasons["/etc/passwd"].startswith("not an image file name")
+    assert reasons[str(base / "notes.txt")].startswith("not an image file name")
+    outside = "outside the manifest's directory (set pool.allow_outside_root: true to allow it)"
+    assert reasons[str(base / ".." / "elsewhere" / elsewhere.name)] == outside
+    assert reasons[str(base / "imgs" / "sneaky.jpg")] == outside
+    assert sorted(p.name for p in opened) == sorted(p.name for p in inside)  # the refused ones were never read
+
+    _, report = scan_pool(store, resolve_pool(manifest), EXT, allow_outside_root=True)
+    assert report.files == 4  # the two outside images now count; /etc/passwd and notes.txt still never do
+    assert sorted(dict(report.skipped)) == ["/etc/passwd", str(base / "notes.txt")]
     store.close()
 
 

@@ -58,6 +58,8 @@ def scan(store: Store, settings: Settings, progress: Progress | None = None) -> 
             tuple(settings.pool.extensions),
             settings.pool.hash_workers,
             on_progress=lambda done, total: progress.advance(1),
+            allow_outside_root=settings.pool.allow_outside_root,
+            max_pixels=settings.pool.max_pixels,
         )
     finally:
         progress.finish()

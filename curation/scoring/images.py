@@ -8,7 +8,8 @@ Conversions (documented in the README):
   channels are kept, as OpenCV does when Ultralytics trains), palette transparency included;
 - 16-bit and 32-bit integer grayscale are mapped linearly to 8 bits (value / 257, i.e. 65535 → 255);
 - multi-frame files (GIF, TIFF, animated WebP) use their first frame;
-- images above ``max_pixels`` are refused as decompression bombs before any pixel is decoded;
+- images above ``max_pixels`` (``pool.max_pixels``, the one limit: Pillow's own follows it) are refused as
+  decompression bombs before any pixel is decoded;
 - images whose long side is more than ``max_aspect`` times their short side (a 4,000,000 x 1 PNG of 12 KB) are
   refused before any pixel is decoded: resizing one to a model input would cost memory without bound;
 - work per image is bounded by the model input, not the file: JPEGs decode at reduced scale (``draft``) and other
@@ -18,9 +19,13 @@ Conversions (documented in the README):
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +62,46 @@ def _pillow_open() -> Callable[..., Image.Image]:
 
 
 DEFAULT_MAX_ASPECT = 20.0  # pool.max_aspect_ratio: wider than phone panoramas (~10:1), far below a 1-px line
+DEFAULT_MAX_PIXELS = 89_478_485  # pool.max_pixels' default (Pillow's warning level)
+_PILLOW_LIMIT_LOCK = threading.RLock()
+
+
+def _fresh_lock_after_fork() -> None:
+    global _PILLOW_LIMIT_LOCK  # a DataLoader worker forked while a scan thread held the lock must not inherit it
+    _PILLOW_LIMIT_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
+
+@contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Make ``pool.max_pixels`` Pillow's limit too, for one decode (None: no limit, to read a header).
+
+    Pillow refuses images above twice ``Image.MAX_IMAGE_PIXELS`` (179 MP by default) on its own, in ``open`` and
+    while loading some formats' frames; left alone, that would fire before a raised ``pool.max_pixels``. The
+    module global is set per call, restored after, under a lock (pool scans read headers from threads), so that
+    importing curate changes nothing for other code in the process.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        _set_pillow_limit(max_pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _set_pillow_limit(max_pixels: int | None) -> None:
+    """Only inside ``_pixel_limit``. Pillow raises above 2 x MAX_IMAGE_PIXELS (and warns above it): halve,
+    rounding up, so that it raises where pool.max_pixels does."""
+    Image.MAX_IMAGE_PIXELS = None if max_pixels is None else (max_pixels + 1) // 2
+
+
+def _too_large(pixels: float, max_pixels: int, size: str = "") -> ImageDecodeError:
+    return ImageDecodeError(
+        f"image too large: {size}{pixels / 1e6:.1f} MP exceeds pool.max_pixels ({max_pixels / 1e6:.1f} MP)"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,7 +131,7 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None, max_aspect:
     ``2 * target``. Every preprocessing (letterbox, centre crop, stretch) needs at most ``target`` on the short side.
     """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pixel_limit(None):  # opening reads the header only: we judge the size
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # palette transparency notes
             with _pillow_open()(path) as im:
@@ -94,16 +139,14 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None, max_aspect:
                 if width <= 0 or height <= 0:
                     raise ImageDecodeError("image has zero width or height")
                 if width * height > max_pixels:
-                    raise ImageDecodeError(
-                        f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP exceeds "
-                        f"pool.max_pixels ({max_pixels / 1e6:.1f} MP)"
-                    )
+                    raise _too_large(width * height, max_pixels, f"{width}x{height} = ")
                 if max(width, height) > max_aspect * min(width, height):
                     ratio = max(width, height) / min(width, height)
                     raise ImageDecodeError(
                         f"aspect ratio too extreme: {width}x{height} is {ratio:.0f}:1, above "
                         f"pool.max_aspect_ratio ({max_aspect:g}:1)"
                     )
+                _set_pillow_limit(max_pixels)  # frames sized while loading (GIF, ICO) meet the same limit
                 if target is not None and im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
                     # Oriented size is unknown until EXIF is read; request enough pixels for either orientation.
                     scale = target / min(width, height)
@@ -124,8 +167,9 @@ def load_rgb(path: Path, max_pixels: int, target: int | None = None, max_aspect:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from None
+    except Image.DecompressionBombError as exc:  # Pillow's check, set to pool.max_pixels by _pixel_limit
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(int(found.group(1)) if found else max_pixels + 1, max_pixels) from None
     except FileNotFoundError:
         raise ImageDecodeError("file not found", transient=True) from None
     except PermissionError:
@@ -235,9 +279,14 @@ def stretch(rgb: NDArray[np.uint8], size: int, orig_w: int, orig_h: int) -> tupl
     return np.ascontiguousarray(out), Geometry(orig_w, orig_h, size / max(orig_w, orig_h), 0.0, 0.0)
 
 
-def original_size(path: Path) -> tuple[int, int]:
-    """EXIF-corrected (width, height) without decoding pixels."""
-    with _pillow_open()(path) as im:
+def original_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """EXIF-corrected (width, height) without decoding pixels, if it can (reading a PNG's EXIF loads the image:
+    above ``max_pixels`` the stored size is returned, since decoding will refuse the file anyway)."""
+    with warnings.catch_warnings(), _pixel_limit(None), _pillow_open()(path) as im:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         width, height = im.size
+        if width * height > max_pixels:
+            return width, height
+        _set_pillow_limit(max_pixels)
         orientation = im.getexif().get(0x0112, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

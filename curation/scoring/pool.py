@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from curation.errors import PoolError
-from curation.scoring.images import original_size
+from curation.scoring.images import DEFAULT_MAX_PIXELS, original_size
 from store import Store
 from store.records import ScannedFile
 
@@ -212,14 +212,39 @@ def absolute_path(root: str | Path, stored: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
+def manifest_entry_problem(
+    path: Path, source: PoolSource, extensions: tuple[str, ...], allow_outside_root: bool
+) -> str | None:
+    """Why a manifest entry is refused before it is even opened, or None.
+
+    A manifest may be written by someone else (or a careless script): an entry must name an image file
+    (``pool.extensions``) and, unless ``pool.allow_outside_root``, lie in the manifest's directory tree once
+    symlinks are followed, so that a manifest cannot make curate read, hash and store ``/etc/passwd``.
+    """
+    if path.suffix.lower() not in extensions:
+        return f"not an image file name (pool.extensions: {', '.join(extensions)})"
+    if not allow_outside_root:
+        try:
+            inside = path.resolve().is_relative_to(source.root.resolve())
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+            inside = False
+        if not inside:
+            return "outside the manifest's directory (set pool.allow_outside_root: true to allow it)"
+    return None
+
+
 def scan_pool(
     store: Store,
     source: PoolSource,
     extensions: tuple[str, ...],
     hash_workers: int = 4,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    allow_outside_root: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, ScanReport]:
-    """Find the pool's files and register them. Returns the pool id and what changed."""
+    """Find the pool's files and register them. Returns the pool id and what changed. Manifest entries that
+    ``manifest_entry_problem`` refuses are reported in ``ScanReport.skipped`` and never read."""
     report = ScanReport()
     pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
     known = store.pools.known_paths(pool_id)
@@ -237,6 +262,11 @@ def scan_pool(
         if not _is_utf8(key):  # one such name must not stop the pool from being registered
             report.skipped.append((shown_path(path), NOT_UTF8))
             continue
+        if source.kind == "manifest":
+            problem = manifest_entry_problem(path, source, extensions, allow_outside_root)
+            if problem is not None:
+                report.skipped.append((shown_path(path), problem))
+                continue
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -263,7 +293,7 @@ def scan_pool(
         except OSError as exc:
             return (key, shown_path(path), f"cannot read: {exc.strerror or exc}")
         try:
-            width, height = original_size(path)
+            width, height = original_size(path, max_pixels)
         except Exception:  # not an image: decoding will fail later and record the reason once
             return ScannedFile(key, size, mtime_ns, digest)
         return ScannedFile(key, size, mtime_ns, digest, width, height)
