@@ -199,6 +199,9 @@ class LabelStudioSettings(_Section):
     """If set, image URLs are ``url_prefix + path relative to the pool root`` (http(s):// or s3://)."""
     cluster_window: int = Field(default=200, ge=0)
     """Set prediction clusters (one request each, ~30-60 ms) for this many tasks at the head of the queue; 0: off."""
+    import_settle_s: float = Field(default=900.0, ge=0)
+    """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
+    may be imported again, if they are still absent from the project: longer than the server can take to commit."""
 
 
 class Settings(BaseSettings):

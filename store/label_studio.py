@@ -3,13 +3,14 @@ imports and pulled annotations. Only SQL here, no HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from store.db import BATCH, Database
-from store.records import LSProjectRecord, PendingItem, PulledAnnotation, QueuedTask
+from store.records import LSProjectRecord, PendingItem, PulledAnnotation, PushIntent, QueuedTask, RecordedTask
 from store.schema import (
     Annotation,
     Item,
@@ -105,6 +106,28 @@ class LabelStudioRecords:
                 conn.execute(delete(LSPushIntent).where(LSPushIntent.id == intent_id))
         return int(added)
 
+    def recorded(self, ls_project_id: int) -> dict[int, RecordedTask]:
+        """item id → the task this database recorded for it in the project (any status)."""
+        with self._db.tx(write=False) as conn:
+            rows = conn.execute(
+                select(LSTask.item_id, LSTask.task_id, LSTask.status).where(LSTask.ls_project_id == ls_project_id)
+            )
+            return {int(i): RecordedTask(int(i), int(t), str(s)) for i, t, s in rows}
+
+    def remap_tasks(self, ls_project_id: int, moves: Mapping[int, int]) -> int:
+        """Point items at another task (old task id → new task id): their task was a duplicate that is gone. The
+        item is queued again without a position (the next push or reprioritize ranks it). Returns rows changed."""
+        changed = 0
+        with self._db.tx() as conn:
+            for old, new in moves.items():
+                result = conn.execute(
+                    update(LSTask)
+                    .where(LSTask.ls_project_id == ls_project_id, LSTask.task_id == int(old))
+                    .values(task_id=int(new), status="queued", position=None, cluster=None)
+                )
+                changed += int(result.rowcount or 0)
+        return changed
+
     def queue(self, ls_project_id: int) -> list[QueuedTask]:
         """Queued (not yet labeled or skipped) tasks in queue order."""
         stmt = (
@@ -174,14 +197,22 @@ class LabelStudioRecords:
                 ).scalar_one()
             )
 
-    def intents(self, ls_project_id: int) -> list[tuple[int, list[str]]]:
+    def intents(self, ls_project_id: int) -> list[PushIntent]:
         with self._db.tx(write=False) as conn:
             rows = conn.execute(
-                select(LSPushIntent.id, LSPushIntent.content_ids)
+                select(LSPushIntent.id, LSPushIntent.content_ids, LSPushIntent.created_at)
                 .where(LSPushIntent.ls_project_id == ls_project_id)
                 .order_by(LSPushIntent.id)
             )
-            return [(int(i), list(c)) for i, c in rows]
+            # SQLite returns naive datetimes; every time stored here is UTC
+            return [PushIntent(int(i), list(c), at if at.tzinfo else at.replace(tzinfo=UTC)) for i, c, at in rows]
+
+    def drop_intents(self, intent_ids: Sequence[int]) -> None:
+        """Forget imports whose outcome is settled: their items were recorded, or they provably never arrived."""
+        if not intent_ids:
+            return
+        with self._db.tx() as conn:
+            conn.execute(delete(LSPushIntent).where(LSPushIntent.id.in_([int(i) for i in intent_ids])))
 
     # -- what to push ------------------------------------------------------------------------------------------------
     def pending(self, ls_project_id: int) -> list[PendingItem]:

@@ -209,6 +209,24 @@ class QueuedTask:
 
 
 @dataclass(frozen=True)
+class RecordedTask:
+    """Which task this database recorded for an item, and the task's status here."""
+
+    item_id: int
+    task_id: int
+    status: str
+
+
+@dataclass(frozen=True)
+class PushIntent:
+    """An import whose outcome is not recorded yet: its items, and when it was sent (timezone-aware UTC)."""
+
+    id: int
+    content_ids: list[str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class PendingItem:
     """A selected item not yet in the project."""
 

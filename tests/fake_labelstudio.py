@@ -9,8 +9,12 @@ It follows the real server's behaviour as checked in /work/shared/NOTES.md and b
 - task listings are Data Manager queries (``data.*`` equal / not_empty, ``updated_at`` greater_or_equal, one
   ordering), paged; a page past the end is a 404 on the server, which the client turns into ``[]``;
 - ``updated_at`` moves when a task is created or annotated; the clock can be frozen to make same-instant updates.
+- task listings can restrict to ``id`` (greater / equal) and report ``total_annotations`` and
+  ``cancelled_annotations``; the Data Manager's ``delete_tasks`` action deletes tasks whatever they hold.
 Faults: ``fail_next_import("after-commit" | "before-commit")`` makes the next task import fail with an unknown
-outcome after (or without) committing it, as a proxy's 502 does.
+outcome after (or without) committing it, as a proxy's 502 does; ``"held"`` fails it (a proxy's 504) while the
+server is still importing: the tasks appear when the test calls ``land_held_import()``; ``"refused"`` answers
+400 (nothing imported).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class FakeLabelStudio:
         self._now = datetime(2026, 1, 1, tzinfo=UTC)
         self.frozen = False
         self._fault: str | None = None
+        self._held: tuple[int, list[dict[str, Any]]] | None = None
 
     # -- test controls -----------------------------------------------------------------------------------------------
     def _next(self, kind: str) -> int:
@@ -79,8 +84,14 @@ class FakeLabelStudio:
         self._now += timedelta(seconds=seconds)
 
     def fail_next_import(self, mode: str) -> None:
-        assert mode in ("after-commit", "before-commit")
+        assert mode in ("after-commit", "before-commit", "held", "refused")
         self._fault = mode
+
+    def land_held_import(self) -> list[int]:
+        """The slow import held by ``fail_next_import("held")`` commits now."""
+        assert self._held is not None, "no import is held"
+        (project_id, tasks), self._held = self._held, None
+        return [self._add_task(project_id, t) for t in tasks]
 
     def annotate(self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False) -> int:
         task = self.tasks[task_id]
@@ -212,6 +223,11 @@ class FakeLabelStudio:
         fault, self._fault = self._fault, None
         if fault == "before-commit":
             raise ImportOutcomeUnknown(f"Label Studio at {self.url} answered 502 while importing tasks", 502)
+        if fault == "refused":
+            raise LabelStudioError(f"Label Studio at {self.url} answered 400 while importing tasks", 400)
+        if fault == "held":
+            self._held = (project_id, copy.deepcopy(list(tasks)))
+            raise ImportOutcomeUnknown(f"Label Studio at {self.url} answered 504 while importing tasks", 504)
         ids = [self._add_task(project_id, t) for t in tasks]
         if fault == "after-commit":
             raise ImportOutcomeUnknown(f"Label Studio at {self.url} answered 502 while importing tasks", 502)
@@ -233,10 +249,21 @@ class FakeLabelStudio:
         out = []
         for task in part:
             row = {k: copy.deepcopy(v) for k, v in task.items() if k in keep and k != "annotations"}
+            done = [a for a in task["annotations"] if not a.get("was_cancelled")]
+            if "total_annotations" in keep:
+                row["total_annotations"] = len(done)
+            if "cancelled_annotations" in keep:
+                row["cancelled_annotations"] = len(task["annotations"]) - len(done)
             if fields == "all" and "annotations" in keep:
                 row["annotations"] = copy.deepcopy(task["annotations"])
             out.append(row)
         return out
+
+    def delete_tasks(self, project_id: int, task_ids: Sequence[int]) -> None:
+        self.calls.append("delete_tasks")
+        for tid in task_ids:
+            if self.tasks.get(tid, {}).get("project") == project_id:
+                self.delete_task(tid)
 
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None:
         self.calls.append("import_predictions")
@@ -282,6 +309,8 @@ def _matches(task: dict[str, Any], item: dict[str, Any]) -> bool:
             return actual is not None and str(actual) == str(value)
         if operator == "not_empty":
             return actual not in (None, "")
+    if name == "id" and operator in ("greater", "equal"):
+        return task["id"] > int(value) if operator == "greater" else task["id"] == int(value)
     if name == "updated_at" and operator == "greater_or_equal":
         at, since = parse_ls_time(task["updated_at"]), parse_ls_time(str(value))
         return at is not None and since is not None and at >= since

@@ -79,8 +79,10 @@ def fresh_annotator(url: str) -> LSApi:
 
 class FaultProxy:
     """Forwards everything to Label Studio; for task imports it can answer 502 after the server committed, 502
-    without forwarding (nothing committed), or hang after the server committed (so that the test can kill the
-    client at exactly that point)."""
+    without forwarding (nothing committed), hang after the server committed (so that the test can kill the
+    client at exactly that point), or — ``504-slow`` — answer 504 at once while the import is still on its way:
+    the server commits it only when the test calls ``land()``, as behind a proxy whose timeout is shorter than
+    the server's import."""
 
     def __init__(self, upstream: str, mode: str = "pass") -> None:
         self.upstream = upstream.rstrip("/")
@@ -88,6 +90,7 @@ class FaultProxy:
         self.imports_forwarded = 0
         self.committed = threading.Event()
         self._release = threading.Event()
+        self._slow: tuple[str, bytes | None, dict[str, str]] | None = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,6 +108,15 @@ class FaultProxy:
                     self.end_headers()
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                if is_import and proxy.mode == "504-slow":
+                    proxy.mode = "pass"
+                    proxy._slow = (self.path, body, headers)
+                    self.send_response(504)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", "15")
+                    self.end_headers()
+                    self.wfile.write(b"<h1>504</h1>\n\n\n")
+                    return
                 with httpx.Client(trust_env=False, timeout=120) as client:
                     upstream = client.request(self.command, proxy.upstream + self.path, content=body, headers=headers)
                 if is_import and proxy.mode != "pass":
@@ -136,6 +148,15 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def land(self) -> dict[str, Any]:
+        """The import held by ``504-slow`` reaches the server and commits now; returns the server's answer."""
+        assert self._slow is not None, "no import is held"
+        (path, body, headers), self._slow = self._slow, None
+        with httpx.Client(trust_env=False, timeout=120) as client:
+            response = client.post(self.upstream + path, content=body, headers=headers)
+        response.raise_for_status()
+        return dict(response.json())
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()

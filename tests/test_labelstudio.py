@@ -352,7 +352,7 @@ def test_502_after_the_server_committed_creates_no_duplicates(
     assert len(ids) == 7 and len(set(ids)) == 7
 
 
-def test_import_that_never_reached_the_server_fails_then_a_rerun_imports_once(
+def test_import_that_never_reached_the_server_is_held_then_imported_once_after_the_settle_time(
     tmp_path: Path,
     ls_env: dict[str, str],
     ls_pool: Path,
@@ -371,10 +371,97 @@ def test_import_that_never_reached_the_server_fails_then_a_rerun_imports_once(
         assert code == ExitCode.LABEL_STUDIO, err
         assert "not in the project" in err and "Traceback" not in err
         assert curation_ids(api, api.project_by_title(name)["id"]) == []
+        held = curate_json("push", "--project", name, "--db", db)  # it might still commit: wait
+        assert held["pushed"] == 0 and held["awaiting_import"] == 6
+        monkeypatch.setenv("CURATE_LABEL_STUDIO__IMPORT_SETTLE_S", "0")  # settled, and provably absent
         rerun = curate_json("push", "--project", name, "--db", db)
     assert rerun["pushed"] == 6
     ids = curation_ids(api, api.project_by_title(name)["id"])
     assert len(ids) == 6 and len(set(ids)) == 6
+
+
+def test_a_slow_import_answered_504_is_adopted_when_it_lands_never_imported_twice(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
+    label_studio: Any,
+) -> None:
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    with FaultProxy(label_studio.url, mode="504-slow") as proxy:
+        monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
+        code, _, err = curate(*select_args(ls_pool, tiny_cls_model, name, db, 6))
+        assert code == ExitCode.LABEL_STUDIO, err
+        assert "504" in err and "not in the project" in err and "Traceback" not in err
+        # rerun at once, while the server is still importing: the held items are not imported again
+        rerun = curate_json("push", "--project", name, "--db", db)
+        assert rerun["pushed"] == 0 and rerun["awaiting_import"] == 6
+        proxy.land()  # the slow import commits
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    project = api.project_by_title(name)
+    ids = curation_ids(api, project["id"])
+    assert len(ids) == 6 == len(set(ids))
+    later = curate_json("push", "--project", name, "--db", db)
+    assert later["reconciled"] == 6 and later["pushed"] == 0 and later["awaiting_import"] == 0
+    ids = curation_ids(api, project["id"])
+    assert len(ids) == 6 == len(set(ids))
+    assert api.project_by_title(name)["model_version"] == later["model_version_tag"]  # adopted tasks are served
+
+
+def test_two_databases_pushing_into_one_project_make_no_duplicates(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, postgres_url: str
+) -> None:
+    name = title()
+    databases = (f"sqlite:///{tmp_path / 'first.db'}", postgres_url)
+    pick = ("--strategy", "entropy")  # both databases select the same items
+    for db in databases:  # the second has no task in the project yet
+        curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4, *pick))
+    for db in databases:  # now it has: it must still look before importing
+        result = curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4, *pick))
+    assert result["push"]["reconciled"] == 4 and result["push"]["pushed"] == 0
+    ids = curation_ids(api, api.project_by_title(name)["id"])
+    assert len(ids) == 8 == len(set(ids))
+
+
+def test_existing_duplicates_are_removed_and_annotated_ones_reported(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+) -> None:
+    from curation.labelstudio.client import LabelStudioClient
+    from curation.labelstudio.tasks import curate_tasks
+
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4))
+    pid = api.project_by_title(name)["id"]
+    original = {t["data"]["curation_id"]: t for t in api.tasks(pid)}
+    a, b, c, d = sorted(original)
+    api.post(f"/api/projects/{pid}/import", [original[x]["data"] for x in (a, b, c)])  # a user imports them again
+    dup = {
+        t["data"]["curation_id"]: t["id"] for t in api.tasks(pid) if t["id"] != original[t["data"]["curation_id"]]["id"]
+    }
+    choice = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["square"]}}]
+    api.annotate(dup[b], choice)  # the newer one is annotated: it stays, the older empty one goes
+    api.annotate(original[c]["id"], choice)  # both annotated: both stay, reported
+    api.annotate(dup[c], [], cancelled=True)
+    # the sweep behind reconcile, in keyset pages of 2: every task once, with its annotations counted
+    swept = curate_tasks(LabelStudioClient(label_studio.url, label_studio.api_key), pid, page_size=2)
+    assert {t.id: t.annotations for ts in swept.values() for t in ts} == {
+        **{original[x]["id"]: 0 for x in (a, b, d)},
+        original[c]["id"]: 1,
+        dup[a]: 0,
+        dup[b]: 1,
+        dup[c]: 1,
+    }
+    result = curate_json("push", "--project", name, "--db", db)
+    assert result["duplicates_removed"] == 2 and result["pushed"] == 0
+    assert result["annotated_duplicates"] == [{"curation_id": c, "task_ids": [original[c]["id"], dup[c]]}]
+    left = {t["id"]: t["data"]["curation_id"] for t in api.tasks(pid)}
+    assert Counter(left.values()) == {a: 1, b: 1, c: 2, d: 1}
+    assert dup[a] not in left and original[b]["id"] not in left and dup[b] in left
+    assert curate_json("push", "--project", name, "--db", db)["duplicates_removed"] == 0
 
 
 def _count_tasks(db: Path) -> int:

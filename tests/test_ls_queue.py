@@ -3,14 +3,16 @@ SQLite store: the decisions (append or re-tag, reconcile, adopt, page) in millis
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from curation.config import LabelStudioSettings, StrategySettings
-from curation.errors import ConfigError, ProjectNotFoundError
+from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
 from curation.labelstudio.formats import label_config, queue_score
 from curation.labelstudio.project import ProjectHandle, ensure_storage, open_project
@@ -18,13 +20,14 @@ from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.pull import pull, watermark_with_margin
 from curation.labelstudio.push import plan_push, push
 from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.reconcile import plan_duplicates, settle_intents
 from curation.labelstudio.reprioritize import reprioritize
 from curation.labelstudio.tags import is_ours, make_tag, parse_tag
-from curation.labelstudio.tasks import updated_tasks
+from curation.labelstudio.tasks import RemoteTask, updated_tasks
 from curation.progress import NullProgress
 from curation.selection import build_strategy
 from store import Store
-from store.records import ModelVersionRecord, QueuedTask, ScannedFile, ScoredChunk, ScoredItem
+from store.records import ModelVersionRecord, PushIntent, QueuedTask, ScannedFile, ScoredChunk, ScoredItem
 from tests.fake_labelstudio import FakeLabelStudio
 
 CLASSES = ["circle", "square", "triangle"]
@@ -73,11 +76,11 @@ class World:
         return order
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+def make_world(tmp_path: Path, ls: FakeLabelStudio, db: str = "c.db") -> World:
+    """A scored pool of 12 items in database ``db`` (another name: a second database over the same pool)."""
+    store = Store.open(f"sqlite:///{tmp_path / db}")
     pool = tmp_path / "root" / "pool"
-    pool.mkdir(parents=True)
+    pool.mkdir(parents=True, exist_ok=True)
     n = 12
     for i in range(n):
         (pool / f"img_{i:02d}.jpg").write_bytes(b"not decoded by push")
@@ -106,8 +109,14 @@ def world(tmp_path: Path) -> World:
     store.runs.write_chunk(run, mv.id, chunk)
     store.runs.finish(run, "completed", 1.0)
     cfg = LabelStudioSettings(project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4)
-    yield World(store, FakeLabelStudio(), mv, pool_id, pool, ids, cfg)
-    store.close()
+    return World(store, ls, mv, pool_id, pool, ids, cfg)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    made = make_world(tmp_path, FakeLabelStudio())
+    yield made
+    made.store.close()
 
 
 def _task_of(world: World, project_id: int) -> dict[str, int]:
@@ -173,8 +182,9 @@ def test_push_imports_once_and_the_stream_serves_the_selection_order(world: Worl
         "position": 1,
     }
     assert list(report.summary()) == [
-        "project_id", "project", "project_url", "created_project", "pushed", "reconciled", "missing_files",
-        "model_version_tag", "queue_size", "first", "served_after_s", "seconds",
+        "project_id", "project", "project_url", "created_project", "pushed", "reconciled", "awaiting_import",
+        "duplicates_removed", "annotated_duplicates", "missing_files", "model_version_tag", "queue_size", "first",
+        "served_after_s", "seconds",
     ]  # fmt: skip
 
     # nothing new: nothing imported, nothing rewritten
@@ -234,6 +244,9 @@ def test_plan_push_decides_append_or_re_tag(world: World) -> None:
     unplaced = [*queue, QueuedTask(3, "c", 12, None, None)]  # an adopted task has no position yet
     plan = plan_push(unplaced, 1, project, "m-1")
     assert plan is not None and not plan.append and plan.after == 3 and parse_tag(plan.tag) is not None
+    plan = plan_push(unplaced, 0, project, "m-1")  # nothing new, but an adopted task to rank
+    assert plan is not None and not plan.append
+    assert plan_push([], 0, project, "m-1") is None  # nothing queued, nothing new (e.g. all held back)
 
 
 def test_a_502_after_the_server_committed_records_the_tasks_without_duplicates(world: World) -> None:
@@ -246,17 +259,117 @@ def test_a_502_after_the_server_committed_records_the_tasks_without_duplicates(w
     assert world.store.label_studio.intents(project.record.id) == []
 
 
-def test_an_import_that_never_arrived_fails_then_a_rerun_imports_once(world: World) -> None:
+def test_an_import_that_never_arrived_is_held_then_imported_once_after_the_settle_time(world: World) -> None:
     project = world.project()
     world.select(project, world.item_ids[:3])
     world.ls.fail_next_import("before-commit")
     with pytest.raises(ImportOutcomeUnknown, match="not in the project"):
         world.push(project)
     assert len(world.store.label_studio.intents(project.record.id)) == 1  # kept: the next run looks before importing
-    report = world.push()
     pid = project.record.project_id
-    assert report.pushed == 3 and len(world.ls.project_tasks(pid)) == 3
+    held = world.push()  # it may still be committing: not imported again yet
+    assert held.pushed == 0 and held.awaiting_import == 3 and world.ls.project_tasks(pid) == []
+    report = world.push(import_settle_s=0)  # settled, and still absent: now they are imported, once
+    assert report.pushed == 3 and report.awaiting_import == 0 and len(world.ls.project_tasks(pid)) == 3
     assert world.store.label_studio.intents(project.record.id) == []
+
+
+def test_a_slow_import_answered_504_is_adopted_when_it_lands_never_imported_twice(world: World) -> None:
+    project = world.project()
+    pid = project.record.project_id
+    world.select(project, world.item_ids[:3])
+    world.ls.fail_next_import("held")  # a proxy answers 504 while Label Studio still imports
+    with pytest.raises(ImportOutcomeUnknown, match="not in the project"):
+        world.push(project)
+    world.select(project, world.item_ids[3:5])
+    rerun = world.push()  # right away: the held items wait, the others are pushed
+    assert rerun.pushed == 2 and rerun.awaiting_import == 3
+    world.ls.land_held_import()
+    ids = [t["data"]["curation_id"] for t in world.ls.project_tasks(pid)]
+    assert len(ids) == 5 == len(set(ids))
+    later = world.push()
+    assert later.reconciled == 3 and later.pushed == 0 and later.awaiting_import == 0
+    assert world.store.label_studio.intents(project.record.id) == []
+    tasks = _task_of(world, pid)
+    assert len(world.ls.project_tasks(pid)) == 5
+    # the adopted tasks are ranked too: the whole queue is served
+    assert sorted(world.served(pid)) == sorted(tasks.values())
+
+
+def test_settle_intents_holds_until_seen_or_settled_absent() -> None:
+    sent = datetime(2026, 1, 1, tzinfo=UTC)
+    intents = [PushIntent(1, ["a", "b"], sent), PushIntent(2, ["c"], sent), PushIntent(3, ["d"], sent)]
+    early = settle_intents(intents, {"a", "b", "d"}, sent + timedelta(seconds=10), settle_s=60)
+    assert early.settled == [1, 3] and early.held == {"c"} and not early.released
+    late = settle_intents(intents, {"a"}, sent + timedelta(seconds=60), settle_s=60)
+    assert late.settled == [1, 2, 3] and not late.held and late.released == {"b", "c", "d"}
+
+
+def test_a_refused_import_leaves_no_intent_to_wait_for(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    world.ls.fail_next_import("refused")
+    with pytest.raises(LabelStudioError, match="400"):
+        world.push(project)
+    assert world.store.label_studio.intents(project.record.id) == []
+    assert world.push().pushed == 3
+
+
+def test_plan_duplicates_keeps_the_oldest_or_the_annotated_task() -> None:
+    found = {
+        "a": [RemoteTask(5, "a", 0), RemoteTask(2, "a", 0), RemoteTask(9, "a", 0)],
+        "b": [RemoteTask(3, "b", 0), RemoteTask(7, "b", 1)],
+        "c": [RemoteTask(4, "c", 1), RemoteTask(8, "c", 2), RemoteTask(10, "c", 0)],
+        "d": [RemoteTask(6, "d", 0)],
+    }
+    plan = plan_duplicates(found)
+    assert plan.keep == {"a": 2, "b": 7, "c": 4, "d": 6}
+    assert plan.delete == [3, 5, 9, 10]  # never a task with annotations
+    assert plan.annotated == {"c": [4, 8]}
+
+
+def test_reconcile_removes_existing_duplicates_and_never_an_annotated_task(world: World) -> None:
+    project = world.project()
+    pid = project.record.project_id
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    original = _task_of(world, pid)
+    a, b, c, _ = _content(world, world.item_ids[:4])
+    data = {t["data"]["curation_id"]: t["data"] for t in world.ls.project_tasks(pid)}
+    dup_a = world.ls.add_task(pid, data[a])  # newer, empty: deleted
+    dup_b = world.ls.add_task(pid, data[b])  # newer, annotated: kept, the older empty one goes
+    world.ls.annotate(dup_b, CHOICE)
+    dup_c = world.ls.add_task(pid, data[c])  # both annotated: both stay, reported
+    world.ls.annotate(original[c], CHOICE)
+    world.ls.annotate(dup_c, CHOICE, cancelled=True)
+    report = world.push()
+    assert report.duplicates_removed == 2 and report.pushed == 0
+    assert report.annotated_duplicates == [{"curation_id": c, "task_ids": [original[c], dup_c]}]
+    left = {t["id"] for t in world.ls.project_tasks(pid)}
+    assert dup_a not in left and original[b] not in left and {original[a], dup_b, original[c], dup_c} <= left
+    recorded = {r.task_id for r in world.store.label_studio.recorded(project.record.id).values()}
+    assert dup_b in recorded and original[b] not in recorded  # this database follows the kept task
+    assert world.push().duplicates_removed == 0
+
+
+def test_a_second_database_with_tasks_of_its_own_adopts_instead_of_duplicating(world: World, tmp_path: Path) -> None:
+    other = make_world(tmp_path, world.ls, db="other.db")
+    try:
+        mine, theirs = world.project(), other.project()
+        pid = mine.record.project_id
+        world.select(mine, world.item_ids[:4])
+        world.push(mine)
+        other.select(theirs, other.item_ids[:4])
+        assert other.push(theirs).reconciled == 4  # it had no task in the project yet
+        world.select(mine, world.item_ids[4:8])
+        world.push()
+        other.select(theirs, other.item_ids[4:8])
+        second = other.push()  # it has tasks there now: still looks before importing
+        assert second.reconciled == 4 and second.pushed == 0
+        ids = [t["data"]["curation_id"] for t in world.ls.project_tasks(pid)]
+        assert len(ids) == 8 == len(set(ids))
+    finally:
+        other.store.close()
 
 
 def test_a_new_database_adopts_the_projects_tasks_instead_of_duplicating(world: World, tmp_path: Path) -> None:

@@ -69,6 +69,10 @@ class LabelStudioAPI(Protocol):
         self, project_id: int, query: dict[str, Any], *, include: str, fields: str, page: int, page_size: int
     ) -> list[dict[str, Any]]: ...
 
+    def delete_tasks(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """Delete tasks (and their predictions) of the project; ids already gone are ignored."""
+        ...
+
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None: ...
 
     def model_versions(self, project_id: int) -> dict[str, int]:
@@ -324,6 +328,19 @@ class LabelStudioClient:
             raise
         tasks = body.get("tasks", []) if isinstance(body, dict) else body
         return list(tasks or [])
+
+    def delete_tasks(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """The Data Manager's bulk ``delete_tasks`` action (what the UI's "Delete tasks" sends): one request for
+        many tasks. Ids not in the project match nothing, so a retry after a lost answer is harmless."""
+        if not task_ids:
+            return
+        self._raw(
+            "POST",
+            "api/dm/actions",
+            params={"id": "delete_tasks", "project": project_id},
+            json_body={"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}},
+            what=f"deleting {len(task_ids)} duplicate task(s)",
+        )
 
     # -- predictions -------------------------------------------------------------------------------------------------
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None:

@@ -1,10 +1,5 @@
-"""The Label Studio project curate works in: connecting, finding (or creating) it, its local-files storage, and
-reconciling its tasks with what this database recorded.
-
-Idempotency: every import is preceded by an intent record; tasks are recorded with the intent's removal in one
-transaction. An intent found later (killed process, proxy error after the server committed) is resolved by
-looking the items up by ``curation_id`` in Label Studio before anything is imported again.
-"""
+"""The Label Studio project curate works in: connecting, finding (or creating) it, and its local-files storage.
+Reconciling its tasks with this database is ``reconcile``'s."""
 
 from __future__ import annotations
 
@@ -16,7 +11,6 @@ from curation.config import LabelStudioSettings
 from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
 from curation.labelstudio.client import LabelStudioAPI, LabelStudioClient
 from curation.labelstudio.formats import LabelingInterface, check_label_config, label_config
-from curation.labelstudio.tasks import curate_tasks, tasks_by_curation_id
 from store import Store
 from store.records import LSProjectRecord, ModelVersionRecord
 
@@ -132,27 +126,3 @@ def ensure_storage(
     if str(root) not in ls.local_storage_paths(project.record.project_id):
         ls.add_local_storage(project.record.project_id, str(root))
     return str(root)
-
-
-def reconcile(store: Store, ls: LabelStudioAPI, project: ProjectHandle) -> int:
-    """Resolve imports whose outcome is unknown, and adopt curate tasks this database does not know yet.
-
-    Returns the number of tasks found in Label Studio and recorded here (no task is ever imported twice).
-    """
-    pid = project.record.project_id
-    adopted = 0
-    for intent_id, content_ids in store.label_studio.intents(project.record.id):
-        adopted += _record_found(store, project, tasks_by_curation_id(ls, pid, content_ids), intent_id)
-    if store.label_studio.count_tasks(project.record.id) == 0 and int(project.remote.get("task_number") or 0) > 0:
-        adopted += _record_found(store, project, curate_tasks(ls, pid), None)
-    return adopted
-
-
-def _record_found(store: Store, project: ProjectHandle, found: dict[str, list[int]], intent_id: int | None) -> int:
-    items = store.items.by_content(sorted(found))
-    rows = [
-        {"item_id": items[cid], "task_id": min(task_ids), "position": None, "cluster": None, "selection_id": None}
-        for cid, task_ids in found.items()
-        if cid in items
-    ]
-    return store.label_studio.record_tasks(project.record.id, rows, intent_id)

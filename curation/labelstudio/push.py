@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import LabelStudioSettings
-from curation.errors import UnservableImageError
+from curation.errors import LabelStudioError, UnservableImageError
 from curation.faults import checkpoint
 from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
 from curation.labelstudio.formats import MAX_POSITION, image_url, task_payload
-from curation.labelstudio.project import ProjectHandle, ensure_storage, reconcile
+from curation.labelstudio.project import ProjectHandle, ensure_storage
 from curation.labelstudio.publish import Placement, Ranking, publish
+from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.labelstudio.tasks import tasks_by_curation_id
 from curation.progress import NullProgress, Progress
@@ -37,6 +38,9 @@ class PushReport(Report):
     created_project: bool
     pushed: int = 0
     reconciled: int = 0
+    awaiting_import: int = 0  # selected items held back: an earlier import of theirs has an unknown outcome
+    duplicates_removed: int = 0
+    annotated_duplicates: list[dict[str, Any]] = field(default_factory=list)  # never deleted: for a person to resolve
     missing_files: list[str] = field(default_factory=list)
     model_version_tag: str | None = None
     queue_size: int = 0
@@ -56,11 +60,12 @@ class PushPlan:
 
 def plan_push(queue: Sequence[QueuedTask], new: int, project: ProjectHandle, model_version: str) -> PushPlan | None:
     """How ``new`` tasks join ``queue``; None when there is nothing to do (nothing new, and the project already
-    serves curate's ranking)."""
-    if not new and project.serving:
-        return None
+    serves curate's ranking of every queued task, or nothing is queued)."""
+    placed = all(q.position is not None for q in queue)  # adopted tasks have no position (nor a prediction) yet
+    if not new and (not queue or (project.serving and placed)):
+        return None  # an empty ranking cannot be served (Label Studio refuses a model_version with no predictions)
     last = max((q.position or 0 for q in queue), default=0)
-    append = project.serving and all(q.position is not None for q in queue) and last + new < MAX_POSITION
+    append = project.serving and placed and last + new < MAX_POSITION
     if append and project.record.active_tag:
         return PushPlan(True, project.record.active_tag, last)
     return PushPlan(False, make_tag(model_version), len(queue))
@@ -83,11 +88,16 @@ def push(
     started = time.perf_counter()
     progress = progress or NullProgress()
     report = PushReport(project.record.project_id, project.record.title, project.url, project.created)
-    report.reconciled = reconcile(store, ls, project)
+    found = reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)
+    report.reconciled = found.adopted
+    report.duplicates_removed = found.duplicates_removed
+    report.annotated_duplicates = found.annotated_duplicates
     ensure_storage(ls, project, cfg, pool_path)
 
     queue = store.label_studio.queue(project.record.id)
-    pending, urls = _servable(store.label_studio.pending(project.record.id), cfg, report, progress)
+    pending = store.label_studio.pending(project.record.id)
+    report.awaiting_import = sum(p.content_id in found.held for p in pending)
+    pending, urls = _servable([p for p in pending if p.content_id not in found.held], cfg, report, progress)
     plan = plan_push(queue, len(pending), project, mv.version)
     if plan is None:
         report.model_version_tag = project.live_tag
@@ -181,12 +191,17 @@ def _import_chunk(
         imported = {cid: min(ids) for cid, ids in found.items() if cid in by_content}
         missing = len(by_content) - len(imported)
         if missing:
-            # Keep the intent: the next run looks these up again before importing what is still absent.
+            # Keep the intent: later runs hold these items until they appear or the settle time passes.
             store.label_studio.record_tasks(project.record.id, _task_rows(imported, by_content), None)
             raise ImportOutcomeUnknown(
                 f"{exc}; {missing} of {len(chunk)} tasks of that import are not in the project, so the import "
-                "may still be running: rerun later, and curate checks for them before importing them again"
+                "may still be running: later runs adopt them when they appear and import them again only if they "
+                "are still absent after label_studio.import_settle_s"
             ) from None
+    except LabelStudioError:
+        # refused (4xx) or never sent (connection refused): nothing was imported, nothing to wait for
+        store.label_studio.drop_intents([intent])
+        raise
     store.label_studio.record_tasks(project.record.id, _task_rows(imported, by_content), intent)
     return [
         Placement(by_content[cid][0].item_id, tid, by_content[cid][1], by_content[cid][0].cluster)

@@ -10,10 +10,11 @@ from typing import Any
 from curation.config import LabelStudioSettings, StrategySettings
 from curation.errors import NothingToSelectError
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.project import open_project, reconcile
+from curation.labelstudio.project import open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.push import PushReport, push
 from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.progress import NullProgress, Progress
 from curation.reports import HIDDEN, Report
@@ -59,7 +60,7 @@ def reprioritize(
     progress = progress or NullProgress()
     min_conf = strategy_cfg.detection.conf
     project = open_project(store, ls, mv, cfg.project)
-    reconcile(store, ls, project)
+    reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)
     topped_up = 0
     push_report = None
     queue = store.label_studio.queue(project.record.id)

@@ -4,14 +4,17 @@ time. Built on ``LabelStudioAPI.task_page``; the queries are Label Studio's Data
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from curation.errors import LabelStudioError
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.formats import group_by_curation_id, ls_time, parse_ls_time
+from curation.labelstudio.formats import curation_id_of, group_by_curation_id, ls_time, parse_ls_time
 
 FILTER_CHUNK = 40  # curation ids per reconciliation query (each is one OR-ed filter in the query string)
+SWEEP_PAGE = 1000  # tasks per request of the reconciliation sweep
+SWEEP_INCLUDE = "id,data,total_annotations,cancelled_annotations"
 PULL_INCLUDE = "id,data,updated_at,annotations,id,result,was_cancelled,completed_by,lead_time,created_at"
 
 
@@ -47,11 +50,60 @@ def tasks_by_curation_id(ls: LabelStudioAPI, project_id: int, content_ids: Seque
     return found
 
 
-def curate_tasks(ls: LabelStudioAPI, project_id: int) -> dict[str, list[int]]:
-    """Every task of the project that carries a curation_id (a full sweep: used when curate's records are
-    missing, e.g. a new database pointed at an existing project)."""
-    query = _query("and", [_curation_id_filter("not_empty", "")], "tasks:id")
-    return group_by_curation_id(pages(ls, project_id, query, include="id,data"))
+@dataclass(frozen=True)
+class RemoteTask:
+    """A curate task as the sweep sees it: enough to adopt it, or to tell a duplicate that may be deleted."""
+
+    id: int
+    curation_id: str
+    annotations: int
+    """Finished and skipped annotations: a task with any is never deleted."""
+
+
+def _id_filter(operator: str, value: int) -> dict[str, Any]:
+    return {"filter": "filter:tasks:id", "operator": operator, "type": "Number", "value": value}
+
+
+def _annotation_count(task: dict[str, Any]) -> int:
+    """Finished + skipped annotations; a server that does not report them counts as annotated (never deleted)."""
+    if "total_annotations" not in task or "cancelled_annotations" not in task:
+        return 1
+    return int(task["total_annotations"] or 0) + int(task["cancelled_annotations"] or 0)
+
+
+def curate_tasks(ls: LabelStudioAPI, project_id: int, page_size: int = SWEEP_PAGE) -> dict[str, list[RemoteTask]]:
+    """Every task of the project that carries a curation_id, oldest first per curation_id: the sweep behind
+    every reconciliation. Keyset-paged on the task id (each request: the first page of ids above the last one
+    seen), so tasks created or deleted meanwhile never shift a page; only ids, data and annotation counts."""
+    found: dict[str, list[RemoteTask]] = {}
+    after = 0
+    while True:
+        query = _query("and", [_curation_id_filter("not_empty", ""), _id_filter("greater", after)], "tasks:id")
+        tasks = ls.task_page(project_id, query, include=SWEEP_INCLUDE, fields="task_only", page=1, page_size=page_size)
+        for task in tasks:
+            cid = curation_id_of(task)
+            if cid:
+                found.setdefault(cid, []).append(RemoteTask(int(task["id"]), cid, _annotation_count(task)))
+        if len(tasks) < page_size:
+            break
+        newest = max(int(t["id"]) for t in tasks)
+        if newest <= after:
+            raise LabelStudioError(f"Label Studio at {ls.url} ignored the task id filter while listing tasks")
+        after = newest
+    for tasks_of in found.values():
+        tasks_of.sort(key=lambda t: t.id)
+    return found
+
+
+def annotation_counts(ls: LabelStudioAPI, project_id: int, ids: Sequence[int]) -> dict[int, int]:
+    """task id → its annotations now, for the given tasks that still exist (checked just before deleting)."""
+    out: dict[int, int] = {}
+    for start in range(0, len(ids), FILTER_CHUNK):
+        part = ids[start : start + FILTER_CHUNK]
+        query = _query("or", [_id_filter("equal", int(i)) for i in part], "tasks:id")
+        for task in pages(ls, project_id, query, include=SWEEP_INCLUDE):
+            out[int(task["id"])] = _annotation_count(task)
+    return out
 
 
 def task_ids(ls: LabelStudioAPI, project_id: int) -> set[int]:
