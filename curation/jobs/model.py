@@ -8,6 +8,7 @@ from pathlib import Path
 from curation.config import ModelSettings, Settings
 from curation.errors import ModelLoadError
 from curation.integrations.mlflow import is_registry_uri
+from curation.scoring.model_files import check_digest
 from curation.scoring.runtime import DetectionOptions, ModelRuntime, load_model, resolve_device
 from store import Store
 from store.records import ModelVersionRecord
@@ -16,14 +17,19 @@ from store.records import ModelVersionRecord
 def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
     """Which model to run: ``--model``/``model.path`` if given (an MLflow ``models:/`` URI is fetched first), else
     the registry's current model."""
+    return _chosen(settings, store)[0]
+
+
+def _chosen(settings: Settings, store: Store | None) -> tuple[ModelSettings, ModelVersionRecord | None]:
+    """``model_settings`` and, when the model comes from the registry, its record (whose digest must match)."""
     model = settings.model
     if model.path and is_registry_uri(model.path):
         from curation.integrations.mlflow import resolve_model_uri
 
         local = resolve_model_uri(model.path, settings)
-        return model.model_copy(update={"path": str(local)})
+        return model.model_copy(update={"path": str(local)}), None
     if model.path or store is None:
-        return model
+        return model, None
     current = store.models.current()
     if current is None:
         raise ModelLoadError(
@@ -31,20 +37,22 @@ def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
             "file) or set model.path"
         )
     path = current.weights_path or current.source
-    return model.model_copy(update={"path": path, "version": model.version or current.version})
+    return model.model_copy(update={"path": path, "version": model.version or current.version}), current
 
 
 def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime:
     """Load the model (see ``model_settings``) on the configured device and learn its embedding size with one
     warm-up batch. Weights the database already knows keep their registered version name."""
     device = resolve_device(settings.scoring.device)
-    chosen = model_settings(settings, store)
+    chosen, registered = _chosen(settings, store)
     runtime = load_model(
         chosen,
         device,
         precision=settings.scoring.precision,
         detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
     )
+    if registered is not None:  # loaded safely; used only if still the weights that were registered
+        check_digest(registered.version, str(chosen.path), registered.digest, runtime.info.digest)
     if store is not None and not chosen.version and runtime.info.digest:
         known = store.models.by_digest(runtime.info.digest)
         if known is not None:
