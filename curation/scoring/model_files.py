@@ -28,7 +28,7 @@ from curation.errors import ExitCode, ModelLoadError
 
 SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
 ARCHITECTURE_SUFFIXES = (".yaml", ".yml")
-_PLAIN_STRING = re.compile(r"^[A-Za-z0-9_.+-]*$")  # identifiers (nc, nearest, None) and numbers, never an expression
+_PLAIN_STRING = re.compile(r"^[A-Za-z0-9_.:+-]*$")  # identifiers (nc, nearest, None) and numbers, never an expression
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
 
 
