@@ -260,7 +260,7 @@ def test_strategy_options_are_converted_to_their_declared_types() -> None:
 
 def test_an_unknown_strategy_name_is_refused_at_load_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"'strategy.name' \(from option --strategy\): unknown strategy 'hybird'"):
-        load_settings(None, {("strategy", "name"): ("hybird", "--strategy")}, environ={})
+        load_cli_settings(None, {("strategy", "name"): ("hybird", "--strategy")}, environ={})
 
 
 def test_the_type_check_comes_from_the_signature_so_new_strategies_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,7 +86,7 @@ def test_a_full_database_gets_every_figure_and_the_pngs(tmp_path: Path) -> None:
 
 def test_the_data_matches_what_the_store_counts(tmp_path: Path) -> None:
     world = build_world(tmp_path)
-    data = gather(world.store, load_settings(None, {("db",): (world.db_url, "--db")}))
+    data = gather(world.store, load_settings(None, {"db": world.db_url}))
     final = {s.name: s.values[-1] for s in data.timeline}
     assert final == {"scored": 40, "selected": 16, "queued": 6, "labeled": 5, "skipped": 1}
     assert all(s.times == sorted(s.times) for s in data.timeline)
@@ -116,7 +116,7 @@ def test_detection_models_count_boxes_labels(tmp_path: Path) -> None:
     world = build_world(tmp_path, task="detect", classes=("car", "person"))
     summary, page = make_report(world, tmp_path)
     assert "classes" in summary["figures"] and "uncertainty" in summary["figures"]
-    data = gather(world.store, load_settings(None, {("db",): (world.db_url, "--db")}))
+    data = gather(world.store, load_settings(None, {"db": world.db_url}))
     assert data.task == "detect" and data.balance is not None
     assert data.balance.classes == ["car", "person"] and data.balance.labeled == [3, 2]
     assert_self_contained(page)
