@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import Select, bindparam, exists, func, insert, select, update
 
 from store import blobs
 from store.db import Database
@@ -128,53 +128,17 @@ class Runs:
             return int(result.rowcount or 0)
 
     def recent(self, limit: int = 5) -> list[dict[str, Any]]:
-        stmt = (
-            select(ScoringRun.__table__, ModelVersion.version.label("model_version"))
-            .join(ModelVersion, ModelVersion.id == ScoringRun.model_version_id)
-            .order_by(ScoringRun.id.desc())
-            .limit(limit)
-        )
+        """The newest runs first (``curate status``)."""
         with self._db.tx(write=False) as conn:
-            return [
-                {
-                    "id": r.id,
-                    "model_version": r.model_version,
-                    "status": r.status,
-                    "started_at": r.started_at,
-                    "finished_at": r.finished_at,
-                    "scored": r.n_scored,
-                    "failed": r.n_failed,
-                    "invalid": r.n_invalid,
-                    "todo": r.n_todo,
-                    "device": r.device,
-                    "images_per_s": r.images_per_s,
-                }
-                for r in conn.execute(stmt)
-            ]
+            return [_run_row(r) for r in conn.execute(_runs().order_by(ScoringRun.id.desc()).limit(limit))]
 
     def history(self, pool_id: int | None = None) -> list[dict[str, Any]]:
         """Every scoring run (of the pool, if given), oldest first: the time axis of ``curate report``."""
-        stmt = (
-            select(ScoringRun.__table__, ModelVersion.version.label("model_version"))
-            .join(ModelVersion, ModelVersion.id == ScoringRun.model_version_id)
-            .order_by(ScoringRun.id)
-        )
+        stmt = _runs().order_by(ScoringRun.id)
         if pool_id is not None:
             stmt = stmt.where(ScoringRun.pool_id == pool_id)
         with self._db.tx(write=False) as conn:
-            return [
-                {
-                    "id": r.id,
-                    "model_version": r.model_version,
-                    "status": r.status,
-                    "started_at": r.started_at,
-                    "finished_at": r.finished_at,
-                    "scored": r.n_scored,
-                    "failed": r.n_failed,
-                    "invalid": r.n_invalid,
-                }
-                for r in conn.execute(stmt)
-            ]
+            return [_run_row(r) for r in conn.execute(stmt)]
 
     def first_scored(self, pool_id: int | None = None) -> dict[int | None, int]:
         """run id → how many items (of the pool, if given) got their first valid prediction, from any model, in
@@ -186,3 +150,26 @@ class Runs:
         stmt = select(sub.c.run_id, func.count()).group_by(sub.c.run_id)
         with self._db.tx(write=False) as conn:
             return {None if r is None else int(r): int(n) for r, n in conn.execute(stmt)}
+
+
+def _runs() -> Select[Any]:
+    """Scoring runs with their model version's name."""
+    return select(ScoringRun.__table__, ModelVersion.version.label("model_version")).join(
+        ModelVersion, ModelVersion.id == ScoringRun.model_version_id
+    )
+
+
+def _run_row(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "model_version": r.model_version,
+        "status": r.status,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "scored": r.n_scored,
+        "failed": r.n_failed,
+        "invalid": r.n_invalid,
+        "todo": r.n_todo,
+        "device": r.device,
+        "images_per_s": r.images_per_s,
+    }

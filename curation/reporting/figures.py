@@ -7,6 +7,7 @@ light. Each function returns a ``Figure`` (a PNG and what it shows) or None when
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -283,13 +284,10 @@ def model_metrics(data: ReportData) -> Figure | None:
     )
 
 
-def simulation(data: ReportData) -> Figure | None:
-    sim = data.simulation
-    if sim is None or not sim.curves:
-        return None
-    fig = _new(8, 4.5)
-    ax = fig.add_subplot()
-    for name, points in sim.curves.items():
+def draw_learning_curves(ax: Any, curves: Mapping[str, Sequence[tuple[float, float, float]]]) -> None:
+    """Per strategy, the mean over seeds with a ±1 std band; ``random``, the baseline, dashed in black. Shared by
+    ``curate simulate``'s PNG and the report, so that both show a simulation the same way."""
+    for name, points in curves.items():
         n = np.array([p[0] for p in points], dtype=float)
         mean = np.array([p[1] for p in points])
         std = np.array([p[2] for p in points])
@@ -304,6 +302,15 @@ def simulation(data: ReportData) -> Figure | None:
             linestyle="--" if baseline else "-",
         )
         ax.fill_between(n, mean - std, mean + std, alpha=0.15, color=line.get_color())
+
+
+def simulation(data: ReportData) -> Figure | None:
+    sim = data.simulation
+    if sim is None or not sim.curves:
+        return None
+    fig = _new(8, 4.5)
+    ax = fig.add_subplot()
+    draw_learning_curves(ax, sim.curves)
     ax.set_xlabel("labeled images")
     ax.set_ylabel(f"test {sim.metric}")
     ax.set_title(sim.title, fontsize=10)

@@ -605,22 +605,11 @@ def plot_curves(result: SimulationResult, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from curation.reporting.figures import draw_learning_curves
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for name, curve in result.curves().items():
-        n = np.array(list(curve))
-        mean = np.array([m for m, _ in curve.values()])
-        std = np.array([s for _, s in curve.values()])
-        baseline = name == "random"
-        (line,) = ax.plot(
-            n,
-            mean,
-            marker="o",
-            markersize=3,
-            label=name,
-            color="black" if baseline else None,
-            linestyle="--" if baseline else "-",
-        )
-        ax.fill_between(n, mean - std, mean + std, alpha=0.15, color=line.get_color())
+    curves = {name: [(n, m, sd) for n, (m, sd) in curve.items()] for name, curve in result.curves().items()}
+    draw_learning_curves(ax, curves)
     c = result.config
     ax.set_xlabel("labeled images")
     ax.set_ylabel(f"test {result.metric}")
