@@ -58,6 +58,10 @@ ModelOpt = Annotated[
 ModelVersionOpt = Annotated[
     str | None, typer.Option("--model-version", help="Version tag to record (default: hash of the weights).")
 ]
+ReportedVersionOpt = Annotated[
+    str | None,
+    typer.Option("--model-version", help="Report counts and scores for this version (default: the current one)."),
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding worker processes.")]
@@ -496,10 +500,7 @@ def demo(
 @app.command()
 def status(
     pool: PoolOpt = None,
-    model_version: Annotated[
-        str | None,
-        typer.Option("--model-version", help="Report counts and scores for this version (default: the current one)."),
-    ] = None,
+    model_version: ReportedVersionOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -604,10 +605,7 @@ def report(
         Path | None, typer.Option("--simulation", help="Add the learning curves of a curate simulate result (JSON).")
     ] = None,
     pool: PoolOpt = None,
-    model_version: Annotated[
-        str | None,
-        typer.Option("--model-version", help="Report on this version (default: the current one)."),
-    ] = None,
+    model_version: ReportedVersionOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
