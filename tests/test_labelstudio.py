@@ -70,6 +70,12 @@ def curation_ids(api: LSApi, project_id: int) -> list[str]:
     return [t["data"]["curation_id"] for t in api.tasks(project_id)]
 
 
+def assert_tasks_once(api: LSApi, title: str, n: int) -> None:
+    """The project holds exactly ``n`` curate tasks, each item once."""
+    ids = curation_ids(api, api.project_by_title(title)["id"])
+    assert len(ids) == n and len(set(ids)) == n, sorted(ids)
+
+
 def lowest_score_task(api: LSApi, project: dict[str, Any]) -> int:
     tag = project["model_version"]
     preds = [p for p in api.predictions(project["id"]) if p["model_version"] == tag]
@@ -348,8 +354,7 @@ def test_502_after_the_server_committed_creates_no_duplicates(
         result = curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 7))
         assert proxy.imports_forwarded == 1
     assert result["push"]["pushed"] == 7
-    ids = curation_ids(api, api.project_by_title(name)["id"])
-    assert len(ids) == 7 and len(set(ids)) == 7
+    assert_tasks_once(api, name, 7)
 
 
 def test_import_that_never_reached_the_server_is_held_then_imported_once_after_the_settle_time(
@@ -376,8 +381,7 @@ def test_import_that_never_reached_the_server_is_held_then_imported_once_after_t
         monkeypatch.setenv("CURATE_LABEL_STUDIO__IMPORT_SETTLE_S", "0")  # settled, and provably absent
         rerun = curate_json("push", "--project", name, "--db", db)
     assert rerun["pushed"] == 6
-    ids = curation_ids(api, api.project_by_title(name)["id"])
-    assert len(ids) == 6 and len(set(ids)) == 6
+    assert_tasks_once(api, name, 6)
 
 
 def test_a_slow_import_answered_504_is_adopted_when_it_lands_never_imported_twice(
@@ -422,8 +426,7 @@ def test_two_databases_pushing_into_one_project_make_no_duplicates(
     for db in databases:  # now it has: it must still look before importing
         result = curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4, *pick))
     assert result["push"]["reconciled"] == 4 and result["push"]["pushed"] == 0
-    ids = curation_ids(api, api.project_by_title(name)["id"])
-    assert len(ids) == 8 == len(set(ids))
+    assert_tasks_once(api, name, 8)
 
 
 def test_existing_duplicates_are_removed_and_annotated_ones_reported(
@@ -669,8 +672,7 @@ def test_a_new_database_adopts_existing_tasks_instead_of_duplicating(
     # the database is lost; a new one selects the same items again
     result = curate_json(*args, "--db", f"sqlite:///{tmp_path / 'second.db'}")
     assert result["push"]["reconciled"] == 6 and result["push"]["pushed"] == 0
-    ids = curation_ids(api, api.project_by_title(name)["id"])
-    assert len(ids) == 6 == len(set(ids))
+    assert_tasks_once(api, name, 6)
 
 
 def _annotations(db: Path) -> list[dict[str, Any]]:
