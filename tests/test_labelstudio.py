@@ -238,7 +238,12 @@ def test_a_task_deleted_in_label_studio_leaves_the_queue(
 
 
 def test_an_image_label_studio_cannot_serve_is_skipped_not_fatal(
-    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     make_pool(tmp_path / "elsewhere", n=1, size=80, seed=9)
     inside = sorted(ls_pool.glob("*.jpg"))[:5]
@@ -247,6 +252,7 @@ def test_an_image_label_studio_cannot_serve_is_skipped_not_fatal(
     assert len(files) == 6
     manifest.write_text("\n".join(str(p) for p in files) + "\n")
     name = title()
+    monkeypatch.setenv("CURATE_POOL__ALLOW_OUTSIDE_ROOT", "true")  # the manifest lists a file outside its folder
     result = curate_json(*select_args(manifest, tiny_cls_model, name, f"sqlite:///{tmp_path / 'c.db'}", 6))
     assert result["push"]["pushed"] == 5
     assert [Path(p).parent for p in result["push"]["missing_files"]] == [tmp_path / "elsewhere"]

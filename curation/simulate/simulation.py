@@ -400,7 +400,8 @@ def _score_dataset(
     scratch = settings.model_copy(
         update={
             "db": settings.db if keep_db else f"sqlite:///{workdir / 'simulate.db'}",
-            "pool": settings.pool.model_copy(update={"path": str(manifest)}),
+            # curate wrote this manifest itself, in a scratch folder, from the dataset the user named
+            "pool": settings.pool.model_copy(update={"path": str(manifest), "allow_outside_root": True}),
             "model": settings.model.model_copy(update={"path": model_spec}),
         }
     )
