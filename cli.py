@@ -7,6 +7,7 @@ nothing else there; progress and warnings go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -28,7 +29,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Table as _RichTable
+
+from curation.redact import redact, register_secrets_from_env, safe
 
 app = typer.Typer(
     name="curate",
@@ -37,10 +40,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Markup is off by default: paths, reasons and names from the outside print as they are; the few styled lines
-# pass markup=True and escape what they interpolate.
-out_console = Console(soft_wrap=True, markup=False)
-err_console = Console(stderr=True, soft_wrap=True, markup=False)
+
+class SafeConsole(Console):
+    """A console that prints no secret and no control character: every string goes through ``curation.redact.safe``
+    (file names, task data and server error bodies are untrusted: an ESC would recolour the terminal, a newline
+    fake a line). Markup is off by default: paths, reasons and names from the outside print as they are; the few
+    styled lines pass markup=True and escape what they interpolate (``escape``)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class Table(_RichTable):
+    """rich's table with every cell, title and caption through ``safe``: a newline in a file name cannot split a
+    row, an escape sequence cannot recolour it."""
+
+    def __init__(self, *args: Any, title: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, title=None if title is None else safe(title), **kwargs)
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(safe(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "caption" and isinstance(value, str):
+            value = safe(value)
+        super().__setattr__(name, value)
+
+
+out_console = SafeConsole(soft_wrap=True, markup=False)
+err_console = SafeConsole(stderr=True, soft_wrap=True, markup=False)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Options shared by every command
@@ -120,7 +148,7 @@ class RichProgress:
             self._task = None
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {escape(safe(message))}", markup=True, highlight=False)
 
 
 class PlainProgress:
@@ -177,6 +205,8 @@ def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
     from curation.errors import ExitCode, exit_code_for
 
     _printed_json.clear()
+    register_secrets_from_env()  # secrets even if the configuration that would register them fails to load
+    _redact_log_records()
     try:
         yield
     except typer.Exit:
@@ -190,14 +220,50 @@ def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
     except Exception as exc:
         code = exit_code_for(exc)
         if debug:
-            err_console.print_exception(show_locals=False)
+            _print_traceback()
         message = str(exc) if code != ExitCode.INTERNAL else f"unexpected {type(exc).__name__}: {exc}"
+        message = safe(message)  # one line, no secret: the one place every error message goes through
         err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, markup=True)
         if code == ExitCode.INTERNAL and not debug:
             err_console.print("This is a bug in curate; rerun with --debug for the traceback.")
         if json_out:
             _print_json_error(message, code)
         raise typer.Exit(code) from None
+
+
+def _print_traceback() -> None:
+    """``--debug``'s traceback, rendered as plain text and passed through ``safe`` line by line: exception messages
+    from libraries (an HTTP header, a URL) may hold a secret."""
+    import io
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=err_console.width, no_color=True, force_terminal=False).print_exception(
+        show_locals=False
+    )
+    sys.stderr.write(safe(buffer.getvalue(), keep_newlines=True))
+    sys.stderr.flush()
+
+
+_log_factory_installed: list[bool] = []
+
+
+def _redact_log_records() -> None:
+    """Every log record (curate's libraries: httpx, the Label Studio SDK, Ultralytics) is made safe where it is
+    created, whichever handler prints it."""
+    import logging
+
+    if _log_factory_installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        with contextlib.suppress(Exception):  # a malformed record is the logging module's to report, as before
+            record.msg, record.args = safe(record.getMessage(), keep_newlines=True), None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _log_factory_installed.append(True)
 
 
 Overrides = dict[tuple[str, ...], tuple[Any, str]]
@@ -230,7 +296,8 @@ _printed_json: list[bool] = []  # set once this command has written its one JSON
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    # json.dumps escapes every control character; known secrets and URL credentials are masked.
+    sys.stdout.write(redact(json.dumps(data, indent=2, default=str)) + "\n")
     sys.stdout.flush()
     _printed_json.append(True)
 
@@ -260,7 +327,7 @@ def _progress() -> RichProgress | PlainProgress:
 def _print_scoring(summary: dict[str, Any]) -> None:
     line = (
         f"Scored {summary['scored']} new item(s) with [bold]{escape(summary['model_version'])}[/bold] "
-        f"({summary['task']}, {summary['device'] or 'model not loaded: nothing to score'})"
+        f"({escape(summary['task'])}, {escape(summary['device'] or 'model not loaded: nothing to score')})"
     )
     if summary["scored"] or summary["failed"]:
         line += f" at {summary['images_per_s']:.1f} img/s"
@@ -393,7 +460,7 @@ def _report_selection(outcome: Any, json_out: bool) -> None:
         return
     _print_scoring(summary["scoring"])
     for warning in summary["warnings"]:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, markup=True)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(safe(warning))}", highlight=False, markup=True)
     table = Table(
         title=f"Selection #{summary['selection_id']}: {summary['strategy']}, "
         f"{summary['selected']} of {summary['available']} candidates"
@@ -418,7 +485,7 @@ def _print_push(push: dict[str, Any]) -> None:
     line = (
         f"Label Studio: pushed {push['pushed']} task(s) to project [bold]{escape(push['project'])}[/bold] "
         f"(#{push['project_id']}{', created' if push['created_project'] else ''}); queue {push['queue_size']} "
-        f"task(s), served by lowest score under model_version {push['model_version_tag']}"
+        f"task(s), served by lowest score under model_version {escape(push['model_version_tag'])}"
     )
     err_console.print(line, highlight=False, markup=True)
     if push["reconciled"]:
@@ -474,15 +541,16 @@ def demo(
             _report_selection(outcome, json_out)
             if json_out:
                 return
-            err_console.print(f"\nDemo files are in {assets.root}. Try: curate status --db {settings.db}")
+            err_console.print()
+            err_console.print(f"Demo files are in {assets.root}. Try: curate status --db {settings.db}")
             if server is not None and login is not None:
                 push_info = outcome.summary()["push"]
+                err_console.print()
                 err_console.print(
-                    f"\n[bold]Label Studio[/bold] {push_info['project_url']}\n  login: {login.username}  "
-                    f'password: {login.password}\n  Click "Label All Tasks": tasks come in curate\'s order.',
-                    highlight=False,
-                    markup=True,
+                    f"[bold]Label Studio[/bold] {escape(push_info['project_url'])}", highlight=False, markup=True
                 )
+                err_console.print(f"  login: {login.username}  password: {login.password}", highlight=False)
+                err_console.print('  Click "Label All Tasks": tasks come in curate\'s order.', highlight=False)
                 if serve:
                     err_console.print("Press Ctrl-C to stop Label Studio.")
 
@@ -789,8 +857,9 @@ def ls_init(
             return
         verb = "Created" if info["created"] else "Checked"
         err_console.print(
-            f"{verb} project [bold]{escape(info['project'])}[/bold] (#{info['project_id']}) on {info['server']} as "
-            f"{info['user']}: {info['task']} with {len(info['labels'])} labels matching {info['model_version']}",
+            f"{verb} project [bold]{escape(info['project'])}[/bold] (#{info['project_id']}) on "
+            f"{escape(info['server'])} as {escape(str(info['user']))}: {info['task']} with {len(info['labels'])} "
+            f"labels matching {escape(info['model_version'])}",
             highlight=False,
             markup=True,
         )
@@ -839,14 +908,14 @@ def _print_training(t: dict[str, Any]) -> None:
         return
     metric = t["metric"]
     err_console.print(
-        f"Trained [bold]{escape(t['version'])}[/bold] from {t['parent']} on {t['n_train']} items "
+        f"Trained [bold]{escape(t['version'])}[/bold] from {escape(str(t['parent']))} on {t['n_train']} items "
         f"({t['n_val']} held out): {metric} {t['candidate_metrics'][metric]:.4f} vs current "
         f"{t['current_metrics'][metric]:.4f}. {escape(t['reason'][0].upper() + t['reason'][1:])}.",
         highlight=False,
         markup=True,
     )
     for warning in t.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, markup=True)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(safe(warning))}", highlight=False, markup=True)
 
 
 models_app = typer.Typer(

@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from curation.errors import ConfigError
+from curation.redact import redact, register_secret
 from store.urls import resolve_sqlite_url
 
 DEFAULT_CONFIG_NAME = "curate.yaml"
@@ -189,6 +190,7 @@ class MlflowSettings(_Section):
 class LabelStudioSettings(_Section):
     url: str | None = None
     api_key: SecretStr | None = None
+    """Surrounding whitespace (a pasted CR/LF) is stripped; the rest must be printable ASCII (an HTTP header)."""
     project: str | None = None
     """Project title or numeric id."""
     timeout: float = Field(default=60.0, gt=0)
@@ -202,6 +204,39 @@ class LabelStudioSettings(_Section):
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _header_safe_key(cls, value: Any) -> Any:
+        """Validated at the boundary, never echoed: a key that cannot go into an HTTP header would otherwise fail
+        deep in the HTTP library with the header (key included) in its message."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        register_secret(value)
+        value = value.strip()
+        if not value:
+            return None
+        for position, ch in enumerate(value, 1):
+            if not 0x21 <= ord(ch) <= 0x7E:
+                kind = "a space" if ch == " " else "a control character" if ord(ch) < 0x80 else "a non-ASCII character"
+                raise ValueError(
+                    f"the key contains {kind} at position {position}; an API key is printable ASCII without spaces "
+                    "(copy it again from Label Studio's Account & Settings)"
+                )
+        return value
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        """Credentials in the URL would be printed in every message and would replace the key's header."""
+        if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "the URL must not contain a user name or password (user:password@host): set the key in "
+                "LABEL_STUDIO_API_KEY or label_studio.api_key"
+            )
+        return value
 
 
 class Settings(BaseSettings):
@@ -618,9 +653,36 @@ def _describe(
             )
             lines.append(f"unknown config key '{key}' {origin}{suggestion}")
         else:
-            shown = "" if "api_key" in key else f" (got {err.get('input')!r})"
-            lines.append(f"invalid config key '{key}' {origin}: {err['msg']}{shown}")
+            lines.append(f"invalid config key '{key}' {origin}: {err['msg']}{_shown_input(loc, err.get('input'))}")
     return "; ".join(dict.fromkeys(lines))
+
+
+_SECRET_KEYS = ("api_key", "password", "token", "secret")
+
+
+def _shown_input(loc: tuple[str | int, ...], value: Any) -> str:
+    """The offending value for an error message, when it is safe to echo: a scalar of a key that holds no secret.
+
+    A whole section (a mapping or list given where a section belongs) is never echoed: it may hold the key or a
+    database password. URLs are shown with their credentials masked.
+    """
+    if any(secret in str(part) for part in loc for secret in _SECRET_KEYS):
+        return ""
+    if _is_section(loc) or not isinstance(value, str | int | float | bool | type(None)):
+        shape = "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else None
+        return f" (got {shape})" if shape else ""
+    return f" (got {redact(repr(value))})"
+
+
+def _is_section(loc: tuple[str | int, ...]) -> bool:
+    model: Any = Settings
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model is not None and model is not Settings
 
 
 def _trim_loc(loc: tuple[str | int, ...], *, keep_unknown: bool) -> tuple[str | int, ...]:

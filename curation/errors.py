@@ -21,6 +21,7 @@ class ExitCode:
     LOCKED = 8  # another curate run holds the lock on this database
     MODEL = 9  # the model cannot be loaded or produced unusable output
     TRAINING = 10  # fine-tuning or evaluation failed (curate loop still rescored and reprioritized)
+    UNSAFE_MODEL = 11  # a model file was refused (code outside the allow-list) or registered weights changed
     INTERRUPTED = 130  # Ctrl-C; work done so far is committed
 
 

@@ -26,11 +26,22 @@ BATCH = 2000  # rows per executemany; well under SQLite's and Postgres' paramete
 
 
 def redacted(url: str) -> str:
-    """The URL with its password masked, for messages."""
+    """The URL with its password masked, for messages. A password holding an unencoded ``@`` is masked up to the
+    last ``@`` (a URL parser would take what follows the first one for the host, and show half the password)."""
+    if _ambiguous_credentials(url):
+        scheme, _, rest = url.partition("://")
+        user = rest[: rest.rfind("@")].partition(":")[0]
+        return f"{scheme}://{user}:***{rest[rest.rfind('@') :]}"
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<unparseable database url>"
+
+
+def _ambiguous_credentials(url: str) -> bool:
+    """More than one ``@`` before the query: a password (or user name) with an unencoded ``@``."""
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and not scheme.startswith("sqlite") and rest.split("?", 1)[0].count("@") > 1
 
 
 def redact_argv(argv: list[str]) -> list[str]:
@@ -64,6 +75,11 @@ def first_line(exc: BaseException) -> str:
 
 def create_store_engine(url: str) -> Engine:
     """An engine tuned for curate's access pattern: few writers, bulk chunks, concurrent readers."""
+    if _ambiguous_credentials(url):
+        raise DatabaseURLError(
+            f"invalid database URL {redacted(url)}: the password or user name contains '@'; percent-encode it "
+            "as %40 (other special characters too: ':' as %3A, '/' as %2F)"
+        )
     try:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - a non-numeric port raises only when read

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from curation.config import ModelSettings, Settings
 from curation.errors import ModelLoadError
 from curation.integrations.mlflow import is_registry_uri
+from curation.scoring.model_files import check_digest
 from store import Store
 from store.records import ModelVersionRecord
 
@@ -19,14 +20,19 @@ if TYPE_CHECKING:  # the runtime imports torch: only a job that really runs the 
 def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
     """Which model to run: ``--model``/``model.path`` if given (an MLflow ``models:/`` URI is fetched first), else
     the registry's current model."""
+    return _chosen(settings, store)[0]
+
+
+def _chosen(settings: Settings, store: Store | None) -> tuple[ModelSettings, ModelVersionRecord | None]:
+    """``model_settings`` and, when the model comes from the registry, its record (whose digest must match)."""
     model = settings.model
     if model.path and is_registry_uri(model.path):
         from curation.integrations.mlflow import resolve_model_uri
 
         local = resolve_model_uri(model.path, settings)
-        return model.model_copy(update={"path": str(local)})
+        return model.model_copy(update={"path": str(local)}), None
     if model.path or store is None:
-        return model
+        return model, None
     current = store.models.current()
     if current is None:
         raise ModelLoadError(
@@ -34,7 +40,7 @@ def model_settings(settings: Settings, store: Store | None) -> ModelSettings:
             "file) or set model.path"
         )
     path = current.weights_path or current.source
-    return model.model_copy(update={"path": path, "version": model.version or current.version})
+    return model.model_copy(update={"path": path, "version": model.version or current.version}), current
 
 
 def registered_model(settings: Settings, store: Store) -> ModelVersionRecord | None:
@@ -54,13 +60,15 @@ def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime
     from curation.scoring.runtime import DetectionOptions, load_model, resolve_device
 
     device = resolve_device(settings.scoring.device)
-    chosen = model_settings(settings, store)
+    chosen, registered = _chosen(settings, store)
     runtime = load_model(
         chosen,
         device,
         precision=settings.scoring.precision,
         detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
     )
+    if registered is not None:  # loaded safely; used only if still the weights that were registered
+        check_digest(registered.version, str(chosen.path), registered.digest, runtime.info.digest)
     if store is not None and not chosen.version and runtime.info.digest:
         known = store.models.by_digest(runtime.info.digest)
         if known is not None:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from curation.errors import ConfigError, LabelStudioAuthError, LabelStudioError
+from curation.redact import redact, register_secret
 
 T = TypeVar("T")
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -142,12 +143,25 @@ class LabelStudioClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         url = (url or "").strip().rstrip("/")
+        register_secret(api_key)
         if not url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"invalid Label Studio URL {url!r}: expected http(s)://host:port (label_studio.url or LABEL_STUDIO_URL)"
+                f"invalid Label Studio URL {redact(repr(url))}: expected http(s)://host:port (label_studio.url or "
+                "LABEL_STUDIO_URL)"
             )
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise ConfigError(
+                f"invalid Label Studio URL {redact(url)}: it must not contain a user name or password; set the key "
+                "in LABEL_STUDIO_API_KEY (or label_studio.api_key)"
+            )
+        api_key = (api_key or "").strip()
         if not api_key:
             raise ConfigError("no Label Studio API key: set LABEL_STUDIO_API_KEY (or label_studio.api_key)")
+        if not all(0x21 <= ord(ch) <= 0x7E for ch in api_key):
+            raise ConfigError(
+                "the Label Studio API key contains a space, a control character or a non-ASCII character: it cannot "
+                "be sent in an HTTP header (copy it again from Label Studio's Account & Settings)"
+            )
         self.url = url
         self.user: str | None = None  # set by whoami()
         self.timeout = timeout
@@ -172,7 +186,8 @@ class LabelStudioClient:
 
     # -- error handling ----------------------------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        """Mask the key here, before an error leaves the client (the CLI masks known secrets once more)."""
+        return redact(text.replace(self._secret, "***") if self._secret else text)
 
     def _refused(self, status: int, body: Any, what: str, import_call: bool) -> LabelStudioError:
         detail = self._redact(_detail(body))
@@ -200,9 +215,10 @@ class LabelStudioClient:
             message = f"Label Studio at {self.url} did not answer within {self.timeout:g} s while {what}"
             raise (ImportOutcomeUnknown if import_call else LabelStudioError)(message) from None
         except httpx.ConnectError as exc:
-            raise LabelStudioError(f"cannot reach Label Studio at {self.url} while {what}: {_reason(exc)}") from None
+            reason = self._redact(_reason(exc))
+            raise LabelStudioError(f"cannot reach Label Studio at {self.url} while {what}: {reason}") from None
         except httpx.HTTPError as exc:
-            message = f"connection to Label Studio at {self.url} failed while {what}: {_reason(exc)}"
+            message = f"connection to Label Studio at {self.url} failed while {what}: {self._redact(_reason(exc))}"
             raise (ImportOutcomeUnknown if import_call else LabelStudioError)(message) from None
 
     def _raw(

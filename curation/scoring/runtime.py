@@ -116,16 +116,44 @@ def torch_threads(count: int | None = None) -> Iterator[None]:
 
 
 def _import_yolo() -> Any:
-    """Import Ultralytics offline and quiet, without letting it shrink torch's CPU thread pool.
+    """Import Ultralytics offline, quiet and in restricted (safe) loading mode, without letting it shrink torch's
+    CPU thread pool.
 
     Its import sets ``OMP_NUM_THREADS=1`` when unset (a training default), which would halve CPU scoring speed
     on a 2-core machine; the thread count in force before the import is restored.
     """
+    from curation.scoring.model_files import confirm_safe_loading, enable_safe_loading
+
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    enable_safe_loading()
     with torch_threads():
         from ultralytics import YOLO
+    confirm_safe_loading()
     return YOLO
+
+
+def load_yolo(spec: str | Path, seed: int = 0) -> Any:
+    """``ultralytics.YOLO(spec)`` after the checks in ``model_files``: the one way curate opens an Ultralytics
+    model file (scoring, training's base weights, evaluation). An architecture builds weights seeded by ``seed``,
+    so the same file gives the same digest. A refused file raises ``UnsafeModelError``; Ultralytics' own failures
+    propagate for the caller to name."""
+    from curation.scoring.model_files import check_architecture, refusal
+
+    spec = str(spec)
+    is_architecture = Path(spec).suffix.lower() in (".yaml", ".yml")
+    if is_architecture:
+        check_architecture(spec)
+    YOLO = _import_yolo()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return YOLO(spec)
+    except Exception as exc:
+        refused = refusal(exc, spec)
+        if refused is not None:
+            raise refused from None
+        raise
 
 
 def yolo_class_names(names: Any) -> list[str]:
@@ -414,18 +442,14 @@ def _load_ultralytics(
     if suffix == ".pt" and not path.is_file():
         raise ModelLoadError(f"model weights not found: {spec} (curate never downloads models; pass a local file)")
     try:
-        YOLO = _import_yolo()
-        if suffix == ".pt":
-            yolo = YOLO(str(path))
-        else:
-            # Architecture-only models get seeded random weights, so the same .yaml gives the same version.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                yolo = YOLO(str(path) if path.is_file() else spec)
+        # Architecture-only models get seeded random weights, so the same .yaml gives the same version.
+        yolo = load_yolo(str(path) if path.is_file() else spec)
+    except ModelLoadError:
+        raise
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise ModelLoadError(f"cannot load model {spec}: {exc}") from None
     except Exception as exc:  # Ultralytics raises many types for a corrupt checkpoint
-        raise ModelLoadError(f"cannot load model {spec}: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(f"cannot load model {spec}: {type(exc).__name__}: {_first_line(exc)}") from None
     task = getattr(yolo, "task", None)
     if task not in SUPPORTED_TASKS:
         raise ModelLoadError(f"model {spec} is a {task!r} model; curate supports {', '.join(SUPPORTED_TASKS)}")
@@ -473,6 +497,12 @@ def _load_ultralytics(
     if precision == "fp16":
         net.half()
     return ModelRuntime(info, net, device, precision, detection)
+
+
+def _first_line(exc: BaseException) -> str:
+    """Ultralytics' multi-line error text, as one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__).replace("ERROR ❌️ ", "")
 
 
 def _run_in_fp32(module: torch.nn.Module | None, device: torch.device) -> None:

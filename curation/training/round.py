@@ -108,6 +108,7 @@ def train_round(
         if problem:
             report.reason = problem
             return report
+        _check_base_weights(current, base)
         imgsz = train.imgsz or current.imgsz
         device = training_device(train.device)
         result = _fine_tune(base, current.version, dataset, work / "run", train, imgsz, device, progress)
@@ -167,6 +168,15 @@ def _fine_tunable_weights(current: ModelVersionRecord) -> str:
     if not base or not (Path(base).is_file() or base.endswith((".yaml", ".yml"))):
         raise TrainingError(f"the weights of the current model {current.version} are not available at {base!r}")
     return base
+
+
+def _check_base_weights(current: ModelVersionRecord, base: str) -> None:
+    """The base weights must still be the registered ones (``model_files.check_digest``): training would otherwise
+    fine-tune, and maybe promote, whatever someone put in their place."""
+    from curation.scoring.model_files import check_digest
+
+    digest, _ = weights_identity(Path(base))
+    check_digest(current.version, base, current.digest, digest)
 
 
 def _fine_tune(

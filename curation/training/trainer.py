@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curation.errors import CurateError, ExitCode
+from curation.errors import CurateError, ExitCode, ModelLoadError
 from curation.training.splits import primary_label
 
 if TYPE_CHECKING:
@@ -50,15 +50,10 @@ def train_ultralytics(
     ``data`` is a classification folder (``train/``, ``val/``) or a detection/segmentation ``data.yaml``.
     Plots are off (they may fetch a font) and AMP is off (its check downloads a model).
     """
-    import torch
+    from curation.scoring.runtime import load_yolo, torch_threads
 
-    from curation.scoring.runtime import _import_yolo, torch_threads
-
-    yolo_cls = _import_yolo()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = yolo_cls(str(base))
+    model = load_yolo(base, seed=seed)
     args: dict[str, Any] = {
         "data": str(data),
         "epochs": epochs,
@@ -178,16 +173,11 @@ def evaluate_models(
 
 
 def _ultralytics_val(weights: str, data: Path, task: str, imgsz: int, batch: int, device: str) -> dict[str, float]:
-    import torch
+    from curation.scoring.runtime import load_yolo, torch_threads
 
-    from curation.scoring.runtime import _import_yolo, torch_threads
-
-    yolo_cls = _import_yolo()
     try:
+        model = load_yolo(weights)
         with torch_threads():
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = yolo_cls(weights)
             result = model.val(
                 data=str(data),
                 split="val",
@@ -199,6 +189,8 @@ def _ultralytics_val(weights: str, data: Path, task: str, imgsz: int, batch: int
                 verbose=False,
                 save_json=False,
             )
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise TrainingError(f"evaluating {weights} on {data} failed: {type(exc).__name__}: {exc}") from exc
     values = {str(k): float(v) for k, v in (getattr(result, "results_dict", {}) or {}).items()}
@@ -256,9 +248,9 @@ def weights_identity(weights: Path) -> tuple[str, list[str]]:
     and their class names in the model's own order (Ultralytics orders classification classes by folder name)."""
     import torch
 
-    from curation.scoring.runtime import _import_yolo, weights_digest, yolo_class_names
+    from curation.scoring.runtime import load_yolo, weights_digest, yolo_class_names
 
-    yolo = _import_yolo()(str(weights))
+    yolo = load_yolo(weights)
     net = yolo.model
     digest = (
         weights_digest(net) if isinstance(net, torch.nn.Module) else hashlib.sha256(weights.read_bytes()).hexdigest()
