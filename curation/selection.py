@@ -43,6 +43,8 @@ class Candidates:
     item_ids: NDArray[np.int64]
     uncertainty: NDArray[np.float64]  # NaN = excluded
     classes: NDArray[np.bool_]  # (N, C): the classes each item is predicted to contain
+    corrupt: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Items whose stored output no model can have written (see ``unusable_outputs``): excluded."""
 
 
 @dataclass
@@ -69,22 +71,50 @@ def build_strategy(settings: StrategySettings) -> Strategy:
     return strategy
 
 
+def _bad_rows(values: NDArray[np.floating], upper: float = 1.0 + 1e-6) -> NDArray[np.bool_]:
+    rows = values.reshape(len(values), -1)
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(rows) & (rows >= 0) & (rows <= upper)).all(axis=1)
+
+
+def unusable_outputs(scores: ClassificationScores | DetectionScores) -> NDArray[np.bool_]:
+    """Per item: a stored output that no model can have written (NaN, infinite, or a score outside [0, 1]): an
+    edited or corrupt database row. Scoring checks every output before storing it, so only the database is to
+    blame; such an item is excluded (and named) rather than failing every selection."""
+    if isinstance(scores, ClassificationScores):
+        return _bad_rows(scores.probs)
+    bad_boxes = _bad_rows(scores.box_scores) | _bad_rows(scores.box_conf)
+    bad = np.zeros(len(scores.item_ids), dtype=bool)
+    bad[scores.box_image_index[bad_boxes]] = True
+    return bad
+
+
 def scores_uncertainty(
     scores: ClassificationScores | DetectionScores,
     n_classes: int,
     measure: str,
     detection: DetectionAggregation,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Per-item uncertainty and predicted classes from model outputs (stored ones, or ``simulate``'s)."""
+    """Per-item uncertainty and predicted classes from model outputs (stored ones, or ``simulate``'s); NaN
+    (excluded) for an item whose output is unusable (``unusable_outputs``)."""
     k = n_classes
+    bad = unusable_outputs(scores)
     if isinstance(scores, ClassificationScores):
         n = len(scores.item_ids)
         classes = np.zeros((n, k), dtype=bool)
         if n == 0:
             return np.zeros(0), classes
-        classes[np.arange(n), np.argmax(scores.probs, axis=1)] = True
-        return uncertainty_scores(scores.probs, measure), classes
+        probs = np.where(bad[:, None], 0.0, scores.probs) if bad.any() else scores.probs
+        classes[np.arange(n), np.argmax(probs, axis=1)] = True
+        classes[bad] = False
+        values = uncertainty_scores(probs, measure)
+        values[bad] = np.nan
+        return values, classes
     keep = scores.box_conf >= detection.conf
+    if bad.any():
+        with np.errstate(invalid="ignore"):
+            keep = np.nan_to_num(scores.box_conf, nan=-1.0) >= detection.conf
+        keep &= ~bad[scores.box_image_index]
     box_unc = uncertainty_scores(scores.box_scores[keep], measure)
     image = scores.box_image_index[keep]
     values = aggregate_boxes(
@@ -98,6 +128,7 @@ def scores_uncertainty(
     classes = np.zeros((len(scores.item_ids), k), dtype=bool)
     if len(image):
         classes[image, np.argmax(scores.box_scores[keep], axis=1)] = True
+    values[bad] = np.nan
     return values, classes
 
 
@@ -111,7 +142,7 @@ def candidate_uncertainty(
         else store.scores.candidate_detection(pool_id, mv.id, len(mv.class_names))
     )
     values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection)
-    return Candidates(scores.item_ids, values, classes)
+    return Candidates(scores.item_ids, values, classes, scores.item_ids[unusable_outputs(scores)])
 
 
 def items_uncertainty(
@@ -177,9 +208,14 @@ def pool_view(
         if not mv.embedding_dim:
             raise NothingToSelectError(f"model version {mv.version} has no stored embeddings; score again")
         embeddings, found = store.scores.embeddings(mv.id, cands.item_ids, mv.embedding_dim)
+        finite = np.isfinite(embeddings).all(axis=1)  # scoring stores finite ones only: an edited row
+        if not finite.all():
+            found &= finite
+            embeddings[~finite] = 0.0
         uncertainty = np.where(found, uncertainty, np.nan)
         if len(reference_ids):
             ref, ref_found = store.scores.embeddings(mv.id, reference_ids, mv.embedding_dim)
+            ref_found &= np.isfinite(ref).all(axis=1)
             reference = np.ascontiguousarray(ref[ref_found])
     return build_view(uncertainty, cands.classes, embeddings, reference, settings)
 
@@ -206,6 +242,14 @@ def run_selection(
             "nothing to select: every item in the pool is already selected, failed, invalid or excluded"
             if len(cands.item_ids) or store.items.counts(pool_id, mv.id)["items"]
             else "nothing to select: the pool has no scored images"
+        )
+    if len(cands.corrupt):
+        paths = store.items.paths(pool_id, [int(i) for i in cands.corrupt[:5]])
+        more = f" and {len(cands.corrupt) - 5} more" if len(cands.corrupt) > 5 else ""
+        warnings.append(
+            f"excluded {len(cands.corrupt)} item(s) whose stored prediction by {mv.version} is not a valid "
+            f"probability (NaN, infinite or outside [0, 1]; an edited or corrupt database row): "
+            f"{', '.join(paths)}{more}; `curate score --rescore` scores them again"
         )
     take = min(budget, available)
     if take < budget:

@@ -3,6 +3,7 @@ untrusted text cannot drive the terminal. Each test fails on the code before the
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -216,7 +217,8 @@ def _error_paths(tmp_path: Path) -> list[tuple[list[str], dict[str, str], int, t
     db_section = tmp_path / "db-section.yaml"
     db_section.write_text(f"db: {{url: 'postgresql+psycopg://postgres:{DB_PASSWORD}@127.0.0.1:5432/test'}}\n")
     key_in_file = tmp_path / "key-in-file.yaml"
-    key_in_file.write_text(f"label_studio: {{url: 'http://127.0.0.1:9', api_key: '{KEY} \\r\\n', timeout: 2}}\n")
+    # double-quoted YAML so that the CR/LF escapes are real characters in the key
+    key_in_file.write_text(f'label_studio: {{url: "http://127.0.0.1:9", api_key: "{KEY} \\r\\n", timeout: 2}}\n')
     unreachable = {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "CURATE_LABEL_STUDIO__TIMEOUT": "2"}
     at_in_password = f"postgresql+psycopg://postgres:{DB_PASSWORD}@evil@127.0.0.1:5432/test"
     return [
@@ -232,7 +234,7 @@ def _error_paths(tmp_path: Path) -> list[tuple[list[str], dict[str, str], int, t
         # a key that cannot be a header value: refused at the boundary (exit 2), not a crash
         *(
             (["pull", "--project", "P", "--db", db], {**unreachable, "LABEL_STUDIO_API_KEY": bad}, 2, (KEY, bad))
-            for bad in (KEY + "\x00x", KEY[:10] + " " + KEY[10:], KEY + "é", "é" + KEY)
+            for bad in (KEY + "\x01x", KEY + "\x7f", KEY[:10] + " " + KEY[10:], KEY + "é", "é" + KEY)
         ),
         (
             ["pull", "--project", "P", "--db", db],
@@ -301,7 +303,7 @@ def test_redaction_masks_urls_up_to_the_last_at() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. Untrusted text cannot drive the terminal
 
-HOSTILE = "evil\x1b[31mred\nsecond-line[bold]x[/bold].jpg"
+HOSTILE = "evil\x1b[31mred\nsecond-line[bold]x[red].jpg"  # no "/": a file name cannot hold one
 
 
 def test_a_hostile_file_name_is_printed_escaped(tmp_path: Path) -> None:
@@ -317,7 +319,7 @@ def test_a_hostile_file_name_is_printed_escaped(tmp_path: Path) -> None:
         assert "\x1b" not in text, repr(text)
     for text in (err, status_out):  # the warning and the failed list: the name on one line, escapes visible
         line = next(line for line in text.splitlines() if "evil" in line)
-        assert "\\x1b[31mred\\nsecond-line[bold]x[/bold].jpg" in line, repr(text)
+        assert "\\x1b[31mred\\nsecond-line[bold]x[red].jpg" in line, repr(text)
     assert not any(line.startswith("second-line") for line in (err + status_out).splitlines())
 
 
@@ -328,3 +330,65 @@ def test_printable_escapes_controls_bidi_and_undecodable_bytes() -> None:
     assert printable("x\u202ey") == "x\\u202ey"
     assert printable("bad\udcff.jpg") == "bad\\udcff.jpg"
     assert printable("Ünïcode ok") == "Ünïcode ok"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 13e. A tampered stored output excludes its item, named, instead of failing every selection
+
+
+def test_a_tampered_stored_prediction_excludes_its_item_by_name(tmp_path: Path) -> None:
+    import sqlite3
+
+    import numpy as np
+
+    from tests.models import save_thumbnail_model
+
+    pool = tmp_path / "pool"
+    make_pool(pool, n=12, size=48, seed=3)
+    model, cfg = save_thumbnail_model(tmp_path)
+    db = tmp_path / "c.db"
+    args = ["--pool", str(pool), "--model", str(model), "--config", str(cfg), "--db", f"sqlite:///{db}"]
+    code, _, err = run("score", *args, "--workers", "0")
+    assert code == 0, err
+    conn = sqlite3.connect(db)
+    (a, a_path, probs), (b, b_path, vector) = (
+        conn.execute(
+            "SELECT p.item_id, i.path, p.probs FROM predictions p JOIN item_paths i ON i.item_id = p.item_id "
+            "ORDER BY i.path LIMIT 1"
+        ).fetchone(),
+        conn.execute(
+            "SELECT e.item_id, i.path, e.vector FROM embeddings e JOIN item_paths i ON i.item_id = e.item_id "
+            "ORDER BY i.path DESC LIMIT 1"
+        ).fetchone(),
+    )
+    bad_probs = np.frombuffer(probs, "<f4").copy()
+    bad_probs[0] = np.nan
+    bad_vector = np.frombuffer(vector, "<f2").copy()
+    bad_vector[3] = np.inf
+    conn.execute("UPDATE predictions SET probs = ? WHERE item_id = ?", (bad_probs.tobytes(), a))
+    conn.execute("UPDATE embeddings SET vector = ? WHERE item_id = ?", (bad_vector.tobytes(), b))
+    conn.commit()
+    conn.close()
+    for strategy in ("entropy", "hybrid"):
+        copy = tmp_path / f"{strategy}.db"  # each strategy on the same tampered database
+        copy.write_bytes(db.read_bytes())
+        args[-1] = f"sqlite:///{copy}"
+        code, out, err = run("select", *args, "--budget", "11", "--no-push", "--strategy", strategy, "--json")
+        assert code == 0, err
+        result = json.loads(out)
+        picked = {Path(item["path"]).name for item in result["items"]}
+        assert a_path not in picked and any(a_path in w for w in result["warnings"]), out
+        if strategy == "hybrid":  # needs embeddings: the item with the edited vector is left out too
+            assert b_path not in picked and len(picked) == 10, out
+    from curation.config import DetectionAggregation
+    from curation.selection import scores_uncertainty
+    from store.records import DetectionScores
+
+    det = DetectionScores(
+        item_ids=np.array([1, 2, 3]),
+        n_boxes=np.array([1, 2, 0]),
+        box_conf=np.array([0.9, 0.8, np.nan], dtype=np.float32),
+        box_scores=np.array([[0.6, 0.4], [0.5, 0.5], [0.7, 0.3]], dtype=np.float32),
+    )
+    values, classes = scores_uncertainty(det, 2, "entropy", DetectionAggregation())
+    assert np.isfinite(values[0]) and np.isnan(values[1]) and not classes[1].any()
