@@ -211,12 +211,17 @@ def _handled(debug: bool, json_out: bool = False) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except KeyboardInterrupt:
-        message = "Interrupted: work done so far is saved; run the command again to continue."
+    except KeyboardInterrupt as exc:
+        from curation.errors import Terminated
+
+        stopped = isinstance(exc, Terminated)
+        code = ExitCode.TERMINATED if stopped else ExitCode.INTERRUPTED
+        what = "Terminated" if stopped else "Interrupted"
+        message = f"{what}: work done so far is saved; run the command again to continue."
         err_console.print(message)
         if json_out:
-            _print_json_error(message, ExitCode.INTERRUPTED)
-        raise typer.Exit(ExitCode.INTERRUPTED) from None
+            _print_json_error(message, code)
+        raise typer.Exit(code) from None
     except Exception as exc:
         code = exit_code_for(exc)
         if debug:
@@ -1191,7 +1196,22 @@ def _root(
     """Decide which images to label next, and keep Label Studio's queue in that order."""
 
 
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (``systemctl stop``, ``docker stop``) ends a run the way Ctrl-C does, instead of killing it with its
+    scoring run left ``running``. Installed by the entry point only: a library caller keeps its own handlers."""
+    import signal
+
+    from curation.errors import Terminated
+
+    def _raise(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop must not cut the saving short
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def main() -> None:
+    _terminate_like_ctrl_c()
     app()
 
 

@@ -23,6 +23,12 @@ class ExitCode:
     TRAINING = 10  # fine-tuning or evaluation failed (curate loop still rescored and reprioritized)
     UNSAFE_MODEL = 11  # a model file was refused (code outside the allow-list) or registered weights changed
     INTERRUPTED = 130  # Ctrl-C; work done so far is committed
+    TERMINATED = 143  # SIGTERM (systemd stop, docker stop); handled like Ctrl-C: work done so far is committed
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM. A ``KeyboardInterrupt`` so that every place that saves work on
+    Ctrl-C (flush the scores, mark the run interrupted, release the lock) does the same on a stop."""
 
 
 class CurateError(Exception):

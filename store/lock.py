@@ -13,6 +13,7 @@ live one, and read-only commands never write).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -31,6 +32,35 @@ from store.store import Store
 from store.urls import sqlite_file
 
 LOCK_NAME = "curate-run"
+
+# Descriptors that hold a run lock in this process: the lock file (SQLite) or the lock's connection (Postgres).
+_HELD: set[int] = set()
+_FORK_HOOK = False
+
+
+def _keep_from_children(fd: int) -> None:
+    """A forked child (a DataLoader worker) shares the lock's file description or socket: after ``kill -9`` of
+    the run the lock would live on until the orphaned workers noticed (seconds). Children drop them at fork."""
+    global _FORK_HOOK
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=_drop_in_child)
+        _FORK_HOOK = True
+    _HELD.add(fd)
+
+
+def _drop_in_child() -> None:
+    # Point the child's copies at /dev/null rather than close them: the number stays owned by the Python object
+    # that wraps it, so nothing else can be opened under it and closed by mistake.
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in _HELD:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD.clear()
 
 
 def _describe(pid: Any, host: Any, command: Any, started: Any) -> str:
@@ -69,10 +99,12 @@ class RunLock:
         if self._file is not None:
             import fcntl
 
+            _HELD.discard(self._file.fileno())
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
             self._file = None
         if self._conn is not None:
+            _HELD.discard(_socket_of(self._conn))
             try:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
                 self._conn.commit()
@@ -122,6 +154,7 @@ class RunLock:
         )
         handle.flush()
         self._file = handle
+        _keep_from_children(handle.fileno())
 
     # -- Postgres ----------------------------------------------------------------------------------------------------
     def _lock_advisory(self) -> None:
@@ -139,6 +172,12 @@ class RunLock:
         with self.store.db.tx() as tx:
             _record_holder(self.store.db, tx, LOCK_NAME, self.command)
         self._conn = conn
+        _keep_from_children(_socket_of(conn))
+
+
+def _socket_of(conn: Connection) -> int:
+    """The file descriptor of the server socket under a SQLAlchemy connection (psycopg)."""
+    return int(conn.connection.dbapi_connection.fileno())  # type: ignore[union-attr]
 
 
 def _record_holder(db: Database, conn: Connection, name: str, command: str) -> None:

@@ -158,3 +158,105 @@ def test_read_only_commands_do_not_wait_for_a_writer_on_sqlite(tmp_path: Path, c
     with _another_writer_mid_transaction(db_url):
         code, _, err, seconds = _cli(*command, "--db", db_url, "--json")
     assert code == 0 and seconds < REFUSAL_S, (err, seconds)
+
+
+def _paused_scoring_run(db_url: str, tmp_path: Path, pool_dir: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A real ``curate score`` with a DataLoader worker, stopped after its first committed chunk."""
+    model, model_cfg = save_thumbnail_model(tmp_path)
+    release = tmp_path / "release"
+    env = {
+        **os.environ,
+        "CURATE_SCORING__CHUNK_SIZE": "4",
+        "CURATE_SCORING__BATCH_SIZE": "4",
+        "CURATE_PAUSEPOINT": f"score-after-chunk:{release}",
+    }
+    env.pop("CURATE_FAILPOINT", None)
+    args = ["--pool", str(pool_dir), "--model", str(model), "--config", str(model_cfg), "--db", db_url]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cli", "score", *args, "--workers", "1"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a systemd unit or a container has
+    )
+    waiting = release.with_name("release.waiting")
+    deadline = time.monotonic() + 180
+    while not waiting.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waiting.exists(), f"the scoring run never reached its pause point: {run.communicate(timeout=30)}"
+    return run, release
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(db_url: str, tmp_path: Path, pool_dir: Path) -> None:
+    """``systemctl stop`` signals the whole process group: the run saves its scores, is marked interrupted,
+    exits 143, and no process prints a traceback."""
+    import signal
+
+    run, release = _paused_scoring_run(db_url, tmp_path, pool_dir)
+    try:
+        assert _children(run.pid), "the run has no DataLoader worker: the test proves nothing"
+        os.killpg(run.pid, signal.SIGTERM)
+        time.sleep(0.5)  # the stop lands in the pause; saving the partial chunk then passes the pause point again
+        release.touch()
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == ExitCode.TERMINATED, err
+        assert "Traceback" not in out + err, err
+        assert "Terminated: work done so far is saved" in err
+        with Store.open(db_url) as store:
+            runs = store.runs.recent()
+            assert runs[0]["status"] == "interrupted" and runs[0]["scored"] >= 4
+    finally:
+        release.touch()
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)
+
+
+def test_after_kill_9_the_lock_is_free_while_orphaned_workers_live_on(
+    db_url: str, tmp_path: Path, pool_dir: Path
+) -> None:
+    """DataLoader workers outlive a killed run by seconds; they must not hold its lock (an inherited lock file
+    descriptor or Postgres connection) meanwhile."""
+    import signal
+
+    from store.lock import RunLock
+
+    run, release = _paused_scoring_run(db_url, tmp_path, pool_dir)
+    workers = _children(run.pid)
+    try:
+        assert workers, "the run has no DataLoader worker: the test proves nothing"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(30)
+        deadline = time.monotonic() + REFUSAL_S
+        with Store.open(db_url) as store:
+            while True:
+                try:
+                    with RunLock(store, command="test"):
+                        break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            assert store.runs.recent()[0]["status"] == "interrupted"
+        assert any(_alive(w) for w in workers), "the workers were gone already: the test proves nothing"
+    finally:
+        release.touch()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)

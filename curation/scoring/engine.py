@@ -124,6 +124,13 @@ def collate(samples: list[Sample]) -> DecodedBatch:
 
 
 def _worker_init(_worker_id: int) -> None:
+    import signal
+
+    # The main process handles Ctrl-C and SIGTERM (it saves the scores and shuts the workers down). A worker that
+    # handled them too would print a traceback of its own, and one that died of a stop sent to the whole process
+    # group (systemd) would turn the orderly stop into a "worker killed" crash in the main process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Each worker decodes one image at a time; nested thread pools would only fight over the cores.
     torch.set_num_threads(1)
     try:
