@@ -176,6 +176,9 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
     assert (current := store.models.current()) is not None and current.id == base.id
     settings = TrainSettings(epochs=1, batch_size=16, device="cpu", promote="never")
     models = tmp_path / "models"
+    leftover = models / "train-k1lled" / "dataset"  # what a round killed with -9 leaves behind
+    leftover.mkdir(parents=True)
+    (leftover / "x.jpg").write_bytes(b"x")
 
     report = train_round(store, base, settings, models, examples=examples)
     assert report.trained and not report.promoted, report.reason
@@ -190,7 +193,8 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
     assert new.metric_value == report.candidate_metrics["accuracy"] and new.class_names == sorted(SHAPES)
     assert versions[base.version].metric_value == report.current_metrics["accuracy"]  # the parent is measured too
     assert report.summary()["candidate_metrics"] == report.candidate_metrics  # a Report: fields are the JSON
-    assert sorted(p.name for p in models.iterdir()) == [Path(new.weights_path).name]  # no work dir, no .tmp
+    # no work dir (the killed round's included), no .tmp
+    assert sorted(p.name for p in models.iterdir()) == [Path(new.weights_path).name]
 
     again = train_round(store, base, settings, models, examples=examples)
     assert (

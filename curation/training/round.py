@@ -81,8 +81,10 @@ def train_round(
     progress: Progress | None = None,
 ) -> TrainReport:
     """Fine-tune ``current`` on the labeled items (``examples`` if the caller has them already); register the
-    result under ``models_root``, promoted only if it is better."""
+    result under ``models_root``, promoted only if it is better. The caller holds the run lock: a ``train-*`` work
+    folder under ``models_root`` is then a killed round's, and is removed."""
     progress = progress or NullProgress()
+    _remove_killed_rounds(models_root)
     task = current.task
     metric = resolve_metric(train.metric, task)
     base = _fine_tunable_weights(current)
@@ -155,6 +157,13 @@ def train_round(
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_killed_rounds(models_root: Path) -> None:
+    if models_root.is_dir():
+        for work in models_root.glob("train-*"):
+            if work.is_dir() and not work.is_symlink():
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _fine_tunable_weights(current: ModelVersionRecord) -> str:
