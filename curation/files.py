@@ -70,3 +70,19 @@ def check_output_path(path: Path, option: str, suffixes: tuple[str, ...] | None 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: folder {parent} is not writable")
     return path
+
+
+def check_output_folder(path: Path, option: str) -> Path:
+    """Create the folder ``path`` (and its parents) to write files into, or refuse it, before any work is done."""
+    from curation.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot create the folder: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: folder is not writable")
+    return path

@@ -98,7 +98,14 @@ def test_dev_tooling_is_never_imported_by_the_library() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["status", "--json"], ["models", "list", "--json"], ["models", "current"], ["select", "--help"]],
+    [
+        ["--help"],
+        ["status", "--json"],
+        ["models", "list", "--json"],
+        ["models", "current"],
+        ["select", "--help"],
+        ["report", "--out", "r.html", "--json"],
+    ],
 )
 def test_light_commands_do_not_import_torch(args: list[str], tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'curate.db'}"

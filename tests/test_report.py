@@ -191,18 +191,21 @@ def test_a_bad_simulation_file_is_one_clean_error(tmp_path: Path, content: str |
 
 def test_bad_output_paths_are_refused_before_any_work(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'e.db'}"
-    code, _, err = run("report", "--db", db, "--out", str(tmp_path / "no" / "such" / "r.html"))
-    assert_one_clean_error(code, err, ExitCode.USAGE, "--out", "does not exist")
     code, _, err = run("report", "--db", db, "--out", str(tmp_path))
-    assert_one_clean_error(code, err, ExitCode.USAGE, "is a directory")
+    assert_one_clean_error(code, err, ExitCode.USAGE, "--out", "is a folder")
+    code, _, err = run("report", "--db", db, "--out", str(tmp_path / "r.txt"))
+    assert_one_clean_error(code, err, ExitCode.USAGE, "--out", "use a .html or .htm file name")
     (tmp_path / "file").write_text("x")
     code, _, err = run("report", "--db", db, "--out", str(tmp_path / "file" / "r.html"))
-    assert_one_clean_error(code, err, ExitCode.USAGE, "is not a directory")
+    assert_one_clean_error(code, err, ExitCode.USAGE, "is not a folder")
     code, _, err = run("report", "--db", db, "--out", str(tmp_path / "r.html"), "--png", str(tmp_path / "file"))
-    assert_one_clean_error(code, err, ExitCode.USAGE, "--png", "is not a directory")
+    assert_one_clean_error(code, err, ExitCode.USAGE, "--png", "is not a folder")
     assert not (tmp_path / "r.html").exists()
-    code, stdout, _ = run("report", "--db", db, "--out", str(tmp_path / "no" / "r.html"), "--json")
+    code, stdout, _ = run("report", "--db", db, "--out", str(tmp_path / "file" / "r.html"), "--json")
     assert code == ExitCode.USAGE and json.loads(stdout)["exit_code"] == ExitCode.USAGE
+    # missing folders are created, as every other output path's are
+    code, _, err = run("report", "--db", db, "--out", str(tmp_path / "no" / "such" / "r.html"))
+    assert code == 0 and (tmp_path / "no" / "such" / "r.html").is_file(), err
 
 
 def test_unknown_pool_or_model_version_is_named(tmp_path: Path) -> None:
@@ -235,3 +238,19 @@ def test_pca_separates_clusters_and_is_deterministic() -> None:
     assert np.array_equal(coords, pca_2d(x.copy()))
     assert np.array_equal(pca_2d(x[:1]), np.zeros((1, 2)))
     assert pca_2d(np.ones((5, 1))).shape == (5, 2)
+
+
+@pytest.mark.parametrize(("span_s", "expected"), [(12, "16:41:05"), (50, "16:41:10"), (5 * 3600, "17:00")])
+def test_time_ticks_read_as_clock_times_at_every_span(span_s: int, expected: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from curation.reporting.figures import _new, format_time_axis
+
+    start = datetime(2026, 12, 2, 16, 41, 3, tzinfo=UTC)
+    ax = _new(9, 4).add_subplot()
+    ax.plot([start, start + timedelta(seconds=span_s)], [0, 1])
+    format_time_axis(ax)
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == expected and all(":" in label for label in labels), labels
+    assert ax.xaxis.get_major_formatter().get_offset() == "2026-Dec-02"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from numpy.typing import NDArray
 
 from curation.config import Settings
 from curation.errors import ConfigError, InputFileError, UnknownReferenceError
-from curation.files import atomic_path, atomic_write_text
+from curation.files import atomic_path, atomic_write_text, check_output_folder, check_output_path
 from curation.jobs.registry import models as registry_versions
 from curation.reporting.data import (
     ClassBalance,
@@ -76,6 +75,7 @@ def report(
     drawn = figs.render(data)
     page = html.render(data, drawn)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, page)
     except OSError as exc:
         raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}") from None
@@ -102,26 +102,11 @@ def report(
 
 
 def check_output(out: Path, png_dir: Path | None) -> None:
-    """Refuse an ``--out`` that cannot be written (missing or unwritable directory, a directory as the file) and
-    create ``--png``'s directory, before anything is gathered."""
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory: name the HTML file to write, e.g. {out / 'report.html'}")
-    parent = out.parent
-    if not parent.exists():
-        raise ConfigError(f"--out {out}: the directory {parent} does not exist")
-    if not parent.is_dir():
-        raise ConfigError(f"--out {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: the directory {parent} is not writable")
+    """Refuse an ``--out`` that cannot be written and create ``--png``'s folder, before anything is gathered (the
+    same checks, and words, as every other command's output paths)."""
+    check_output_path(out, "--out", (".html", ".htm"))
     if png_dir is not None:
-        if png_dir.exists() and not png_dir.is_dir():
-            raise ConfigError(f"--png {png_dir} is not a directory")
-        try:
-            png_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"--png {png_dir}: cannot create the directory: {exc.strerror or exc}") from None
-        if not os.access(png_dir, os.W_OK | os.X_OK):
-            raise ConfigError(f"--png {png_dir}: the directory is not writable")
+        check_output_folder(png_dir, "--png")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -71,12 +71,25 @@ def render(data: ReportData) -> list[Figure]:
     return [f for f in drawn if f is not None]
 
 
+def format_time_axis(ax: Any) -> None:
+    """Concise date ticks; ticks seconds apart (a demo's whole history) read as clock times, not a bare "05 10"."""
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(
+        mdates.ConciseDateFormatter(
+            locator,
+            formats=["%Y", "%b", "%d", "%H:%M", "%H:%M", "%H:%M:%S"],
+            offset_formats=["", "%Y", "%Y-%b", "%Y-%b-%d", "%Y-%b-%d", "%Y-%b-%d"],
+        )
+    )
+
+
 def timeline(data: ReportData) -> Figure | None:
     series = [s for s in data.timeline if s.times]
     if not series:
         return None
-    import matplotlib.dates as mdates
-
     fig = _new(9, 4)
     ax = fig.add_subplot()
     first = min(s.times[0] for s in series)
@@ -87,9 +100,7 @@ def timeline(data: ReportData) -> Figure | None:
         ax.step(times, values, where="post", label=f"{s.name} ({s.values[-1]})", color=SERIES_COLOUR.get(s.name))
     pad = max((last - first) * 0.03, timedelta(seconds=1))  # a run of seconds (a demo) still reads left to right
     ax.set_xlim(first - pad, last + pad)
-    locator = mdates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    format_time_axis(ax)
     ax.set_ylabel("items")
     ax.set_xlabel("time (UTC)")
     ax.grid(alpha=0.3)
