@@ -833,6 +833,39 @@ def _print_pull(summary: dict[str, Any]) -> None:
     )
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new, empty, or an earlier export).")],
+    link: Annotated[str, typer.Option("--link", help="copy (default), symlink or hardlink the pool files.")] = "copy",
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help="Export exactly what trained this version.")
+    ] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write the labeled set as an Ultralytics dataset with a manifest (path, SHA-256, split, label source)."""
+    with _handled(debug, json_out):
+        settings = _settings(config, _common(db, None, None))
+        with _store(settings, lock=True) as store:
+            from curation.jobs.export import export as job
+
+            report = job(store, settings, out, link=link, model_version=model_version)
+        _emit(report.summary(), json_out, _print_export)
+
+
+def _print_export(e: dict[str, Any]) -> None:
+    skipped = ", ".join(f"{n} {escape(label)}" for label, n in sorted(e["skipped_labels"].items()))
+    err_console.print(
+        f"Exported {e['n_train']} train and {e['n_val']} val items ({escape(e['task'])}, classes of "
+        f"{escape(e['model_version'])}) to [bold]{escape(e['out'])}[/bold]; manifest {escape(e['manifest'])}; "
+        f"dataset hash {e['dataset_hash'][:12]}" + (f". Skipped labels: {skipped}" if skipped else ""),
+        highlight=False,
+        markup=True,
+    )
+
+
 ls_app = typer.Typer(help="Label Studio project set-up.", no_args_is_help=True)
 app.add_typer(ls_app, name="ls")
 

@@ -68,6 +68,13 @@ class InputFileError(CurateError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class ExportError(CurateError):
+    """A dataset export cannot be written: its folder holds something that is not a curate export, a link cannot
+    be made, or an item's file is missing or changed since it was labeled."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
 class ModelOutputError(CurateError):
     """The model runs but its output cannot be used (wrong shape, unknown task)."""
 

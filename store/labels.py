@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from store.db import BATCH, Database
 from store.records import LabeledExample
-from store.schema import Annotation, Item, ItemPath, Pool, Split, utcnow
+from store.schema import Annotation, Item, ItemPath, LSProject, Pool, Split, TrainingExample, utcnow
 
 
 class Labels:
@@ -37,8 +37,13 @@ class Labels:
                 Annotation.labels,
                 Item.width,
                 Item.height,
+                LSProject.server,
+                LSProject.project_id,
+                Annotation.annotator,
+                func.coalesce(Annotation.updated_at, Annotation.created_at),
             )
             .join(latest, latest.c.aid == Annotation.id)
+            .join(LSProject, LSProject.id == Annotation.ls_project_id)
             .join(Item, Item.id == Annotation.item_id)
             .join(first_path, first_path.c.item_id == Annotation.item_id)
             .join(ItemPath, ItemPath.id == first_path.c.pid)
@@ -47,12 +52,54 @@ class Labels:
         )
         out = []
         with self._db.tx(write=False) as conn:
-            for item_id, content_id, path, root, labels, width, height in conn.execute(stmt):
+            for item_id, cid, path, root, labels, width, height, server, project, who, when in conn.execute(stmt):
                 if (labels or {}).get("task", task) != task:
                     continue
                 full = path if Path(path).is_absolute() else str(Path(root) / path)
-                out.append(LabeledExample(int(item_id), content_id, full, dict(labels or {}), width, height))
+                source = f"{server.rstrip('/')}/projects/{project}"
+                out.append(
+                    LabeledExample(int(item_id), cid, full, dict(labels or {}), width, height, source, who, when)
+                )
         return out
+
+    def trained_on(self, model_version_id: int) -> list[tuple[LabeledExample, str]]:
+        """What a trained version was trained and validated on (recorded when it was registered), with the split:
+        the labels as they were then, the item's file as it is now (its first path)."""
+        first_path = select(ItemPath.item_id, func.min(ItemPath.id).label("pid")).group_by(ItemPath.item_id).subquery()
+        T = TrainingExample
+        stmt = (
+            select(
+                T.item_id,
+                Item.content_id,
+                ItemPath.path,
+                Pool.root,
+                T.labels,
+                Item.width,
+                Item.height,
+                T.source,
+                T.annotator,
+                T.annotated_at,
+                T.split,
+            )
+            .join(Item, Item.id == T.item_id)
+            .join(first_path, first_path.c.item_id == T.item_id, isouter=True)
+            .join(ItemPath, ItemPath.id == first_path.c.pid, isouter=True)
+            .join(Pool, Pool.id == ItemPath.pool_id, isouter=True)
+            .where(T.model_version_id == model_version_id)
+            .order_by(T.item_id)
+        )
+        out = []
+        with self._db.tx(write=False) as conn:
+            for item_id, cid, path, root, labels, width, height, source, who, when, split in conn.execute(stmt):
+                full = "" if path is None else path if Path(path).is_absolute() else str(Path(root) / path)
+                example = LabeledExample(int(item_id), cid, full, dict(labels or {}), width, height, source, who, when)
+                out.append((example, split))
+        return out
+
+    def count_trained_on(self, model_version_id: int) -> int:
+        with self._db.tx(write=False) as conn:
+            stmt = select(func.count()).select_from(TrainingExample)
+            return int(conn.execute(stmt.where(TrainingExample.model_version_id == model_version_id)).scalar_one())
 
     def latest(self) -> dict[int, dict[str, Any]]:
         """item id → the normalised labels of its latest non-cancelled annotation (every labeled item, whether its

@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
-from store.db import Database
+from store.db import BATCH, Database
 from store.records import ModelVersionRecord, TrainedModel
-from store.schema import ModelVersion, Prediction, Setting, utcnow
+from store.schema import ModelVersion, Prediction, Setting, TrainingExample, utcnow
 
 MV = ModelVersion.__table__
 CURRENT_KEY = "current_model_version"
@@ -119,6 +119,20 @@ class ModelRegistry:
                     .returning(ModelVersion.id)
                 ).scalar_one()
             )
+            rows = [
+                {
+                    "model_version_id": mv_id,
+                    "item_id": e.item_id,
+                    "split": split,
+                    "labels": e.labels,
+                    "source": e.source,
+                    "annotator": e.annotator,
+                    "annotated_at": e.annotated_at,
+                }
+                for e, split in model.examples
+            ]
+            for start in range(0, len(rows), BATCH):
+                conn.execute(self._db.insert(TrainingExample), rows[start : start + BATCH])
             if promote:
                 self._set_current(conn, mv_id, None)
             return _record(conn.execute(select(MV).where(MV.c.id == mv_id)).one())

@@ -84,6 +84,7 @@ class TrainedModel:
     dataset_hash: str
     n_labeled: int
     note: str
+    examples: Sequence[tuple[LabeledExample, str]] = ()  # what it was trained and validated on, with the split
 
 
 # -- scoring -----------------------------------------------------------------------------------------------------------
@@ -182,6 +183,9 @@ class LabeledExample:
     labels: dict[str, Any]
     width: int | None
     height: int | None
+    source: str | None = None  # where the label came from: a Label Studio project URL, or an imported file
+    annotator: str | None = None
+    annotated_at: datetime | None = None
 
 
 # -- Label Studio ------------------------------------------------------------------------------------------------------

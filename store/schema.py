@@ -120,6 +120,23 @@ class Split(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class TrainingExample(Base):
+    """One labeled item a trained model version was fine-tuned (or validated) on, as it was then: its split and a
+    copy of its labels (an annotation edited later in Label Studio does not change what trained the version), so
+    ``curate export --model-version`` writes exactly that dataset again and reproduces its hash."""
+
+    __tablename__ = "training_examples"
+    __table_args__ = (Index("ix_training_examples_model_version", "model_version_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(8))  # train | val
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str | None] = mapped_column(Text)  # where the label came from (a Label Studio project)
+    annotator: Mapped[str | None] = mapped_column(Text)
+    annotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Setting(Base):
     """Small named values the database keeps (the current model version)."""
 

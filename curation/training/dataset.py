@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from curation.config import IMAGE_EXTENSIONS
+from curation.errors import ExportError
 from curation.training.splits import primary_label
 
 if TYPE_CHECKING:
@@ -74,11 +75,15 @@ def write_labels(root: Path, split: str, stem: str, rows: Sequence[str]) -> Path
     return path
 
 
-def write_data_yaml(root: Path, class_names: Sequence[str], *, val: str = "val", name: str = DATA_YAML) -> Path:
-    """The ``data.yaml`` Ultralytics trains (``val="val"``) or validates (e.g. ``val="test"``) from."""
+def write_data_yaml(
+    root: Path, class_names: Sequence[str], *, val: str = "val", name: str = DATA_YAML, portable: bool = False
+) -> Path:
+    """The ``data.yaml`` Ultralytics trains (``val="val"``) or validates (e.g. ``val="test"``) from; ``portable``
+    leaves out ``path`` (the splits are then relative to the file's folder)."""
     names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(class_names))
     data = root / name
-    data.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/{val}\nnames:\n{names}")
+    where = "" if portable else f"path: {root.resolve()}\n"
+    data.write_text(f"{where}train: images/train\nval: images/{val}\nnames:\n{names}")
     return data
 
 
@@ -136,6 +141,21 @@ def read_data_yaml(data_yaml: Path) -> YoloDataset:
 # Training's export of the labeled items
 
 
+LINK_MODES = ("copy", "symlink", "hardlink")
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("path", "sha256", "content_id", "split", "label", "label_source", "annotator", "annotated_at")
+
+
+@dataclass(frozen=True)
+class ExportedItem:
+    """One image of an exported dataset: where it went (relative to the dataset root) and where it came from."""
+
+    path: str
+    example: LabeledExample
+    split: str
+    label: str  # the class (classify) or the classes of its objects, '|'-joined; empty for a background image
+
+
 @dataclass
 class ExportedDataset:
     data: Path  # the folder (classify) or data.yaml (detect/segment) to hand to Ultralytics
@@ -144,13 +164,31 @@ class ExportedDataset:
     dataset_hash: str
     skipped_labels: Counter[str] = field(default_factory=Counter)
     per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    items: list[ExportedItem] = field(default_factory=list)
+    sha256: dict[str, str] = field(default_factory=dict)  # path → SHA-256 of the bytes written (copy mode)
 
 
 def export_dataset(
-    examples: list[LabeledExample], splits: dict[int, str], task: str, class_names: list[str], out_dir: Path
+    examples: list[LabeledExample],
+    splits: dict[int, str],
+    task: str,
+    class_names: list[str],
+    out_dir: Path,
+    *,
+    link_mode: str = "symlink",
+    verify: bool = False,
+    portable: bool = False,
 ) -> ExportedDataset:
-    """Write an Ultralytics dataset of symlinks to the pool files. Labels not among the model's classes are
-    skipped (counted); detection coordinates are normalised by the image size the annotation was made on."""
+    """Write an Ultralytics dataset of the labeled items: links to the pool files (``symlink``, training's choice),
+    hard links or copies. Labels not among the model's classes are skipped (counted by name); detection coordinates
+    are normalised by the image size the annotation was made on. ``verify``: every file's SHA-256 is computed
+    (while copying) and must still match its content id, else ``ExportError``. ``portable``: the ``data.yaml``
+    names no absolute path (Ultralytics then takes its folder), so the dataset can be moved.
+
+    The dataset hash is a function of the content ids, splits and label rows only — not of paths or link mode —
+    so training's temporary dataset and ``curate export`` of the same items hash the same."""
+    if link_mode not in LINK_MODES:
+        raise ExportError(f"unknown link mode {link_mode!r}; expected one of: {', '.join(LINK_MODES)}")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -159,10 +197,12 @@ def export_dataset(
     per_class: dict[str, dict[str, int]] = {c: {"train": 0, "val": 0} for c in class_names}
     lines: list[str] = []
     counts = {"train": 0, "val": 0}
+    items: list[ExportedItem] = []
+    hashes: dict[str, str] = {}
     for e in examples:
         split = splits[e.item_id]
-        src = Path(e.path)
-        if not src.is_file():
+        src = Path(e.path) if e.path else None
+        if src is None or not src.is_file():
             skipped["missing file"] += 1
             continue
         name = e.content_id + (src.suffix.lower() or ".jpg")
@@ -171,22 +211,82 @@ def export_dataset(
             if label not in known:
                 skipped[label] += 1
                 continue
-            link(src, class_folder(out_dir, split, label) / name)
+            dst = class_folder(out_dir, split, label) / name
             per_class[label][split] += 1
             lines.append(f"{e.content_id} {split} {label}")
         else:
             rows = _yolo_rows(task, e, class_names, skipped)
             if rows is None:
                 continue
-            link(src, yolo_image_path(out_dir, split, name))
+            dst = yolo_image_path(out_dir, split, name)
             write_labels(out_dir, split, e.content_id, rows)
             for r in rows:
                 per_class[class_names[int(r.split()[0])]][split] += 1
+            label = "|".join(dict.fromkeys(class_names[int(r.split()[0])] for r in rows))
             lines.append(f"{e.content_id} {split} " + "|".join(rows))
+        relative = dst.relative_to(out_dir).as_posix()
+        digest = place(src, dst, link_mode, hashed=verify)
+        if verify:
+            if digest is None or digest[: len(e.content_id)] != e.content_id:
+                raise ExportError(f"the file of labeled item {e.content_id} changed since it was labeled: {src}")
+            hashes[relative] = digest
+        items.append(ExportedItem(relative, e, split, label))
         counts[split] += 1
     digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-    data = out_dir if task == "classify" else write_data_yaml(out_dir, class_names)
-    return ExportedDataset(data, counts["train"], counts["val"], digest, skipped, per_class)
+    data = out_dir if task == "classify" else write_data_yaml(out_dir, class_names, portable=portable)
+    return ExportedDataset(data, counts["train"], counts["val"], digest, skipped, per_class, items, hashes)
+
+
+def place(src: Path, dst: Path, mode: str, *, hashed: bool = False) -> str | None:
+    """Put ``src`` at ``dst`` as a symlink, hard link or copy; with ``hashed`` return the SHA-256 of its bytes
+    (computed while copying, so a copy is read once)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    if mode == "copy":
+        sha = hashlib.sha256()
+        with src.open("rb") as fin, dst.open("wb") as fout:
+            while block := fin.read(1 << 20):
+                sha.update(block)
+                fout.write(block)
+        shutil.copystat(src, dst)
+        return sha.hexdigest() if hashed else None
+    try:
+        if mode == "hardlink":
+            os.link(src, dst)
+        else:
+            os.symlink(src, dst)
+    except OSError as exc:
+        raise ExportError(f"cannot {mode} {src} to {dst}: {exc.strerror or exc} (try --link copy)") from None
+    return file_sha256(src) if hashed else None
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def write_manifest(dataset: ExportedDataset, root: Path) -> Path:
+    """``manifest.csv`` beside the dataset: one row per image (path relative to the root, SHA-256, content id,
+    split, label, where the label came from, who made it and when), sorted by path so that an unchanged export is
+    byte-identical (DVC sees no change)."""
+    import csv
+
+    target = root / MANIFEST
+    with target.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for item in sorted(dataset.items, key=lambda i: i.path):
+            e = item.example
+            when = e.annotated_at.isoformat() if e.annotated_at else ""
+            sha = dataset.sha256.get(item.path, "")
+            writer.writerow(
+                [item.path, sha, e.content_id, item.split, item.label, e.source or "", e.annotator or "", when]
+            )
+    return target
 
 
 def _yolo_rows(task: str, e: LabeledExample, class_names: list[str], skipped: Counter[str]) -> list[str] | None:

@@ -4,12 +4,13 @@ it is better.
 The steps (``train_round``):
 
 1. the labeled items (latest non-cancelled annotation each) get their fixed train/val split (``splits``);
-2. they are exported as an Ultralytics dataset of symlinks (``dataset``); without enough data the round stops
-   with the reason;
+2. they are exported as an Ultralytics dataset of symlinks (``dataset``, the exporter ``curate export`` uses);
+   without enough data the round stops with the reason;
 3. the current model is fine-tuned, then candidate and current are evaluated on the same validation split;
 4. ``decide_promotion`` compares the two (``promotion``);
 5. the weights are saved under the models folder (atomically) and the version is registered with its metrics,
-   parent, dataset hash and time in one transaction — promoted in that same transaction if step 4 said so.
+   parent, dataset hash, the exported items (split and labels as they were: ``curate export --model-version``)
+   and time in one transaction — promoted in that same transaction if step 4 said so.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def train_round(
                 dataset_hash=dataset.dataset_hash,
                 n_labeled=len(examples),
                 note=decision.reason,
+                examples=[(item.example, item.split) for item in dataset.items],
             ),
             promote=decision.promote,
         )
