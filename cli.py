@@ -866,6 +866,42 @@ def _print_export(e: dict[str, Any]) -> None:
     )
 
 
+labels_app = typer.Typer(help="Labels made outside curate.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("import")
+def labels_import(
+    path: Annotated[Path, typer.Argument(help="YOLO dataset folder, its data.yaml, or a Label Studio .json export.")],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Where a Label Studio export's images are (matched by path/name).")
+    ] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Store labels from a YOLO dataset or a Label Studio export as labeled items (matched by content id)."""
+    with _handled(debug, json_out):
+        settings = _settings(config, _common(db, None, None))
+        with _store(settings, lock=True) as store:
+            from curation.jobs.labels import import_labels
+
+            report = import_labels(store, settings, path, images=images)
+        _emit(report.summary(), json_out, _print_label_import)
+
+
+def _print_label_import(r: dict[str, Any]) -> None:
+    unknown = ", ".join(f"{escape(name)} ({n})" for name, n in r["unknown_classes"].items())
+    err_console.print(
+        f"Imported {r['imported']} label(s) from {escape(r['source'])} ({r['kind']}): {r['matched']} matched, "
+        f"{r['new']} new image(s) registered, {r['unmatched']} unmatched, {r['already_labeled']} already labeled"
+        + (f"; classes the model does not know: {unknown}" if unknown else ""),
+        highlight=False,
+        markup=True,
+    )
+
+
 ls_app = typer.Typer(help="Label Studio project set-up.", no_args_is_help=True)
 app.add_typer(ls_app, name="ls")
 

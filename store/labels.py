@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from sqlalchemy import func, select
 
 from store.db import BATCH, Database
-from store.records import LabeledExample
+from store.records import ImportedLabel, LabeledExample
 from store.schema import Annotation, Item, ItemPath, LSProject, Pool, Split, TrainingExample, utcnow
 
 
@@ -39,11 +39,12 @@ class Labels:
                 Item.height,
                 LSProject.server,
                 LSProject.project_id,
+                Annotation.source,
                 Annotation.annotator,
                 func.coalesce(Annotation.updated_at, Annotation.created_at),
             )
             .join(latest, latest.c.aid == Annotation.id)
-            .join(LSProject, LSProject.id == Annotation.ls_project_id)
+            .join(LSProject, LSProject.id == Annotation.ls_project_id, isouter=True)
             .join(Item, Item.id == Annotation.item_id)
             .join(first_path, first_path.c.item_id == Annotation.item_id)
             .join(ItemPath, ItemPath.id == first_path.c.pid)
@@ -52,15 +53,60 @@ class Labels:
         )
         out = []
         with self._db.tx(write=False) as conn:
-            for item_id, cid, path, root, labels, width, height, server, project, who, when in conn.execute(stmt):
+            for item_id, cid, path, root, labels, width, height, server, project, imported, who, when in conn.execute(
+                stmt
+            ):
                 if (labels or {}).get("task", task) != task:
                     continue
                 full = path if Path(path).is_absolute() else str(Path(root) / path)
-                source = f"{server.rstrip('/')}/projects/{project}"
+                source = imported if server is None else f"{server.rstrip('/')}/projects/{project}"
                 out.append(
                     LabeledExample(int(item_id), cid, full, dict(labels or {}), width, height, source, who, when)
                 )
         return out
+
+    def add_imported(self, rows: Sequence[ImportedLabel]) -> tuple[int, int]:
+        """Store imported labels as annotations without a project, in one transaction; an item that already has a
+        (non-cancelled) annotation keeps it. Returns (added, already labeled)."""
+        if not rows:
+            return 0, 0
+        with self._db.tx() as conn:
+            labeled: set[int] = set()
+            ids = sorted({r.item_id for r in rows})
+            for start in range(0, len(ids), BATCH):
+                part = ids[start : start + BATCH]
+                labeled.update(
+                    int(i)
+                    for i in conn.execute(
+                        select(Annotation.item_id).where(
+                            Annotation.item_id.in_(part), Annotation.was_cancelled.is_(False)
+                        )
+                    ).scalars()
+                )
+            fresh: dict[int, ImportedLabel] = {}
+            for r in rows:
+                if r.item_id not in labeled:
+                    fresh[r.item_id] = r  # the last label of an item named twice in one import wins
+            now = utcnow()
+            values: list[dict[str, Any]] = [
+                {
+                    "ls_project_id": None,
+                    "annotation_id": 0,
+                    "task_id": 0,
+                    "item_id": r.item_id,
+                    "was_cancelled": False,
+                    "annotator": r.annotator,
+                    "labels": r.labels,
+                    "result": [],
+                    "source": r.source,
+                    "created_at": r.annotated_at or now,
+                    "updated_at": r.annotated_at or now,
+                }
+                for r in fresh.values()
+            ]
+            for start in range(0, len(values), BATCH):
+                conn.execute(self._db.insert(Annotation), values[start : start + BATCH])
+            return len(values), len({r.item_id for r in rows} & labeled)
 
     def trained_on(self, model_version_id: int) -> list[tuple[LabeledExample, str]]:
         """What a trained version was trained and validated on (recorded when it was registered), with the split:

@@ -188,6 +188,15 @@ class LabeledExample:
     annotated_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ImportedLabel:
+    item_id: int
+    labels: dict[str, Any]
+    source: str
+    annotator: str | None = None
+    annotated_at: datetime | None = None
+
+
 # -- Label Studio ------------------------------------------------------------------------------------------------------
 
 

@@ -275,12 +275,14 @@ class LSPushIntent(Base):
 
 
 class Annotation(Base):
-    """A finished (or skipped) annotation pulled from Label Studio, normalised per task type in ``labels``."""
+    """A finished (or skipped) annotation pulled from Label Studio, normalised per task type in ``labels``; or a
+    label imported by ``curate labels import`` (no project, ``annotation_id``/``task_id`` 0, ``source`` the file)."""
 
     __tablename__ = "annotations"
     __table_args__ = (UniqueConstraint("ls_project_id", "annotation_id"), Index("ix_annotations_item", "item_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ls_project_id: Mapped[int] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
+    ls_project_id: Mapped[int | None] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
+    source: Mapped[str | None] = mapped_column(Text)  # an imported label's dataset or export file
     annotation_id: Mapped[int] = mapped_column(Integer)
     task_id: Mapped[int] = mapped_column(Integer)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
