@@ -256,3 +256,22 @@ def test_a_real_training_round_records_what_export_reproduces(tiny_cls_model: Pa
     assert summary["dataset_hash"] == report.dataset_hash == summary["trained_hash"]
     assert (summary["n_train"], summary["n_val"]) == (report.n_train, report.n_val)
     assert len(_read_manifest(out)) == report.n_train + report.n_val
+
+
+def test_labels_outside_the_model_s_classes_are_named_when_training_cannot_start(tmp_path: Path) -> None:
+    from curation.training.dataset import coverage_problem
+    from curation.training.splits import assign_splits
+
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    items = _pool(store, tmp_path / "pool", 9)
+    _model(store)
+    ids = list(items)
+    _annotate(store, items, {c: _cls("zebra" if k < 6 else "okapi") for k, c in enumerate(ids)})
+    examples = store.labels.examples("classify")
+    splits = assign_splits(store, examples, "classify", 0.2, 0)
+    dataset = export_dataset(examples, splits, "classify", sorted(SHAPES), tmp_path / "ds")
+    assert coverage_problem(dataset, "classify") == (
+        "not enough labeled items yet (0 train, 0 validation); labels outside the model's classes were left out: "
+        "'zebra' (6), 'okapi' (3)"
+    )
+    store.close()

@@ -318,12 +318,26 @@ def _yolo_rows(task: str, e: LabeledExample, class_names: list[str], skipped: Co
 def coverage_problem(dataset: ExportedDataset, task: str) -> str | None:
     """Ultralytics needs every class in both splits for classification, and some validation data for all."""
     if dataset.n_train == 0 or dataset.n_val == 0:
-        return f"not enough labeled items yet ({dataset.n_train} train, {dataset.n_val} validation)"
+        return f"not enough labeled items yet ({dataset.n_train} train, {dataset.n_val} validation)" + (
+            unknown_classes_note(dataset)
+        )
     if task == "classify":
         missing = [c for c, n in dataset.per_class.items() if n["train"] == 0 or n["val"] == 0]
         if missing:
             return (
                 "classification training needs at least one labeled example of every class in both the training "
                 f"and the validation split; missing for: {', '.join(missing)}"
-            )
+            ) + unknown_classes_note(dataset)
     return None
+
+
+SKIP_REASONS = ("missing file", "unknown image size")  # skipped_labels keys that are not class names
+
+
+def unknown_classes_note(dataset: ExportedDataset) -> str:
+    """The labels left out because the model has no such class, by name and count (empty if none)."""
+    unknown = {k: n for k, n in dataset.skipped_labels.items() if k not in SKIP_REASONS}
+    if not unknown:
+        return ""
+    named = ", ".join(f"{name!r} ({n})" for name, n in sorted(unknown.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"; labels outside the model's classes were left out: {named}"
