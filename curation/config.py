@@ -179,6 +179,12 @@ class TrainSettings(_Section):
     """Extra Ultralytics ``train()`` arguments, e.g. ``{lr0: 0.001, optimizer: AdamW, mosaic: 0}``."""
 
 
+class PullSettings(_Section):
+    resolve: Literal["latest", "majority", "ground_truth"] = "latest"
+    """Which of several finished annotations of one task is its label: the newest, the most common, or the newest
+    one marked ground truth in Label Studio (else the newest)."""
+
+
 class MlflowSettings(_Section):
     tracking_uri: str | None = None
     """Log training runs (params, metrics, weights) here; also env MLFLOW_TRACKING_URI."""
@@ -254,6 +260,7 @@ class Settings(BaseSettings):
     select: SelectSettings = Field(default_factory=SelectSettings)
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    pull: PullSettings = Field(default_factory=PullSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @classmethod

@@ -331,7 +331,15 @@ class LabelStudioRecords:
                     index_elements=["ls_project_id", "annotation_id"],
                     set_={
                         c: getattr(stmt.excluded, c)
-                        for c in ("was_cancelled", "annotator", "lead_time", "labels", "result", "updated_at")
+                        for c in (
+                            "was_cancelled",
+                            "annotator",
+                            "lead_time",
+                            "labels",
+                            "result",
+                            "updated_at",
+                            "ground_truth",
+                        )
                     },
                 )
                 conn.execute(
@@ -349,6 +357,7 @@ class LabelStudioRecords:
                             "result": a.result,
                             "created_at": a.created_at,
                             "updated_at": a.updated_at,
+                            "ground_truth": a.ground_truth,
                         }
                         for a in annotations
                     ],

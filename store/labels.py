@@ -19,14 +19,21 @@ class Labels:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def examples(self, task: str) -> list[LabeledExample]:
-        """The latest non-cancelled annotation of every labeled item that still has a file, for ``task``."""
+    def examples(self, task: str, *, every: bool = False) -> list[LabeledExample]:
+        """The latest non-cancelled annotation of every labeled item that still has a file, for ``task``; with
+        ``every``, each of its non-cancelled annotations, oldest first (for a resolution rule to choose from)."""
         latest = (
             select(Annotation.item_id, func.max(Annotation.id).label("aid"))
             .where(Annotation.was_cancelled.is_(False))
             .group_by(Annotation.item_id)
             .subquery()
         )
+        if every:
+            latest = (
+                select(Annotation.item_id, Annotation.id.label("aid"))
+                .where(Annotation.was_cancelled.is_(False))
+                .subquery()
+            )
         first_path = select(ItemPath.item_id, func.min(ItemPath.id).label("pid")).group_by(ItemPath.item_id).subquery()
         stmt = (
             select(
@@ -42,6 +49,7 @@ class Labels:
                 Annotation.source,
                 Annotation.annotator,
                 func.coalesce(Annotation.updated_at, Annotation.created_at),
+                Annotation.ground_truth,
             )
             .join(latest, latest.c.aid == Annotation.id)
             .join(LSProject, LSProject.id == Annotation.ls_project_id, isouter=True)
@@ -49,19 +57,20 @@ class Labels:
             .join(first_path, first_path.c.item_id == Annotation.item_id)
             .join(ItemPath, ItemPath.id == first_path.c.pid)
             .join(Pool, Pool.id == ItemPath.pool_id)
-            .order_by(Annotation.item_id)
+            .order_by(Annotation.item_id, Annotation.id)
         )
         out = []
         with self._db.tx(write=False) as conn:
-            for item_id, cid, path, root, labels, width, height, server, project, imported, who, when in conn.execute(
-                stmt
-            ):
+            for row in conn.execute(stmt):
+                item_id, cid, path, root, labels, width, height, server, project, imported, who, when, truth = row
                 if (labels or {}).get("task", task) != task:
                     continue
                 full = path if Path(path).is_absolute() else str(Path(root) / path)
                 source = imported if server is None else f"{server.rstrip('/')}/projects/{project}"
                 out.append(
-                    LabeledExample(int(item_id), cid, full, dict(labels or {}), width, height, source, who, when)
+                    LabeledExample(
+                        int(item_id), cid, full, dict(labels or {}), width, height, source, who, when, bool(truth)
+                    )
                 )
         return out
 

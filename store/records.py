@@ -186,6 +186,7 @@ class LabeledExample:
     source: str | None = None  # where the label came from: a Label Studio project URL, or an imported file
     annotator: str | None = None
     annotated_at: datetime | None = None
+    ground_truth: bool = False  # Label Studio's ground-truth flag on the annotation
 
 
 @dataclass(frozen=True)
@@ -266,3 +267,4 @@ class PulledAnnotation:
     result: list[Any]
     created_at: datetime | None
     updated_at: datetime | None
+    ground_truth: bool = False

@@ -275,3 +275,46 @@ def test_labels_outside_the_model_s_classes_are_named_when_training_cannot_start
         "'zebra' (6), 'okapi' (3)"
     )
     store.close()
+
+
+def test_pull_resolve_chooses_among_several_annotations_of_one_item(tmp_path: Path) -> None:
+    """latest | majority | ground_truth over real stored annotations (three annotators on one task)."""
+    from curation.training.resolve import labeled_examples, resolve
+
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    items = _pool(store, tmp_path / "pool", 2)
+    _model(store)
+    one, two = list(items)
+    project = store.label_studio.project(SERVER, 7, "shapes", "classify")
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def ann(aid: int, cid: str, label: str, truth: bool = False, cancelled: bool = False) -> PulledAnnotation:
+        item = items[cid]
+        return PulledAnnotation(aid, item, item, cancelled, f"a{aid}", 1.0, _cls(label), [], when, when, truth)
+
+    store.label_studio.store_annotations(
+        project.id,
+        [
+            ann(1, one, "circle"),
+            ann(2, one, "square", truth=True),
+            ann(3, one, "circle"),
+            ann(4, one, "triangle"),
+            ann(5, one, "triangle", cancelled=True),  # a skip is no vote
+            ann(6, two, "square"),
+            ann(7, two, "circle"),  # a tie: the newest of the tied wins
+        ],
+        [],
+        None,
+    )
+
+    def chosen(rule: str) -> dict[str, str]:
+        return {e.content_id: e.labels["classes"][0] for e in labeled_examples(store, "classify", rule)}
+
+    assert chosen("latest") == {one: "triangle", two: "circle"}
+    assert chosen("majority") == {one: "circle", two: "circle"}
+    assert chosen("ground_truth") == {one: "square", two: "circle"}
+    majority = {e.content_id: e for e in labeled_examples(store, "classify", "majority")}
+    assert majority[one].annotator == "a3"  # the newest vote of the majority
+    with pytest.raises(ValueError, match=r"unknown pull\.resolve rule 'vote'"):
+        resolve([], "vote")
+    store.close()

@@ -17,6 +17,7 @@ from curation.errors import ExportError, UnknownReferenceError
 from curation.jobs.common import current_or_fail
 from curation.reports import Report
 from curation.training.dataset import LINK_MODES, MANIFEST, export_dataset, write_manifest
+from curation.training.resolve import labeled_examples
 from curation.training.splits import assign_splits
 from store import Store
 from store.records import LabeledExample
@@ -72,7 +73,7 @@ def export(
     else:
         current = current_or_fail(store)
         task, class_names, version = current.task, current.class_names, current.version
-        examples = store.labels.examples(task)
+        examples = labeled_examples(store, task, settings.pull.resolve)
         if not examples:
             raise ExportError("no labeled items yet: pull annotations first (curate pull)")
         splits = assign_splits(store, examples, task, settings.train.val_fraction, settings.train.seed)

@@ -16,6 +16,7 @@ from curation.labelstudio.project import connect
 from curation.labelstudio.pull import pull
 from curation.progress import Progress
 from curation.reports import Report, rounded
+from curation.training.resolve import labeled_examples
 from curation.training.trainer import TrainingError
 from store import Store
 
@@ -65,7 +66,7 @@ def loop(
         report.notes.append(f"nothing pulled: {exc}")
     current = store.models.current()
     threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
-    examples = store.labels.examples(current.task) if current else []
+    examples = labeled_examples(store, current.task, settings.pull.resolve) if current else []
     last = store.models.latest_trained()
     baseline = last.n_labeled or 0 if last else 0
     report.new_labels = len(examples) - baseline

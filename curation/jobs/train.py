@@ -10,6 +10,7 @@ from curation.errors import CurateError
 from curation.jobs.common import current_or_fail
 from curation.jobs.model import load_runtime, register_model
 from curation.progress import Progress
+from curation.training.resolve import labeled_examples
 from curation.training.round import TrainReport, models_dir, train_round
 from store import Store
 from store.records import LabeledExample, ModelVersionRecord
@@ -35,6 +36,8 @@ def fine_tune(
 ) -> TrainReport:
     """One training round from ``current``, logged to MLflow when it is configured (a failed MLflow log is a
     warning: the version is registered already)."""
+    if examples is None:
+        examples = labeled_examples(store, current.task, settings.pull.resolve)
     report = train_round(
         store, current, settings.train, models_dir(settings.train, settings.db), examples=examples, progress=progress
     )

@@ -105,6 +105,7 @@ def _annotation(a: dict[str, Any], task_id: int, item_id: int, task_type: str) -
         result=a.get("result") or [],
         created_at=parse_ls_time(a.get("created_at")),
         updated_at=parse_ls_time(a.get("updated_at")),
+        ground_truth=bool(a.get("ground_truth")),
     )
 
 
