@@ -72,6 +72,8 @@ def build_strategy(settings: StrategySettings) -> Strategy:
 
 
 def _bad_rows(values: NDArray[np.floating], upper: float = 1.0 + 1e-6) -> NDArray[np.bool_]:
+    if values.size == 0:
+        return np.zeros(len(values), dtype=bool)
     rows = values.reshape(len(values), -1)
     with np.errstate(invalid="ignore"):
         return ~(np.isfinite(rows) & (rows >= 0) & (rows <= upper)).all(axis=1)
