@@ -446,6 +446,7 @@ def test_a_task_deleted_in_label_studio_leaves_the_queue_when_publishing(world: 
     assert report.changed
     assert len(world.ls.project_predictions(pid, report.model_version_tag)) == 3
     assert victim not in {q.task_id for q in world.store.label_studio.queue(project.record.id)}
+    assert victim not in {row["task_id"] for row in report.top} and len(report.top) == 3  # "Next in the queue"
 
 
 # -- rank and reprioritize -------------------------------------------------------------------------------------------

@@ -115,6 +115,10 @@ def reprioritize(
         progress=progress,
     )
     old = {q.item_id: q.position for q in queue}
+    # tasks publishing found deleted in Label Studio left the queue: they are neither "moved" nor "next"
+    live = {q.task_id for q in store.label_studio.queue(project.record.id)}
+    ordered = [q for q in ordered if q.task_id in live]
+    placements = [p for p in placements if p.task_id in live]
     moved = sum(1 for p in placements if old.get(p.item_id) != p.position)
     top = [
         {"position": pos, "was": old.get(q.item_id), "task_id": q.task_id, "item_id": q.content_id}
