@@ -108,7 +108,8 @@ def _write_metrics(settings: Settings, seconds: float, result: TurnResult) -> No
 
 class TurnScheduler:
     """Debounces turn requests and runs at most one turn at a time on its own thread (see the module docstring).
-    ``runner`` runs one turn (default: ``run_turn`` in a child process); ``on_finish`` sees each result."""
+    ``runner`` runs one turn (default: ``run_turn`` in a child process); ``on_finish`` sees each result (the
+    server sets it to count turns in its metrics)."""
 
     def __init__(
         self,
@@ -122,7 +123,7 @@ class TurnScheduler:
         self._settings = settings
         self._debounce = debounce_s
         self._runner = runner
-        self._on_finish = on_finish
+        self.on_finish = on_finish
         self._clock = clock
         self._cond = threading.Condition()
         self._due: float | None = None
@@ -202,5 +203,5 @@ class TurnScheduler:
                     self._due = self._clock() + RETRY_S[min(self._retries, len(RETRY_S) - 1)]
                     self._retries += 1
                 self._cond.notify_all()
-            if self._on_finish is not None:
-                self._on_finish(result)
+            if self.on_finish is not None:
+                self.on_finish(result)

@@ -29,7 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from curation.config import Settings
 from curation.errors import (
@@ -66,8 +66,8 @@ class RequestError(Exception):
 
 
 class BodyLimit:
-    """Refuses a request body above ``limit`` bytes (413) before the handler reads it all: by its
-    Content-Length, or while a chunked body streams in."""
+    """Refuses a request whose Content-Length is above ``limit`` bytes (413) before anything reads it; a body
+    without one (chunked) is counted while it streams in (``body`` in ``create_app``)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -81,18 +81,7 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await _too_large(self.limit, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise RequestError(413, _too_large_text(self.limit))
-            return message
-
-        await self.app(scope, limited, send)
+        await self.app(scope, receive, send)
 
 
 def _too_large_text(limit: int) -> str:
@@ -153,7 +142,8 @@ def create_app(
         else:
             logger.info("loop turn %s in %.1f s", result.outcome, result.seconds)
 
-    turns = scheduler or TurnScheduler(settings, debounce_s=cfg.debounce_s, on_finish=finished)
+    turns = scheduler or TurnScheduler(settings, debounce_s=cfg.debounce_s)
+    turns.on_finish = finished
     ls_lock = threading.Lock()
     ls_client: list[Any] = [ls]
 
@@ -189,10 +179,7 @@ def create_app(
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            response = await call_next(request)
-        except RequestError as exc:  # raised by BodyLimit while streaming
-            response = JSONResponse({"error": str(exc)}, status_code=exc.status)
+        response = await call_next(request)
         path = request.url.path if request.url.path in ENDPOINTS else "other"
         metrics.requests.labels(endpoint=path, status=str(response.status_code)).inc()
         return response
@@ -227,7 +214,14 @@ def create_app(
         require_basic(request)
 
     async def body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cfg.max_body_bytes:
+                raise RequestError(413, _too_large_text(cfg.max_body_bytes))
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         if not raw:
             raise RequestError(400, "empty request body: expected a JSON object")
         try:
