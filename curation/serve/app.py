@@ -161,7 +161,6 @@ def create_app(
     app.state.models = models
     app.state.metrics = metrics
 
-    @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
         status = _status_for(exc)
         if status == 500:
@@ -176,6 +175,11 @@ def create_app(
             headers["Retry-After"] = "30"
             message = f"another curate run holds the lock; try again shortly ({message})"
         return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    # Expected errors are answered here; anything else (a bug) gets the same one-line JSON 500, and its traceback
+    # goes to the server log only.
+    for expected in (RequestError, CurateError, DatabaseError, LockHeldError, Exception):
+        app.add_exception_handler(expected, failed)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
