@@ -329,3 +329,46 @@ def test_the_textfile_keeps_other_commands_and_counts_on(tmp_path: Path) -> None
     assert samples[("curate_queue_length", ())] == 4.0
     assert samples[("curate_scoring_images_per_second", ())] == 55.5
     assert [p.name for p in path.parent.iterdir()] == ["curate.prom"]  # no temporary file left behind
+
+
+def test_the_grafana_dashboard_queries_only_metrics_curate_exposes(tmp_path: Path) -> None:
+    import json
+    import re
+
+    import yaml
+
+    from curation.metrics import ServerMetrics, run_registry
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    state = {"items": 1, "scored": 1, "unscored": 0, "queued": 1, "labeled": 1, "labels_since_training": 1}
+    state |= {"model_version": "m", "metric_name": "accuracy", "metric_value": 0.9}
+    server = ServerMetrics(lambda: state)
+    for counter in (server.requests, server.predict_tasks, server.items_scored, server.turns, server.errors):
+        counter.labels("x", *(["200"] if counter is server.requests else [])).inc()
+    server.duration.labels(command="loop").set(1)
+    server.last_success.labels(command="loop").set(1)
+    from prometheus_client import generate_latest
+
+    text = (
+        server.render().decode()
+        + generate_latest(
+            run_registry("score", seconds=1, ok=True, scoring={"scored": 1, "images_per_s": 2.0}, state=state)
+        ).decode()
+    )
+    exposed = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    dashboard = json.loads((deploy / "grafana" / "dashboards" / "curate.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bcurate_[a-z_]+", target["expr"])
+    }
+    assert len(queried) >= 12 and queried <= exposed, queried - exposed
+    prometheus = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["curate-serve:9090"] and "password_file" in job["basic_auth"]
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    serve = compose["services"]["curate-serve"]
+    assert serve["profiles"] == ["serve"] and "--host" in serve["command"]
+    assert {"CURATE_SERVE__PASSWORD", "CURATE_SERVE__WEBHOOK_SECRET"} <= set(serve["environment"])
+    assert compose["services"]["prometheus"]["profiles"] == compose["services"]["grafana"]["profiles"] == ["monitoring"]
