@@ -372,3 +372,60 @@ def test_the_grafana_dashboard_queries_only_metrics_curate_exposes(tmp_path: Pat
     assert serve["profiles"] == ["serve"] and "--host" in serve["command"]
     assert {"CURATE_SERVE__PASSWORD", "CURATE_SERVE__WEBHOOK_SECRET"} <= set(serve["environment"])
     assert compose["services"]["prometheus"]["profiles"] == compose["services"]["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_a_predict_that_needs_the_model_waits_for_no_held_lock(world: World, tmp_path: Path) -> None:
+    """Another run holds the run lock: answers from the store still come; new images get 503 + Retry-After."""
+    from store.lock import RunLock
+
+    (world.pool / "brand-new.jpg").write_bytes(b"new bytes, never scanned")
+    client, _ = client_for(world, settings_for(world, tmp_path))
+    new_task = {"id": 50, "data": {"image": "/data/local-files/?d=pool/brand-new.jpg"}}
+    with RunLock(world.store, command="curate loop (cron)"):
+        stored = client.post("/predict", json={"tasks": tasks_for(world, [1])})
+        assert stored.status_code == 200 and stored.json()["results"][0]["result"]
+        held = client.post("/predict", json={"tasks": [new_task]})
+    assert held.status_code == 503 and held.headers["retry-after"] == "30"
+    assert "another curate run holds the lock" in held.json()["error"] and "curate loop (cron)" in held.json()["error"]
+
+
+def test_serve_on_a_public_address_without_auth_exits_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--db", f"sqlite:///{tmp_path / 'c.db'}"])
+    assert result.exit_code == 2
+    assert "serve.username, serve.password, serve.webhook_secret" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_score_writes_its_metrics_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.devtools.synthetic import make_pool
+
+    pool = tmp_path / "pool"
+    make_pool(pool, n=6, size=48, seed=2)
+    (pool / "broken.jpg").write_bytes(b"not an image")
+    metrics = tmp_path / "textfile" / "curate.prom"
+    args = ["score", "--pool", str(pool), "--model", "yolov8n-cls.yaml", "--db", f"sqlite:///{tmp_path / 'c.db'}"]
+    result = CliRunner().invoke(app, [*args, "--metrics-file", str(metrics)])
+    assert result.exit_code == 0, result.stderr
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.read_text())
+        for s in family.samples
+    }
+    assert samples[("curate_items_scored_total", (("outcome", "scored"),))] == 6
+    assert samples[("curate_items_scored_total", (("outcome", "failed"),))] == 1
+    assert samples[("curate_pool_items", ())] == 7 and samples[("curate_scored_items", ())] == 6
+    assert ("curate_last_success_timestamp_seconds", (("command", "score"),)) in samples
+    assert samples[("curate_scoring_images_per_second", ())] > 0
+    # a failing run still writes: its error kind is counted, its success time is kept
+    bad = CliRunner().invoke(app, [*args[:2], str(tmp_path / "missing"), *args[3:], "--metrics-file", str(metrics)])
+    assert bad.exit_code == 3
+    text = metrics.read_text()
+    assert 'curate_errors_total{kind="not_found"} 1.0' in text
+    assert 'curate_last_success_timestamp_seconds{command="score"}' in text
