@@ -72,6 +72,9 @@ def _child(settings: Settings, send: Any) -> None:
     from store.errors import LockHeldError
     from store.lock import RunLock
 
+    import os
+
+    os.nice(10)  # background work: the server answering Label Studio keeps the CPU first
     started = time.monotonic()
     result: TurnResult
     try:

@@ -181,7 +181,9 @@ class LabelStudioClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self._secret = api_key
-        from label_studio_sdk import LabelStudio
+        # The generated client without the SDK's extensions: those import its labeling-interface and JSON-schema
+        # helpers (1.5-2 s per process), which curate never uses; every endpoint curate calls is generated.
+        from label_studio_sdk.base_client import LabelStudioBase as LabelStudio
 
         sdk_http = None if transport is None else httpx.Client(transport=transport, timeout=timeout)
         self._sdk = self._call(
