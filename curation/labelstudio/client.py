@@ -287,10 +287,20 @@ class LabelStudioClient:
         return dict(result.dict())
 
     def projects_titled(self, title: str) -> list[dict[str, Any]]:
-        found: list[Any] = self._call(
-            f"looking up project {title!r}", lambda: list(self._sdk.projects.list(title=title))
-        )
-        return [{"id": int(p.id), "title": getattr(p, "title", None)} for p in found]
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:  # pages until the server says there is no next one (a page past the end is a 404)
+            body = self._raw(
+                "GET",
+                "api/projects",
+                params={"title": title, "page": page, "page_size": 100},
+                what=f"looking up project {title!r}",
+            )
+            results = body.get("results", []) if isinstance(body, dict) else body or []
+            out.extend({"id": int(p["id"]), "title": p.get("title")} for p in results)
+            if not isinstance(body, dict) or not body.get("next") or not results:
+                return out
+            page += 1
 
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
         created = self._call(
