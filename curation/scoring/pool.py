@@ -119,8 +119,10 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
                 continue
             if is_dir:
                 subdirs.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in extensions:
-                yield entry.path
+            else:
+                dot = entry.name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
+                if dot > 0 and entry.name[dot:].lower() in extensions:
+                    yield entry.path
         stack.extend(reversed(subdirs))
 
 
