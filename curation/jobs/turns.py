@@ -67,12 +67,12 @@ def run_turn(settings: Settings) -> TurnResult:
 
 
 def _child(settings: Settings, send: Any) -> None:
+    import os
+
     from curation.errors import exit_code_for
     from curation.jobs.common import open_store
     from store.errors import LockHeldError
     from store.lock import RunLock
-
-    import os
 
     os.nice(10)  # background work: the server answering Label Studio keeps the CPU first
     started = time.monotonic()
