@@ -429,3 +429,13 @@ def test_score_writes_its_metrics_file(tmp_path: Path) -> None:
     text = metrics.read_text()
     assert 'curate_errors_total{kind="not_found"} 1.0' in text
     assert 'curate_last_success_timestamp_seconds{command="score"}' in text
+
+
+def test_a_turn_that_fails_in_its_process_is_reported_and_the_scheduler_goes_on(tmp_path: Path) -> None:
+    """The real child process: a database it cannot open fails the turn with its kind; the server is untouched."""
+    from curation.jobs.turns import run_turn
+
+    settings = load_settings(overrides={"db": f"sqlite:///{tmp_path / 'missing' / 'dir' / 'c.db'}"}, environ={})
+    result = run_turn(settings)
+    assert result.outcome == "failed" and result.error_kind == "database", result
+    assert result.error and "Traceback" not in result.error
