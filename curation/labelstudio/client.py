@@ -335,7 +335,7 @@ class LabelStudioClient:
             f"importing {len(tasks)} tasks",
             lambda: self._sdk.projects.import_tasks(
                 id=project_id,
-                request=list(tasks),  # type: ignore[arg-type]  # plain dicts are accepted
+                request=list(tasks),  # plain dicts are accepted
                 return_task_ids=True,
                 request_options={"max_retries": 0},
             ),
@@ -392,7 +392,7 @@ class LabelStudioClient:
             f"writing {len(predictions)} predictions",
             lambda: self._sdk.projects.import_predictions(
                 id=project_id,
-                request=list(predictions),  # type: ignore[arg-type]  # plain dicts are accepted
+                request=list(predictions),  # plain dicts are accepted
             ),
         )
         created = int(response.dict().get("created", len(predictions)))
