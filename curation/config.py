@@ -337,6 +337,9 @@ NON_CONFIG_ENV = frozenset(
         "CURATE_LS_VENV",  # where the local Label Studio is installed (devtools)
         "CURATE_VENV",  # scripts/setup.sh
         "CURATE_PROJECT",  # deploy/docker-compose.yml
+        "CURATE_SERVE_USERNAME",  # deploy/docker-compose.yml (.env): become CURATE_SERVE__* in the container
+        "CURATE_SERVE_PASSWORD",
+        "CURATE_SERVE_WEBHOOK_SECRET",
     }
 )
 NON_CONFIG_ENV_PREFIXES = ("CURATE_TEST_", "CURATE_REQUIRE_", "CURATE_SKIP_")  # test-suite switches
