@@ -239,6 +239,32 @@ class LabelStudioSettings(_Section):
         return value
 
 
+class ServeSettings(_Section):
+    """``curate serve``: the Label Studio ML backend and webhook receiver."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9090, ge=1, le=65535)
+    username: str | None = None
+    """HTTP basic auth user (required, with ``password``, to bind to a non-loopback address)."""
+    password: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    """Shared secret Label Studio sends in the ``X-Curate-Secret`` header of webhooks (``curate ls connect``)."""
+    public_url: str | None = None
+    """The URL Label Studio reaches this server at (``curate ls connect --url`` overrides it)."""
+    max_body_bytes: int = Field(default=10_000_000, ge=1024)
+    max_tasks: int = Field(default=1000, ge=1)
+    """Tasks per ``/predict`` request."""
+    debounce_s: float = Field(default=5.0, ge=0.0)
+    """Webhooks within this many seconds make one loop turn."""
+    download_dir: str | None = None
+    """Where images fetched from Label Studio (uploads) are kept to be scored; unset: such tasks are not scored."""
+
+
+class MetricsSettings(_Section):
+    textfile: str | None = None
+    """score/select/reprioritize/loop write Prometheus metrics here (node_exporter's textfile collector)."""
+
+
 class Settings(BaseSettings):
     """Everything curate can be configured with. See ``configs/default.yaml`` for comments."""
 
@@ -255,6 +281,8 @@ class Settings(BaseSettings):
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -344,6 +372,9 @@ NON_CONFIG_ENV = frozenset(
         "CURATE_LS_VENV",  # where the local Label Studio is installed (devtools)
         "CURATE_VENV",  # scripts/setup.sh
         "CURATE_PROJECT",  # deploy/docker-compose.yml
+        "CURATE_SERVE_USERNAME",  # deploy/docker-compose.yml (.env): become CURATE_SERVE__* in the container
+        "CURATE_SERVE_PASSWORD",
+        "CURATE_SERVE_WEBHOOK_SECRET",
     }
 )
 NON_CONFIG_ENV_PREFIXES = ("CURATE_TEST_", "CURATE_REQUIRE_", "CURATE_SKIP_")  # test-suite switches
@@ -605,6 +636,8 @@ _FILE_PATHS = [
     ("select", "out"),
     ("train", "models_dir"),
     ("label_studio", "document_root"),
+    ("serve", "download_dir"),
+    ("metrics", "textfile"),
 ]
 
 

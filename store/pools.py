@@ -50,8 +50,8 @@ class Pools:
                 select(ItemPath.path, ItemPath.item_id, ItemPath.size, ItemPath.mtime_ns).where(
                     ItemPath.pool_id == pool_id
                 )
-            )
-            return {r.path: KnownPath(r.item_id, r.size, r.mtime_ns) for r in rows}
+            ).all()  # fetched in one call: an idle scan of a large pool reads every row
+            return {path: KnownPath(item_id, size, mtime_ns) for path, item_id, size, mtime_ns in rows}
 
     def apply_scan(self, pool_id: int, changed: Sequence[ScannedFile], gone: Iterable[str]) -> tuple[int, int]:
         """Register new/changed files and forget vanished paths. Returns (new items, paths that are duplicates)."""

@@ -64,7 +64,10 @@ class FakeLabelStudio:
         self.tasks: dict[int, dict[str, Any]] = {}
         self.predictions: dict[int, dict[str, Any]] = {}
         self.storages: dict[int, list[str]] = {}
-        self._ids = {"project": 0, "task": 0, "prediction": 0, "annotation": 0}
+        self.backends: dict[int, dict[str, Any]] = {}
+        self.webhooks_by_id: dict[int, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # path → bytes served (uploads)
+        self._ids = {"project": 0, "task": 0, "prediction": 0, "annotation": 0, "backend": 0, "webhook": 0}
         self._now = datetime(2026, 1, 1, tzinfo=UTC)
         self.frozen = False
         self._fault: str | None = None
@@ -292,6 +295,70 @@ class FakeLabelStudio:
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         self.calls.append("task_predictions")
         return [copy.deepcopy(p) for p in self.predictions.values() if p["task"] == task_id]
+
+    # -- ML backends and webhooks: like the server, adding a backend adds a webhook for every action ------------------
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        self.calls.append("ml_backends")
+        return [copy.deepcopy(b) for b in self.backends.values() if b["project"] == project_id]
+
+    def add_ml_backend(
+        self, project_id: int, url: str, title: str, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        self.calls.append("add_ml_backend")
+        backend_id = self._next("backend")
+        self.backends[backend_id] = {"id": backend_id, "project": project_id, "url": url, "title": title}
+        hook = url.rstrip("/") + "/webhook"
+        if not any(w["url"] == hook and w["project"] == project_id for w in self.webhooks_by_id.values()):
+            hook_id = self._next("webhook")
+            self.webhooks_by_id[hook_id] = {
+                "id": hook_id,
+                "project": project_id,
+                "url": hook,
+                "headers": {},
+                "actions": [],
+                "send_for_all_actions": True,
+                "is_active": True,
+            }
+        return copy.deepcopy(self.backends[backend_id])
+
+    def delete_ml_backend(self, backend_id: int) -> None:
+        self.calls.append("delete_ml_backend")
+        self.backends.pop(backend_id, None)
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        self.calls.append("webhooks")
+        return [copy.deepcopy(w) for w in self.webhooks_by_id.values() if w["project"] == project_id]
+
+    def add_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> dict[str, Any]:
+        self.calls.append("add_webhook")
+        hook_id = self._next("webhook")
+        self.webhooks_by_id[hook_id] = {
+            "id": hook_id,
+            "project": project_id,
+            "url": url,
+            "headers": dict(headers),
+            "actions": list(actions),
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        return copy.deepcopy(self.webhooks_by_id[hook_id])
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None:
+        self.calls.append("update_webhook")
+        hook = self.webhooks_by_id[webhook_id]
+        hook.update(url=url, headers=dict(headers), actions=list(actions), send_for_all_actions=False, is_active=True)
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self.calls.append("delete_webhook")
+        self.webhooks_by_id.pop(webhook_id, None)
+
+    def download(self, path: str, max_bytes: int) -> bytes:
+        self.calls.append("download")
+        if path not in self.files:
+            raise LabelStudioError(f"Label Studio at {self.url} answered 404 while downloading {path}", 404)
+        if len(self.files[path]) > max_bytes:
+            raise LabelStudioError(f"{path} is larger than {max_bytes} bytes")
+        return self.files[path]
 
     def set_cluster(self, prediction_id: int, cluster: int) -> None:
         self.calls.append("set_cluster")

@@ -86,6 +86,34 @@ class LabelStudioAPI(Protocol):
 
     def set_cluster(self, prediction_id: int, cluster: int) -> None: ...
 
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's ML backends, each with ``id``, ``url`` and ``title``."""
+        ...
+
+    def add_ml_backend(
+        self, project_id: int, url: str, title: str, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Connect an ML backend (the server calls its ``/health`` and ``/setup`` before answering)."""
+        ...
+
+    def delete_ml_backend(self, backend_id: int) -> None: ...
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks, each with ``id``, ``url``, ``headers``, ``actions``."""
+        ...
+
+    def add_webhook(
+        self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]
+    ) -> dict[str, Any]: ...
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None: ...
+
+    def delete_webhook(self, webhook_id: int) -> None: ...
+
+    def download(self, path: str, max_bytes: int) -> bytes:
+        """The bytes of a file the server serves at ``path`` (relative to its URL), with the API key."""
+        ...
+
 
 class _Refused(Exception):
     """An error status from one of our own raw calls (mapped like the SDK's ``ApiError``)."""
@@ -167,7 +195,9 @@ class LabelStudioClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self._secret = api_key
-        from label_studio_sdk import LabelStudio
+        # The generated client without the SDK's extensions: those import its labeling-interface and JSON-schema
+        # helpers (1.5-2 s per process), which curate never uses; every endpoint curate calls is generated.
+        from label_studio_sdk.base_client import LabelStudioBase as LabelStudio
 
         sdk_http = None if transport is None else httpx.Client(transport=transport, timeout=timeout)
         self._sdk = self._call(
@@ -230,8 +260,10 @@ class LabelStudioClient:
         params: dict[str, Any] | None = None,
         json_body: Any = None,
         timeout: float | None = None,
+        retry: bool = True,
     ) -> Any:
-        """An endpoint the SDK has no method for (idempotent calls only: they are retried like the SDK's)."""
+        """An endpoint the SDK has no method for; retried like the SDK's calls unless ``retry`` is False (calls
+        that create something)."""
 
         def send() -> Any:
             attempt = 0
@@ -241,11 +273,11 @@ class LabelStudioClient:
                         method, path, params=params, json=json_body, timeout=timeout or self.timeout
                     )
                 except (httpx.ConnectError, httpx.RemoteProtocolError):
-                    if attempt >= self.max_retries:
+                    if not retry or attempt >= self.max_retries:
                         raise
                 else:
-                    retry = response.status_code >= 500 or response.status_code in _RETRY_STATUS
-                    if not retry or attempt >= self.max_retries:
+                    again = response.status_code >= 500 or response.status_code in _RETRY_STATUS
+                    if not again or not retry or attempt >= self.max_retries:
                         break
                 time.sleep(min(2.0**attempt, _MAX_BACKOFF_S))
                 attempt += 1
@@ -271,10 +303,20 @@ class LabelStudioClient:
         return dict(result.dict())
 
     def projects_titled(self, title: str) -> list[dict[str, Any]]:
-        found: list[Any] = self._call(
-            f"looking up project {title!r}", lambda: list(self._sdk.projects.list(title=title))
-        )
-        return [{"id": int(p.id), "title": getattr(p, "title", None)} for p in found]
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:  # pages until the server says there is no next one (a page past the end is a 404)
+            body = self._raw(
+                "GET",
+                "api/projects",
+                params={"title": title, "page": page, "page_size": 100},
+                what=f"looking up project {title!r}",
+            )
+            results = body.get("results", []) if isinstance(body, dict) else body or []
+            out.extend({"id": int(p["id"]), "title": p.get("title")} for p in results)
+            if not isinstance(body, dict) or not body.get("next") or not results:
+                return out
+            page += 1
 
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
         created = self._call(
@@ -309,7 +351,7 @@ class LabelStudioClient:
             f"importing {len(tasks)} tasks",
             lambda: self._sdk.projects.import_tasks(
                 id=project_id,
-                request=list(tasks),  # type: ignore[arg-type]  # plain dicts are accepted
+                request=list(tasks),  # plain dicts are accepted
                 return_task_ids=True,
                 request_options={"max_retries": 0},
             ),
@@ -366,7 +408,7 @@ class LabelStudioClient:
             f"writing {len(predictions)} predictions",
             lambda: self._sdk.projects.import_predictions(
                 id=project_id,
-                request=list(predictions),  # type: ignore[arg-type]  # plain dicts are accepted
+                request=list(predictions),  # plain dicts are accepted
             ),
         )
         created = int(response.dict().get("created", len(predictions)))
@@ -403,6 +445,76 @@ class LabelStudioClient:
             "setting a prediction's cluster",
             lambda: self._sdk.predictions.update(id=prediction_id, cluster=int(cluster)),
         )
+
+    # -- ML backends and webhooks (``curate ls connect``) -------------------------------------------------------------
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        body = self._raw("GET", "api/ml", params={"project": project_id}, what="listing ML backends")
+        return [dict(b) for b in body or []] if isinstance(body, list) else []
+
+    def add_ml_backend(
+        self, project_id: int, url: str, title: str, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"project": project_id, "url": url, "title": title, "is_interactive": False}
+        if basic_auth is not None:
+            payload.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+        secret = basic_auth[1] if basic_auth else ""
+        try:
+            body = self._raw("POST", "api/ml", json_body=payload, what=f"connecting the ML backend {url}", retry=False)
+        except LabelStudioError as exc:
+            if secret and secret in str(exc):  # pragma: no cover - the server does not echo it; never let it out
+                raise LabelStudioError(str(exc).replace(secret, "***"), exc.status) from None
+            raise
+        return dict(body or {})
+
+    def delete_ml_backend(self, backend_id: int) -> None:
+        self._raw("DELETE", f"api/ml/{backend_id}", what="removing the ML backend")
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        body = self._raw("GET", "api/webhooks", params={"project": project_id}, what="listing webhooks")
+        return [dict(w) for w in body or []] if isinstance(body, list) else []
+
+    def add_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> dict[str, Any]:
+        payload = {
+            "project": project_id,
+            "url": url,
+            "headers": headers,
+            "actions": list(actions),
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        body = self._raw("POST", "api/webhooks", json_body=payload, what=f"adding the webhook {url}", retry=False)
+        return dict(body or {})
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None:
+        payload = {
+            "url": url,
+            "headers": headers,
+            "actions": list(actions),
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        self._raw("PATCH", f"api/webhooks/{webhook_id}", json_body=payload, what=f"updating the webhook {url}")
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self._raw("DELETE", f"api/webhooks/{webhook_id}", what="removing the webhook")
+
+    def download(self, path: str, max_bytes: int) -> bytes:
+        def fetch() -> bytes:
+            with self._http.stream("GET", path.lstrip("/")) as response:
+                if response.status_code >= 400:
+                    raise _Refused(response.status_code, response.read()[:300].decode("utf-8", "replace"))
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise LabelStudioError(f"{path} on Label Studio at {self.url} is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        return self._call(f"downloading {path}", fetch)
 
 
 def _detail(body: Any) -> str:

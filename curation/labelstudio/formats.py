@@ -292,3 +292,36 @@ def parse_ls_time(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labeling configs as Label Studio sends them (``/predict``, ``/setup``)
+
+
+def parse_label_config(config: str) -> dict[str, Any]:
+    """A labeling config's XML as Label Studio's ``parsed_label_config``: control name → type, to_name, inputs
+    and labels (what ``check_label_config`` reads). Malformed XML is a ``ConfigError``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise ConfigError(f"the labeling config is not valid XML: {exc}") from None
+    objects = {el.get("name"): el for el in root.iter() if el.get("value", "").startswith("$")}
+    parsed: dict[str, Any] = {}
+    for el in root.iter():
+        to_name = el.get("toName")
+        if not to_name or el.get("name") is None:
+            continue
+        inputs = [
+            {"type": objects[n].tag, "value": objects[n].get("value", "")[1:]}
+            for n in to_name.split(",")
+            if n in objects
+        ]
+        parsed[str(el.get("name"))] = {
+            "type": el.tag,
+            "to_name": to_name.split(","),
+            "inputs": inputs,
+            "labels": [child.get("value") for child in el if child.get("value") is not None],
+        }
+    return parsed

@@ -77,13 +77,19 @@ def resolve_pool(path: str | Path | None) -> PoolSource:
 
 def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[Path]:
     """Recursive walk. Symlinks are followed only while they stay inside ``root``; loops are visited once."""
+    return (Path(p) for p in _walk(root, extensions, skipped))
+
+
+def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[str]:
+    """``walk_directory`` as path strings (``os.path.join`` of the root and the names): an idle scan of a large
+    pool spends its time here, and building a ``Path`` per file costs more than the ``stat`` itself."""
     real_root = root.resolve()
     visited: set[tuple[int, int]] = set()
-    stack = [root]
+    stack = [str(root)]
     while stack:
         directory = stack.pop()
         try:
-            st = directory.stat()
+            st = os.stat(directory)
         except OSError as exc:
             skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
@@ -98,24 +104,25 @@ def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[
             continue
         subdirs = []
         for entry in entries:
-            path = Path(entry.path)
             try:
                 if entry.is_symlink():
-                    target = path.resolve()
+                    target = Path(entry.path).resolve()
                     if not target.is_relative_to(real_root):
-                        skipped.append((shown_path(path), "symlink leaves the pool root"))
+                        skipped.append((shown_path(entry.path), "symlink leaves the pool root"))
                         continue
                     if not target.exists():
-                        skipped.append((shown_path(path), "broken symlink"))
+                        skipped.append((shown_path(entry.path), "broken symlink"))
                         continue
                 is_dir = entry.is_dir()
             except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on resolve()
-                skipped.append((shown_path(path), f"cannot follow: {shown_path(str(exc))}"))
+                skipped.append((shown_path(entry.path), f"cannot follow: {shown_path(str(exc))}"))
                 continue
             if is_dir:
-                subdirs.append(path)
-            elif path.suffix.lower() in extensions:
-                yield path
+                subdirs.append(entry.path)
+            else:
+                dot = entry.name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
+                if dot > 0 and entry.name[dot:].lower() in extensions:
+                    yield entry.path
         stack.extend(reversed(subdirs))
 
 
@@ -248,27 +255,32 @@ def scan_pool(
     report = ScanReport()
     pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
     known = store.pools.known_paths(pool_id)
-    paths = (
-        walk_directory(source.location, extensions, report.skipped)
-        if source.kind == "directory"
-        else read_manifest(source.location)
+    directory = source.kind == "directory"
+    prefix = os.path.join(str(source.root), "")
+    paths: Iterator[str | Path] = (
+        _walk(source.location, extensions, report.skipped) if directory else read_manifest(source.location)
     )
     seen: set[str] = set()
     to_hash: list[tuple[str, Path, int, int]] = []
     for path in paths:
-        key = stored_path(source, path)
+        # a walked path is the root joined with plain names: its stored key is the rest of the string
+        key = (
+            path[len(prefix) :]
+            if isinstance(path, str) and path.startswith(prefix)
+            else stored_path(source, Path(path))
+        )
         if key in seen:
             continue
         if not _is_utf8(key):  # one such name must not stop the pool from being registered
             report.skipped.append((shown_path(path), NOT_UTF8))
             continue
-        if source.kind == "manifest":
-            problem = manifest_entry_problem(path, source, extensions, allow_outside_root)
+        if not directory:
+            problem = manifest_entry_problem(Path(path), source, extensions, allow_outside_root)
             if problem is not None:
                 report.skipped.append((shown_path(path), problem))
                 continue
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             report.skipped.append((shown_path(path), "file not found"))
             continue
@@ -281,7 +293,7 @@ def scan_pool(
         seen.add(key)
         old = known.get(key)
         if old is None or old.size != st.st_size or old.mtime_ns != st.st_mtime_ns:
-            to_hash.append((key, path, st.st_size, st.st_mtime_ns))
+            to_hash.append((key, Path(path), st.st_size, st.st_mtime_ns))
     report.files = len(seen)
 
     changed: list[ScannedFile] = []
