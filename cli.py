@@ -715,6 +715,8 @@ def reprioritize(
         _print_scoring(summary["scoring"])
         if report.push is not None and report.push.pushed:
             _print_push(summary["push"])
+        if report.model_note:
+            err_console.print(f"Warning: {report.model_note}", highlight=False, markup=False)
         if not report.changed:
             err_console.print(f"Queue of {report.queue_size} task(s) unchanged: {report.reason}.")
             return

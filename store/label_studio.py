@@ -4,7 +4,7 @@ imports and pulled annotations. Only SQL here, no HTTP."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
@@ -52,6 +52,19 @@ class LabelStudioRecords:
     def projects(self) -> list[LSProjectRecord]:
         with self._db.tx(write=False) as conn:
             return [_project(r) for r in conn.execute(select(LSProject.__table__).order_by(LSProject.id))]
+
+    def pools(self, ls_project_id: int) -> list[str]:
+        """Locations of the pools this project's selections came from, the most recently selected from first."""
+        newest = func.max(Selection.id)
+        stmt = (
+            select(Pool.location, newest)
+            .join(Selection, Selection.pool_id == Pool.id)
+            .where(Selection.push_ls_project_id == ls_project_id)
+            .group_by(Pool.location)
+            .order_by(newest.desc())
+        )
+        with self._db.tx(write=False) as conn:
+            return [str(r[0]) for r in conn.execute(stmt)]
 
     def set_ranking(self, ls_project_id: int, tag: str | None, signature: str | None) -> None:
         with self._db.tx() as conn:
@@ -128,12 +141,14 @@ class LabelStudioRecords:
                 changed += int(result.rowcount or 0)
         return changed
 
-    def queue(self, ls_project_id: int) -> list[QueuedTask]:
-        """Queued (not yet labeled or skipped) tasks in queue order."""
+    def queue(self, ls_project_id: int, *, skipped: bool = False) -> list[QueuedTask]:
+        """Queued (not yet labeled or skipped) tasks in queue order; with ``skipped``, skipped tasks too (the
+        project requeues them: they stay in the ranking)."""
+        statuses = ("queued", "skipped") if skipped else ("queued",)
         stmt = (
             select(LSTask.item_id, Item.content_id, LSTask.task_id, LSTask.position, LSTask.cluster)
             .join(Item, Item.id == LSTask.item_id)
-            .where(LSTask.ls_project_id == ls_project_id, LSTask.status == "queued")
+            .where(LSTask.ls_project_id == ls_project_id, LSTask.status.in_(statuses))
             .order_by(LSTask.position.is_(None), LSTask.position, LSTask.id)
         )
         with self._db.tx(write=False) as conn:
@@ -162,18 +177,47 @@ class LabelStudioRecords:
             ]
 
     def set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
-        """(item id, position, cluster) for the queued tasks, after a ranking was written to Label Studio."""
+        """(item id, position, cluster) for the queued (or requeued skipped) tasks, after a ranking was written to
+        Label Studio."""
         with self._db.tx() as conn:
             stmt = (
                 update(LSTask)
                 .where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == bindparam("b_item"))
-                .where(LSTask.status == "queued")
+                .where(or_(LSTask.status == "queued", LSTask.status == "skipped"))  # no IN with executemany
                 .values(position=bindparam("b_pos"), cluster=bindparam("b_cluster"))
             )
             for start in range(0, len(positions), BATCH):
                 conn.execute(
                     stmt,
                     [{"b_item": i, "b_pos": p, "b_cluster": c} for i, p, c in positions[start : start + BATCH]],
+                )
+
+    def unkept(self, ls_project_id: int, *, skipped: bool) -> list[tuple[int, datetime | None]]:
+        """(task id, when it was first labeled) of finished tasks whose prediction is not kept yet: labeled ones,
+        and with ``skipped`` (the project does not requeue skips) skipped ones too."""
+        statuses = ("labeled", "skipped") if skipped else ("labeled",)
+        first = (
+            select(func.min(func.coalesce(Annotation.created_at, Annotation.updated_at)))
+            .where(Annotation.ls_project_id == LSTask.ls_project_id, Annotation.task_id == LSTask.task_id)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(LSTask.task_id, first)
+            .where(LSTask.ls_project_id == ls_project_id, LSTask.status.in_(statuses))
+            .where(LSTask.prediction_kept.is_(False))
+            .order_by(LSTask.task_id)
+        )
+        with self._db.tx(write=False) as conn:
+            return [(int(t), at if at is None or at.tzinfo else at.replace(tzinfo=UTC)) for t, at in conn.execute(stmt)]
+
+    def mark_kept(self, ls_project_id: int, task_ids: Sequence[int]) -> None:
+        with self._db.tx() as conn:
+            for start in range(0, len(task_ids), BATCH):
+                part = [int(t) for t in task_ids[start : start + BATCH]]
+                conn.execute(
+                    update(LSTask)
+                    .where(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
+                    .values(prediction_kept=True)
                 )
 
     def mark_deleted(self, ls_project_id: int, task_ids: Sequence[int]) -> int:
@@ -367,7 +411,8 @@ class LabelStudioRecords:
                 for start in range(0, len(task_ids), BATCH):
                     part = task_ids[start : start + BATCH]
                     scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
-                    conn.execute(update(LSTask).where(scope, skipped).values(status="skipped", position=None))
+                    # a skipped task keeps its place: where the project requeues skips it stays in the ranking
+                    conn.execute(update(LSTask).where(scope, skipped).values(status="skipped"))
                     conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
             if watermark is not None:
                 conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))

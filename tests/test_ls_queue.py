@@ -500,7 +500,7 @@ def test_reprioritize_re_ranks_then_is_a_no_op_until_something_changes(world: Wo
     assert 0 < report.served_after_s <= report.seconds
     assert list(report.summary()) == [
         "project_id", "project", "project_url", "changed", "reason", "model_version_tag", "queue_size",
-        "topped_up", "moved", "top", "served_after_s", "seconds",
+        "topped_up", "moved", "top", "served_after_s", "seconds", "model_version", "model_note",
     ]  # fmt: skip
 
     calls = len(world.ls.calls)

@@ -8,8 +8,10 @@ the lowest ``score``. So a ranking is one prediction per queued task under a ran
 1. write the predictions the tasks do not carry yet (in bulk; tasks deleted in Label Studio leave the queue),
 2. switch the project to the tag (from here on the new order is served),
 3. record the positions and the ranking here,
-4. set ``cluster`` on the head of the queue (bulk imports drop it),
-5. delete curate's other tags, so that the Data Manager's score column stays true.
+4. set ``cluster`` on the head of the queue (only with ``label_studio.cluster_window``: bulk imports drop it),
+5. keep the prediction each newly finished task was labeled with, as a copy under the model's own version
+   (``keep_finished_predictions``): review and agreement views compare annotations with it,
+6. delete curate's other tags, so that the Data Manager's score column stays true.
 
 ``push`` (new tasks appended, or the whole queue re-tagged) and ``reprioritize`` both publish through here.
 """
@@ -20,12 +22,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from curation.errors import LabelStudioError
 from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.formats import ranking_prediction
 from curation.labelstudio.project import ProjectHandle
-from curation.labelstudio.tags import is_ours
+from curation.labelstudio.tags import is_ours, parse_tag
 from curation.labelstudio.tasks import task_ids
 from curation.progress import Progress
 from store import Store
@@ -79,6 +83,7 @@ def publish(
     store.label_studio.set_positions(project.record.id, [(p.item_id, p.position, p.cluster) for p in fresh])
     store.label_studio.set_ranking(project.record.id, ranking.tag, ranking.signature)
     set_clusters(ls, ranking.tag, ranking.placements, cluster_window)
+    keep_finished_predictions(store, ls, project)
     drop_other_tags(ls, pid, ranking.tag)
     return served
 
@@ -148,6 +153,38 @@ def set_clusters(ls: LabelStudioAPI, tag: str, placements: Sequence[Placement], 
     with ThreadPoolExecutor(max_workers=CLUSTER_REQUESTS) as pool:
         for _ in pool.map(set_one, jobs[1:]):
             pass  # re-raises the first failure
+
+
+def keep_finished_predictions(store: Store, ls: LabelStudioAPI, project: ProjectHandle) -> int:
+    """Copy the ranking prediction each finished task (labeled; skipped where the project does not requeue skips)
+    was labeled with under the plain model version (``best-5d6a5fe0ba5b``), which curate never deletes: that is
+    the model output the label was made against. The one it was labeled with is the newest curate ranking older
+    than the task's first annotation (else the oldest it carries). One lookup per task finished since the last
+    ranking, one bulk write. Returns the predictions kept."""
+    done = store.label_studio.unkept(project.record.id, skipped=not project.requeues_skipped)
+    if not done:
+        return 0
+
+    def copy_of(job: tuple[int, datetime | None]) -> dict[str, Any] | None:
+        task_id, labeled_at = job
+        ours = [
+            (tag, p)
+            for p in ls.task_predictions(task_id)
+            if p.get("task") == task_id and (tag := parse_tag(p.get("model_version"))) is not None
+        ]
+        if not ours:
+            return None
+        ours.sort(key=lambda found: found[0].created)
+        before = [found for found in ours if labeled_at is None or found[0].created <= labeled_at]
+        tag, pred = before[-1] if before else ours[0]
+        return {"task": task_id, "model_version": tag.model_version, "score": pred.get("score"), "result": pred.get("result") or []}
+
+    with ThreadPoolExecutor(max_workers=CLUSTER_REQUESTS) as pool:
+        copies = [c for c in pool.map(copy_of, done) if c is not None]
+    if copies:
+        ls.import_predictions(project.record.project_id, copies)
+    store.label_studio.mark_kept(project.record.id, [t for t, _ in done])
+    return len(copies)
 
 
 def drop_other_tags(ls: LabelStudioAPI, project_id: int, keep: str) -> None:

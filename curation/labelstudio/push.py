@@ -94,7 +94,7 @@ def push(
     report.annotated_duplicates = found.annotated_duplicates
     ensure_storage(ls, project, cfg, pool_path)
 
-    queue = store.label_studio.queue(project.record.id)
+    queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     pending = store.label_studio.pending(project.record.id)
     report.awaiting_import = sum(p.content_id in found.held for p in pending)
     pending, urls = _servable([p for p in pending if p.content_id not in found.held], cfg, report, progress)
@@ -138,7 +138,7 @@ def push(
     )
     report.served_after_s = round(served - started, 3)
     report.model_version_tag = plan.tag
-    final = store.label_studio.queue(project.record.id)
+    final = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     report.queue_size = len(final)
     report.first = _describe_first(final)
     report.seconds = round(time.perf_counter() - started, 3)
