@@ -10,7 +10,15 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from store.db import BATCH, Database
-from store.records import LSProjectRecord, PendingItem, PulledAnnotation, PushIntent, QueuedTask, RecordedTask
+from store.records import (
+    LSProjectRecord,
+    PendingItem,
+    PullCounts,
+    PulledAnnotation,
+    PushIntent,
+    QueuedTask,
+    RecordedTask,
+)
 from store.schema import (
     Annotation,
     Item,
@@ -338,12 +346,16 @@ class LabelStudioRecords:
         annotations: Sequence[PulledAnnotation],
         adopted_tasks: Sequence[tuple[int, int]],
         watermark: str | None,
-    ) -> int:
+        seen_tasks: Sequence[int] = (),
+    ) -> PullCounts:
         """Upsert one page of pulled annotations, update task statuses and advance the watermark, atomically.
 
         ``adopted_tasks``: (item id, task id) of tasks curate finds in the project by curation_id but had not
-        recorded (e.g. pushed from another database). Returns the number of new annotations.
+        recorded (e.g. pushed from another database). ``seen_tasks``: every curate task of the page, with all its
+        annotations in ``annotations``: a stored annotation of one of them that is missing was deleted in Label
+        Studio and is forgotten (no longer a label, never trained on); a task left without any is queued again.
         """
+        counts = PullCounts()
         with self._db.tx() as conn:
             if adopted_tasks:
                 conn.execute(
@@ -359,7 +371,18 @@ class LabelStudioRecords:
                         for i, t in adopted_tasks
                     ],
                 )
-            new = 0
+            task_ids = sorted({a.task_id for a in annotations} | {int(t) for t in seen_tasks})
+            before = self._statuses(conn, ls_project_id, task_ids)
+            if seen_tasks:
+                keep = {a.annotation_id for a in annotations}
+                for start in range(0, len(seen_tasks), BATCH):
+                    part = [int(t) for t in seen_tasks[start : start + BATCH]]
+                    gone = delete(Annotation).where(
+                        Annotation.ls_project_id == ls_project_id,
+                        Annotation.task_id.in_(part),
+                        Annotation.annotation_id.not_in(keep) if keep else Annotation.annotation_id.is_not(None),
+                    )
+                    counts.deleted_annotations += int(conn.execute(gone).rowcount or 0)
             if annotations:
                 ids = sorted({a.annotation_id for a in annotations})
                 known = set(
@@ -369,7 +392,7 @@ class LabelStudioRecords:
                         )
                     ).scalars()
                 )
-                new = len(ids) - len(known)
+                counts.new_annotations = len(ids) - len(known)
                 stmt = self._db.insert(Annotation)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["ls_project_id", "annotation_id"],
@@ -397,26 +420,46 @@ class LabelStudioRecords:
                         for a in annotations
                     ],
                 )
-                task_ids = sorted({a.task_id for a in annotations})
-                labeled = exists().where(
-                    Annotation.ls_project_id == ls_project_id,
-                    Annotation.task_id == LSTask.task_id,
-                    Annotation.was_cancelled.is_(False),
-                )
-                skipped = exists().where(
-                    Annotation.ls_project_id == ls_project_id,
-                    Annotation.task_id == LSTask.task_id,
-                    Annotation.was_cancelled.is_(True),
-                )
-                for start in range(0, len(task_ids), BATCH):
-                    part = task_ids[start : start + BATCH]
-                    scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
-                    # a skipped task keeps its place: where the project requeues skips it stays in the ranking
-                    conn.execute(update(LSTask).where(scope, skipped).values(status="skipped"))
-                    conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
+            any_left = exists().where(Annotation.ls_project_id == ls_project_id, Annotation.task_id == LSTask.task_id)
+            labeled = exists().where(
+                Annotation.ls_project_id == ls_project_id,
+                Annotation.task_id == LSTask.task_id,
+                Annotation.was_cancelled.is_(False),
+            )
+            skipped = exists().where(
+                Annotation.ls_project_id == ls_project_id,
+                Annotation.task_id == LSTask.task_id,
+                Annotation.was_cancelled.is_(True),
+            )
+            for start in range(0, len(task_ids), BATCH):
+                part = task_ids[start : start + BATCH]
+                scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
+                done = LSTask.status.in_(("labeled", "skipped"))
+                # every annotation deleted in Label Studio: the task waits in the queue again (ranked next time)
+                conn.execute(update(LSTask).where(scope, done, ~any_left).values(status="queued", position=None))
+                # a skipped task keeps its place: where the project requeues skips it stays in the ranking
+                conn.execute(update(LSTask).where(scope, skipped, ~labeled).values(status="skipped"))
+                conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
+            after = self._statuses(conn, ls_project_id, task_ids)
+            for task, status in after.items():
+                if status != before.get(task):
+                    counts.labeled_tasks += status == "labeled"
+                    counts.skipped_tasks += status == "skipped"
             if watermark is not None:
                 conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))
-        return new
+        return counts
+
+    @staticmethod
+    def _statuses(conn: Any, ls_project_id: int, task_ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for start in range(0, len(task_ids), BATCH):
+            rows = conn.execute(
+                select(LSTask.task_id, LSTask.status).where(
+                    LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(task_ids[start : start + BATCH])
+                )
+            )
+            out.update({int(t): str(st) for t, st in rows})
+        return out
 
 
 def _project(row: Any) -> LSProjectRecord:

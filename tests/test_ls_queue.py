@@ -19,7 +19,7 @@ from curation.labelstudio.project import ProjectHandle, ensure_storage, open_pro
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.pull import pull, watermark_with_margin
 from curation.labelstudio.push import plan_push, push
-from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.rank import moved_count, rank_queue, ranking_options, ranking_signature
 from curation.labelstudio.reconcile import plan_duplicates, settle_intents
 from curation.labelstudio.reprioritize import reprioritize
 from curation.labelstudio.tags import is_ours, make_tag, parse_tag
@@ -549,7 +549,7 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
     assert report.tasks_seen == 5 and report.foreign_tasks == 1
     assert list(report.summary()) == [
         "project_id", "project", "tasks_seen", "new_annotations", "labeled_tasks", "skipped_tasks",
-        "foreign_tasks", "watermark",
+        "deleted_annotations", "foreign_tasks", "watermark",
     ]  # fmt: skip
     assert report.watermark == max(t["updated_at"] for t in world.ls.project_tasks(pid))
     assert world.store.label_studio.projects()[0].pulled_until == report.watermark
@@ -562,6 +562,27 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
     world.ls.annotate(tasks[2], CHOICE)
     again = pull(world.store, world.ls, "queue-test")
     assert again.new_annotations == 1 and again.tasks_seen == 4 and again.foreign_tasks == 1
+    # "labeled" counts the new label only, not the re-read task labeled by the first pull
+    assert (again.labeled_tasks, again.skipped_tasks) == (1, 0)
+
+
+def test_an_annotation_deleted_in_label_studio_is_no_longer_a_label(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    world.push(project)
+    pid = project.record.project_id
+    tasks = list(_task_of(world, pid).values())
+    first = world.ls.annotate(tasks[0], CHOICE)
+    world.ls.annotate(tasks[1], CHOICE)
+    pull(world.store, world.ls, "queue-test")
+    assert len(world.store.labels.examples("classify")) == 2 and len(world.store.labels.item_ids()) == 2
+    world.ls.advance(5)
+    world.ls.delete_annotation(tasks[0], first)
+    report = pull(world.store, world.ls, "queue-test")
+    assert report.deleted_annotations == 1 and report.new_annotations == 0
+    assert len(world.store.labels.examples("classify")) == 1 and len(world.store.labels.item_ids()) == 1
+    # the task waits in the queue again, and the next ranking serves it
+    assert tasks[0] in {q.task_id for q in world.store.label_studio.queue(project.record.id)}
 
 
 def test_pull_adopts_tasks_pushed_from_another_database(world: World) -> None:
@@ -611,3 +632,160 @@ def test_the_watermark_margin() -> None:
     at = watermark_with_margin("2026-01-01T00:00:10.000000Z")
     assert at is not None and at.isoformat() == "2026-01-01T00:00:09+00:00"
     assert watermark_with_margin(None) is None
+
+
+# -- the queue as labelers see it (issue 14) -------------------------------------------------------------------------
+
+
+def _serve(world: World, pid: int, user: int, n: int, *, submit: bool = True) -> list[int]:
+    """The next ``n`` tasks the label stream gives ``user``, each submitted before asking again."""
+    got = []
+    for _ in range(n):
+        task = world.ls.next_task(pid, user)
+        if task is None:
+            break
+        got.append(task)
+        if submit:
+            world.ls.annotate(task, CHOICE, user=user)
+    return got
+
+
+def _ranked_tasks(world: World, pid: int, items: list[int]) -> list[int]:
+    tasks = _task_of(world, pid)
+    return [tasks[c] for c in _content(world, items)]
+
+
+def test_by_default_every_labeler_is_served_curates_rank_order_even_with_clusters(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:6]
+    world.select(project, items, clusters=[0, 1, 0, 1, 2, 2])  # what hybrid gives
+    world.push(project)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    assert all(p["cluster"] is None for p in world.ls.project_predictions(pid))
+    assert _serve(world, pid, user=1, n=3) == ranked[:3]
+    assert _serve(world, pid, user=2, n=3) == ranked[3:6]  # a second labeler continues down the same order
+
+
+def test_cluster_spreading_is_opt_in_and_serves_each_labeler_from_their_least_labeled_cluster(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:6]
+    world.select(project, items, clusters=[0, 1, 0, 1, 2, 2])
+    world.push(project, cluster_window=200)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    # ranks 1 (cluster 0), 2 (cluster 1), 5 (cluster 2: the one this labeler has not labeled), then 3
+    assert _serve(world, pid, user=1, n=4) == [ranked[0], ranked[1], ranked[4], ranked[2]]
+
+
+def test_a_locked_task_is_served_to_its_labeler_first_after_a_re_rank(world: World) -> None:
+    """Label Studio's limit, documented: a task a labeler opened stays theirs (TASK_LOCK_TTL) whatever the new
+    ranking; the others are served the top of the new queue without it."""
+    project = world.project()
+    items = world.item_ids[:5]
+    world.select(project, list(reversed(items)))  # pushed in the opposite of entropy's order
+    world.push(project)
+    pid = project.record.project_id
+    opened = world.ls.next_task(pid, 1)  # labeler 1 opens rank 1 and leaves it open
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"), pool_path=None
+    )
+    assert report.changed
+    ranked = _ranked_tasks(world, pid, items)
+    assert opened == ranked[-1]  # now ranked last
+    assert world.ls.next_task(pid, 1) == opened  # still served to its labeler first
+    assert _serve(world, pid, user=2, n=2) == ranked[:2]  # an idle labeler gets the new head
+    world.ls.advance(world.ls.lock_ttl_s + 1)  # the lock expires: the task is anyone's again
+    assert world.ls.next_task(pid, 3) == ranked[2]
+
+
+def test_a_skipped_task_stays_ranked_and_keeps_its_prediction_where_the_project_requeues_skips(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:4]
+    world.select(project, items)
+    world.push(project)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    assert world.ls.next_task(pid, 1) == ranked[0]
+    world.ls.annotate(ranked[0], [], cancelled=True, user=1)  # labeler 1 skips rank 1
+    pull(world.store, world.ls, "queue-test")
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"), pool_path=None
+    )
+    assert report.changed and report.queue_size == 4
+    live = {p["task"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    assert ranked[0] in live
+    assert world.ls.next_task(pid, 2) == ranked[0]  # "requeue for others": the next labeler gets it, in rank order
+    assert world.ls.next_task(pid, 1) != ranked[0]
+
+
+def test_with_ignore_skipped_a_skip_finishes_the_task_and_its_prediction_is_kept(world: World) -> None:
+    project = world.project()
+    world.ls.projects[project.record.project_id]["skip_queue"] = "IGNORE_SKIPPED"
+    items = world.item_ids[:4]
+    world.select(project, items)
+    world.push(project)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    world.ls.annotate(ranked[0], [], cancelled=True, user=1)
+    pull(world.store, world.ls, "queue-test")
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"), pool_path=None
+    )
+    assert report.queue_size == 3
+    kept = [p for p in world.ls.task_predictions(ranked[0])]
+    assert [p["model_version"] for p in kept] == ["m-1"]
+
+
+def test_labeled_tasks_keep_the_prediction_they_were_labeled_with(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:4]
+    world.select(project, items)
+    first_tag = world.push(project).model_version_tag
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    shown = [p for p in world.ls.task_predictions(ranked[0]) if p["model_version"] == first_tag][0]
+    world.ls.annotate(ranked[0], CHOICE, user=1)
+    pull(world.store, world.ls, "queue-test")
+    for _ in range(2):  # kept once, never twice
+        report = reprioritize(
+            world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"),
+            pool_path=None, force=True,
+        )  # fmt: skip
+    assert report.queue_size == 3
+    kept = world.ls.task_predictions(ranked[0])
+    assert [(p["model_version"], p["score"], p["result"]) for p in kept] == [("m-1", shown["score"], shown["result"])]
+    # the queued tasks carry only the live ranking: nothing the queue no longer needs is left
+    for task in ranked[1:]:
+        assert [p["model_version"] for p in world.ls.task_predictions(task)] == [report.model_version_tag]
+
+
+def test_a_plain_reprioritize_repairs_a_project_switched_back_to_sequential_sampling(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    pid = project.record.project_id
+    entropy = StrategySettings(name="entropy")
+    reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    tag = world.ls.projects[pid]["model_version"]
+    world.ls.projects[pid]["sampling"] = "Sequential sampling"  # someone, in the project's settings
+    assert world.ls.next_task(pid) is None
+    calls = len(world.ls.calls)
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    assert report.changed and "sampling is 'Sequential sampling'" in report.reason
+    assert "import_predictions" not in world.ls.calls[calls:]  # the ranking is there: only the switch is redone
+    assert world.ls.projects[pid]["sampling"] == UNCERTAINTY_SAMPLING and world.ls.projects[pid]["model_version"] == tag
+    assert world.ls.next_task(pid) is not None
+    world.ls.projects[pid]["model_version"] = "someone-elses"
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    assert report.changed and world.ls.projects[pid]["model_version"] == tag
+    noop = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    assert not noop.changed
+
+
+def test_moved_counts_tasks_that_changed_place_not_everyone_behind_them() -> None:
+    assert moved_count([1, 2, 3, 4]) == 0
+    assert moved_count([2, 3, 4, 5]) == 0  # the head was labeled: the rest only moved up
+    assert moved_count([5, 1, 2, 3, 4]) == 1  # one task jumped to the front
+    assert moved_count([5, 4, 3, 2, 1]) == 4
+    assert moved_count([None, 1, 2]) == 0  # a new task is not a move
