@@ -14,7 +14,7 @@ import pytest
 from curation.config import LabelStudioSettings, StrategySettings
 from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
-from curation.labelstudio.formats import label_config, queue_score
+from curation.labelstudio.formats import label_config
 from curation.labelstudio.project import ProjectHandle, ensure_storage, open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.pull import pull, watermark_with_margin
@@ -63,7 +63,7 @@ class World:
     def push(self, project: ProjectHandle | None = None, **cfg: object):  # type: ignore[no-untyped-def]
         project = project or self.project()
         settings = self.cfg.model_copy(update=cfg)
-        return push(self.store, self.ls, self.mv, project, settings, pool_path=None, min_conf=0.25)
+        return push(self.store, self.ls, self.mv, project, settings, StrategySettings(name="entropy"), pool_path=None)
 
     def served(self, project_id: int) -> list[int]:
         """Task ids in the order the label stream serves them (each one labeled in turn)."""
@@ -206,8 +206,9 @@ def test_new_tasks_are_appended_under_the_live_tag_without_rewriting(world: Worl
     pid = project.record.project_id
     tasks = _task_of(world, pid)
     assert world.served(pid) == [tasks[c] for c in _content(world, world.item_ids[:5])]
-    scores = sorted(p["score"] for p in world.ls.project_predictions(pid, first.model_version_tag))
-    assert scores == [queue_score(i) for i in range(1, 6)]
+    by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, first.model_version_tag)}
+    scores = [by_task[t] for t in world.served(pid)]
+    assert all(a < b for a, b in zip(scores, scores[1:])) and 0 < scores[0] and scores[-1] <= 1
 
 
 def test_a_project_switched_away_is_re_tagged_old_tasks_first(world: World) -> None:
@@ -413,7 +414,7 @@ def test_publish_writes_switches_records_and_drops_curates_other_tags(world: Wor
     pid = project.record.project_id
     project = world.project()
     queue = world.store.label_studio.queue(project.record.id)
-    reversed_queue = [Placement(q.item_id, q.task_id, pos, None) for pos, q in enumerate(reversed(queue), 1)]
+    reversed_queue = [Placement(q.item_id, q.task_id, pos, None, pos / 10) for pos, q in enumerate(reversed(queue), 1)]
     tag = make_tag("m-1")
     calls = len(world.ls.calls)
     publish(
@@ -522,8 +523,9 @@ def test_reprioritize_tops_the_queue_up(world: World) -> None:
     assert report.topped_up == 3 and report.queue_size == 5 and report.push is not None
     pid = project.record.project_id
     assert len(world.served(pid)) == 5
-    scores = sorted(p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag))
-    assert scores == [queue_score(i) for i in range(1, 6)]
+    by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    scores = [by_task[t] for t in world.served(pid)]
+    assert all(a < b for a, b in zip(scores, scores[1:])) and len(scores) == 5
 
 
 def test_an_empty_queue_is_reported_not_ranked(world: World) -> None:
@@ -789,3 +791,25 @@ def test_moved_counts_tasks_that_changed_place_not_everyone_behind_them() -> Non
     assert moved_count([5, 1, 2, 3, 4]) == 1  # one task jumped to the front
     assert moved_count([5, 4, 3, 2, 1]) == 4
     assert moved_count([None, 1, 2]) == 0  # a new task is not a move
+
+
+def test_the_live_prediction_score_is_the_models_confidence_and_sorts_in_queue_order(world: World) -> None:
+    """What a lead sorting the Data Manager's prediction-score column sees: the live order, and numbers that mean
+    something (1 − the strategy's uncertainty), not position / 10^6 (0.000 on every row)."""
+    from curation.selection import items_uncertainty
+
+    project = world.project()
+    items = world.item_ids[:6]
+    world.select(project, list(reversed(items)))
+    world.push(project)
+    pid = project.record.project_id
+    entropy = StrategySettings(name="entropy")
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    served = world.served(pid)
+    assert [by_task[t] for t in served] == sorted(by_task.values())
+    u = items_uncertainty(world.store, world.mv, np.array(items), "entropy", entropy.detection).uncertainty
+    assert [by_task[t] for t in served] == pytest.approx([1 - x for x in u])
+    assert all(0.0 < s < 1.0 for s in by_task.values()) and max(by_task.values()) - min(by_task.values()) > 0.1
+    # the task data carries nothing that would go stale on a re-rank
+    assert all(set(t["data"]) == {"image", "curation_id"} for t in world.ls.project_tasks(pid))

@@ -35,8 +35,8 @@ def push(
         mv,
         project,
         settings.label_studio,
+        settings.strategy,
         pool_path=settings.pool.path,
-        min_conf=settings.strategy.detection.conf,
         progress=progress,
     )
 

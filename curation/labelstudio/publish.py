@@ -3,7 +3,7 @@
 The queue contract (open-source Label Studio): with sampling "Uncertainty sampling", the label stream serves the
 task whose prediction — among predictions whose ``model_version`` equals the project's ``model_version`` — has
 the lowest ``score``. So a ranking is one prediction per queued task under a ranking tag (``tags.make_tag``) with
-``score`` = queue position / 1,000,000; publishing it is:
+``score`` = the model's confidence, kept increasing along the queue (``formats.queue_scores``); publishing it is:
 
 1. write the predictions the tasks do not carry yet (in bulk; tasks deleted in Label Studio leave the queue),
 2. switch the project to the tag (from here on the new order is served),
@@ -46,6 +46,8 @@ class Placement:
     task_id: int
     position: int
     cluster: int | None
+    score: float
+    """The prediction score Label Studio ranks by (``formats.queue_scores``)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def write_predictions(
             preds = [
                 {
                     "task": p.task_id,
-                    **ranking_prediction(tag, p.position, stored.get(p.item_id), mv, project.ui, min_conf),
+                    **ranking_prediction(tag, p.score, stored.get(p.item_id), mv, project.ui, min_conf),
                 }
                 for p in part
             ]

@@ -81,3 +81,15 @@ def moved_count(old_positions: Sequence[int | None]) -> int:
         else:
             tails[k] = p
     return len(placed) - len(tails)
+
+
+def confidences(
+    store: Store, cfg: StrategySettings, mv: ModelVersionRecord, item_ids: Sequence[int], measure: str | None
+) -> list[float | None]:
+    """The model's confidence in each item, 1 − its uncertainty under ``measure`` (the ranking strategy's; the
+    fallback measure for strategies without one), in [0, 1]; None where the model has no valid output."""
+    if not item_ids:
+        return []
+    ids = np.array([int(i) for i in item_ids], dtype=np.int64)
+    values = items_uncertainty(store, mv, ids, measure or FALLBACK_MEASURE, cfg.detection).uncertainty
+    return [None if np.isnan(u) else 1.0 - min(max(float(u), 0.0), 1.0) for u in values]

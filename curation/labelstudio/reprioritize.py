@@ -13,7 +13,8 @@ from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI
 from curation.labelstudio.project import open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.push import PushReport, push
-from curation.labelstudio.rank import moved_count, rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.formats import fit_scores, queue_scores
+from curation.labelstudio.rank import confidences, moved_count, rank_queue, ranking_options, ranking_signature
 from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.progress import NullProgress, Progress
@@ -72,7 +73,7 @@ def reprioritize(
         except NothingToSelectError:
             result = None
         if result is not None or store.label_studio.pending(project.record.id):
-            push_report = push(store, ls, mv, project, cfg, pool_path=pool_path, min_conf=min_conf, progress=progress)
+            push_report = push(store, ls, mv, project, cfg, strategy_cfg, pool_path=pool_path, progress=progress)
             topped_up = push_report.pushed
             project = open_project(store, ls, mv, cfg.project)
             queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
@@ -112,7 +113,11 @@ def reprioritize(
             return report(True, f"repaired the project's label stream ({drift}): it serves curate's ranking again", live)
 
     ordered, clusters = rank_queue(store, strategy_cfg, mv, queue, strategy, labeled)
-    placements = [Placement(q.item_id, q.task_id, pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, 1)]
+    scores = fit_scores(queue_scores(confidences(store, strategy_cfg, mv, [q.item_id for q in ordered], strategy.measure)))
+    placements = [
+        Placement(q.item_id, q.task_id, pos, clusters.get(q.item_id), score)
+        for pos, (q, score) in enumerate(zip(ordered, scores, strict=True), 1)
+    ]
     tag = make_tag(mv.version)
     served = publish(
         store,
