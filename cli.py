@@ -530,7 +530,7 @@ def _print_status(report: dict[str, Any]) -> None:
         ("invalid model output", counts["invalid"]),
         ("selected", counts["selected"]),
     ]
-    for key in ("queued", "labeled"):
+    for key in ("queued", "labeled", "skipped"):
         if key in counts:
             rows.append((key, counts[key]))
     for label, value in rows:

@@ -813,3 +813,25 @@ def test_the_live_prediction_score_is_the_models_confidence_and_sorts_in_queue_o
     assert all(0.0 < s < 1.0 for s in by_task.values()) and max(by_task.values()) - min(by_task.values()) > 0.1
     # the task data carries nothing that would go stale on a re-rank
     assert all(set(t["data"]) == {"image", "curation_id"} for t in world.ls.project_tasks(pid))
+
+
+def test_status_shows_skipped_tasks_and_the_uncertainty_without_a_pool(world: World, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.config import load_settings
+    from curation.jobs.status import status
+
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    tasks = list(_task_of(world, project.record.project_id).values())
+    world.ls.annotate(tasks[0], CHOICE)
+    world.ls.annotate(tasks[1], [], cancelled=True)
+    pull(world.store, world.ls, "queue-test")
+    report = status(world.store, load_settings(None, {}, environ={}))
+    assert report["counts"]["skipped"] == 1 and report["counts"]["labeled"] == 1 and report["counts"]["queued"] == 2
+    assert report["score_distribution"] is not None and report["score_distribution"]["candidates"] > 0
+    result = CliRunner().invoke(app, ["status", "--db", f"sqlite:///{tmp_path / 'c.db'}"])
+    assert result.exit_code == 0, result.stderr
+    assert "skipped" in result.stdout and "Uncertainty" in result.stdout
