@@ -100,9 +100,7 @@ class FakeLabelStudio:
         (project_id, tasks), self._held = self._held, None
         return [self._add_task(project_id, t) for t in tasks]
 
-    def annotate(
-        self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False, user: int = 7
-    ) -> int:
+    def annotate(self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False, user: int = 7) -> int:
         """``user`` submits (or, ``cancelled``, skips) the task; their lock on it is released."""
         task = self.tasks[task_id]
         at = self._tick()
@@ -177,7 +175,11 @@ class FakeLabelStudio:
             ranked.append((solved_clusters.get(pred["cluster"], 0) if solved_clusters else 0, pred["score"], t["id"]))
         chosen = min(ranked)[2] if ranked else None
         if chosen is None and user is not None and project.get("skip_queue") == "REQUEUE_FOR_ME":
-            skipped = [t["id"] for t in solved if not self._is_labeled(t) and all(a["was_cancelled"] for a in self._by(t, user))]
+            skipped = [
+                t["id"]
+                for t in solved
+                if not self._is_labeled(t) and all(a["was_cancelled"] for a in self._by(t, user))
+            ]
             chosen = skipped[0] if skipped else None
         if chosen is not None and user is not None:
             self.locks[(chosen, user)] = now + timedelta(seconds=self.lock_ttl_s)

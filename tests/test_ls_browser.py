@@ -61,21 +61,21 @@ class Labeler:
         """Submit the shown task as it is (the model's pre-annotation) and return the next task served."""
         return self._served(lambda: self.page.get_by_role("button", name=re.compile(r"^Submit$", re.I)).click())
 
-    def shows(self, image_name: str, label: str) -> None:
-        """The task's image is loaded and the model's pre-annotation (``label`` chosen) is on screen."""
-        loaded = (
-            "name => [...document.images].some(i => decodeURIComponent(i.src).includes(name) && i.complete"
-            " && i.naturalWidth > 0)"
-        )
+    def shows(self, task_id: int, size: tuple[int, int], label: str) -> None:
+        """Task ``task_id`` is on screen with its image loaded (Label Studio fetches it and shows a ``blob:`` URL of
+        the bytes) and the model's pre-annotation (``label`` chosen)."""
+        self.page.get_by_text(f"#{task_id}", exact=True).wait_for(state="visible")
+        loaded = "([w, h]) => [...document.images].some(i => i.complete && i.naturalWidth == w && i.naturalHeight == h)"
         try:
-            self.page.wait_for_function(loaded, arg=image_name, timeout=30_000)
+            self.page.wait_for_function(loaded, arg=list(size), timeout=30_000)
         except Exception:
-            shown = self.page.evaluate("[...document.images].map(i => [i.src, i.naturalWidth])")
-            raise AssertionError(f"{self.name}: image {image_name} not loaded; images on the page: {shown}") from None
+            shown = self.page.evaluate("[...document.images].map(i => [i.src, i.naturalWidth, i.naturalHeight])")
+            raise AssertionError(f"{self.name}: the {size} image is not loaded; images on the page: {shown}") from None
         chosen = self.page.locator("input[type=radio]:checked, input[type=checkbox]:checked")
         chosen.first.wait_for(state="attached")
         assert chosen.count() == 1
-        assert chosen.first.evaluate("e => (e.closest('label') || e.parentElement.parentElement).innerText") == label
+        text = chosen.first.evaluate("e => (e.closest('label') || e.parentElement.parentElement).innerText")
+        assert str(text).strip().startswith(label), f"{self.name}: {text!r} is chosen, the model predicted {label!r}"
 
     def screenshot(self, step: str) -> Path:
         path = self.shots / f"{step}.png"
@@ -95,15 +95,14 @@ def shots() -> Iterator[Path]:
     yield folder
 
 
-def _expected(api: LSApi, project_id: int, task_id: int) -> tuple[str, str]:
-    """The served task's image file name and the model's top class in its live prediction."""
-    task = api.get(f"/api/tasks/{task_id}")
+def _expected(api: LSApi, project_id: int, task_id: int) -> tuple[int, tuple[int, int], str]:
+    """The served task, its image's size and the model's top class in its live prediction."""
     project = api.get(f"/api/projects/{project_id}")
     live = [p for p in api.predictions(project_id) if p["task"] == task_id]
     live = [p for p in live if p["model_version"] == project["model_version"]]
     assert len(live) == 1
-    image = str(task["data"]["image"]).rsplit("/", 1)[-1]
-    return image, live[0]["result"][0]["value"]["choices"][0]
+    region = live[0]["result"][0]
+    return task_id, (region["original_width"], region["original_height"]), region["value"]["choices"][0]
 
 
 def test_labelers_in_the_browser_are_served_curates_queue(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from curation.labelstudio.formats import (
     LabelingInterface,
     check_label_config,
     curation_id_of,
+    fit_scores,
     group_by_curation_id,
     image_url,
     label_config,
@@ -21,7 +23,6 @@ from curation.labelstudio.formats import (
     normalize_annotation,
     parse_ls_time,
     prediction_result,
-    fit_scores,
     queue_scores,
     ranking_prediction,
     task_payload,
@@ -153,10 +154,10 @@ def test_queue_scores_are_the_models_confidence_kept_increasing_along_the_queue(
     # a diversity pick puts a confident item early: the next ones are raised just enough to stay behind it
     raised = queue_scores([0.2, 0.8, 0.5, 0.9])
     assert raised[:2] == [0.2, 0.8] and raised[2] == pytest.approx(0.8 + SCORE_STEP) and raised[3] == 0.9
-    assert all(a < b for a, b in zip(raised, raised[1:]))
+    assert all(a < b for a, b in itertools.pairwise(raised))
     # ties, no model output, and out-of-range values never break the order; appending continues after a score
     tied = queue_scores([0.5, 0.5, None, 1.7, -1.0], after=0.5)
-    assert all(a < b for a, b in zip([0.5, *tied], tied))
+    assert all(a < b for a, b in zip([0.5, *tied], tied, strict=False))
     assert fit_scores([0.5, 1.0 + SCORE_STEP]) == [pytest.approx(0.5 / (1 + SCORE_STEP)), 1.0]
     assert fit_scores([0.1, 0.2]) == [0.1, 0.2]
 

@@ -83,7 +83,7 @@ def test_skipped_and_labeled_tasks_after_pull_and_reprioritize(
     assert [v for v in versions if v.startswith("curate-")] == [project["model_version"]]
 
     # an annotation deleted in Label Studio is no longer a label here
-    annotation = [a for a in api.tasks(pid) if a["id"] == ranked[1]][0]["annotations"][0]["id"]
+    annotation = next(a for a in api.tasks(pid) if a["id"] == ranked[1])["annotations"][0]["id"]
     api.client.delete(f"/api/annotations/{annotation}/").raise_for_status()
     gone = curate_json("pull", "--project", name, "--db", db)
     assert gone["deleted_annotations"] == 1
@@ -109,6 +109,6 @@ def test_a_plain_reprioritize_repairs_sampling_someone_changed_and_needs_no_pool
     noop = curate_json("reprioritize", *same)
     assert not noop["changed"] and noop["model_note"] is None
     # a one-off --model that is not the registry's current one says so
-    code, out, err = curate("reprioritize", *same, "--model-version", "other")
+    code, _out, err = curate("reprioritize", *same, "--model-version", "other")
     assert code == 0, err
     assert "not the current model" in err and "curate models promote other" in err

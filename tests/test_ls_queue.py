@@ -3,6 +3,7 @@ SQLite store: the decisions (append or re-tag, reconcile, adopt, page) in millis
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -208,7 +209,7 @@ def test_new_tasks_are_appended_under_the_live_tag_without_rewriting(world: Worl
     assert world.served(pid) == [tasks[c] for c in _content(world, world.item_ids[:5])]
     by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, first.model_version_tag)}
     scores = [by_task[t] for t in world.served(pid)]
-    assert all(a < b for a, b in zip(scores, scores[1:])) and 0 < scores[0] and scores[-1] <= 1
+    assert all(a < b for a, b in itertools.pairwise(scores)) and scores[0] > 0 and scores[-1] <= 1
 
 
 def test_a_project_switched_away_is_re_tagged_old_tasks_first(world: World) -> None:
@@ -525,7 +526,7 @@ def test_reprioritize_tops_the_queue_up(world: World) -> None:
     assert len(world.served(pid)) == 5
     by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
     scores = [by_task[t] for t in world.served(pid)]
-    assert all(a < b for a, b in zip(scores, scores[1:])) and len(scores) == 5
+    assert all(a < b for a, b in itertools.pairwise(scores)) and len(scores) == 5
 
 
 def test_an_empty_queue_is_reported_not_ranked(world: World) -> None:
@@ -746,7 +747,7 @@ def test_labeled_tasks_keep_the_prediction_they_were_labeled_with(world: World) 
     first_tag = world.push(project).model_version_tag
     pid = project.record.project_id
     ranked = _ranked_tasks(world, pid, items)
-    shown = [p for p in world.ls.task_predictions(ranked[0]) if p["model_version"] == first_tag][0]
+    shown = next(p for p in world.ls.task_predictions(ranked[0]) if p["model_version"] == first_tag)
     world.ls.annotate(ranked[0], CHOICE, user=1)
     pull(world.store, world.ls, "queue-test")
     for _ in range(2):  # kept once, never twice

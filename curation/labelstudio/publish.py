@@ -179,7 +179,12 @@ def keep_finished_predictions(store: Store, ls: LabelStudioAPI, project: Project
         ours.sort(key=lambda found: found[0].created)
         before = [found for found in ours if labeled_at is None or found[0].created <= labeled_at]
         tag, pred = before[-1] if before else ours[0]
-        return {"task": task_id, "model_version": tag.model_version, "score": pred.get("score"), "result": pred.get("result") or []}
+        return {
+            "task": task_id,
+            "model_version": tag.model_version,
+            "score": pred.get("score"),
+            "result": pred.get("result") or [],
+        }
 
     with ThreadPoolExecutor(max_workers=CLUSTER_REQUESTS) as pool:
         copies = [c for c in pool.map(copy_of, done) if c is not None]

@@ -133,9 +133,15 @@ def push(
             preds = store.scores.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
             payload = [
                 task_payload(
-                    item, urls[item.item_id], scores[item.item_id], plan.tag, preds.get(item.item_id), mv, project.ui,
+                    item,
+                    urls[item.item_id],
+                    scores[item.item_id],
+                    plan.tag,
+                    preds.get(item.item_id),
+                    mv,
+                    project.ui,
                     min_conf,
-                )  # fmt: skip
+                )
                 for item in chunk
             ]
             placed = _import_chunk(store, ls, project, chunk, positions, payload, scores)

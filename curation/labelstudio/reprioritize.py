@@ -10,10 +10,10 @@ from typing import Any
 from curation.config import LabelStudioSettings, StrategySettings
 from curation.errors import NothingToSelectError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI
+from curation.labelstudio.formats import fit_scores, queue_scores
 from curation.labelstudio.project import open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.push import PushReport, push
-from curation.labelstudio.formats import fit_scores, queue_scores
 from curation.labelstudio.rank import confidences, moved_count, rank_queue, ranking_options, ranking_signature
 from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
@@ -110,10 +110,14 @@ def reprioritize(
             drift = project.drift
             ls.set_ranking(project.record.project_id, live)
             project.remote.update(model_version=live, sampling=UNCERTAINTY_SAMPLING)
-            return report(True, f"repaired the project's label stream ({drift}): it serves curate's ranking again", live)
+            return report(
+                True, f"repaired the project's label stream ({drift}): it serves curate's ranking again", live
+            )
 
     ordered, clusters = rank_queue(store, strategy_cfg, mv, queue, strategy, labeled)
-    scores = fit_scores(queue_scores(confidences(store, strategy_cfg, mv, [q.item_id for q in ordered], strategy.measure)))
+    scores = fit_scores(
+        queue_scores(confidences(store, strategy_cfg, mv, [q.item_id for q in ordered], strategy.measure))
+    )
     placements = [
         Placement(q.item_id, q.task_id, pos, clusters.get(q.item_id), score)
         for pos, (q, score) in enumerate(zip(ordered, scores, strict=True), 1)
