@@ -202,6 +202,10 @@ class LabelStudioSettings(_Section):
     """Spread labelers over the strategy's clusters: set prediction clusters (one request each, ~30-60 ms) for this
     many tasks at the head of the queue. 0 (the default): no clusters, every labeler is served curate's rank
     order."""
+    superseded_grace_s: float = Field(default=3600.0, ge=0)
+    """A superseded ranking's predictions are deleted by the first push or reprioritize this long after it was
+    superseded: Label Studio refuses a submission whose pre-annotation's prediction is gone, so a labeler who opened
+    a task before a re-rank must be able to finish it. 0: delete at once."""
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""

@@ -83,8 +83,15 @@ def lowest_score_task(api: LSApi, project: dict[str, Any]) -> int:
 
 
 def test_acceptance_flow(
-    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__SUPERSEDED_GRACE_S", "0")  # superseded rankings deleted at once
     name = title()
     db = f"sqlite:///{tmp_path / 'c.db'}"
     args = (

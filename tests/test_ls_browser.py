@@ -31,6 +31,13 @@ class Labeler:
         self.blocked: list[str] = []
         self.context.route(re.compile(r"^(?!http://127\.0\.0\.1[:/]).*"), self._block)
         self.page = self.context.new_page()
+        self.api_calls: list[str] = []  # what the UI asked the server, for a failure's message
+        self.page.on("response", self._seen)
+
+    def _seen(self, response: Any) -> None:
+        if "/api/" in response.url:
+            body = response.text()[:300] if response.request.method == "POST" and not response.ok else ""
+            self.api_calls.append(f"{response.request.method} {response.url} {response.status} {body}")
 
     def _block(self, route: Any) -> None:
         self.blocked.append(route.request.url)
@@ -46,8 +53,13 @@ class Labeler:
 
     def _served(self, action: Any) -> int:
         """Run ``action`` and return the task id the label stream served for it."""
-        with self.page.expect_response(lambda r: "next_task" in r.url or re.search(r"/next/?(\?|$)", r.url)) as got:
-            action()
+        try:
+            with self.page.expect_response(
+                lambda r: "next_task" in r.url or re.search(r"/next/?(\?|$)", r.url), timeout=30_000
+            ) as got:
+                action()
+        except Exception as exc:
+            raise AssertionError(f"{self.name}: no task served; the UI asked {self.api_calls[-8:]}") from exc
         response = got.value
         assert response.ok, f"the label stream answered {response.status}"
         return int(response.json()["id"])
@@ -59,12 +71,12 @@ class Labeler:
 
     def submit(self) -> int:
         """Submit the shown task as it is (the model's pre-annotation) and return the next task served."""
-        return self._served(lambda: self.page.get_by_role("button", name=re.compile(r"^Submit$", re.I)).click())
+        button = self.page.locator("button:visible", has_text=re.compile(r"^\s*Submit\s*$"))
+        return self._served(lambda: button.first.click())
 
     def shows(self, task_id: int, size: tuple[int, int], label: str) -> None:
-        """Task ``task_id`` is on screen with its image loaded (Label Studio fetches it and shows a ``blob:`` URL of
-        the bytes) and the model's pre-annotation (``label`` chosen)."""
-        self.page.get_by_text(f"#{task_id}", exact=True).wait_for(state="visible")
+        """The served task ``task_id`` is on screen: its image loaded (Label Studio fetches it and shows a ``blob:``
+        URL of the bytes; ``size`` is the file's) and the model's pre-annotation (``label`` chosen)."""
         loaded = "([w, h]) => [...document.images].some(i => i.complete && i.naturalWidth == w && i.naturalHeight == h)"
         try:
             self.page.wait_for_function(loaded, arg=list(size), timeout=30_000)
@@ -152,32 +164,31 @@ def _steps(
     first: Labeler,
     second: Labeler,
 ) -> None:
-    if True:
-        first.log_in()
-        served = first.label_all_tasks(pid)
-        assert served == ranked[0], "Label All Tasks serves curate's rank 1"
-        first.shows(*_expected(api, pid, served))
-        first.screenshot("1-labeler1-rank1-with-pre-annotation")
+    first.log_in()
+    served = first.label_all_tasks(pid)
+    assert served == ranked[0], "Label All Tasks serves curate's rank 1"
+    first.shows(*_expected(api, pid, served))
+    first.screenshot("1-labeler1-rank1-with-pre-annotation")
 
-        # the lead re-ranks while labeler 1 looks at rank 1
-        common = ("--project", name, "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--db", db)
-        result = curate_json("reprioritize", *common, "--strategy", "entropy")
-        assert result["changed"]
-        new_order = [t["task_id"] for t in result["top"] if t["task_id"] != served]
-        assert new_order[0] != ranked[1] or result["top"][0]["task_id"] == served  # the order really changed
+    # the lead re-ranks while labeler 1 looks at rank 1
+    common = ("--project", name, "--pool", str(ls_pool), "--model", str(tiny_cls_model), "--db", db)
+    result = curate_json("reprioritize", *common, "--strategy", "random")  # seeded: a visibly different order
+    assert result["changed"]
+    new_order = [t["task_id"] for t in result["top"] if t["task_id"] != served]
+    assert new_order[:2] != [t for t in ranked if t != served][:2], "the re-rank must change what comes next"
 
-        after = first.submit()
-        assert after == new_order[0], "after the re-rank the next task is the new queue's head"
-        first.shows(*_expected(api, pid, after))
-        first.screenshot("2-labeler1-next-after-reprioritize")
+    after = first.submit()
+    assert after == new_order[0], "after the re-rank the next task is the new queue's head"
+    first.shows(*_expected(api, pid, after))
+    first.screenshot("2-labeler1-next-after-reprioritize")
 
-        # a second labeler: the top of the new queue that nobody holds (labeler 1 holds its head)
-        second.log_in()
-        theirs = second.label_all_tasks(pid)
-        assert theirs == new_order[1], "a second labeler gets the next task in the documented order"
-        second.shows(*_expected(api, pid, theirs))
-        second.screenshot("3-labeler2-next-in-order")
+    # a second labeler: the top of the new queue that nobody holds (labeler 1 holds its head)
+    second.log_in()
+    theirs = second.label_all_tasks(pid)
+    assert theirs == new_order[1], "a second labeler gets the next task in the documented order"
+    second.shows(*_expected(api, pid, theirs))
+    second.screenshot("3-labeler2-next-in-order")
 
-        # labeler 1's submission stored the pre-annotation: it is the model's, recognisable in the UI's tab
-        task = api.get(f"/api/tasks/{served}")
-        assert task["annotations"] and task["annotations"][0]["result"][0]["value"]["choices"]
+    # labeler 1's submission stored the pre-annotation: it is the model's, recognisable in the UI's tab
+    task = api.get(f"/api/tasks/{served}")
+    assert task["annotations"] and task["annotations"][0]["result"][0]["value"]["choices"]

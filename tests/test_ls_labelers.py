@@ -46,8 +46,15 @@ def test_two_labelers_are_served_curates_rank_order_with_the_default_strategy(
 
 
 def test_skipped_and_labeled_tasks_after_pull_and_reprioritize(
-    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__SUPERSEDED_GRACE_S", "0")  # superseded rankings deleted at once
     name = title()
     db = f"sqlite:///{tmp_path / 'c.db'}"
     selected = curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 6, "--strategy", "entropy"))

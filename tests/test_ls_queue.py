@@ -109,7 +109,10 @@ def make_world(tmp_path: Path, ls: FakeLabelStudio, db: str = "c.db") -> World:
     run = store.runs.start(mv.id, pool_id, n, "cpu", 4)
     store.runs.write_chunk(run, mv.id, chunk)
     store.runs.finish(run, "completed", 1.0)
-    cfg = LabelStudioSettings(project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4)
+    # superseded rankings deleted at once: what most tests here check (the grace period has its own test)
+    cfg = LabelStudioSettings(
+        project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4, superseded_grace_s=0
+    )
     return World(store, ls, mv, pool_id, pool, ids, cfg)
 
 
@@ -836,3 +839,24 @@ def test_status_shows_skipped_tasks_and_the_uncertainty_without_a_pool(world: Wo
     result = CliRunner().invoke(app, ["status", "--db", f"sqlite:///{tmp_path / 'c.db'}"])
     assert result.exit_code == 0, result.stderr
     assert "skipped" in result.stdout and "Uncertainty" in result.stdout
+
+
+def test_a_superseded_ranking_stays_for_the_grace_period_so_open_tasks_can_still_be_submitted(world: World) -> None:
+    """Label Studio refuses a submission whose pre-annotation's prediction was deleted (400, parent_prediction):
+    the browser test found a labeler unable to submit the task they had open during a re-rank."""
+    from curation.labelstudio.publish import drop_other_tags
+
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    old = world.push(project).model_version_tag
+    pid = project.record.project_id
+    cfg = world.cfg.model_copy(update={"superseded_grace_s": 3600.0})
+    entropy = StrategySettings(name="entropy")
+    new = reprioritize(world.store, world.ls, world.mv, world.pool_id, cfg, entropy, pool_path=None).model_version_tag
+    assert set(world.ls.model_versions(pid)) == {old, new}  # the old predictions stay: open tasks still submit
+    assert world.ls.projects[pid]["model_version"] == new
+    superseded = parse_tag(new)
+    assert superseded is not None
+    assert drop_other_tags(world.ls, pid, new, grace_s=3600, now=superseded.created + timedelta(seconds=3599)) == []
+    assert drop_other_tags(world.ls, pid, new, grace_s=3600, now=superseded.created + timedelta(seconds=3600)) == [old]
+    assert set(world.ls.model_versions(pid)) == {new}

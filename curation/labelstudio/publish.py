@@ -11,7 +11,8 @@ the lowest ``score``. So a ranking is one prediction per queued task under a ran
 4. set ``cluster`` on the head of the queue (only with ``label_studio.cluster_window``: bulk imports drop it),
 5. keep the prediction each newly finished task was labeled with, as a copy under the model's own version
    (``keep_finished_predictions``): review and agreement views compare annotations with it,
-6. delete curate's other tags, so that the Data Manager's score column stays true.
+6. delete curate's other tags once they were superseded ``label_studio.superseded_grace_s`` ago (a labeler may
+   still be looking at a task pre-labeled from one), so that the Data Manager's score column stays true.
 
 ``push`` (new tasks appended, or the whole queue re-tagged) and ``reprioritize`` both publish through here.
 """
@@ -22,14 +23,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from curation.errors import LabelStudioError
 from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.formats import ranking_prediction
 from curation.labelstudio.project import ProjectHandle
-from curation.labelstudio.tags import is_ours, parse_tag
+from curation.labelstudio.tags import parse_tag
 from curation.labelstudio.tasks import task_ids
 from curation.progress import Progress
 from store import Store
@@ -72,6 +73,7 @@ def publish(
     chunk: int,
     cluster_window: int,
     progress: Progress,
+    superseded_grace_s: float = 0.0,
 ) -> float:
     """Make the label stream serve ``ranking`` (see the module docstring). Returns the ``time.perf_counter()``
     at which it did: the rest (clusters, cleanup) does not change what is served first."""
@@ -86,7 +88,7 @@ def publish(
     store.label_studio.set_ranking(project.record.id, ranking.tag, ranking.signature)
     set_clusters(ls, ranking.tag, ranking.placements, cluster_window)
     keep_finished_predictions(store, ls, project)
-    drop_other_tags(ls, pid, ranking.tag)
+    drop_other_tags(ls, pid, ranking.tag, grace_s=superseded_grace_s)
     return served
 
 
@@ -194,8 +196,27 @@ def keep_finished_predictions(store: Store, ls: LabelStudioAPI, project: Project
     return len(copies)
 
 
-def drop_other_tags(ls: LabelStudioAPI, project_id: int, keep: str) -> None:
-    """Delete the predictions of every other curate ranking (never another tool's model versions)."""
-    for tag, count in ls.model_versions(project_id).items():
-        if is_ours(tag) and tag != keep:
+def drop_other_tags(
+    ls: LabelStudioAPI, project_id: int, keep: str, *, grace_s: float = 0.0, now: datetime | None = None
+) -> list[str]:
+    """Delete the predictions of every other curate ranking (never another tool's model versions) superseded at
+    least ``grace_s`` ago: a task a labeler opened before a re-rank was pre-labeled from its old prediction, and
+    Label Studio refuses to store the submission (400, ``parent_prediction`` does not exist) once that prediction
+    is gone. Returns the tags deleted."""
+    now = now or datetime.now(UTC)
+    ours = sorted(
+        (
+            (parsed.created, tag, count)
+            for tag, count in ls.model_versions(project_id).items()
+            if (parsed := parse_tag(tag))
+        ),
+    )
+    dropped = []
+    for k, (_, tag, count) in enumerate(ours):
+        if tag == keep:
+            continue
+        superseded = ours[k + 1][0] if k + 1 < len(ours) else now
+        if (now - superseded).total_seconds() >= grace_s:
             ls.delete_model_version(project_id, tag, count)
+            dropped.append(tag)
+    return dropped

@@ -166,6 +166,7 @@ def push(
         min_conf=min_conf,
         chunk=cfg.import_chunk,
         cluster_window=cfg.cluster_window,
+        superseded_grace_s=cfg.superseded_grace_s,
         progress=progress,
     )
     report.served_after_s = round(served - started, 3)

@@ -132,6 +132,7 @@ def reprioritize(
         min_conf=min_conf,
         chunk=cfg.import_chunk,
         cluster_window=cfg.cluster_window,
+        superseded_grace_s=cfg.superseded_grace_s,
         progress=progress,
     )
     old = {q.item_id: q.position for q in queue}
