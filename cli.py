@@ -623,7 +623,7 @@ def _print_status(report: dict[str, Any]) -> None:
         ("invalid model output", counts["invalid"]),
         ("selected", counts["selected"]),
     ]
-    for key in ("queued", "labeled"):
+    for key in ("queued", "labeled", "skipped"):
         if key in counts:
             rows.append((key, counts[key]))
     for label, value in rows:
@@ -811,6 +811,8 @@ def reprioritize(
         _print_scoring(summary["scoring"])
         if report.push is not None and report.push.pushed:
             _print_push(summary["push"])
+        if report.model_note:
+            err_console.print(f"Warning: {report.model_note}", highlight=False, markup=False)
         if not report.changed:
             err_console.print(f"Queue of {report.queue_size} task(s) unchanged: {report.reason}.")
             return

@@ -3,7 +3,8 @@
 Precedence (highest first): command-line flag (or, from Python, an override passed to ``load_settings``) >
 ``CURATE_*`` environment variable > ``--config FILE`` (YAML) > built-in default. Nested keys use ``__`` in
 environment variables (``CURATE_SCORING__BATCH_SIZE=64``). Label Studio's own variables ``LABEL_STUDIO_URL`` and
-``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``).
+``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``), and the server's
+``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` is the default for ``label_studio.document_root`` (below the file).
 
 Validation happens once, here. Every error names the key and the layer it came from (the file, the variable, the
 flag or the override), so a user can fix it without reading a traceback.
@@ -199,8 +200,14 @@ class LabelStudioSettings(_Section):
     """Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to build local-files URLs."""
     url_prefix: str | None = None
     """If set, image URLs are ``url_prefix + path relative to the pool root`` (http(s):// or s3://)."""
-    cluster_window: int = Field(default=200, ge=0)
-    """Set prediction clusters (one request each, ~30-60 ms) for this many tasks at the head of the queue; 0: off."""
+    cluster_window: int = Field(default=0, ge=0)
+    """Spread labelers over the strategy's clusters: set prediction clusters (one request each, ~30-60 ms) for this
+    many tasks at the head of the queue. 0 (the default): no clusters, every labeler is served curate's rank
+    order."""
+    superseded_grace_s: float = Field(default=3600.0, ge=0)
+    """A superseded ranking's predictions are deleted by the first push or reprioritize this long after it was
+    superseded: Label Studio refuses a submission whose pre-annotation's prediction is gone, so a labeler who opened
+    a task before a re-rank must be able to finish it. 0: delete at once."""
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""
@@ -301,6 +308,7 @@ class Settings(BaseSettings):
 # Loading
 
 
+LS_DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
 _LS_ENV_ALIASES = {
     "LABEL_STUDIO_URL": ("label_studio", "url"),
     "LABEL_STUDIO_API_KEY": ("label_studio", "api_key"),
@@ -565,6 +573,9 @@ def _load(
     env_data, env_origins = _env_layer(environ)
 
     merged: dict[str, Any] = {}
+    served_root = environ.get(LS_DOCUMENT_ROOT_ENV)
+    if served_root:  # the Label Studio server's own setting, as the default below the config file
+        _merge(merged, {"label_studio": {"document_root": served_root}})
     _merge(merged, file_data)
     _merge(merged, env_data)
     _merge(merged, top)

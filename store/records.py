@@ -253,3 +253,16 @@ class PulledAnnotation:
     result: list[Any]
     created_at: datetime | None
     updated_at: datetime | None
+
+
+@dataclass
+class PullCounts:
+    """What one page of a pull changed."""
+
+    new_annotations: int = 0
+    labeled_tasks: int = 0
+    """Tasks that became labeled with this page (not those re-read)."""
+    skipped_tasks: int = 0
+    """Tasks that became skipped with this page."""
+    deleted_annotations: int = 0
+    """Stored annotations that were deleted in Label Studio (forgotten here)."""

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -244,6 +245,9 @@ class LSTask(Base):
     cluster: Mapped[int | None] = mapped_column(Integer)
     selection_id: Mapped[int | None] = mapped_column(ForeignKey("selections.id", ondelete="SET NULL"))
     pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    prediction_kept: Mapped[bool] = mapped_column(default=False, server_default=true())
+    """Whether the prediction the task was labeled with was copied under its model version (curate's ranking
+    predictions are deleted when superseded); False until then."""
 
 
 class LSPushIntent(Base):

@@ -34,11 +34,16 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
             current = store.models.get(runs[0]["model_version"])
     counts = store.items.counts(pool_id, current.id if current else None)
     distribution = None
-    if current is not None and pool_id is not None:
+    pools = [pool_id] if pool_id is not None else [p for p, _ in store.pools.all()]
+    if current is not None and pools:
         strategy = build_strategy(settings.strategy)
         measure = strategy.measure or FALLBACK_MEASURE
-        cands = candidate_uncertainty(store, pool_id, current, measure, settings.strategy.detection)
-        values = cands.uncertainty[~np.isnan(cands.uncertainty)]
+        by_item: dict[int, float] = {}  # every pool's candidates, an item in several pools once
+        for pool in pools:
+            cands = candidate_uncertainty(store, pool, current, measure, settings.strategy.detection)
+            by_item.update(zip(cands.item_ids.tolist(), cands.uncertainty.tolist(), strict=True))
+        values = np.array(list(by_item.values()), dtype=np.float64)
+        values = values[~np.isnan(values)]
         if len(values):
             qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
             hist, edges = np.histogram(values, bins=10)

@@ -30,6 +30,7 @@ T = TypeVar("T")
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 _RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx: the SDK's rule
 _MAX_BACKOFF_S = 60.0
+PROJECT_PAGE = 100
 
 
 class ImportOutcomeUnknown(LabelStudioError):
@@ -303,19 +304,22 @@ class LabelStudioClient:
         return dict(result.dict())
 
     def projects_titled(self, title: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+        """One request per page of ``PROJECT_PAGE`` projects, following ``next`` only while the server says there
+        is one (the SDK's pager asks for the page after the last one, which Label Studio answers — and logs — as a
+        404 with a traceback on every lookup)."""
+        found: list[dict[str, Any]] = []
         page = 1
-        while True:  # pages until the server says there is no next one (a page past the end is a 404)
+        while True:
             body = self._raw(
                 "GET",
-                "api/projects",
-                params={"title": title, "page": page, "page_size": 100},
+                "api/projects/",
                 what=f"looking up project {title!r}",
+                params={"title": title, "page": page, "page_size": PROJECT_PAGE},
             )
-            results = body.get("results", []) if isinstance(body, dict) else body or []
-            out.extend({"id": int(p["id"]), "title": p.get("title")} for p in results)
-            if not isinstance(body, dict) or not body.get("next") or not results:
-                return out
+            rows = body.get("results", []) if isinstance(body, dict) else list(body or [])
+            found.extend({"id": int(p["id"]), "title": p.get("title")} for p in rows)
+            if not (isinstance(body, dict) and body.get("next")) or not rows:
+                return found
             page += 1
 
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:

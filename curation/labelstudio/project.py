@@ -9,10 +9,12 @@ from typing import Any
 
 from curation.config import LabelStudioSettings
 from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
-from curation.labelstudio.client import LabelStudioAPI, LabelStudioClient
+from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI, LabelStudioClient
 from curation.labelstudio.formats import LabelingInterface, check_label_config, label_config
 from store import Store
 from store.records import LSProjectRecord, ModelVersionRecord
+
+IGNORE_SKIPPED = "IGNORE_SKIPPED"
 
 
 def connect(cfg: LabelStudioSettings) -> LabelStudioClient:
@@ -47,9 +49,28 @@ class ProjectHandle:
         return str(self.remote.get("model_version") or "")
 
     @property
+    def requeues_skipped(self) -> bool:
+        """Whether the project serves skipped tasks again (Label Studio's ``skip_queue``: "Requeue for others",
+        its default, or "Requeue for me"); with "Ignore skipped" a skip completes the task."""
+        return self.remote.get("skip_queue") != IGNORE_SKIPPED
+
+    @property
     def serving(self) -> bool:
-        """Whether the label stream serves the ranking this database wrote last."""
-        return bool(self.record.active_tag and self.live_tag == self.record.active_tag)
+        """Whether the label stream serves the ranking this database wrote last (someone may have switched the
+        project's sampling or model_version since)."""
+        return bool(self.record.active_tag and self.live_tag == self.record.active_tag and not self.drift)
+
+    @property
+    def drift(self) -> str | None:
+        """What someone changed in the project since curate's last ranking (None: nothing)."""
+        if not self.record.active_tag:
+            return None
+        changes = []
+        if self.remote.get("sampling") != UNCERTAINTY_SAMPLING:
+            changes.append(f"sampling is {self.remote.get('sampling')!r}")
+        if self.live_tag != self.record.active_tag:
+            changes.append(f"model_version is {self.live_tag!r}")
+        return ", ".join(changes) or None
 
 
 def _name(name: str | None) -> str:
