@@ -21,6 +21,7 @@ class ExitCode:
     LOCKED = 8  # another curate run holds the lock on this database
     MODEL = 9  # the model cannot be loaded or produced unusable output
     TRAINING = 10  # fine-tuning or evaluation failed (curate loop still rescored and reprioritized)
+    OBJECT_STORE = 11  # the object store (S3) refused the credentials, has no such bucket, or is unreachable
     INTERRUPTED = 130  # Ctrl-C; work done so far is committed
 
 
@@ -46,6 +47,13 @@ class PoolError(CurateError):
     """The pool path or manifest is missing or unreadable."""
 
     exit_code = ExitCode.NOT_FOUND
+
+
+class ObjectStoreError(CurateError):
+    """An object store (S3 or S3-compatible) cannot be used at all: bad credentials, no such bucket, endpoint
+    unreachable. Raised before any work; the message names the bucket and the endpoint, never a secret."""
+
+    exit_code = ExitCode.OBJECT_STORE
 
 
 class ModelLoadError(CurateError):

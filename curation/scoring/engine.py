@@ -7,11 +7,13 @@ outputs, training's evaluation and ``curate simulate`` consume them directly.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from curation.scoring.summary import ScoringReport
 from store import Store
 from store.records import ScoredChunk, ScoredItem
 
+if TYPE_CHECKING:
+    from curation.objects.source import ObjectSource
+
 _PREPROCESS = {"center_crop": center_crop, "stretch": stretch}
 
 
@@ -43,7 +48,7 @@ class ScoreJob:
     """One item to score; ``width``/``height`` (from the file header, if known) let detection batch by shape."""
 
     item_id: int
-    path: Path
+    path: Path | str  # a file, or an object key when the pool is an object store (see ``PoolDataset.objects``)
     width: int | None = None
     height: int | None = None
 
@@ -60,20 +65,25 @@ class Sample:
 class PoolDataset(Dataset[Sample]):
     """Decodes one image per index; a bad file yields an error sample instead of raising.
 
+    With ``objects`` (an object-store pool) each batch's objects are read concurrently into memory
+    (``__getitems__``) and decoded from there; an object that cannot be read now is a transient failure.
+
     Whatever goes wrong with one item in here (a decoder, OpenCV or a preprocessing step failing in a way nobody
     foresaw) becomes that item's failure: one file must never end the run, on this or any later rerun.
     """
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[Path | str],
         preprocess: str,
         imgsz: int,
         max_pixels: int,
         shapes: Sequence[tuple[int, int] | None] | None = None,
         max_aspect: float = DEFAULT_MAX_ASPECT,
+        objects: ObjectSource | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.objects = objects
         self.max_aspect = max_aspect
         self.preprocess = preprocess
         self.imgsz = imgsz
@@ -83,9 +93,26 @@ class PoolDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitems__(self, positions: list[int]) -> list[Sample]:
+        if self.objects is None:
+            return [self[p] for p in positions]
+        from curation.objects.source import ObjectReadError
+
+        results = self.objects.read_many([str(self.paths[p]) for p in positions])
+        return [
+            Sample(p, None, None, str(r), r.transient) if isinstance(r, ObjectReadError) else self._decode(p, r)
+            for p, r in zip(positions, results, strict=True)
+        ]
+
     def __getitem__(self, position: int) -> Sample:
+        if self.objects is not None:
+            return self.__getitems__([position])[0]
+        return self._decode(position, None)
+
+    def _decode(self, position: int, data: bytes | None) -> Sample:
+        source = io.BytesIO(data) if data is not None else Path(self.paths[position])
         try:
-            decoded = load_rgb(self.paths[position], self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
+            decoded = load_rgb(source, self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
             if self.preprocess == "letterbox":
                 shape = self.shapes[position]
                 array, geometry = letterbox(decoded.rgb, self.imgsz, decoded.width, decoded.height, shape)
@@ -226,11 +253,14 @@ def decoded_batches(
     max_pixels: int = NO_PIXEL_LIMIT,
     max_aspect: float = DEFAULT_MAX_ASPECT,
     pin_memory: bool = False,
+    objects: ObjectSource | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decode and preprocess ``jobs`` for a model described by ``info``, in ``workers`` processes, in batches of
     one canvas shape (see ``shape_batches``). Positions in the batches index ``jobs``."""
     shapes, batches = shape_batches(jobs, info.preprocess, info.imgsz, info.stride, batch_size)
-    dataset = PoolDataset([j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes, max_aspect)
+    dataset = PoolDataset(
+        [j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes, max_aspect, objects=objects
+    )
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -252,13 +282,21 @@ def inferred_batches(
     workers: int = 0,
     max_pixels: int = NO_PIXEL_LIMIT,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    objects: ObjectSource | None = None,
 ) -> Iterator[tuple[DecodedBatch, list[ItemOutput]]]:
     """The one inference loop: each decoded batch with the model's output for each of its images (in
     ``batch.positions`` order; empty when nothing in the batch decoded). Scoring, training's evaluation and
     ``simulate`` all run their models through it."""
     pin = runtime.device.type == "cuda"
     batches = decoded_batches(
-        jobs, runtime.info, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, pin_memory=pin
+        jobs,
+        runtime.info,
+        batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        max_aspect=max_aspect,
+        pin_memory=pin,
+        objects=objects,
     )
     for batch in batches:
         outputs = runtime.infer(batch.images, batch.geometries) if batch.images is not None else []
@@ -275,9 +313,10 @@ def score_items(
     max_pixels: int,
     progress: Progress | None = None,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    objects: ObjectSource | None = None,
 ) -> ScoringReport:
-    """Score ``items`` (item id, absolute path) and store every result; broken files are recorded as failed,
-    files that cannot be read right now are left for the next run."""
+    """Score ``items`` (item id, absolute path — or object key, with ``objects``) and store every result; broken
+    files are recorded as failed, files that cannot be read right now are left for the next run."""
     progress = progress or NullProgress()
     report = ScoringReport(todo=len(items))
     if not items:
@@ -305,7 +344,13 @@ def score_items(
     try:
         with torch_threads(threads):
             batches = inferred_batches(
-                runtime, items, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect
+                runtime,
+                items,
+                batch_size,
+                workers=workers,
+                max_pixels=max_pixels,
+                max_aspect=max_aspect,
+                objects=objects,
             )
             for batch, outputs in batches:
                 for position, reason, transient in batch.failures:
