@@ -221,6 +221,9 @@ class LabelStudioSettings(_Section):
     """Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to build local-files URLs."""
     url_prefix: str | None = None
     """If set, image URLs are ``url_prefix + path relative to the pool root`` (http(s):// or s3://)."""
+    s3_endpoint_url: str | None = None
+    """Object-store pools: the S3 endpoint Label Studio (and, through presigned URLs, the browser) uses, when it
+    differs from ``pool.s3.endpoint_url``."""
     cluster_window: int = Field(default=200, ge=0)
     """Set prediction clusters (one request each, ~30-60 ms) for this many tasks at the head of the queue; 0: off."""
     import_settle_s: float = Field(default=900.0, ge=0)

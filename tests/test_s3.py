@@ -270,3 +270,43 @@ def test_real_s3_server_killed_mid_scan_loses_nothing(tmp_path: Path) -> None:
     finally:
         server.stop()
         assert not server.is_running()
+
+
+def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path) -> None:
+    """Scored from S3 (read concurrently into memory, decoded there) or from local disk, the same images get the
+    same content ids and the same probabilities; a broken object fails as a broken file does."""
+    import numpy as np
+
+    from curation.jobs.score import score
+
+    files = _images(tmp_path, 10)
+    (files[0].parent / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    files.append(files[0].parent / "broken.jpg")
+    bucket = _bucket(seaweedfs)
+    _upload(seaweedfs, bucket, "pool/", files)
+    common = {"model.path": str(tiny_cls_model), "scoring.workers": 1, "scoring.batch_size": 4}
+
+    local_store = _store(tmp_path)
+    local = score(local_store, load_settings(overrides={"pool.path": str(files[0].parent), **common}, environ={}))
+    (tmp_path / "s3").mkdir()
+    s3_store = Store.open(f"sqlite:///{tmp_path / 's3' / 'c.db'}")
+    with S3FaultProxy(seaweedfs.endpoint) as proxy:
+        remote = score(s3_store, _settings(f"s3://{bucket}/pool/", proxy.url, **common))
+        gets_after_first = proxy.object_gets()
+        again = score(s3_store, _settings(f"s3://{bucket}/pool/", proxy.url, **common))
+    assert (remote.scoring.scored, remote.scoring.failed) == (local.scoring.scored, local.scoring.failed) == (10, 1)
+    assert remote.scoring.failures[0][1] == local.scoring.failures[0][1]
+    assert again.scoring.todo == 0 and proxy.object_gets() == gets_after_first  # nothing read again
+    n = len(local.model.class_names)
+    for name in (f.name for f in files[:10]):
+        [lid] = [i for i, p in zip(*_items(local_store, local.pool_id), strict=True) if p == name]
+        [rid] = [i for i, p in zip(*_items(s3_store, remote.pool_id), strict=True) if p == name]
+        lp = local_store.scores.prediction(lid, local.model.id, n)
+        rp = s3_store.scores.prediction(rid, remote.model.id, n)
+        assert lp is not None and rp is not None
+        np.testing.assert_allclose(lp.probs, rp.probs, atol=1e-6)
+
+
+def _items(store: Store, pool_id: int) -> tuple[list[int], list[str]]:
+    rows = store.items.to_score(pool_id, model_version_id=-1)
+    return [r.item_id for r in rows], [r.path for r in rows]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import LabelStudioSettings
+from curation.config import LabelStudioSettings, S3Settings
 from curation.errors import LabelStudioError, UnservableImageError
 from curation.faults import checkpoint
 from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
@@ -25,7 +25,7 @@ from curation.labelstudio.tags import make_tag
 from curation.labelstudio.tasks import tasks_by_curation_id
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
-from curation.scoring.pool import absolute_path
+from curation.scoring.pool import absolute_path, item_location
 from store import Store
 from store.records import ModelVersionRecord, PendingItem, QueuedTask
 
@@ -81,6 +81,7 @@ def push(
     pool_path: str | None,
     min_conf: float,
     progress: Progress | None = None,
+    s3: S3Settings | None = None,
 ) -> PushReport:
     """Import every push-marked selected item that is not a task yet, then make the label stream serve the
     whole queue (older queued tasks first, then the new ones in selection order). ``min_conf``: the lowest box
@@ -92,7 +93,7 @@ def push(
     report.reconciled = found.adopted
     report.duplicates_removed = found.duplicates_removed
     report.annotated_duplicates = found.annotated_duplicates
-    ensure_storage(ls, project, cfg, pool_path)
+    ensure_storage(ls, project, cfg, pool_path, s3)
 
     queue = store.label_studio.queue(project.record.id)
     pending = store.label_studio.pending(project.record.id)
@@ -153,6 +154,10 @@ def _servable(
     keep: list[PendingItem] = []
     urls: dict[int, str] = {}
     for item in pending:
+        if item.pool_root and item.pool_root.startswith("s3://") and item.path and not cfg.url_prefix:
+            urls[item.item_id] = item_location(item.pool_root, item.path)  # the project's S3 storage resolves it
+            keep.append(item)
+            continue
         root = Path(item.pool_root or "/")
         path = absolute_path(root, item.path) if item.path else None
         if path is None or not path.is_file():

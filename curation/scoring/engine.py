@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -65,8 +65,8 @@ class Sample:
 class PoolDataset(Dataset[Sample]):
     """Decodes one image per index; a bad file yields an error sample instead of raising.
 
-    With ``objects`` (an object-store pool) each batch's objects are read concurrently into memory
-    (``__getitems__``) and decoded from there; an object that cannot be read now is a transient failure.
+    With ``objects`` (an object-store pool) the objects are read into memory by ``PrefetchedObjects`` and reach
+    the workers with their batch; an object that cannot be read now is a transient failure.
 
     Whatever goes wrong with one item in here (a decoder, OpenCV or a preprocessing step failing in a way nobody
     foresaw) becomes that item's failure: one file must never end the run, on this or any later rerun.
@@ -93,20 +93,26 @@ class PoolDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitems__(self, positions: list[int]) -> list[Sample]:
-        if self.objects is None:
-            return [self[p] for p in positions]
+    def __getitems__(self, batch: list[Any]) -> list[Sample]:
+        """A batch of positions, or — for an object-store pool — of (position, bytes or read error) pairs read
+        by ``PrefetchedObjects`` in the main process."""
         from curation.objects.source import ObjectReadError
 
-        results = self.objects.read_many([str(self.paths[p]) for p in positions])
-        return [
-            Sample(p, None, None, str(r), r.transient) if isinstance(r, ObjectReadError) else self._decode(p, r)
-            for p, r in zip(positions, results, strict=True)
-        ]
+        out = []
+        for entry in batch:
+            if isinstance(entry, tuple):
+                position, data = entry
+                if isinstance(data, ObjectReadError):
+                    out.append(Sample(position, None, None, str(data), data.transient))
+                else:
+                    out.append(self._decode(position, data))
+            else:
+                out.append(self[entry])
+        return out
 
     def __getitem__(self, position: int) -> Sample:
         if self.objects is not None:
-            return self.__getitems__([position])[0]
+            return self.__getitems__([(position, self.objects.read_many([str(self.paths[position])])[0])])[0]
         return self._decode(position, None)
 
     def _decode(self, position: int, data: bytes | None) -> Sample:
@@ -241,6 +247,42 @@ def shape_batches(
     return shapes, batches
 
 
+class PrefetchedObjects:
+    """A batch sampler that reads each batch's objects in the main process — concurrently, ``ahead`` batches
+    before the workers need them — and hands the bytes over with the batch. Why here and not in the workers:
+    an object-store client's I/O threads do not survive ``fork``, and one read per object is all decoding needs
+    (bytes stay in memory, never on disk)."""
+
+    def __init__(self, batches: list[list[int]], keys: Sequence[str], objects: ObjectSource, ahead: int = 4) -> None:
+        self.batches = batches
+        self.keys = keys
+        self.objects = objects
+        self.ahead = max(1, ahead)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        pending: deque[tuple[list[int], Future[list[Any]]]] = deque()
+        with ThreadPoolExecutor(max_workers=min(self.ahead, 4), thread_name_prefix="object-read") as pool:
+            todo = iter(self.batches)
+            try:
+                for batch in todo:
+                    pending.append((batch, pool.submit(self.objects.read_many, [self.keys[p] for p in batch])))
+                    if len(pending) >= self.ahead:
+                        done, future = pending.popleft()
+                        yield list(zip(done, future.result(), strict=True))
+                while pending:
+                    done, future = pending.popleft()
+                    yield list(zip(done, future.result(), strict=True))
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+
 NO_PIXEL_LIMIT = 10**12  # for images that were read once already (when they were scored)
 
 
@@ -261,9 +303,12 @@ def decoded_batches(
     dataset = PoolDataset(
         [j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes, max_aspect, objects=objects
     )
+    sampler: Any = batches
+    if objects is not None:
+        sampler = PrefetchedObjects(batches, [str(j.path) for j in jobs], objects, ahead=max(2, 2 * workers))
     loader = DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
