@@ -310,10 +310,21 @@ class LabelStudioClient:
         return [(str(s.bucket), str(s.prefix or "")) for s in storages if getattr(s, "bucket", None)]
 
     def add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        from label_studio_sdk.core.api_error import ApiError
+
+        where = f"S3 storage s3://{storage.bucket}/{storage.prefix} ({storage.endpoint_url or 'AWS S3'})"
         try:
             self._add_s3_storage(project_id, storage)
         except LabelStudioError as exc:  # the server's answer may quote what it was sent
-            raise type(exc)(storage.redact(str(exc)), exc.status) from None
+            cause = exc.__context__
+            if isinstance(cause, ApiError) and cause.status_code in (400, 403):  # about the storage, not the key
+                detail = storage.redact(self._redact(_detail(cause.body)))
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refused the {where} ({cause.status_code}: {detail}); a private or "
+                    "loopback endpoint needs LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false on the server",
+                    cause.status_code,
+                ) from None
+            raise LabelStudioError(storage.redact(str(exc)), exc.status) from None
 
     def _add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
         self._call(
