@@ -95,7 +95,9 @@ class Pools:
 
     @staticmethod
     def _duplicates(conn: Any, pool_id: int) -> int:
-        n_paths = conn.execute(select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)).scalar_one()
+        n_paths = conn.execute(
+            select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)
+        ).scalar_one()
         n_items = conn.execute(
             select(func.count(func.distinct(ItemPath.item_id))).where(ItemPath.pool_id == pool_id)
         ).scalar_one()

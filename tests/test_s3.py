@@ -92,7 +92,11 @@ def test_credentials_follow_aws_conventions_and_never_show(tmp_path: Path) -> No
     (tmp_path / "config").write_text("[profile team]\nregion = ap-south-1\nendpoint_url = http://127.0.0.1:9\n")
     files = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"), "AWS_CONFIG_FILE": str(tmp_path / "config")}
     creds = resolve_credentials(load_settings(environ={}).pool.s3, {**files, "AWS_PROFILE": "team"})
-    assert (creds.access_key_id, creds.region, creds.endpoint_url) == ("AKIAPROFILE", "ap-south-1", "http://127.0.0.1:9")
+    assert (creds.access_key_id, creds.region, creds.endpoint_url) == (
+        "AKIAPROFILE",
+        "ap-south-1",
+        "http://127.0.0.1:9",
+    )
     assert creds.redact(f"oops {SECRET}") == "oops ***"
 
 
@@ -172,7 +176,7 @@ def test_real_s3_pool_scan_rerun_reads_nothing_and_changes_are_reread(seaweedfs:
     store = _store(tmp_path)
     with S3FaultProxy(seaweedfs.endpoint) as proxy:
         settings = _settings(f"s3://{bucket}/frames/", proxy.url)
-        _, pool_id, report = scan(store, settings)
+        _, _, report = scan(store, settings)
         assert (report.files, report.new_items) == (12, 12) and proxy.object_gets() == 12
         _, _, report = scan(store, settings)
         assert report.files == 12 and report.hashed == 0 and proxy.object_gets() == 12  # nothing downloaded
@@ -252,7 +256,9 @@ def test_real_s3_server_killed_mid_scan_loses_nothing(tmp_path: Path) -> None:
         _upload(server, bucket, "", files)
         store = _store(tmp_path)
         with S3FaultProxy(server.endpoint, mode="slow", delay_s=0.15) as proxy:
-            settings = _settings(f"s3://{bucket}/", proxy.url, **{"pool.s3.max_retries": 1, "pool.s3.max_concurrency": 4})
+            settings = _settings(
+                f"s3://{bucket}/", proxy.url, **{"pool.s3.max_retries": 1, "pool.s3.max_concurrency": 4}
+            )
             killer = threading.Timer(1.0, server.kill)
             killer.start()
             try:
@@ -281,10 +287,18 @@ def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path
 
     files = _images(tmp_path, 10)
     (files[0].parent / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    files.append(files[0].parent / "broken.jpg")
+    from PIL import Image
+
+    Image.new("RGB", (200, 200)).save(files[0].parent / "bomb.png")  # above pool.max_pixels below
+    files += [files[0].parent / "broken.jpg", files[0].parent / "bomb.png"]
     bucket = _bucket(seaweedfs)
     _upload(seaweedfs, bucket, "pool/", files)
-    common = {"model.path": str(tiny_cls_model), "scoring.workers": 1, "scoring.batch_size": 4}
+    common = {
+        "model.path": str(tiny_cls_model),
+        "scoring.workers": 1,
+        "scoring.batch_size": 4,
+        "pool.max_pixels": 10_000,
+    }
 
     local_store = _store(tmp_path)
     local = score(local_store, load_settings(overrides={"pool.path": str(files[0].parent), **common}, environ={}))
@@ -294,8 +308,9 @@ def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path
         remote = score(s3_store, _settings(f"s3://{bucket}/pool/", proxy.url, **common))
         gets_after_first = proxy.object_gets()
         again = score(s3_store, _settings(f"s3://{bucket}/pool/", proxy.url, **common))
-    assert (remote.scoring.scored, remote.scoring.failed) == (local.scoring.scored, local.scoring.failed) == (10, 1)
-    assert remote.scoring.failures[0][1] == local.scoring.failures[0][1]
+    assert (remote.scoring.scored, remote.scoring.failed) == (local.scoring.scored, local.scoring.failed) == (10, 2)
+    assert sorted(r for _, r in remote.scoring.failures) == sorted(r for _, r in local.scoring.failures)
+    assert any("pool.max_pixels" in r for _, r in remote.scoring.failures)
     assert again.scoring.todo == 0 and proxy.object_gets() == gets_after_first  # nothing read again
     n = len(local.model.class_names)
     for name in (f.name for f in files[:10]):

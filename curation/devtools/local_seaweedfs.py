@@ -32,7 +32,7 @@ DEFAULT_WEED_VERSION = "4.48"
 # The one identity the local server knows (with none configured SeaweedFS would accept any key, and a test of
 # refused credentials could not fail).
 LOCAL_ACCESS_KEY = "curate-local"
-LOCAL_SECRET_KEY = "curate-local-secret"  # noqa: S105 - a placeholder the local server ignores
+LOCAL_SECRET_KEY = "curate-local-secret"
 _LOG_TAIL = 2000
 
 
@@ -140,10 +140,8 @@ class LocalSeaweedFS:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
@@ -174,7 +172,8 @@ def start_local_seaweedfs(
 ) -> LocalSeaweedFS:
     """Start ``weed server`` with an S3 gateway on 127.0.0.1 and wait until a real put succeeds.
 
-    ``ports`` (eight: s3, master, volume, filer and their gRPC ports; ``server.ports``) restarts a server on the ports and data of an earlier one."""
+    ``ports`` (eight: s3, master, volume, filer and their gRPC ports; ``server.ports``) restarts a server on the
+    ports and data of an earlier one."""
     weed = ensure_weed()
     remove = data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="curate-weed-")) if data_dir is None else data_dir
@@ -200,11 +199,12 @@ def start_local_seaweedfs(
         str(weed), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}",
         f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        "-s3", f"-s3.port={s3}", f"-s3.config={identities}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-s3", f"-s3.port={s3}", f"-s3.config={identities}", f"-s3.port.grpc={s3_grpc}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
     ]  # fmt: skip
     with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+        process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=data_dir
         )
     server = LocalSeaweedFS(f"http://127.0.0.1:{s3}", data_dir, log_path, process, list(ports), remove)

@@ -304,9 +304,7 @@ class LabelStudioClient:
         return [str(s.path) for s in storages if getattr(s, "path", None)]
 
     def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
-        storages = self._call(
-            "listing S3 storages", lambda: list(self._sdk.import_storage.s3.list(project=project_id))
-        )
+        storages = self._call("listing S3 storages", lambda: list(self._sdk.import_storage.s3.list(project=project_id)))
         return [(str(s.bucket), str(s.prefix or "")) for s in storages if getattr(s, "bucket", None)]
 
     def add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:

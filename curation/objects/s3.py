@@ -51,10 +51,11 @@ class S3Credentials:
 def _profile_values(profile: str, env: Mapping[str, str]) -> dict[str, str]:
     """Keys of ``profile`` in the shared credentials and config files (credentials file first)."""
     home = Path(env.get("HOME") or Path.home())
+    config_section = profile if profile == "default" else f"profile {profile}"
     files = [
         (Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials"), profile),
-        (Path(env.get("AWS_CONFIG_FILE") or home / ".aws" / "config"), profile if profile == "default" else f"profile {profile}"),
-    ]  # fmt: skip
+        (Path(env.get("AWS_CONFIG_FILE") or home / ".aws" / "config"), config_section),
+    ]
     values: dict[str, str] = {}
     found = False
     for path, section in files:
@@ -156,7 +157,11 @@ class S3ObjectSource:
             retry = {
                 "max_retries": self.max_retries,
                 "retry_timeout": timedelta(seconds=max(self.timeout_s * 2, 5)),
-                "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5), "base": 2},
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=100),
+                    "max_backoff": timedelta(seconds=5),
+                    "base": 2,
+                },
             }
             self._store = S3Store(self.bucket, config=config, client_options=options, retry_config=retry)  # type: ignore[arg-type]
             self._pid = os.getpid()

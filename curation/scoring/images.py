@@ -123,7 +123,9 @@ class Decoded:
     height: int
 
 
-def load_rgb(path: Path | BinaryIO, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> Decoded:
+def load_rgb(
+    path: Path | BinaryIO, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT
+) -> Decoded:
     """Decode ``path`` to an RGB uint8 (H, W, 3) array, EXIF-oriented.
 
     ``target`` (the model input size) bounds the work: JPEG decoding uses libjpeg's DCT scaling (``draft``) when

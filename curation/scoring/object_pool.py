@@ -130,4 +130,3 @@ def _suffix(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
     dot = name.rfind(".")
     return name[dot:].lower() if dot > 0 else ""
-
