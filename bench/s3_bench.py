@@ -125,8 +125,8 @@ def listing_and_rerun(server: object, work: Path, n_objects: int) -> dict[str, o
     del items
     upload_s = time.perf_counter() - started
 
-    from curation.objects.s3 import S3Credentials, S3ObjectSource
     from curation.devtools.local_seaweedfs import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+    from curation.objects.s3 import S3Credentials, S3ObjectSource
 
     source = S3ObjectSource(
         bucket,
