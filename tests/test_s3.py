@@ -17,7 +17,7 @@ from curation.jobs.score import scan
 from curation.objects.s3 import S3ObjectSource, resolve_credentials
 from curation.objects.source import ObjectReadError, parse_s3_uri
 from curation.scoring.object_pool import resolve_object_pool, scan_object_pool
-from curation.scoring.pool import resolve_pool
+from curation.scoring.pool import item_location, resolve_pool
 from store import Store
 from tests.fake_objects import MemoryObjectSource
 from tests.s3_support import S3FaultProxy
@@ -74,6 +74,9 @@ def test_s3_uris_are_validated_once() -> None:
     for bad in ("s3://", "s3://A_B/x", "s3://ok-bucket//x"):
         with pytest.raises(PoolError):
             resolve_pool(bad)
+    # exports and rankings name object-store items by their URI (a Path would fold "s3://" into "s3:/")
+    assert item_location("s3://my-bucket/frames/", "a/b.jpg") == "s3://my-bucket/frames/a/b.jpg"
+    assert item_location("/data/pool", "a/b.jpg") == "/data/pool/a/b.jpg"
 
 
 def test_credentials_follow_aws_conventions_and_never_show(tmp_path: Path) -> None:
