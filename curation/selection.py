@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
 from curation.files import atomic_path, check_output_path
-from curation.scoring.pool import absolute_path
+from curation.scoring.pool import item_location
 from store import Store
 from store.records import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem
 from strategies import (
@@ -302,7 +302,7 @@ def selection_rows(result: SelectionResult, pool_root: str) -> list[dict[str, An
     return [
         {
             "item_id": item.content_id,
-            "path": str(absolute_path(pool_root, item.path)),
+            "path": item_location(pool_root, item.path),
             "rank": item.rank,
             "score": item.score,
             "strategy": result.strategy,

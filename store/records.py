@@ -19,6 +19,7 @@ class KnownPath:
     item_id: int
     size: int
     mtime_ns: int
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ScannedFile:
     content_id: str
     width: int | None = None  # from the header (EXIF-oriented), if readable
     height: int | None = None
+    etag: str | None = None  # object-store pools: the object's ETag when it was read
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,10 @@ class ItemPath(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # object-store pools: the object's ETag (same key, size and ETag: not read again) and the scan that last listed
+    # it (paths a complete listing did not mark are gone); NULL for local files
+    etag: Mapped[str | None] = mapped_column(String(256))
+    scan_mark: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ModelVersion(Base):

@@ -72,6 +72,7 @@ class FakeLabelStudio:
         self.backends: dict[int, dict[str, Any]] = {}
         self.webhooks_by_id: dict[int, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # path → bytes served (uploads)
+        self.s3_storages: dict[int, list[Any]] = {}
         self._ids = {"project": 0, "task": 0, "prediction": 0, "annotation": 0, "backend": 0, "webhook": 0}
         self._now = datetime(2026, 1, 1, tzinfo=UTC)
         self.frozen = False
@@ -241,6 +242,14 @@ class FakeLabelStudio:
     def add_local_storage(self, project_id: int, path: str) -> None:
         self.calls.append("add_local_storage")
         self.storages.setdefault(project_id, []).append(path)
+
+    def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
+        self.calls.append("s3_storage_buckets")
+        return [(s.bucket, s.prefix) for s in self.s3_storages.get(project_id, [])]
+
+    def add_s3_storage(self, project_id: int, storage: Any) -> None:
+        self.calls.append("add_s3_storage")
+        self.s3_storages.setdefault(project_id, []).append(storage)
 
     def set_ranking(self, project_id: int, tag: str) -> None:
         self.calls.append("set_ranking")

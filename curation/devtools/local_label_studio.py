@@ -338,6 +338,9 @@ def _server_env(data_dir: Path) -> dict[str, str]:
         # webhooks on loopback addresses (blocked by default as SSRF protection)
         ML_BLOCK_LOCAL_IP="false",
         SSRF_PROTECTION_ENABLED="false",
+        # this server and the local S3 server (curate demo --s3, the tests) both live on 127.0.0.1, which Label
+        # Studio's SSRF guard refuses as a storage endpoint by default
+        LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS="false",
     )
     return env
 

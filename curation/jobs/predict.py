@@ -152,7 +152,8 @@ def _locate(
     raw = task.get("data")
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     cfg = settings.label_studio
-    pool_root = resolve_pool(settings.pool.path).root if settings.pool.path else None
+    root = resolve_pool(settings.pool.path).root if settings.pool.path else None
+    pool_root = root if isinstance(root, Path) else None  # an object-store pool has no files to read here
     image = resolve_task_image(
         data.get(ui.data_key),
         ls_url=cfg.url,
@@ -210,7 +211,8 @@ def _pool_for(store: Store, settings: Settings, path: Path) -> tuple[int, Path]:
     roots: list[tuple[Path, Path, str]] = []
     if settings.pool.path:
         source = resolve_pool(settings.pool.path)
-        roots.append((source.root, source.location, source.kind))
+        if isinstance(source.root, Path) and isinstance(source.location, Path):  # not an object-store pool
+            roots.append((source.root, source.location, source.kind))
     for extra in (settings.label_studio.document_root, settings.serve.download_dir):
         if extra:
             root = Path(extra).expanduser().resolve()

@@ -38,6 +38,7 @@ def push(
         settings.strategy,
         pool_path=settings.pool.path,
         progress=progress,
+        s3=settings.pool.s3,
     )
 
 
@@ -92,6 +93,7 @@ def reprioritize(
         queue_size=queue_size,
         force=force,
         progress=progress,
+        s3=settings.pool.s3,
     )
     current = store.models.current()
     if current is not None and current.id != scored.model.id:
@@ -119,7 +121,7 @@ def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     runtime = load_runtime(settings, store)
     mv = register_model(store, runtime)
     project = open_project(store, ls, mv, settings.label_studio.project)
-    storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path)
+    storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path, settings.pool.s3)
     return {
         "server": ls.url,
         "user": ls.user,

@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -36,6 +37,27 @@ PROJECT_PAGE = 100
 class ImportOutcomeUnknown(LabelStudioError):
     """The import request failed in a way that may have come after the server committed (5xx, timeout,
     connection lost): the tasks may or may not exist."""
+
+
+@dataclass(frozen=True)
+class S3StorageSpec:
+    """An S3 import storage for a project: where Label Studio (and the browser, through presigned URLs) reads an
+    object-store pool. Label Studio keeps the credentials in its own database, as for any storage it is given."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region: str
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    presign_ttl_min: int = 15
+
+    def redact(self, text: str) -> str:
+        for secret in (self.secret_access_key, self.session_token, self.access_key_id):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 class LabelStudioAPI(Protocol):
@@ -58,6 +80,14 @@ class LabelStudioAPI(Protocol):
     def local_storage_paths(self, project_id: int) -> list[str]: ...
 
     def add_local_storage(self, project_id: int, path: str) -> None: ...
+
+    def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
+        """(bucket, prefix) of the project's S3 import storages."""
+        ...
+
+    def add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        """Connect an S3 import storage (presigned URLs) so that the labeling UI loads ``s3://`` task images."""
+        ...
 
     def set_ranking(self, project_id: int, tag: str) -> None:
         """Serve tasks by the lowest score among predictions tagged ``tag``."""
@@ -334,6 +364,47 @@ class LabelStudioClient:
             "listing local storages", lambda: list(self._sdk.import_storage.local.list(project=project_id))
         )
         return [str(s.path) for s in storages if getattr(s, "path", None)]
+
+    def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
+        storages = self._call("listing S3 storages", lambda: list(self._sdk.import_storage.s3.list(project=project_id)))
+        return [(str(s.bucket), str(s.prefix or "")) for s in storages if getattr(s, "bucket", None)]
+
+    def add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        from label_studio_sdk.core.api_error import ApiError
+
+        where = f"S3 storage s3://{storage.bucket}/{storage.prefix} ({storage.endpoint_url or 'AWS S3'})"
+        try:
+            self._add_s3_storage(project_id, storage)
+        except LabelStudioError as exc:  # the server's answer may quote what it was sent
+            cause = exc.__context__
+            if isinstance(cause, ApiError) and cause.status_code in (400, 403):  # about the storage, not the key
+                detail = storage.redact(self._redact(_detail(cause.body)))
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refused the {where} ({cause.status_code}: {detail}); a private or "
+                    "loopback endpoint needs LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false on the server",
+                    cause.status_code,
+                ) from None
+            raise LabelStudioError(storage.redact(str(exc)), exc.status) from None
+
+    def _add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        self._call(
+            f"adding S3 storage s3://{storage.bucket}/{storage.prefix} ({storage.endpoint_url or 'AWS S3'})",
+            lambda: self._sdk.import_storage.s3.create(
+                project=project_id,
+                title=f"curate pool s3://{storage.bucket}/{storage.prefix}"[:2000],
+                bucket=storage.bucket,
+                prefix=storage.prefix or None,
+                presign=True,
+                presign_ttl=storage.presign_ttl_min,
+                use_blob_urls=True,
+                recursive_scan=True,
+                region_name=storage.region,
+                s3endpoint=storage.endpoint_url,
+                aws_access_key_id=storage.access_key_id,
+                aws_secret_access_key=storage.secret_access_key,
+                aws_session_token=storage.session_token,
+            ),
+        )
 
     def add_local_storage(self, project_id: int, path: str) -> None:
         self._call(

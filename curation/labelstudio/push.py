@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import LabelStudioSettings, StrategySettings
+from curation.config import LabelStudioSettings, S3Settings, StrategySettings
 from curation.errors import LabelStudioError, UnservableImageError
 from curation.faults import checkpoint
 from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
@@ -27,7 +27,7 @@ from curation.labelstudio.tags import make_tag
 from curation.labelstudio.tasks import tasks_by_curation_id
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
-from curation.scoring.pool import absolute_path
+from curation.scoring.pool import absolute_path, item_location
 from curation.selection import build_strategy
 from store import Store
 from store.records import ModelVersionRecord, PendingItem, QueuedTask
@@ -84,6 +84,7 @@ def push(
     *,
     pool_path: str | None,
     progress: Progress | None = None,
+    s3: S3Settings | None = None,
 ) -> PushReport:
     """Import every push-marked selected item that is not a task yet, then make the label stream serve the
     whole queue (older queued tasks first, then the new ones in selection order). ``strategy_cfg``: its measure
@@ -98,7 +99,7 @@ def push(
     report.reconciled = found.adopted
     report.duplicates_removed = found.duplicates_removed
     report.annotated_duplicates = found.annotated_duplicates
-    ensure_storage(ls, project, cfg, pool_path)
+    ensure_storage(ls, project, cfg, pool_path, s3)
 
     queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     pending = store.label_studio.pending(project.record.id)
@@ -186,6 +187,10 @@ def _servable(
     keep: list[PendingItem] = []
     urls: dict[int, str] = {}
     for item in pending:
+        if item.pool_root and item.pool_root.startswith("s3://") and item.path and not cfg.url_prefix:
+            urls[item.item_id] = item_location(item.pool_root, item.path)  # the project's S3 storage resolves it
+            keep.append(item)
+            continue
         root = Path(item.pool_root or "/")
         path = absolute_path(root, item.path) if item.path else None
         if path is None or not path.is_file():

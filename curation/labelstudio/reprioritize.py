@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.config import LabelStudioSettings, StrategySettings
+from curation.config import LabelStudioSettings, S3Settings, StrategySettings
 from curation.errors import NothingToSelectError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI
 from curation.labelstudio.formats import fit_scores, queue_scores
@@ -56,6 +56,7 @@ def reprioritize(
     queue_size: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    s3: S3Settings | None = None,
 ) -> ReprioritizeReport:
     """Re-rank the queue of project ``cfg.project`` with ``strategy_cfg`` (its ``name`` is the strategy); with
     ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``."""
@@ -73,7 +74,7 @@ def reprioritize(
         except NothingToSelectError:
             result = None
         if result is not None or store.label_studio.pending(project.record.id):
-            push_report = push(store, ls, mv, project, cfg, strategy_cfg, pool_path=pool_path, progress=progress)
+            push_report = push(store, ls, mv, project, cfg, strategy_cfg, pool_path=pool_path, progress=progress, s3=s3)
             topped_up = push_report.pushed
             project = open_project(store, ls, mv, cfg.project)
             queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)

@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from curation.errors import PoolError
 from curation.scoring.images import DEFAULT_MAX_PIXELS, original_size
 from store import Store
 from store.records import ScannedFile
+
+if TYPE_CHECKING:
+    from curation.scoring.object_pool import ObjectPool
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
 HASH_CHUNK = 1 << 20
@@ -46,10 +49,19 @@ class ScanReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an item at all
 
 
-def resolve_pool(path: str | Path | None) -> PoolSource:
-    """Validate the ``--pool`` argument once, at the boundary."""
+def resolve_pool(path: str | Path | None) -> PoolSource | ObjectPool:
+    """Validate the ``--pool`` argument once, at the boundary (``s3://bucket/prefix``: an object-store pool)."""
     if path is None or str(path).strip() == "":
         raise PoolError("no pool given: pass --pool DIR (or a manifest file) or set pool.path in the config")
+    if isinstance(path, str) and path.strip()[:5].lower() == "s3://":
+        from curation.scoring.object_pool import resolve_object_pool
+
+        return resolve_object_pool(path)
+    return resolve_local_pool(path)
+
+
+def resolve_local_pool(path: str | Path) -> PoolSource:
+    """A directory or a manifest file."""
     location = Path(path).expanduser()
     try:
         location = location.resolve(strict=True)
@@ -217,6 +229,13 @@ def stored_path(source: PoolSource, path: Path) -> str:
 def absolute_path(root: str | Path, stored: str) -> Path:
     p = Path(stored)
     return p if p.is_absolute() else Path(root) / p
+
+
+def item_location(root: str | Path, stored: str) -> str:
+    """Where an item is, as text: ``s3://bucket/key`` for object-store pools, else the absolute file path."""
+    if str(root).startswith("s3://"):
+        return f"{root}{stored}"
+    return str(absolute_path(root, stored))
 
 
 def manifest_entry_problem(
