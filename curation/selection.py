@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from curation.config import DetectionAggregation, StrategySettings
 from curation.errors import ConfigError, NothingToSelectError
 from curation.files import atomic_path, check_output_path
-from curation.scoring.pool import absolute_path
+from curation.scoring.pool import item_location
 from store import Store
 from store.records import ClassificationScores, DetectionScores, ModelVersionRecord, SelectedItem
 from strategies import (
@@ -72,6 +72,8 @@ def build_strategy(settings: StrategySettings) -> Strategy:
 
 
 def _bad_rows(values: NDArray[np.floating], upper: float = 1.0 + 1e-6) -> NDArray[np.bool_]:
+    if values.size == 0:
+        return np.zeros(len(values), dtype=bool)
     rows = values.reshape(len(values), -1)
     with np.errstate(invalid="ignore"):
         return ~(np.isfinite(rows) & (rows >= 0) & (rows <= upper)).all(axis=1)
@@ -300,7 +302,7 @@ def selection_rows(result: SelectionResult, pool_root: str) -> list[dict[str, An
     return [
         {
             "item_id": item.content_id,
-            "path": str(absolute_path(pool_root, item.path)),
+            "path": item_location(pool_root, item.path),
             "rank": item.rank,
             "score": item.score,
             "strategy": result.strategy,

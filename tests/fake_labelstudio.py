@@ -2,7 +2,12 @@
 
 It follows the real server's behaviour as checked in /work/shared/NOTES.md and by tests/test_labelstudio.py:
 - the label stream (``next_task``) serves, under "Uncertainty sampling", the unlabeled task whose prediction
-  tagged with the project's ``model_version`` has the lowest score (otherwise: no ranking, "random");
+  tagged with the project's ``model_version`` has the lowest score (otherwise: no ranking, "random"), as
+  ``projects/functions/next_task.py`` of label-studio 1.23.2 does for a user: first the task that user holds a
+  lock on; then, among tasks the user has not annotated (or skipped) and nobody else holds a lock on, ordered by
+  how many tasks of the same ``cluster`` the user has solved, then by score; a served task is locked to the
+  user (Label Studio's ``TASK_LOCK_TTL``, 24 h by default) until they submit; skipped tasks follow the project's
+  ``skip_queue`` (requeued for others, for the skipper at the end, or done);
 - bulk prediction import rejects the whole request (400) if one task id is not in the project, and ignores
   ``cluster``, as task import does for inline predictions; scores outside [0, 1] are dropped;
 - re-importing the same data creates duplicate tasks (no deduplication);
@@ -64,11 +69,17 @@ class FakeLabelStudio:
         self.tasks: dict[int, dict[str, Any]] = {}
         self.predictions: dict[int, dict[str, Any]] = {}
         self.storages: dict[int, list[str]] = {}
-        self._ids = {"project": 0, "task": 0, "prediction": 0, "annotation": 0}
+        self.backends: dict[int, dict[str, Any]] = {}
+        self.webhooks_by_id: dict[int, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # path → bytes served (uploads)
+        self.s3_storages: dict[int, list[Any]] = {}
+        self._ids = {"project": 0, "task": 0, "prediction": 0, "annotation": 0, "backend": 0, "webhook": 0}
         self._now = datetime(2026, 1, 1, tzinfo=UTC)
         self.frozen = False
         self._fault: str | None = None
         self._held: tuple[int, list[dict[str, Any]]] | None = None
+        self.locks: dict[tuple[int, int], datetime] = {}  # (task id, user) → expiry
+        self.lock_ttl_s = 86400.0  # Label Studio's TASK_LOCK_TTL default
 
     # -- test controls -----------------------------------------------------------------------------------------------
     def _next(self, kind: str) -> int:
@@ -93,14 +104,16 @@ class FakeLabelStudio:
         (project_id, tasks), self._held = self._held, None
         return [self._add_task(project_id, t) for t in tasks]
 
-    def annotate(self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False) -> int:
+    def annotate(self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False, user: int = 7) -> int:
+        """``user`` submits (or, ``cancelled``, skips) the task; their lock on it is released."""
         task = self.tasks[task_id]
         at = self._tick()
+        self.locks.pop((task_id, user), None)
         annotation = {
             "id": self._next("annotation"),
             "result": result,
             "was_cancelled": cancelled,
-            "completed_by": {"id": 7, "email": "annotator@example.com"},
+            "completed_by": {"id": user, "email": f"annotator{user}@example.com"},
             "lead_time": 2.5,
             "created_at": at,
             "updated_at": at,
@@ -119,21 +132,62 @@ class FakeLabelStudio:
         """A task made outside curate (by a user's import)."""
         return self._add_task(project_id, {"data": data, "predictions": []})
 
-    def next_task(self, project_id: int) -> int | None:
-        """The task the label stream serves a fresh annotator (None: no ranking applies, it would be random)."""
+    def delete_annotation(self, task_id: int, annotation_id: int) -> None:
+        """Someone deletes an annotation in Label Studio (the task's ``updated_at`` moves)."""
+        task = self.tasks[task_id]
+        task["annotations"] = [a for a in task["annotations"] if a["id"] != annotation_id]
+        task["updated_at"] = self._tick()
+
+    def _by(self, task: dict[str, Any], user: int) -> list[dict[str, Any]]:
+        return [a for a in task["annotations"] if (a.get("completed_by") or {}).get("id") == user]
+
+    def _is_labeled(self, task: dict[str, Any]) -> bool:
+        ignore = self.projects[task["project"]].get("skip_queue") == "IGNORE_SKIPPED"
+        return any(ignore or not a.get("was_cancelled") for a in task["annotations"])
+
+    def _live_prediction(self, task_id: int, tag: str) -> dict[str, Any] | None:
+        found = [p for p in self.predictions.values() if p["task"] == task_id and p["model_version"] == tag]
+        return found[0] if found else None
+
+    def next_task(self, project_id: int, user: int | None = None) -> int | None:
+        """The task the label stream serves ``user`` (None: a fresh annotator who takes no lock; the result None:
+        no ranking applies, it would be random). A served task is locked to ``user`` until they annotate it."""
         project = self.projects[project_id]
         if project["sampling"] != UNCERTAINTY_SAMPLING or not project["model_version"]:
             return None
-        candidates = [
-            (pred["score"], pred["task"])
-            for pred in self.predictions.values()
-            if pred["model_version"] == project["model_version"]
-            and pred["score"] is not None
-            and pred["task"] in self.tasks
-            and self.tasks[pred["task"]]["project"] == project_id
-            and not self.tasks[pred["task"]]["annotations"]
-        ]
-        return min(candidates)[1] if candidates else None
+        tag = project["model_version"]
+        now = self._now
+        locks = {k: v for k, v in self.locks.items() if v > now}
+        tasks = self.project_tasks(project_id)
+        solved = [t for t in tasks if user is not None and self._by(t, user)]
+        open_ = [t for t in tasks if t not in solved and not self._is_labeled(t)]
+        if user is not None:
+            mine = [t["id"] for t in open_ if (t["id"], user) in locks]
+            if mine:
+                return min(mine)
+        free = [t for t in open_ if not any(tid == t["id"] and u != user for tid, u in locks)]
+        solved_clusters: dict[Any, int] = {}
+        for t in solved:
+            clusters = [p["cluster"] for p in self.predictions.values() if p["task"] == t["id"]]
+            key = max((c for c in clusters if c is not None), default=None)
+            solved_clusters[key] = solved_clusters.get(key, 0) + 1
+        ranked = []
+        for t in free:
+            pred = self._live_prediction(t["id"], tag)
+            if pred is None or pred["score"] is None:
+                continue
+            ranked.append((solved_clusters.get(pred["cluster"], 0) if solved_clusters else 0, pred["score"], t["id"]))
+        chosen = min(ranked)[2] if ranked else None
+        if chosen is None and user is not None and project.get("skip_queue") == "REQUEUE_FOR_ME":
+            skipped = [
+                t["id"]
+                for t in solved
+                if not self._is_labeled(t) and all(a["was_cancelled"] for a in self._by(t, user))
+            ]
+            chosen = skipped[0] if skipped else None
+        if chosen is not None and user is not None:
+            self.locks[(chosen, user)] = now + timedelta(seconds=self.lock_ttl_s)
+        return chosen
 
     def project_tasks(self, project_id: int) -> list[dict[str, Any]]:
         return [t for t in self.tasks.values() if t["project"] == project_id]
@@ -176,6 +230,7 @@ class FakeLabelStudio:
             "parsed_label_config": parse_label_config(label_config),
             "model_version": "",
             "sampling": "Sequential sampling",
+            "skip_queue": "REQUEUE_FOR_OTHERS",
             "task_number": 0,
         }
         return copy.deepcopy(self.projects[pid])
@@ -187,6 +242,14 @@ class FakeLabelStudio:
     def add_local_storage(self, project_id: int, path: str) -> None:
         self.calls.append("add_local_storage")
         self.storages.setdefault(project_id, []).append(path)
+
+    def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
+        self.calls.append("s3_storage_buckets")
+        return [(s.bucket, s.prefix) for s in self.s3_storages.get(project_id, [])]
+
+    def add_s3_storage(self, project_id: int, storage: Any) -> None:
+        self.calls.append("add_s3_storage")
+        self.s3_storages.setdefault(project_id, []).append(storage)
 
     def set_ranking(self, project_id: int, tag: str) -> None:
         self.calls.append("set_ranking")
@@ -292,6 +355,70 @@ class FakeLabelStudio:
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         self.calls.append("task_predictions")
         return [copy.deepcopy(p) for p in self.predictions.values() if p["task"] == task_id]
+
+    # -- ML backends and webhooks: like the server, adding a backend adds a webhook for every action ------------------
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        self.calls.append("ml_backends")
+        return [copy.deepcopy(b) for b in self.backends.values() if b["project"] == project_id]
+
+    def add_ml_backend(
+        self, project_id: int, url: str, title: str, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        self.calls.append("add_ml_backend")
+        backend_id = self._next("backend")
+        self.backends[backend_id] = {"id": backend_id, "project": project_id, "url": url, "title": title}
+        hook = url.rstrip("/") + "/webhook"
+        if not any(w["url"] == hook and w["project"] == project_id for w in self.webhooks_by_id.values()):
+            hook_id = self._next("webhook")
+            self.webhooks_by_id[hook_id] = {
+                "id": hook_id,
+                "project": project_id,
+                "url": hook,
+                "headers": {},
+                "actions": [],
+                "send_for_all_actions": True,
+                "is_active": True,
+            }
+        return copy.deepcopy(self.backends[backend_id])
+
+    def delete_ml_backend(self, backend_id: int) -> None:
+        self.calls.append("delete_ml_backend")
+        self.backends.pop(backend_id, None)
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        self.calls.append("webhooks")
+        return [copy.deepcopy(w) for w in self.webhooks_by_id.values() if w["project"] == project_id]
+
+    def add_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> dict[str, Any]:
+        self.calls.append("add_webhook")
+        hook_id = self._next("webhook")
+        self.webhooks_by_id[hook_id] = {
+            "id": hook_id,
+            "project": project_id,
+            "url": url,
+            "headers": dict(headers),
+            "actions": list(actions),
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        return copy.deepcopy(self.webhooks_by_id[hook_id])
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None:
+        self.calls.append("update_webhook")
+        hook = self.webhooks_by_id[webhook_id]
+        hook.update(url=url, headers=dict(headers), actions=list(actions), send_for_all_actions=False, is_active=True)
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self.calls.append("delete_webhook")
+        self.webhooks_by_id.pop(webhook_id, None)
+
+    def download(self, path: str, max_bytes: int) -> bytes:
+        self.calls.append("download")
+        if path not in self.files:
+            raise LabelStudioError(f"Label Studio at {self.url} answered 404 while downloading {path}", 404)
+        if len(self.files[path]) > max_bytes:
+            raise LabelStudioError(f"{path} is larger than {max_bytes} bytes")
+        return self.files[path]
 
     def set_cluster(self, prediction_id: int, cluster: int) -> None:
         self.calls.append("set_cluster")

@@ -14,8 +14,10 @@ import httpx
 class LSApi:
     """Raw calls to the test server, authenticated with a token."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, email: str = "", password: str = "") -> None:
         self.url = url
+        self.email = email  # a fresh annotator's login, for the browser
+        self.password = password
         self.client = httpx.Client(
             base_url=url, headers={"Authorization": f"Token {token}"}, timeout=30, trust_env=False
         )
@@ -60,6 +62,9 @@ class LSApi:
         )
 
 
+ANNOTATOR_PASSWORD = "annotator-pw-123"
+
+
 def fresh_annotator(url: str) -> LSApi:
     """Sign up a new user through the web form (the API cannot set passwords) and return a client with their
     legacy token. A fresh user holds no locked task, so /next shows the queue's head."""
@@ -69,12 +74,12 @@ def fresh_annotator(url: str) -> LSApi:
         csrf = web.cookies.get("csrftoken")
         response = web.post(
             "/user/signup/",
-            data={"email": email, "password": "annotator-pw-123", "csrfmiddlewaretoken": csrf},
+            data={"email": email, "password": ANNOTATOR_PASSWORD, "csrfmiddlewaretoken": csrf},
             headers={"Referer": f"{url}/user/signup/"},
         )
         assert response.status_code in (302, 303), response.text[:300]
         token = web.get("/api/current-user/token").json()["token"]
-    return LSApi(url, token)
+    return LSApi(url, token, email, ANNOTATOR_PASSWORD)
 
 
 class FaultProxy:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.config import LabelStudioSettings
+from curation.config import LabelStudioSettings, StrategySettings
 from curation.labelstudio.project import open_project
 from curation.labelstudio.pull import pull
 from curation.labelstudio.push import push
@@ -55,7 +55,7 @@ def label_queue(
     for selection_id in selection_ids:
         store.selections.mark_for_push(selection_id, project.record.id)
     cfg = LabelStudioSettings(project=PROJECT, document_root=str(document_root))
-    push(store, ls, mv, project, cfg, pool_path=None, min_conf=0.25)
+    push(store, ls, mv, project, cfg, StrategySettings(), pool_path=None)
     tasks = [t["id"] for t in ls.project_tasks(project.record.project_id)]
     names = labels or mv.class_names
     for k, task in enumerate(tasks[:n_label]):

@@ -91,6 +91,16 @@ def test_label_studio_env_aliases_and_secret(tmp_path: Path) -> None:
     assert s.label_studio.url == "http://other:1"
 
 
+def test_the_servers_document_root_is_the_default_for_document_root(tmp_path: Path) -> None:
+    env = {"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "/srv/images"}
+    assert load_settings(None, {}, environ=env).label_studio.document_root == "/srv/images"
+    assert load_settings(None, {}, environ={}).label_studio.document_root is None
+    cfg = write(tmp_path / "c.yaml", "label_studio:\n  document_root: /data\n")
+    assert load_settings(cfg, {}, environ=env).label_studio.document_root == "/data"  # the file wins
+    both = {**env, "CURATE_LABEL_STUDIO__DOCUMENT_ROOT": "/mnt"}
+    assert load_settings(cfg, {}, environ=both).label_studio.document_root == "/mnt"
+
+
 def test_relative_pool_path_is_relative_to_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "conf").mkdir()
     cfg = write(tmp_path / "conf" / "c.yaml", "pool:\n  path: ../images\n")

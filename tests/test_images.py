@@ -271,3 +271,13 @@ def test_a_header_above_pillows_default_limit_is_read_and_judged_by_max_pixels(t
         load_rgb(path, max_pixels=89_478_485)
     with pytest.raises(ImageDecodeError, match=r"20000x10000 = 200\.0 MP exceeds pool\.max_pixels \(150\.0 MP\)"):
         load_rgb(path, max_pixels=150_000_000)  # the configured limit decides, not Pillow's 179 MP
+
+
+def test_the_readme_names_the_one_pixel_limit_the_messages_use() -> None:
+    """The README, the config default and the refusal message agree on one limit (not Pillow's 178,956,970)."""
+    from curation.config import PoolSettings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    limit = PoolSettings().max_pixels
+    assert f"`pool.max_pixels` (default {limit:,} pixels = {limit / 1e6:.1f} MP" in readme
+    assert "178,956,970" not in readme and "179 MP" not in readme

@@ -83,8 +83,15 @@ def lowest_score_task(api: LSApi, project: dict[str, Any]) -> int:
 
 
 def test_acceptance_flow(
-    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi, label_studio: Any
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__SUPERSEDED_GRACE_S", "0")  # superseded rankings deleted at once
     name = title()
     db = f"sqlite:///{tmp_path / 'c.db'}"
     args = (
@@ -109,10 +116,10 @@ def test_acceptance_flow(
     assert len(tasks) == 10
     rank1 = first["items"][0]["item_id"]
     by_cid = {t["data"]["curation_id"]: t for t in tasks}
-    assert by_cid[rank1]["data"]["curation_rank"] == 1
-    # every task carries a prediction under the active tag with the model's top class
+    # every task carries a prediction under the active tag with the model's top class; rank 1 scores lowest
     preds = [p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]]
     assert len(preds) == 10 and all(p["result"][0]["type"] == "choices" for p in preds)
+    assert min(preds, key=lambda p: p["score"])["task"] == by_cid[rank1]["id"]
     # the image is served by Label Studio
     image = by_cid[rank1]["data"]["image"]
     assert image.startswith("/data/local-files/?d=")
@@ -160,7 +167,8 @@ def test_acceptance_flow(
         "--db",
         db,
     )
-    assert result["changed"] and result["queue_size"] == 16
+    # 20 tasks, 3 labeled; the skipped one stays ranked (the project requeues skips for others: the default)
+    assert result["changed"] and result["queue_size"] == 17
     project = api.project_by_title(name)
     assert project["model_version"] == result["model_version_tag"] != before
     new_rank1 = result["top"][0]["task_id"]

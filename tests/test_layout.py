@@ -116,3 +116,33 @@ def test_light_commands_do_not_import_torch(args: list[str], tmp_path: Path) -> 
     fails = args == ["models", "current"] or args[0] == "export"
     assert code == (3 if fails else 0), stdout + stderr
     assert heavy == [], f"curate {' '.join(args)} imported {heavy}"
+
+
+def test_serve_imports_no_torch_until_a_predict_needs_the_model(tmp_path: Path) -> None:
+    """curate serve's app answers /health, /setup, /metrics and /versions without torch, the model or the SDK."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.imports import HEAVY
+
+    script = (
+        "import json, sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from curation.config import load_settings\n"
+        "from curation.serve.app import create_app\n"
+        f"settings = load_settings(overrides={{'db': 'sqlite:///{tmp_path / 'serve.db'}'}}, environ={{}})\n"
+        "app = create_app(settings)\n"
+        "client = TestClient(app)\n"
+        "codes = [client.get('/health').status_code, client.post('/setup', json={}).status_code,\n"
+        "         client.get('/metrics').status_code, client.get('/versions').status_code]\n"
+        "app.state.turns.stop()\n"
+        f"print(json.dumps({{'codes': codes, 'heavy': sorted(m for m in {HEAVY!r} if m in sys.modules)}}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    assert data["codes"] == [200, 503, 200, 200]  # /setup: the registry has no current model yet
+    assert data["heavy"] == [], f"curate serve imported {data['heavy']}"

@@ -126,3 +126,20 @@ def test_a_personal_access_token_is_exchanged_and_renewed_when_refused() -> None
     issued.append("rotated")  # the server no longer accepts our access token: refused once, then renewed
     assert client.model_versions(1) == {}
     assert len(issued) == before + 2
+
+
+def test_a_project_lookup_by_title_never_asks_for_a_page_past_the_last() -> None:
+    """The SDK's pager asked for ``/api/projects/?page=2`` after a one-page answer: a 404 with a traceback in
+    Label Studio's log on every lookup by title."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params.get("page", "1"))
+        if page > 2:
+            return httpx.Response(404, json={"detail": "Invalid page."})
+        rows = [{"id": page, "title": f"Defects {page}"}]
+        return httpx.Response(200, json={"count": 2, "next": "…" if page == 1 else None, "results": rows})
+
+    client, seen = _client(handler)
+    assert client.projects_titled("Defects") == [{"id": 1, "title": "Defects 1"}, {"id": 2, "title": "Defects 2"}]
+    assert [r.url.params["page"] for r in seen] == ["1", "2"]
+    assert all(r.url.params["title"] == "Defects" for r in seen)

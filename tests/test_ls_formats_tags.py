@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 
 from curation.errors import ConfigError, ProjectConfigMismatchError, UnservableImageError
 from curation.labelstudio.formats import (
-    MAX_POSITION,
+    SCORE_STEP,
     LabelingInterface,
     check_label_config,
     curation_id_of,
+    fit_scores,
     group_by_curation_id,
     image_url,
     label_config,
@@ -21,7 +23,7 @@ from curation.labelstudio.formats import (
     normalize_annotation,
     parse_ls_time,
     prediction_result,
-    queue_score,
+    queue_scores,
     ranking_prediction,
     task_payload,
 )
@@ -146,32 +148,31 @@ def test_segments_are_polygons_and_tiny_masks_are_left_out() -> None:
 # -- payloads --------------------------------------------------------------------------------------------------------
 
 
-def test_the_queue_score_is_the_position_in_millionths_inside_0_1() -> None:
-    assert queue_score(1) < queue_score(2) < queue_score(MAX_POSITION - 1) < 1.0
-    assert queue_score(0) == 0.0 and queue_score(MAX_POSITION) == 1.0
+def test_queue_scores_are_the_models_confidence_kept_increasing_along_the_queue() -> None:
+    # uncertainty order: the scores are exactly the confidences (Uncertainty sampling serves the lowest first)
+    assert queue_scores([0.2, 0.5, 0.9]) == [0.2, 0.5, 0.9]
+    # a diversity pick puts a confident item early: the next ones are raised just enough to stay behind it
+    raised = queue_scores([0.2, 0.8, 0.5, 0.9])
+    assert raised[:2] == [0.2, 0.8] and raised[2] == pytest.approx(0.8 + SCORE_STEP) and raised[3] == 0.9
+    assert all(a < b for a, b in itertools.pairwise(raised))
+    # ties, no model output, and out-of-range values never break the order; appending continues after a score
+    tied = queue_scores([0.5, 0.5, None, 1.7, -1.0], after=0.5)
+    assert all(a < b for a, b in zip([0.5, *tied], tied, strict=False))
+    assert fit_scores([0.5, 1.0 + SCORE_STEP]) == [pytest.approx(0.5 / (1 + SCORE_STEP)), 1.0]
+    assert fit_scores([0.1, 0.2]) == [0.1, 0.2]
 
 
 def test_task_payload_carries_curates_bookkeeping_and_its_ranking_prediction() -> None:
     item = PendingItem(5, "abc", "a.jpg", "/pool", 3, 1, 0.123456789, 2, "entropy")
     mv = _mv()
     pred = _pred(probs=np.array([0.9, 0.1], np.float32))
-    payload = task_payload(item, "/data/local-files/?d=a.jpg", 7, "curate-m-1-x", pred, mv, UI, 0.25)
-    assert payload["data"] == {
-        "image": "/data/local-files/?d=a.jpg",
-        "curation_id": "abc",
-        "curation_rank": 7,
-        "curation_score": 0.123457,
-        "curation_strategy": "entropy",
-        "curation_model_version": "m-1",
-    }
-    assert payload["predictions"] == [ranking_prediction("curate-m-1-x", 7, pred, mv, UI, 0.25)]
-    assert payload["predictions"][0]["score"] == queue_score(7)
+    payload = task_payload(item, "/data/local-files/?d=a.jpg", 0.9, "curate-m-1-x", pred, mv, UI, 0.25)
+    # nothing a re-rank would make stale: position, confidence and model version live in the prediction
+    assert payload["data"] == {"image": "/data/local-files/?d=a.jpg", "curation_id": "abc"}
+    assert payload["predictions"] == [ranking_prediction("curate-m-1-x", 0.9, pred, mv, UI, 0.25)]
+    assert payload["predictions"][0]["score"] == 0.9
     # no model output: the task still gets a prediction, or the label stream would not serve it
-    assert ranking_prediction("t", 3, None, mv, UI, 0.25) == {
-        "model_version": "t",
-        "score": queue_score(3),
-        "result": [],
-    }
+    assert ranking_prediction("t", 0.3, None, mv, UI, 0.25) == {"model_version": "t", "score": 0.3, "result": []}
 
 
 def test_curation_ids_group_tasks_and_foreign_tasks_have_none() -> None:

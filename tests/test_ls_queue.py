@@ -3,6 +3,7 @@ SQLite store: the decisions (append or re-tag, reconcile, adopt, page) in millis
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,12 +15,12 @@ import pytest
 from curation.config import LabelStudioSettings, StrategySettings
 from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
-from curation.labelstudio.formats import label_config, queue_score
+from curation.labelstudio.formats import label_config
 from curation.labelstudio.project import ProjectHandle, ensure_storage, open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.pull import pull, watermark_with_margin
 from curation.labelstudio.push import plan_push, push
-from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.rank import moved_count, rank_queue, ranking_options, ranking_signature
 from curation.labelstudio.reconcile import plan_duplicates, settle_intents
 from curation.labelstudio.reprioritize import reprioritize
 from curation.labelstudio.tags import is_ours, make_tag, parse_tag
@@ -63,7 +64,7 @@ class World:
     def push(self, project: ProjectHandle | None = None, **cfg: object):  # type: ignore[no-untyped-def]
         project = project or self.project()
         settings = self.cfg.model_copy(update=cfg)
-        return push(self.store, self.ls, self.mv, project, settings, pool_path=None, min_conf=0.25)
+        return push(self.store, self.ls, self.mv, project, settings, StrategySettings(name="entropy"), pool_path=None)
 
     def served(self, project_id: int) -> list[int]:
         """Task ids in the order the label stream serves them (each one labeled in turn)."""
@@ -108,7 +109,10 @@ def make_world(tmp_path: Path, ls: FakeLabelStudio, db: str = "c.db") -> World:
     run = store.runs.start(mv.id, pool_id, n, "cpu", 4)
     store.runs.write_chunk(run, mv.id, chunk)
     store.runs.finish(run, "completed", 1.0)
-    cfg = LabelStudioSettings(project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4)
+    # superseded rankings deleted at once: what most tests here check (the grace period has its own test)
+    cfg = LabelStudioSettings(
+        project="queue-test", document_root=str(tmp_path / "root"), import_chunk=4, superseded_grace_s=0
+    )
     return World(store, ls, mv, pool_id, pool, ids, cfg)
 
 
@@ -206,8 +210,9 @@ def test_new_tasks_are_appended_under_the_live_tag_without_rewriting(world: Worl
     pid = project.record.project_id
     tasks = _task_of(world, pid)
     assert world.served(pid) == [tasks[c] for c in _content(world, world.item_ids[:5])]
-    scores = sorted(p["score"] for p in world.ls.project_predictions(pid, first.model_version_tag))
-    assert scores == [queue_score(i) for i in range(1, 6)]
+    by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, first.model_version_tag)}
+    scores = [by_task[t] for t in world.served(pid)]
+    assert all(a < b for a, b in itertools.pairwise(scores)) and scores[0] > 0 and scores[-1] <= 1
 
 
 def test_a_project_switched_away_is_re_tagged_old_tasks_first(world: World) -> None:
@@ -413,7 +418,7 @@ def test_publish_writes_switches_records_and_drops_curates_other_tags(world: Wor
     pid = project.record.project_id
     project = world.project()
     queue = world.store.label_studio.queue(project.record.id)
-    reversed_queue = [Placement(q.item_id, q.task_id, pos, None) for pos, q in enumerate(reversed(queue), 1)]
+    reversed_queue = [Placement(q.item_id, q.task_id, pos, None, pos / 10) for pos, q in enumerate(reversed(queue), 1)]
     tag = make_tag("m-1")
     calls = len(world.ls.calls)
     publish(
@@ -446,6 +451,7 @@ def test_a_task_deleted_in_label_studio_leaves_the_queue_when_publishing(world: 
     assert report.changed
     assert len(world.ls.project_predictions(pid, report.model_version_tag)) == 3
     assert victim not in {q.task_id for q in world.store.label_studio.queue(project.record.id)}
+    assert victim not in {row["task_id"] for row in report.top} and len(report.top) == 3  # "Next in the queue"
 
 
 # -- rank and reprioritize -------------------------------------------------------------------------------------------
@@ -500,7 +506,7 @@ def test_reprioritize_re_ranks_then_is_a_no_op_until_something_changes(world: Wo
     assert 0 < report.served_after_s <= report.seconds
     assert list(report.summary()) == [
         "project_id", "project", "project_url", "changed", "reason", "model_version_tag", "queue_size",
-        "topped_up", "moved", "top", "served_after_s", "seconds",
+        "topped_up", "moved", "top", "served_after_s", "seconds", "model_version", "model_note",
     ]  # fmt: skip
 
     calls = len(world.ls.calls)
@@ -522,8 +528,9 @@ def test_reprioritize_tops_the_queue_up(world: World) -> None:
     assert report.topped_up == 3 and report.queue_size == 5 and report.push is not None
     pid = project.record.project_id
     assert len(world.served(pid)) == 5
-    scores = sorted(p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag))
-    assert scores == [queue_score(i) for i in range(1, 6)]
+    by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    scores = [by_task[t] for t in world.served(pid)]
+    assert all(a < b for a, b in itertools.pairwise(scores)) and len(scores) == 5
 
 
 def test_an_empty_queue_is_reported_not_ranked(world: World) -> None:
@@ -549,7 +556,7 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
     assert report.tasks_seen == 5 and report.foreign_tasks == 1
     assert list(report.summary()) == [
         "project_id", "project", "tasks_seen", "new_annotations", "labeled_tasks", "skipped_tasks",
-        "foreign_tasks", "watermark",
+        "deleted_annotations", "foreign_tasks", "watermark",
     ]  # fmt: skip
     assert report.watermark == max(t["updated_at"] for t in world.ls.project_tasks(pid))
     assert world.store.label_studio.projects()[0].pulled_until == report.watermark
@@ -562,6 +569,27 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
     world.ls.annotate(tasks[2], CHOICE)
     again = pull(world.store, world.ls, "queue-test")
     assert again.new_annotations == 1 and again.tasks_seen == 4 and again.foreign_tasks == 1
+    # "labeled" counts the new label only, not the re-read task labeled by the first pull
+    assert (again.labeled_tasks, again.skipped_tasks) == (1, 0)
+
+
+def test_an_annotation_deleted_in_label_studio_is_no_longer_a_label(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:3])
+    world.push(project)
+    pid = project.record.project_id
+    tasks = list(_task_of(world, pid).values())
+    first = world.ls.annotate(tasks[0], CHOICE)
+    world.ls.annotate(tasks[1], CHOICE)
+    pull(world.store, world.ls, "queue-test")
+    assert len(world.store.labels.examples("classify")) == 2 and len(world.store.labels.item_ids()) == 2
+    world.ls.advance(5)
+    world.ls.delete_annotation(tasks[0], first)
+    report = pull(world.store, world.ls, "queue-test")
+    assert report.deleted_annotations == 1 and report.new_annotations == 0
+    assert len(world.store.labels.examples("classify")) == 1 and len(world.store.labels.item_ids()) == 1
+    # the task waits in the queue again, and the next ranking serves it
+    assert tasks[0] in {q.task_id for q in world.store.label_studio.queue(project.record.id)}
 
 
 def test_pull_adopts_tasks_pushed_from_another_database(world: World) -> None:
@@ -611,3 +639,225 @@ def test_the_watermark_margin() -> None:
     at = watermark_with_margin("2026-01-01T00:00:10.000000Z")
     assert at is not None and at.isoformat() == "2026-01-01T00:00:09+00:00"
     assert watermark_with_margin(None) is None
+
+
+# -- the queue as labelers see it (issue 14) -------------------------------------------------------------------------
+
+
+def _serve(world: World, pid: int, user: int, n: int, *, submit: bool = True) -> list[int]:
+    """The next ``n`` tasks the label stream gives ``user``, each submitted before asking again."""
+    got = []
+    for _ in range(n):
+        task = world.ls.next_task(pid, user)
+        if task is None:
+            break
+        got.append(task)
+        if submit:
+            world.ls.annotate(task, CHOICE, user=user)
+    return got
+
+
+def _ranked_tasks(world: World, pid: int, items: list[int]) -> list[int]:
+    tasks = _task_of(world, pid)
+    return [tasks[c] for c in _content(world, items)]
+
+
+def test_by_default_every_labeler_is_served_curates_rank_order_even_with_clusters(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:6]
+    world.select(project, items, clusters=[0, 1, 0, 1, 2, 2])  # what hybrid gives
+    world.push(project)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    assert all(p["cluster"] is None for p in world.ls.project_predictions(pid))
+    assert _serve(world, pid, user=1, n=3) == ranked[:3]
+    assert _serve(world, pid, user=2, n=3) == ranked[3:6]  # a second labeler continues down the same order
+
+
+def test_cluster_spreading_is_opt_in_and_serves_each_labeler_from_their_least_labeled_cluster(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:6]
+    world.select(project, items, clusters=[0, 1, 0, 1, 2, 2])
+    world.push(project, cluster_window=200)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    # ranks 1 (cluster 0), 2 (cluster 1), 5 (cluster 2: the one this labeler has not labeled), then 3
+    assert _serve(world, pid, user=1, n=4) == [ranked[0], ranked[1], ranked[4], ranked[2]]
+
+
+def test_a_locked_task_is_served_to_its_labeler_first_after_a_re_rank(world: World) -> None:
+    """Label Studio's limit, documented: a task a labeler opened stays theirs (TASK_LOCK_TTL) whatever the new
+    ranking; the others are served the top of the new queue without it."""
+    project = world.project()
+    items = world.item_ids[:5]
+    world.select(project, list(reversed(items)))  # pushed in the opposite of entropy's order
+    world.push(project)
+    pid = project.record.project_id
+    opened = world.ls.next_task(pid, 1)  # labeler 1 opens rank 1 and leaves it open
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"), pool_path=None
+    )
+    assert report.changed
+    ranked = _ranked_tasks(world, pid, items)
+    assert opened == ranked[-1]  # now ranked last
+    assert world.ls.next_task(pid, 1) == opened  # still served to its labeler first
+    assert _serve(world, pid, user=2, n=2) == ranked[:2]  # an idle labeler gets the new head
+    world.ls.advance(world.ls.lock_ttl_s + 1)  # the lock expires: the task is anyone's again
+    assert world.ls.next_task(pid, 3) == ranked[2]
+
+
+def test_a_skipped_task_stays_ranked_and_keeps_its_prediction_where_the_project_requeues_skips(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:4]
+    world.select(project, items)
+    world.push(project)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    assert world.ls.next_task(pid, 1) == ranked[0]
+    world.ls.annotate(ranked[0], [], cancelled=True, user=1)  # labeler 1 skips rank 1
+    pull(world.store, world.ls, "queue-test")
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"), pool_path=None
+    )
+    assert report.changed and report.queue_size == 4
+    live = {p["task"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    assert ranked[0] in live
+    assert world.ls.next_task(pid, 2) == ranked[0]  # "requeue for others": the next labeler gets it, in rank order
+    assert world.ls.next_task(pid, 1) != ranked[0]
+
+
+def test_with_ignore_skipped_a_skip_finishes_the_task_and_its_prediction_is_kept(world: World) -> None:
+    project = world.project()
+    world.ls.projects[project.record.project_id]["skip_queue"] = "IGNORE_SKIPPED"
+    items = world.item_ids[:4]
+    world.select(project, items)
+    world.push(project)
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    world.ls.annotate(ranked[0], [], cancelled=True, user=1)
+    pull(world.store, world.ls, "queue-test")
+    report = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"), pool_path=None
+    )
+    assert report.queue_size == 3
+    kept = [p for p in world.ls.task_predictions(ranked[0])]
+    assert [p["model_version"] for p in kept] == ["m-1"]
+
+
+def test_labeled_tasks_keep_the_prediction_they_were_labeled_with(world: World) -> None:
+    project = world.project()
+    items = world.item_ids[:4]
+    world.select(project, items)
+    first_tag = world.push(project).model_version_tag
+    pid = project.record.project_id
+    ranked = _ranked_tasks(world, pid, items)
+    shown = next(p for p in world.ls.task_predictions(ranked[0]) if p["model_version"] == first_tag)
+    world.ls.annotate(ranked[0], CHOICE, user=1)
+    pull(world.store, world.ls, "queue-test")
+    for _ in range(2):  # kept once, never twice
+        report = reprioritize(
+            world.store, world.ls, world.mv, world.pool_id, world.cfg, StrategySettings(name="entropy"),
+            pool_path=None, force=True,
+        )  # fmt: skip
+    assert report.queue_size == 3
+    kept = world.ls.task_predictions(ranked[0])
+    assert [(p["model_version"], p["score"], p["result"]) for p in kept] == [("m-1", shown["score"], shown["result"])]
+    # the queued tasks carry only the live ranking: nothing the queue no longer needs is left
+    for task in ranked[1:]:
+        assert [p["model_version"] for p in world.ls.task_predictions(task)] == [report.model_version_tag]
+
+
+def test_a_plain_reprioritize_repairs_a_project_switched_back_to_sequential_sampling(world: World) -> None:
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    pid = project.record.project_id
+    entropy = StrategySettings(name="entropy")
+    reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    tag = world.ls.projects[pid]["model_version"]
+    world.ls.projects[pid]["sampling"] = "Sequential sampling"  # someone, in the project's settings
+    assert world.ls.next_task(pid) is None
+    calls = len(world.ls.calls)
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    assert report.changed and "sampling is 'Sequential sampling'" in report.reason
+    assert "import_predictions" not in world.ls.calls[calls:]  # the ranking is there: only the switch is redone
+    assert world.ls.projects[pid]["sampling"] == UNCERTAINTY_SAMPLING and world.ls.projects[pid]["model_version"] == tag
+    assert world.ls.next_task(pid) is not None
+    world.ls.projects[pid]["model_version"] = "someone-elses"
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    assert report.changed and world.ls.projects[pid]["model_version"] == tag
+    noop = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    assert not noop.changed
+
+
+def test_moved_counts_tasks_that_changed_place_not_everyone_behind_them() -> None:
+    assert moved_count([1, 2, 3, 4]) == 0
+    assert moved_count([2, 3, 4, 5]) == 0  # the head was labeled: the rest only moved up
+    assert moved_count([5, 1, 2, 3, 4]) == 1  # one task jumped to the front
+    assert moved_count([5, 4, 3, 2, 1]) == 4
+    assert moved_count([None, 1, 2]) == 0  # a new task is not a move
+
+
+def test_the_live_prediction_score_is_the_models_confidence_and_sorts_in_queue_order(world: World) -> None:
+    """What a lead sorting the Data Manager's prediction-score column sees: the live order, and numbers that mean
+    something (1 − the strategy's uncertainty), not position / 10^6 (0.000 on every row)."""
+    from curation.selection import items_uncertainty
+
+    project = world.project()
+    items = world.item_ids[:6]
+    world.select(project, list(reversed(items)))
+    world.push(project)
+    pid = project.record.project_id
+    entropy = StrategySettings(name="entropy")
+    report = reprioritize(world.store, world.ls, world.mv, world.pool_id, world.cfg, entropy, pool_path=None)
+    by_task = {p["task"]: p["score"] for p in world.ls.project_predictions(pid, report.model_version_tag)}
+    served = world.served(pid)
+    assert [by_task[t] for t in served] == sorted(by_task.values())
+    u = items_uncertainty(world.store, world.mv, np.array(items), "entropy", entropy.detection).uncertainty
+    assert [by_task[t] for t in served] == pytest.approx([1 - x for x in u], abs=1e-8)
+    assert all(0.0 < s < 1.0 for s in by_task.values()) and max(by_task.values()) - min(by_task.values()) > 0.1
+    # the task data carries nothing that would go stale on a re-rank
+    assert all(set(t["data"]) == {"image", "curation_id"} for t in world.ls.project_tasks(pid))
+
+
+def test_status_shows_skipped_tasks_and_the_uncertainty_without_a_pool(world: World, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.config import load_settings
+    from curation.jobs.status import status
+
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    world.push(project)
+    tasks = list(_task_of(world, project.record.project_id).values())
+    world.ls.annotate(tasks[0], CHOICE)
+    world.ls.annotate(tasks[1], [], cancelled=True)
+    pull(world.store, world.ls, "queue-test")
+    report = status(world.store, load_settings(None, {}, environ={}))
+    assert report["counts"]["skipped"] == 1 and report["counts"]["labeled"] == 1 and report["counts"]["queued"] == 2
+    assert report["score_distribution"] is not None and report["score_distribution"]["candidates"] > 0
+    result = CliRunner().invoke(app, ["status", "--db", f"sqlite:///{tmp_path / 'c.db'}"])
+    assert result.exit_code == 0, result.stderr
+    assert "skipped" in result.stdout and "Uncertainty" in result.stdout
+
+
+def test_a_superseded_ranking_stays_for_the_grace_period_so_open_tasks_can_still_be_submitted(world: World) -> None:
+    """Label Studio refuses a submission whose pre-annotation's prediction was deleted (400, parent_prediction):
+    the browser test found a labeler unable to submit the task they had open during a re-rank."""
+    from curation.labelstudio.publish import drop_other_tags
+
+    project = world.project()
+    world.select(project, world.item_ids[:4])
+    old = world.push(project).model_version_tag
+    pid = project.record.project_id
+    cfg = world.cfg.model_copy(update={"superseded_grace_s": 3600.0})
+    entropy = StrategySettings(name="entropy")
+    new = reprioritize(world.store, world.ls, world.mv, world.pool_id, cfg, entropy, pool_path=None).model_version_tag
+    assert set(world.ls.model_versions(pid)) == {old, new}  # the old predictions stay: open tasks still submit
+    assert world.ls.projects[pid]["model_version"] == new
+    superseded = parse_tag(new)
+    assert superseded is not None
+    assert drop_other_tags(world.ls, pid, new, grace_s=3600, now=superseded.created + timedelta(seconds=3599)) == []
+    assert drop_other_tags(world.ls, pid, new, grace_s=3600, now=superseded.created + timedelta(seconds=3600)) == [old]
+    assert set(world.ls.model_versions(pid)) == {new}

@@ -334,6 +334,13 @@ def _server_env(data_dir: Path) -> dict[str, str]:
         LABEL_STUDIO_COLLECT_ANALYTICS="false",  # usage telemetry
         LABEL_STUDIO_SENTRY_DSN="",  # backend error reporting (the default DSN points to sentry.io)
         LABEL_STUDIO_FRONTEND_SENTRY_DSN="",  # browser error reporting
+        # this server is bound to 127.0.0.1 and used with a local curate serve: let it call ML backends and
+        # webhooks on loopback addresses (blocked by default as SSRF protection)
+        ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false",
+        # this server and the local S3 server (curate demo --s3, the tests) both live on 127.0.0.1, which Label
+        # Studio's SSRF guard refuses as a storage endpoint by default
+        LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS="false",
     )
     return env
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from curation.config import Settings
 from curation.jobs.common import current_or_fail
 from curation.reports import Report
-from curation.scoring.pool import content_id, resolve_pool, scan_pool
+from curation.scoring.pool import content_id, resolve_local_pool, scan_pool
 from curation.training.imports import read_foreign
 from store import Store
 from store.records import ImportedLabel
@@ -53,7 +53,7 @@ def import_labels(store: Store, settings: Settings, path: Path, *, images: Path 
     wanted = sorted({cid for _, cid in hashed})
     known = store.items.by_content(wanted)
     if dataset.root is not None and any(cid not in known for _, cid in hashed):
-        source = resolve_pool(dataset.root)
+        source = resolve_local_pool(dataset.root)  # --images: a folder on disk
         scan_pool(
             store,
             source,

@@ -11,7 +11,7 @@ from curation.jobs.score import ScoreOutcome, score
 from curation.labelstudio import push as push_module
 from curation.labelstudio import reprioritize as reprioritize_module
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.project import connect, ensure_storage, open_project
+from curation.labelstudio.project import connect, ensure_storage, find_project, open_project
 from curation.progress import Progress
 from curation.selection import build_strategy
 from store import Store
@@ -35,9 +35,10 @@ def push(
         mv,
         project,
         settings.label_studio,
+        settings.strategy,
         pool_path=settings.pool.path,
-        min_conf=settings.strategy.detection.conf,
         progress=progress,
+        s3=settings.pool.s3,
     )
 
 
@@ -66,10 +67,21 @@ def reprioritize(
     progress: Progress | None = None,
     ls: LabelStudioAPI | None = None,
 ) -> tuple[ScoreOutcome, reprioritize_module.ReprioritizeReport]:
-    """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``)."""
+    """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``).
+
+    Without a pool (``--pool`` / ``pool.path``) it uses the pools this database selected for the project from:
+    each is scored, and the queue is topped up from the most recent one."""
     build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
     ls = ls or connect(settings.label_studio)
-    scored = score(store, settings, progress=progress)
+    if settings.pool.path:
+        scored = score(store, settings, progress=progress)
+    else:
+        pools = _project_pools(store, ls, settings)
+        if not pools:
+            scored = score(store, settings, progress=progress)  # fails: no pool given
+        for location in reversed(pools):  # the newest last: its outcome is the one reported and topped up from
+            settings = settings.model_copy(update={"pool": settings.pool.model_copy(update={"path": location})})
+            scored = score(store, settings, progress=progress)
     report = reprioritize_module.reprioritize(
         store,
         ls,
@@ -81,8 +93,26 @@ def reprioritize(
         queue_size=queue_size,
         force=force,
         progress=progress,
+        s3=settings.pool.s3,
     )
+    current = store.models.current()
+    if current is not None and current.id != scored.model.id:
+        report.model_note = (
+            f"ranked with {scored.model.version}, which is not the current model ({current.version}): the next "
+            f"reprioritize without --model ranks with {current.version} again; "
+            f"`curate models promote {scored.model.version}` makes the switch stick"
+        )
     return scored, report
+
+
+def _project_pools(store: Store, ls: LabelStudioAPI, settings: Settings) -> list[str]:
+    """The pools this database selected for the project from (none for a project it does not know)."""
+    name = settings.label_studio.project
+    remote = find_project(ls, name) if name else None
+    if remote is None:
+        return []
+    records = [p for p in store.label_studio.projects() if p.server == ls.url and p.project_id == int(remote["id"])]
+    return store.label_studio.pools(records[0].id) if records else []
 
 
 def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
@@ -91,7 +121,7 @@ def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     runtime = load_runtime(settings, store)
     mv = register_model(store, runtime)
     project = open_project(store, ls, mv, settings.label_studio.project)
-    storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path)
+    storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path, settings.pool.s3)
     return {
         "server": ls.url,
         "user": ls.user,

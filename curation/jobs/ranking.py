@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from curation.config import Settings
 from curation.errors import ConfigError, PoolError, UnknownReferenceError
 from curation.jobs.common import current_or_fail
-from curation.scoring.pool import absolute_path, resolve_pool
+from curation.scoring.pool import item_location, resolve_pool
 from curation.selection import FALLBACK_MEASURE, build_strategy, candidate_uncertainty
 from store import Store
 from store.records import ModelVersionRecord
@@ -75,7 +75,7 @@ def ranked_scores(
     order = np.argsort(-values, kind="stable")  # candidates come in item id order: ties stay in it
     ids, values = ids[order], values[order]
     root = str(source.root)
-    paths = np.array([str(absolute_path(root, p)) for p in store.items.paths(pool_id, ids.tolist())], dtype=np.str_)
+    paths = np.array([item_location(root, p) for p in store.items.paths(pool_id, ids.tolist())], dtype=np.str_)
     return RankedScores(mv.version, chosen, ids, paths, values)
 
 

@@ -14,12 +14,14 @@ from store import Store
 from store.records import ModelVersionRecord
 
 if TYPE_CHECKING:
+    from curation.objects.source import ObjectSource
+    from curation.scoring.object_pool import ObjectPool
     from curation.scoring.runtime import ModelRuntime
 
 
 @dataclass
 class ScoreOutcome:
-    pool: PoolSource
+    pool: PoolSource | ObjectPool
     pool_id: int
     scan: ScanReport
     model: ModelVersionRecord
@@ -47,20 +49,45 @@ class ScoreOutcome:
         }
 
 
-def scan(store: Store, settings: Settings, progress: Progress | None = None) -> tuple[PoolSource, int, ScanReport]:
+def objects_for(source: PoolSource | ObjectPool, settings: Settings) -> ObjectSource | None:
+    """The object source that reads an object-store pool's items (None for local pools)."""
+    if source.kind != "s3":
+        return None
+    from curation.scoring.object_pool import ObjectPool, object_source
+
+    return object_source(source, settings.pool.s3) if isinstance(source, ObjectPool) else None
+
+
+def scan(
+    store: Store, settings: Settings, progress: Progress | None = None, objects: ObjectSource | None = None
+) -> tuple[PoolSource | ObjectPool, int, ScanReport]:
+    """Scan the configured pool. ``objects``: the object source to read an object-store pool through (default:
+    S3 with the configured credentials)."""
     progress = progress or NullProgress()
     source = resolve_pool(settings.pool.path)
     progress.start(f"scanning {source.location}", None)
     try:
-        pool_id, report = scan_pool(
-            store,
-            source,
-            tuple(settings.pool.extensions),
-            settings.pool.hash_workers,
-            on_progress=lambda done, total: progress.advance(1),
-            allow_outside_root=settings.pool.allow_outside_root,
-            max_pixels=settings.pool.max_pixels,
-        )
+        if isinstance(source, PoolSource):
+            pool_id, report = scan_pool(
+                store,
+                source,
+                tuple(settings.pool.extensions),
+                settings.pool.hash_workers,
+                on_progress=lambda done, total: progress.advance(1),
+                allow_outside_root=settings.pool.allow_outside_root,
+                max_pixels=settings.pool.max_pixels,
+            )
+        else:
+            from curation.scoring.object_pool import scan_object_pool
+
+            pool_id, report = scan_object_pool(
+                store,
+                source,
+                objects or object_source_required(source, settings),
+                tuple(settings.pool.extensions),
+                on_progress=lambda done, total: progress.advance(1),
+                max_pixels=settings.pool.max_pixels,
+            )
     finally:
         progress.finish()
     for path, reason in report.skipped:
@@ -79,13 +106,15 @@ def score(
     rescore: bool = False,
     progress: Progress | None = None,
     runtime: ModelRuntime | None = None,
+    objects: ObjectSource | None = None,
 ) -> ScoreOutcome:
     """Scan the pool and score every item the current model version has not scored yet.
 
     When the registry already knows the model and every item has its score, the model is never loaded (nor torch
     imported): an idle cron turn costs a pool scan and a few queries."""
     progress = progress or NullProgress()
-    source, pool_id, scan_report = scan(store, settings, progress)
+    objects = objects or objects_for(resolve_pool(settings.pool.path), settings)
+    source, pool_id, scan_report = scan(store, settings, progress, objects)
     if runtime is None and not rescore:
         known = registered_model(settings, store)
         if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
@@ -95,7 +124,10 @@ def score(
     runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
     todo = store.items.to_score(pool_id, mv.id, rescore=rescore)
-    items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
+    if isinstance(source, PoolSource):
+        items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
+    else:
+        items = [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo]
     report = score_items(
         store,
         runtime,
@@ -106,5 +138,12 @@ def score(
         settings.pool.max_pixels,
         progress,
         max_aspect=settings.pool.max_aspect_ratio,
+        objects=objects,
     )
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)
+
+
+def object_source_required(source: ObjectPool, settings: Settings) -> ObjectSource:
+    from curation.scoring.object_pool import object_source
+
+    return object_source(source, settings.pool.s3)

@@ -90,8 +90,8 @@ def select(
             scored.model,
             project,
             settings.label_studio,
+            settings.strategy,
             pool_path=settings.pool.path,
-            min_conf=settings.strategy.detection.conf,
             progress=progress,
         )
         outcome.extra["push"] = report.summary()

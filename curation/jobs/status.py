@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from curation.config import Settings
+from curation.errors import CurateError
 from curation.jobs.common import iso
 from curation.scoring.pool import resolve_pool
 from curation.selection import FALLBACK_MEASURE, build_strategy, candidate_uncertainty
@@ -33,11 +34,16 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
             current = store.models.get(runs[0]["model_version"])
     counts = store.items.counts(pool_id, current.id if current else None)
     distribution = None
-    if current is not None and pool_id is not None:
+    pools = [pool_id] if pool_id is not None else [p for p, _ in store.pools.all()]
+    if current is not None and pools:
         strategy = build_strategy(settings.strategy)
         measure = strategy.measure or FALLBACK_MEASURE
-        cands = candidate_uncertainty(store, pool_id, current, measure, settings.strategy.detection)
-        values = cands.uncertainty[~np.isnan(cands.uncertainty)]
+        by_item: dict[int, float] = {}  # every pool's candidates, an item in several pools once
+        for pool in pools:
+            cands = candidate_uncertainty(store, pool, current, measure, settings.strategy.detection)
+            by_item.update(zip(cands.item_ids.tolist(), cands.uncertainty.tolist(), strict=True))
+        values = np.array(list(by_item.values()), dtype=np.float64)
+        values = values[~np.isnan(values)]
         if len(values):
             qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
             hist, edges = np.histogram(values, bins=10)
@@ -67,4 +73,26 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
         "recent_runs": [{**r, "started_at": iso(r["started_at"]), "finished_at": iso(r["finished_at"])} for r in runs],
         "recent_selections": [{**s, "created_at": iso(s["created_at"])} for s in store.selections.recent()],
         "failures": [{"path": p, "reason": r} for p, r in store.items.failures(pool_id, limit=20)],
+    }
+
+
+def store_state(store: Store, settings: Settings) -> dict[str, Any]:
+    """What the metrics show of the store: counts (in the configured pool, if any), labels not yet trained on,
+    and the current model's metric. Read-only and light (a few counting queries)."""
+    pool_id = None
+    if settings.pool.path:
+        try:
+            pool_id = store.pools.find(str(resolve_pool(settings.pool.path).location))
+        except CurateError:
+            pool_id = None
+    current = store.models.current()
+    counts = store.items.counts(pool_id, current.id if current else None)
+    last = store.models.latest_trained()
+    trained_on = (last.n_labeled or 0) if last else 0
+    return {
+        **counts,
+        "labels_since_training": max(counts["labeled"] - trained_on, 0),
+        "model_version": current.version if current else None,
+        "metric_name": current.metric_name if current else None,
+        "metric_value": current.metric_value if current else None,
     }

@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -30,11 +31,33 @@ T = TypeVar("T")
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 _RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx: the SDK's rule
 _MAX_BACKOFF_S = 60.0
+PROJECT_PAGE = 100
 
 
 class ImportOutcomeUnknown(LabelStudioError):
     """The import request failed in a way that may have come after the server committed (5xx, timeout,
     connection lost): the tasks may or may not exist."""
+
+
+@dataclass(frozen=True)
+class S3StorageSpec:
+    """An S3 import storage for a project: where Label Studio (and the browser, through presigned URLs) reads an
+    object-store pool. Label Studio keeps the credentials in its own database, as for any storage it is given."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region: str
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    presign_ttl_min: int = 15
+
+    def redact(self, text: str) -> str:
+        for secret in (self.secret_access_key, self.session_token, self.access_key_id):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 class LabelStudioAPI(Protocol):
@@ -57,6 +80,14 @@ class LabelStudioAPI(Protocol):
     def local_storage_paths(self, project_id: int) -> list[str]: ...
 
     def add_local_storage(self, project_id: int, path: str) -> None: ...
+
+    def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
+        """(bucket, prefix) of the project's S3 import storages."""
+        ...
+
+    def add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        """Connect an S3 import storage (presigned URLs) so that the labeling UI loads ``s3://`` task images."""
+        ...
 
     def set_ranking(self, project_id: int, tag: str) -> None:
         """Serve tasks by the lowest score among predictions tagged ``tag``."""
@@ -85,6 +116,34 @@ class LabelStudioAPI(Protocol):
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]: ...
 
     def set_cluster(self, prediction_id: int, cluster: int) -> None: ...
+
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's ML backends, each with ``id``, ``url`` and ``title``."""
+        ...
+
+    def add_ml_backend(
+        self, project_id: int, url: str, title: str, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Connect an ML backend (the server calls its ``/health`` and ``/setup`` before answering)."""
+        ...
+
+    def delete_ml_backend(self, backend_id: int) -> None: ...
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks, each with ``id``, ``url``, ``headers``, ``actions``."""
+        ...
+
+    def add_webhook(
+        self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]
+    ) -> dict[str, Any]: ...
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None: ...
+
+    def delete_webhook(self, webhook_id: int) -> None: ...
+
+    def download(self, path: str, max_bytes: int) -> bytes:
+        """The bytes of a file the server serves at ``path`` (relative to its URL), with the API key."""
+        ...
 
 
 class _Refused(Exception):
@@ -167,7 +226,9 @@ class LabelStudioClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self._secret = api_key
-        from label_studio_sdk import LabelStudio
+        # The generated client without the SDK's extensions: those import its labeling-interface and JSON-schema
+        # helpers (1.5-2 s per process), which curate never uses; every endpoint curate calls is generated.
+        from label_studio_sdk.base_client import LabelStudioBase as LabelStudio
 
         sdk_http = None if transport is None else httpx.Client(transport=transport, timeout=timeout)
         self._sdk = self._call(
@@ -230,8 +291,10 @@ class LabelStudioClient:
         params: dict[str, Any] | None = None,
         json_body: Any = None,
         timeout: float | None = None,
+        retry: bool = True,
     ) -> Any:
-        """An endpoint the SDK has no method for (idempotent calls only: they are retried like the SDK's)."""
+        """An endpoint the SDK has no method for; retried like the SDK's calls unless ``retry`` is False (calls
+        that create something)."""
 
         def send() -> Any:
             attempt = 0
@@ -241,11 +304,11 @@ class LabelStudioClient:
                         method, path, params=params, json=json_body, timeout=timeout or self.timeout
                     )
                 except (httpx.ConnectError, httpx.RemoteProtocolError):
-                    if attempt >= self.max_retries:
+                    if not retry or attempt >= self.max_retries:
                         raise
                 else:
-                    retry = response.status_code >= 500 or response.status_code in _RETRY_STATUS
-                    if not retry or attempt >= self.max_retries:
+                    again = response.status_code >= 500 or response.status_code in _RETRY_STATUS
+                    if not again or not retry or attempt >= self.max_retries:
                         break
                 time.sleep(min(2.0**attempt, _MAX_BACKOFF_S))
                 attempt += 1
@@ -271,10 +334,23 @@ class LabelStudioClient:
         return dict(result.dict())
 
     def projects_titled(self, title: str) -> list[dict[str, Any]]:
-        found: list[Any] = self._call(
-            f"looking up project {title!r}", lambda: list(self._sdk.projects.list(title=title))
-        )
-        return [{"id": int(p.id), "title": getattr(p, "title", None)} for p in found]
+        """One request per page of ``PROJECT_PAGE`` projects, following ``next`` only while the server says there
+        is one (the SDK's pager asks for the page after the last one, which Label Studio answers — and logs — as a
+        404 with a traceback on every lookup)."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            body = self._raw(
+                "GET",
+                "api/projects/",
+                what=f"looking up project {title!r}",
+                params={"title": title, "page": page, "page_size": PROJECT_PAGE},
+            )
+            rows = body.get("results", []) if isinstance(body, dict) else list(body or [])
+            found.extend({"id": int(p["id"]), "title": p.get("title")} for p in rows)
+            if not (isinstance(body, dict) and body.get("next")) or not rows:
+                return found
+            page += 1
 
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
         created = self._call(
@@ -288,6 +364,47 @@ class LabelStudioClient:
             "listing local storages", lambda: list(self._sdk.import_storage.local.list(project=project_id))
         )
         return [str(s.path) for s in storages if getattr(s, "path", None)]
+
+    def s3_storage_buckets(self, project_id: int) -> list[tuple[str, str]]:
+        storages = self._call("listing S3 storages", lambda: list(self._sdk.import_storage.s3.list(project=project_id)))
+        return [(str(s.bucket), str(s.prefix or "")) for s in storages if getattr(s, "bucket", None)]
+
+    def add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        from label_studio_sdk.core.api_error import ApiError
+
+        where = f"S3 storage s3://{storage.bucket}/{storage.prefix} ({storage.endpoint_url or 'AWS S3'})"
+        try:
+            self._add_s3_storage(project_id, storage)
+        except LabelStudioError as exc:  # the server's answer may quote what it was sent
+            cause = exc.__context__
+            if isinstance(cause, ApiError) and cause.status_code in (400, 403):  # about the storage, not the key
+                detail = storage.redact(self._redact(_detail(cause.body)))
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refused the {where} ({cause.status_code}: {detail}); a private or "
+                    "loopback endpoint needs LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false on the server",
+                    cause.status_code,
+                ) from None
+            raise LabelStudioError(storage.redact(str(exc)), exc.status) from None
+
+    def _add_s3_storage(self, project_id: int, storage: S3StorageSpec) -> None:
+        self._call(
+            f"adding S3 storage s3://{storage.bucket}/{storage.prefix} ({storage.endpoint_url or 'AWS S3'})",
+            lambda: self._sdk.import_storage.s3.create(
+                project=project_id,
+                title=f"curate pool s3://{storage.bucket}/{storage.prefix}"[:2000],
+                bucket=storage.bucket,
+                prefix=storage.prefix or None,
+                presign=True,
+                presign_ttl=storage.presign_ttl_min,
+                use_blob_urls=True,
+                recursive_scan=True,
+                region_name=storage.region,
+                s3endpoint=storage.endpoint_url,
+                aws_access_key_id=storage.access_key_id,
+                aws_secret_access_key=storage.secret_access_key,
+                aws_session_token=storage.session_token,
+            ),
+        )
 
     def add_local_storage(self, project_id: int, path: str) -> None:
         self._call(
@@ -309,7 +426,7 @@ class LabelStudioClient:
             f"importing {len(tasks)} tasks",
             lambda: self._sdk.projects.import_tasks(
                 id=project_id,
-                request=list(tasks),  # type: ignore[arg-type]  # plain dicts are accepted
+                request=list(tasks),  # plain dicts are accepted
                 return_task_ids=True,
                 request_options={"max_retries": 0},
             ),
@@ -366,7 +483,7 @@ class LabelStudioClient:
             f"writing {len(predictions)} predictions",
             lambda: self._sdk.projects.import_predictions(
                 id=project_id,
-                request=list(predictions),  # type: ignore[arg-type]  # plain dicts are accepted
+                request=list(predictions),  # plain dicts are accepted
             ),
         )
         created = int(response.dict().get("created", len(predictions)))
@@ -403,6 +520,76 @@ class LabelStudioClient:
             "setting a prediction's cluster",
             lambda: self._sdk.predictions.update(id=prediction_id, cluster=int(cluster)),
         )
+
+    # -- ML backends and webhooks (``curate ls connect``) -------------------------------------------------------------
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        body = self._raw("GET", "api/ml", params={"project": project_id}, what="listing ML backends")
+        return [dict(b) for b in body or []] if isinstance(body, list) else []
+
+    def add_ml_backend(
+        self, project_id: int, url: str, title: str, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"project": project_id, "url": url, "title": title, "is_interactive": False}
+        if basic_auth is not None:
+            payload.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+        secret = basic_auth[1] if basic_auth else ""
+        try:
+            body = self._raw("POST", "api/ml", json_body=payload, what=f"connecting the ML backend {url}", retry=False)
+        except LabelStudioError as exc:
+            if secret and secret in str(exc):  # pragma: no cover - the server does not echo it; never let it out
+                raise LabelStudioError(str(exc).replace(secret, "***"), exc.status) from None
+            raise
+        return dict(body or {})
+
+    def delete_ml_backend(self, backend_id: int) -> None:
+        self._raw("DELETE", f"api/ml/{backend_id}", what="removing the ML backend")
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        body = self._raw("GET", "api/webhooks", params={"project": project_id}, what="listing webhooks")
+        return [dict(w) for w in body or []] if isinstance(body, list) else []
+
+    def add_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> dict[str, Any]:
+        payload = {
+            "project": project_id,
+            "url": url,
+            "headers": headers,
+            "actions": list(actions),
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        body = self._raw("POST", "api/webhooks", json_body=payload, what=f"adding the webhook {url}", retry=False)
+        return dict(body or {})
+
+    def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None:
+        payload = {
+            "url": url,
+            "headers": headers,
+            "actions": list(actions),
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        self._raw("PATCH", f"api/webhooks/{webhook_id}", json_body=payload, what=f"updating the webhook {url}")
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self._raw("DELETE", f"api/webhooks/{webhook_id}", what="removing the webhook")
+
+    def download(self, path: str, max_bytes: int) -> bytes:
+        def fetch() -> bytes:
+            with self._http.stream("GET", path.lstrip("/")) as response:
+                if response.status_code >= 400:
+                    raise _Refused(response.status_code, response.read()[:300].decode("utf-8", "replace"))
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise LabelStudioError(f"{path} on Label Studio at {self.url} is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        return self._call(f"downloading {path}", fetch)
 
 
 def _detail(body: Any) -> str:

@@ -4,7 +4,8 @@ results, image URLs, times, and pulled annotations normalised per task type. No 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -22,7 +23,6 @@ IMAGE_NAME = "image"
 CONTROL_NAME = "label"
 CONTROL_TAG = {"classify": "Choices", "detect": "RectangleLabels", "segment": "PolygonLabels"}
 LS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the only format the task filter accepts
-MAX_POSITION = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -216,18 +216,34 @@ def normalize_annotation(task: str, result: list[dict[str, Any]]) -> dict[str, A
 # Task and prediction payloads
 
 
-def queue_score(position: int) -> float:
-    """The prediction score Label Studio ranks by, lowest first: the queue position in millionths.
+SCORE_STEP = 1e-6
+"""The least two neighbouring tasks' scores differ by: Label Studio orders by score, so they must never tie."""
 
-    Bulk prediction imports silently drop scores outside [0, 1]; a fixed scale (rather than position / queue size)
-    lets new tasks be appended after the queue without rewriting every other prediction.
-    """
-    return position / MAX_POSITION
+
+def queue_scores(confidences: Sequence[float | None], after: float = 0.0) -> list[float]:
+    """The prediction scores Label Studio ranks by, lowest first, for tasks in queue order (after a task scored
+    ``after``): each task's score is the model's confidence in it (1 − its uncertainty: Uncertainty sampling's own
+    reading, least confident first), raised just above the previous task's score where the ranking puts a more
+    confident task earlier (diversity, class balance), so that the order holds. None: no model output (it takes
+    the previous score + ``SCORE_STEP``). The result may pass 1: see ``fit_scores``."""
+    out: list[float] = []
+    prev = after
+    for c in confidences:
+        value = prev if c is None or not math.isfinite(c) else min(max(float(c), 0.0), 1.0)
+        prev = max(value, prev + SCORE_STEP)
+        out.append(prev)
+    return out
+
+
+def fit_scores(scores: list[float]) -> list[float]:
+    """``scores`` squeezed into [0, 1] (bulk prediction imports drop scores above 1), order kept."""
+    top = max(scores, default=0.0)
+    return scores if top <= 1.0 else [s / top for s in scores]
 
 
 def ranking_prediction(
     tag: str,
-    position: int,
+    score: float,
     pred: StoredPrediction | None,
     mv: ModelVersionRecord,
     ui: LabelingInterface,
@@ -236,29 +252,24 @@ def ranking_prediction(
     """The prediction that places a task in the queue (its score) and pre-annotates it (its result). Every queued
     task gets one, even without model output to show: without it the label stream would not serve the task."""
     result = prediction_result(mv.task, pred, mv.class_names, ui, min_conf) if pred else []
-    return {"model_version": tag, "score": queue_score(position), "result": result}
+    return {"model_version": tag, "score": round(float(score), 9), "result": result}
 
 
 def task_payload(
     item: PendingItem,
     url: str,
-    position: int,
+    score: float,
     tag: str,
     pred: StoredPrediction | None,
     mv: ModelVersionRecord,
     ui: LabelingInterface,
     min_conf: float,
 ) -> dict[str, Any]:
-    """A task to import: the image, curate's bookkeeping (``curation_id`` finds it again), and its prediction."""
-    data = {
-        ui.data_key: url,
-        "curation_id": item.content_id,
-        "curation_rank": position,
-        "curation_score": round(item.score, 6),
-        "curation_strategy": item.strategy,
-        "curation_model_version": mv.version,
-    }
-    return {"data": data, "predictions": [ranking_prediction(tag, position, pred, mv, ui, min_conf)]}
+    """A task to import: the image, ``curation_id`` (finds it again), and its prediction. Nothing that a re-rank
+    would make stale goes into the task's data: the live queue position and the model's confidence are the
+    prediction's score, the ranking's model version its ``model_version``."""
+    data = {ui.data_key: url, "curation_id": item.content_id}
+    return {"data": data, "predictions": [ranking_prediction(tag, score, pred, mv, ui, min_conf)]}
 
 
 def curation_id_of(task: dict[str, Any]) -> str | None:
@@ -292,3 +303,36 @@ def parse_ls_time(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labeling configs as Label Studio sends them (``/predict``, ``/setup``)
+
+
+def parse_label_config(config: str) -> dict[str, Any]:
+    """A labeling config's XML as Label Studio's ``parsed_label_config``: control name → type, to_name, inputs
+    and labels (what ``check_label_config`` reads). Malformed XML is a ``ConfigError``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise ConfigError(f"the labeling config is not valid XML: {exc}") from None
+    objects = {el.get("name"): el for el in root.iter() if el.get("value", "").startswith("$")}
+    parsed: dict[str, Any] = {}
+    for el in root.iter():
+        to_name = el.get("toName")
+        if not to_name or el.get("name") is None:
+            continue
+        inputs = [
+            {"type": objects[n].tag, "value": objects[n].get("value", "")[1:]}
+            for n in to_name.split(",")
+            if n in objects
+        ]
+        parsed[str(el.get("name"))] = {
+            "type": el.tag,
+            "to_name": to_name.split(","),
+            "inputs": inputs,
+            "labels": [child.get("value") for child in el if child.get("value") is not None],
+        }
+    return parsed

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.config import LabelStudioSettings
+from curation.config import LabelStudioSettings, S3Settings
 from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
-from curation.labelstudio.client import LabelStudioAPI, LabelStudioClient
+from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI, LabelStudioClient
 from curation.labelstudio.formats import LabelingInterface, check_label_config, label_config
 from store import Store
 from store.records import LSProjectRecord, ModelVersionRecord
+
+IGNORE_SKIPPED = "IGNORE_SKIPPED"
 
 
 def connect(cfg: LabelStudioSettings) -> LabelStudioClient:
@@ -47,9 +49,28 @@ class ProjectHandle:
         return str(self.remote.get("model_version") or "")
 
     @property
+    def requeues_skipped(self) -> bool:
+        """Whether the project serves skipped tasks again (Label Studio's ``skip_queue``: "Requeue for others",
+        its default, or "Requeue for me"); with "Ignore skipped" a skip completes the task."""
+        return self.remote.get("skip_queue") != IGNORE_SKIPPED
+
+    @property
     def serving(self) -> bool:
-        """Whether the label stream serves the ranking this database wrote last."""
-        return bool(self.record.active_tag and self.live_tag == self.record.active_tag)
+        """Whether the label stream serves the ranking this database wrote last (someone may have switched the
+        project's sampling or model_version since)."""
+        return bool(self.record.active_tag and self.live_tag == self.record.active_tag and not self.drift)
+
+    @property
+    def drift(self) -> str | None:
+        """What someone changed in the project since curate's last ranking (None: nothing)."""
+        if not self.record.active_tag:
+            return None
+        changes = []
+        if self.remote.get("sampling") != UNCERTAINTY_SAMPLING:
+            changes.append(f"sampling is {self.remote.get('sampling')!r}")
+        if self.live_tag != self.record.active_tag:
+            changes.append(f"model_version is {self.live_tag!r}")
+        return ", ".join(changes) or None
 
 
 def _name(name: str | None) -> str:
@@ -108,15 +129,26 @@ def known_project(store: Store, ls: LabelStudioAPI, name: str | None) -> Project
 
 
 def ensure_storage(
-    ls: LabelStudioAPI, project: ProjectHandle, cfg: LabelStudioSettings, pool_path: str | None
+    ls: LabelStudioAPI,
+    project: ProjectHandle,
+    cfg: LabelStudioSettings,
+    pool_path: str | None,
+    s3: S3Settings | None = None,
 ) -> str | None:
-    """Local-files serving needs a local storage in the project covering the pool (a subfolder of the root).
-    Returns the storage path, or None when images are served from ``url_prefix``."""
-    if cfg.url_prefix or not cfg.document_root or not pool_path:
+    """Connect the storage Label Studio loads the pool's images from. Local-files serving needs a local storage
+    covering the pool (a subfolder of the root); an object-store pool gets an S3 import storage for its bucket
+    and prefix (presigned URLs; the endpoint for S3-compatible servers). Returns the storage's path or URI, or
+    None when images are served from ``url_prefix``."""
+    if cfg.url_prefix or not pool_path:
         return None
-    from curation.scoring.pool import resolve_pool
+    from curation.scoring.pool import PoolSource, resolve_pool
 
-    root = resolve_pool(pool_path).root
+    pool = resolve_pool(pool_path)
+    if not isinstance(pool, PoolSource):
+        return _ensure_s3_storage(ls, project, cfg, pool.bucket, pool.prefix, s3)
+    if not cfg.document_root:
+        return None
+    root = pool.root
     document_root = Path(cfg.document_root).expanduser().resolve()
     if root == document_root or not root.is_relative_to(document_root):
         raise ConfigError(
@@ -126,3 +158,33 @@ def ensure_storage(
     if str(root) not in ls.local_storage_paths(project.record.project_id):
         ls.add_local_storage(project.record.project_id, str(root))
     return str(root)
+
+
+def _ensure_s3_storage(
+    ls: LabelStudioAPI,
+    project: ProjectHandle,
+    cfg: LabelStudioSettings,
+    bucket: str,
+    prefix: str,
+    s3: S3Settings | None,
+) -> str:
+    from curation.labelstudio.client import S3StorageSpec
+    from curation.objects.s3 import resolve_credentials
+
+    uri = f"s3://{bucket}/{prefix}"
+    pid = project.record.project_id
+    # a storage of the bucket whose prefix covers the pool resolves its URIs
+    if any(b == bucket and prefix.startswith(p) for b, p in ls.s3_storage_buckets(pid)):
+        return uri
+    creds = resolve_credentials(s3 or S3Settings())
+    spec = S3StorageSpec(
+        bucket,
+        prefix,
+        cfg.s3_endpoint_url or creds.endpoint_url,
+        creds.region,
+        creds.access_key_id,
+        creds.secret_access_key,
+        creds.session_token,
+    )
+    ls.add_s3_storage(pid, spec)
+    return uri

@@ -29,8 +29,9 @@ class PullReport(Report):
     project: str
     tasks_seen: int = 0
     new_annotations: int = 0
-    labeled_tasks: int = 0
-    skipped_tasks: int = 0
+    labeled_tasks: int = 0  # tasks newly labeled by this pull (re-read ones are not counted again)
+    skipped_tasks: int = 0  # tasks newly skipped
+    deleted_annotations: int = 0  # annotations deleted in Label Studio: no longer labels here, never trained on
     foreign_tasks: int = 0
     watermark: str | None = None
 
@@ -73,6 +74,7 @@ def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]]
     adopted = [(by_content[c], tid) for tid, c in unknown.items() if c in by_content]
     known.update({tid: item for item, tid in adopted})
     annotations: list[PulledAnnotation] = []
+    seen: list[int] = []
     watermark = report.watermark
     for task in page:
         report.tasks_seen += 1
@@ -83,13 +85,15 @@ def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]]
         if item_id is None:
             report.foreign_tasks += 1
             continue
+        if isinstance(task.get("annotations"), list):  # all of them: one stored but missing was deleted
+            seen.append(int(task["id"]))
         done = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
-        if any(not a.get("was_cancelled") for a in done):
-            report.labeled_tasks += 1
-        elif done:
-            report.skipped_tasks += 1
         annotations.extend(_annotation(a, int(task["id"]), item_id, project.record.task) for a in done)
-    report.new_annotations += store.label_studio.store_annotations(project.record.id, annotations, adopted, watermark)
+    counts = store.label_studio.store_annotations(project.record.id, annotations, adopted, watermark, seen)
+    report.new_annotations += counts.new_annotations
+    report.labeled_tasks += counts.labeled_tasks
+    report.skipped_tasks += counts.skipped_tasks
+    report.deleted_annotations += counts.deleted_annotations
     report.watermark = watermark
 
 

@@ -1,8 +1,9 @@
 """``push``: import the selected items that are not tasks yet, exactly once, and publish the queue's order.
 
 While the project serves curate's ranking, new tasks are *appended* under the same tag: their scores continue
-after the last queued position, so nothing else is rewritten (Label Studio deletes predictions slowly).
-Otherwise the whole queue is *re-tagged*: old tasks first, in their order, then the new ones (``plan_push``).
+after the last queued task's score, so nothing else is rewritten (Label Studio deletes predictions slowly).
+Otherwise (or when the scores would pass 1) the whole queue is *re-tagged*: old tasks first, in their order,
+then the new ones (``plan_push``).
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import LabelStudioSettings
+from curation.config import LabelStudioSettings, S3Settings, StrategySettings
 from curation.errors import LabelStudioError, UnservableImageError
 from curation.faults import checkpoint
 from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
-from curation.labelstudio.formats import MAX_POSITION, image_url, task_payload
+from curation.labelstudio.formats import fit_scores, image_url, queue_scores, task_payload
 from curation.labelstudio.project import ProjectHandle, ensure_storage
 from curation.labelstudio.publish import Placement, Ranking, publish
+from curation.labelstudio.rank import confidences
 from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.labelstudio.tasks import tasks_by_curation_id
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
-from curation.scoring.pool import absolute_path
+from curation.scoring.pool import absolute_path, item_location
+from curation.selection import build_strategy
 from store import Store
 from store.records import ModelVersionRecord, PendingItem, QueuedTask
 
@@ -65,7 +68,7 @@ def plan_push(queue: Sequence[QueuedTask], new: int, project: ProjectHandle, mod
     if not new and (not queue or (project.serving and placed)):
         return None  # an empty ranking cannot be served (Label Studio refuses a model_version with no predictions)
     last = max((q.position or 0 for q in queue), default=0)
-    append = project.serving and placed and last + new < MAX_POSITION
+    append = project.serving and placed
     if append and project.record.active_tag:
         return PushPlan(True, project.record.active_tag, last)
     return PushPlan(False, make_tag(model_version), len(queue))
@@ -77,24 +80,28 @@ def push(
     mv: ModelVersionRecord,
     project: ProjectHandle,
     cfg: LabelStudioSettings,
+    strategy_cfg: StrategySettings,
     *,
     pool_path: str | None,
-    min_conf: float,
     progress: Progress | None = None,
+    s3: S3Settings | None = None,
 ) -> PushReport:
     """Import every push-marked selected item that is not a task yet, then make the label stream serve the
-    whole queue (older queued tasks first, then the new ones in selection order). ``min_conf``: the lowest box
-    confidence shown as a pre-annotation."""
+    whole queue (older queued tasks first, then the new ones in selection order). ``strategy_cfg``: its measure
+    gives the model's confidence (the prediction score), its ``detection.conf`` the lowest box confidence shown
+    as a pre-annotation."""
     started = time.perf_counter()
+    min_conf = strategy_cfg.detection.conf
+    measure = build_strategy(strategy_cfg).measure
     progress = progress or NullProgress()
     report = PushReport(project.record.project_id, project.record.title, project.url, project.created)
     found = reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)
     report.reconciled = found.adopted
     report.duplicates_removed = found.duplicates_removed
     report.annotated_duplicates = found.annotated_duplicates
-    ensure_storage(ls, project, cfg, pool_path)
+    ensure_storage(ls, project, cfg, pool_path, s3)
 
-    queue = store.label_studio.queue(project.record.id)
+    queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     pending = store.label_studio.pending(project.record.id)
     report.awaiting_import = sum(p.content_id in found.held for p in pending)
     pending, urls = _servable([p for p in pending if p.content_id not in found.held], cfg, report, progress)
@@ -104,6 +111,19 @@ def push(
         report.queue_size = len(queue)
         report.first = _describe_first(queue)
         return report
+    new_conf = confidences(store, strategy_cfg, mv, [p.item_id for p in pending], measure)
+    scores: dict[int, float] = {}
+    if plan.append:
+        after = _live_score(ls, project, queue[-1].task_id) if queue else 0.0
+        appended = queue_scores(new_conf, after) if after is not None else [2.0]
+        if max(appended, default=0.0) <= 1.0:
+            scores = {p.item_id: s for p, s in zip(pending, appended, strict=True)}
+        else:  # no room left above the queue's last score (or it is gone): re-tag the whole queue
+            plan = PushPlan(False, make_tag(mv.version), len(queue))
+    if not plan.append:
+        everyone = [q.item_id for q in queue] + [p.item_id for p in pending]
+        old_conf = confidences(store, strategy_cfg, mv, [q.item_id for q in queue], measure)
+        scores = dict(zip(everyone, fit_scores(queue_scores(old_conf + new_conf)), strict=True))
 
     progress.start(f"pushing {len(pending)} tasks to {project.record.title}", len(pending))
     new: list[Placement] = []
@@ -113,17 +133,30 @@ def push(
             positions = list(range(plan.after + start + 1, plan.after + start + len(chunk) + 1))
             preds = store.scores.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
             payload = [
-                task_payload(item, urls[item.item_id], pos, plan.tag, preds.get(item.item_id), mv, project.ui, min_conf)
-                for item, pos in zip(chunk, positions, strict=True)
+                task_payload(
+                    item,
+                    urls[item.item_id],
+                    scores[item.item_id],
+                    plan.tag,
+                    preds.get(item.item_id),
+                    mv,
+                    project.ui,
+                    min_conf,
+                )
+                for item in chunk
             ]
-            placed = _import_chunk(store, ls, project, chunk, positions, payload)
+            placed = _import_chunk(store, ls, project, chunk, positions, payload, scores)
             new.extend(placed)
             report.pushed += len(placed)
             progress.advance(len(chunk))
     finally:
         progress.finish()
 
-    old = [] if plan.append else [Placement(q.item_id, q.task_id, i, q.cluster) for i, q in enumerate(queue, 1)]
+    old = (
+        []
+        if plan.append
+        else [Placement(q.item_id, q.task_id, i, q.cluster, scores[q.item_id]) for i, q in enumerate(queue, 1)]
+    )
     ranking = Ranking(plan.tag, [*old, *new], written=frozenset(p.task_id for p in new))
     served = publish(
         store,
@@ -134,11 +167,12 @@ def push(
         min_conf=min_conf,
         chunk=cfg.import_chunk,
         cluster_window=cfg.cluster_window,
+        superseded_grace_s=cfg.superseded_grace_s,
         progress=progress,
     )
     report.served_after_s = round(served - started, 3)
     report.model_version_tag = plan.tag
-    final = store.label_studio.queue(project.record.id)
+    final = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     report.queue_size = len(final)
     report.first = _describe_first(final)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -153,6 +187,10 @@ def _servable(
     keep: list[PendingItem] = []
     urls: dict[int, str] = {}
     for item in pending:
+        if item.pool_root and item.pool_root.startswith("s3://") and item.path and not cfg.url_prefix:
+            urls[item.item_id] = item_location(item.pool_root, item.path)  # the project's S3 storage resolves it
+            keep.append(item)
+            continue
         root = Path(item.pool_root or "/")
         path = absolute_path(root, item.path) if item.path else None
         if path is None or not path.is_file():
@@ -176,6 +214,7 @@ def _import_chunk(
     chunk: Sequence[PendingItem],
     positions: list[int],
     payload: list[dict[str, Any]],
+    scores: dict[int, float],
 ) -> list[Placement]:
     """Import one chunk exactly once, whatever happens to the request."""
     pid = project.record.project_id
@@ -204,7 +243,13 @@ def _import_chunk(
         raise
     store.label_studio.record_tasks(project.record.id, _task_rows(imported, by_content), intent)
     return [
-        Placement(by_content[cid][0].item_id, tid, by_content[cid][1], by_content[cid][0].cluster)
+        Placement(
+            by_content[cid][0].item_id,
+            tid,
+            by_content[cid][1],
+            by_content[cid][0].cluster,
+            scores[by_content[cid][0].item_id],
+        )
         for cid, tid in imported.items()
     ]
 
@@ -220,6 +265,15 @@ def _task_rows(imported: dict[str, int], by_content: dict[str, tuple[PendingItem
         }
         for cid, tid in imported.items()
     ]
+
+
+def _live_score(ls: LabelStudioAPI, project: ProjectHandle, task_id: int) -> float | None:
+    """The score of a task's prediction under the live ranking (None: it has none)."""
+    for pred in ls.task_predictions(task_id):
+        if pred.get("task") == task_id and pred.get("model_version") == project.record.active_tag:
+            score = pred.get("score")
+            return None if score is None else float(score)
+    return None
 
 
 def _describe_first(queue: Sequence[QueuedTask]) -> dict[str, Any] | None:

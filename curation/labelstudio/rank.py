@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections.abc import Sequence
@@ -64,3 +65,31 @@ def rank_queue(
     chosen = set(order)
     order += [i for i in range(len(queue)) if i not in chosen]
     return [queue[i] for i in order], clusters
+
+
+def moved_count(old_positions: Sequence[int | None]) -> int:
+    """How many tasks a re-ranking moved: the fewest tasks that, taken out and put back elsewhere, turn the old
+    order into the new one (the tasks outside a longest run that kept its relative order). ``old_positions``: each
+    task's old position, in the new order (None: it had none and is not counted). A task that left the head moves
+    only itself, not everyone behind it."""
+    placed = [p for p in old_positions if p is not None]
+    tails: list[int] = []  # patience sorting: tails[k] is the smallest tail of an increasing run of length k + 1
+    for p in placed:
+        k = bisect.bisect_left(tails, p)
+        if k == len(tails):
+            tails.append(p)
+        else:
+            tails[k] = p
+    return len(placed) - len(tails)
+
+
+def confidences(
+    store: Store, cfg: StrategySettings, mv: ModelVersionRecord, item_ids: Sequence[int], measure: str | None
+) -> list[float | None]:
+    """The model's confidence in each item, 1 − its uncertainty under ``measure`` (the ranking strategy's; the
+    fallback measure for strategies without one), in [0, 1]; None where the model has no valid output."""
+    if not item_ids:
+        return []
+    ids = np.array([int(i) for i in item_ids], dtype=np.int64)
+    values = items_uncertainty(store, mv, ids, measure or FALLBACK_MEASURE, cfg.detection).uncertainty
+    return [None if np.isnan(u) else 1.0 - min(max(float(u), 0.0), 1.0) for u in values]

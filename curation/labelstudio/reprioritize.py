@@ -7,13 +7,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.config import LabelStudioSettings, StrategySettings
+from curation.config import LabelStudioSettings, S3Settings, StrategySettings
 from curation.errors import NothingToSelectError
-from curation.labelstudio.client import LabelStudioAPI
+from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI
+from curation.labelstudio.formats import fit_scores, queue_scores
 from curation.labelstudio.project import open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.push import PushReport, push
-from curation.labelstudio.rank import rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.rank import confidences, moved_count, rank_queue, ranking_options, ranking_signature
 from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.progress import NullProgress, Progress
@@ -39,6 +40,8 @@ class ReprioritizeReport(Report):
     served_after_s: float | None = None  # from the start until the label stream served the new order
     seconds: float | None = None  # the whole run, including Label Studio's cleanup of the superseded ranking
     strategy: str | None = field(default=None, metadata=HIDDEN)  # the strategy that ranked (when changed)
+    model_version: str | None = None  # the model that ranked (or would have)
+    model_note: str | None = None  # set when that model is not the registry's current one
 
 
 def reprioritize(
@@ -53,6 +56,7 @@ def reprioritize(
     queue_size: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    s3: S3Settings | None = None,
 ) -> ReprioritizeReport:
     """Re-rank the queue of project ``cfg.project`` with ``strategy_cfg`` (its ``name`` is the strategy); with
     ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``."""
@@ -63,17 +67,17 @@ def reprioritize(
     reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)
     topped_up = 0
     push_report = None
-    queue = store.label_studio.queue(project.record.id)
+    queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     if queue_size is not None and len(queue) < queue_size:
         try:
             result = run_selection(store, pool_id, mv, strategy_cfg, queue_size - len(queue), push_to=project.record.id)
         except NothingToSelectError:
             result = None
         if result is not None or store.label_studio.pending(project.record.id):
-            push_report = push(store, ls, mv, project, cfg, pool_path=pool_path, min_conf=min_conf, progress=progress)
+            push_report = push(store, ls, mv, project, cfg, strategy_cfg, pool_path=pool_path, progress=progress, s3=s3)
             topped_up = push_report.pushed
             project = open_project(store, ls, mv, cfg.project)
-            queue = store.label_studio.queue(project.record.id)
+            queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
 
     strategy = build_strategy(strategy_cfg)
     labeled = store.labels.item_ids()
@@ -92,16 +96,33 @@ def reprioritize(
             topped_up=topped_up,
             push=push_report,
             seconds=round(time.perf_counter() - started, 3),
+            model_version=mv.version,
             **more,
         )
 
     if not queue:
         return report(False, "the queue is empty", project.record.active_tag)
-    if not force and signature == project.record.ranking_signature and project.serving:
-        return report(False, "nothing changed since the last ranking", project.record.active_tag)
+    if not force and signature == project.record.ranking_signature:
+        if project.serving:
+            return report(False, "nothing changed since the last ranking", project.record.active_tag)
+        live = project.record.active_tag
+        if live and project.drift and ls.model_versions(project.record.project_id).get(live, 0) >= len(queue):
+            # someone switched the project away (e.g. back to Sequential sampling): serve the ranking again
+            drift = project.drift
+            ls.set_ranking(project.record.project_id, live)
+            project.remote.update(model_version=live, sampling=UNCERTAINTY_SAMPLING)
+            return report(
+                True, f"repaired the project's label stream ({drift}): it serves curate's ranking again", live
+            )
 
     ordered, clusters = rank_queue(store, strategy_cfg, mv, queue, strategy, labeled)
-    placements = [Placement(q.item_id, q.task_id, pos, clusters.get(q.item_id)) for pos, q in enumerate(ordered, 1)]
+    scores = fit_scores(
+        queue_scores(confidences(store, strategy_cfg, mv, [q.item_id for q in ordered], strategy.measure))
+    )
+    placements = [
+        Placement(q.item_id, q.task_id, pos, clusters.get(q.item_id), score)
+        for pos, (q, score) in enumerate(zip(ordered, scores, strict=True), 1)
+    ]
     tag = make_tag(mv.version)
     served = publish(
         store,
@@ -112,10 +133,15 @@ def reprioritize(
         min_conf=min_conf,
         chunk=cfg.import_chunk,
         cluster_window=cfg.cluster_window,
+        superseded_grace_s=cfg.superseded_grace_s,
         progress=progress,
     )
     old = {q.item_id: q.position for q in queue}
-    moved = sum(1 for p in placements if old.get(p.item_id) != p.position)
+    # tasks publishing found deleted in Label Studio left the queue: they are neither "moved" nor "next"
+    live_tasks = {q.task_id for q in store.label_studio.queue(project.record.id)}
+    ordered = [q for q in ordered if q.task_id in live_tasks]
+    placements = [p for p in placements if p.task_id in live_tasks]
+    moved = moved_count([old.get(p.item_id) for p in placements])
     top = [
         {"position": pos, "was": old.get(q.item_id), "task_id": q.task_id, "item_id": q.content_id}
         for pos, q in enumerate(ordered[:10], start=1)

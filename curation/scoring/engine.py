@@ -7,11 +7,13 @@ outputs, training's evaluation and ``curate simulate`` consume them directly.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from curation.scoring.summary import ScoringReport
 from store import Store
 from store.records import ScoredChunk, ScoredItem
 
+if TYPE_CHECKING:
+    from curation.objects.source import ObjectSource
+
 _PREPROCESS = {"center_crop": center_crop, "stretch": stretch}
 
 
@@ -43,7 +48,7 @@ class ScoreJob:
     """One item to score; ``width``/``height`` (from the file header, if known) let detection batch by shape."""
 
     item_id: int
-    path: Path
+    path: Path | str  # a file, or an object key when the pool is an object store (see ``PoolDataset.objects``)
     width: int | None = None
     height: int | None = None
 
@@ -60,20 +65,25 @@ class Sample:
 class PoolDataset(Dataset[Sample]):
     """Decodes one image per index; a bad file yields an error sample instead of raising.
 
+    With ``objects`` (an object-store pool) the objects are read into memory by ``PrefetchedObjects`` and reach
+    the workers with their batch; an object that cannot be read now is a transient failure.
+
     Whatever goes wrong with one item in here (a decoder, OpenCV or a preprocessing step failing in a way nobody
     foresaw) becomes that item's failure: one file must never end the run, on this or any later rerun.
     """
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[Path | str],
         preprocess: str,
         imgsz: int,
         max_pixels: int,
         shapes: Sequence[tuple[int, int] | None] | None = None,
         max_aspect: float = DEFAULT_MAX_ASPECT,
+        objects: ObjectSource | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.objects = objects
         self.max_aspect = max_aspect
         self.preprocess = preprocess
         self.imgsz = imgsz
@@ -83,9 +93,32 @@ class PoolDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitems__(self, batch: list[Any]) -> list[Sample]:
+        """A batch of positions, or — for an object-store pool — of (position, bytes or read error) pairs read
+        by ``PrefetchedObjects`` in the main process."""
+        from curation.objects.source import ObjectReadError
+
+        out = []
+        for entry in batch:
+            if isinstance(entry, tuple):
+                position, data = entry
+                if isinstance(data, ObjectReadError):
+                    out.append(Sample(position, None, None, str(data), data.transient))
+                else:
+                    out.append(self._decode(position, data))
+            else:
+                out.append(self[entry])
+        return out
+
     def __getitem__(self, position: int) -> Sample:
+        if self.objects is not None:
+            return self.__getitems__([(position, self.objects.read_many([str(self.paths[position])])[0])])[0]
+        return self._decode(position, None)
+
+    def _decode(self, position: int, data: bytes | None) -> Sample:
+        source = io.BytesIO(data) if data is not None else Path(self.paths[position])
         try:
-            decoded = load_rgb(self.paths[position], self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
+            decoded = load_rgb(source, self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
             if self.preprocess == "letterbox":
                 shape = self.shapes[position]
                 array, geometry = letterbox(decoded.rgb, self.imgsz, decoded.width, decoded.height, shape)
@@ -221,6 +254,42 @@ def shape_batches(
     return shapes, batches
 
 
+class PrefetchedObjects:
+    """A batch sampler that reads each batch's objects in the main process — concurrently, ``ahead`` batches
+    before the workers need them — and hands the bytes over with the batch. Why here and not in the workers:
+    an object-store client's I/O threads do not survive ``fork``, and one read per object is all decoding needs
+    (bytes stay in memory, never on disk)."""
+
+    def __init__(self, batches: list[list[int]], keys: Sequence[str], objects: ObjectSource, ahead: int = 4) -> None:
+        self.batches = batches
+        self.keys = keys
+        self.objects = objects
+        self.ahead = max(1, ahead)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        pending: deque[tuple[list[int], Future[list[Any]]]] = deque()
+        with ThreadPoolExecutor(max_workers=min(self.ahead, 4), thread_name_prefix="object-read") as pool:
+            todo = iter(self.batches)
+            try:
+                for batch in todo:
+                    pending.append((batch, pool.submit(self.objects.read_many, [self.keys[p] for p in batch])))
+                    if len(pending) >= self.ahead:
+                        done, future = pending.popleft()
+                        yield list(zip(done, future.result(), strict=True))
+                while pending:
+                    done, future = pending.popleft()
+                    yield list(zip(done, future.result(), strict=True))
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+
 NO_PIXEL_LIMIT = 10**12  # for images that were read once already (when they were scored)
 
 
@@ -233,14 +302,20 @@ def decoded_batches(
     max_pixels: int = NO_PIXEL_LIMIT,
     max_aspect: float = DEFAULT_MAX_ASPECT,
     pin_memory: bool = False,
+    objects: ObjectSource | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decode and preprocess ``jobs`` for a model described by ``info``, in ``workers`` processes, in batches of
     one canvas shape (see ``shape_batches``). Positions in the batches index ``jobs``."""
     shapes, batches = shape_batches(jobs, info.preprocess, info.imgsz, info.stride, batch_size)
-    dataset = PoolDataset([j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes, max_aspect)
+    dataset = PoolDataset(
+        [j.path for j in jobs], info.preprocess, info.imgsz, max_pixels, shapes, max_aspect, objects=objects
+    )
+    sampler: Any = batches
+    if objects is not None:
+        sampler = PrefetchedObjects(batches, [str(j.path) for j in jobs], objects, ahead=max(2, 2 * workers))
     loader = DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
@@ -259,13 +334,21 @@ def inferred_batches(
     workers: int = 0,
     max_pixels: int = NO_PIXEL_LIMIT,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    objects: ObjectSource | None = None,
 ) -> Iterator[tuple[DecodedBatch, list[ItemOutput]]]:
     """The one inference loop: each decoded batch with the model's output for each of its images (in
     ``batch.positions`` order; empty when nothing in the batch decoded). Scoring, training's evaluation and
     ``simulate`` all run their models through it."""
     pin = runtime.device.type == "cuda"
     batches = decoded_batches(
-        jobs, runtime.info, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, pin_memory=pin
+        jobs,
+        runtime.info,
+        batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        max_aspect=max_aspect,
+        pin_memory=pin,
+        objects=objects,
     )
     for batch in batches:
         outputs = runtime.infer(batch.images, batch.geometries) if batch.images is not None else []
@@ -282,9 +365,10 @@ def score_items(
     max_pixels: int,
     progress: Progress | None = None,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    objects: ObjectSource | None = None,
 ) -> ScoringReport:
-    """Score ``items`` (item id, absolute path) and store every result; broken files are recorded as failed,
-    files that cannot be read right now are left for the next run."""
+    """Score ``items`` (item id, absolute path — or object key, with ``objects``) and store every result; broken
+    files are recorded as failed, files that cannot be read right now are left for the next run."""
     progress = progress or NullProgress()
     report = ScoringReport(todo=len(items))
     if not items:
@@ -312,7 +396,13 @@ def score_items(
     try:
         with torch_threads(threads):
             batches = inferred_batches(
-                runtime, items, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect
+                runtime,
+                items,
+                batch_size,
+                workers=workers,
+                max_pixels=max_pixels,
+                max_aspect=max_aspect,
+                objects=objects,
             )
             for batch, outputs in batches:
                 for position, reason, transient in batch.failures:

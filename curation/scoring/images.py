@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -122,7 +123,9 @@ class Decoded:
     height: int
 
 
-def load_rgb(path: Path, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> Decoded:
+def load_rgb(
+    path: Path | BinaryIO, max_pixels: int, target: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT
+) -> Decoded:
     """Decode ``path`` to an RGB uint8 (H, W, 3) array, EXIF-oriented.
 
     ``target`` (the model input size) bounds the work: JPEG decoding uses libjpeg's DCT scaling (``draft``) when
@@ -279,7 +282,7 @@ def stretch(rgb: NDArray[np.uint8], size: int, orig_w: int, orig_h: int) -> tupl
     return np.ascontiguousarray(out), Geometry(orig_w, orig_h, size / max(orig_w, orig_h), 0.0, 0.0)
 
 
-def original_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def original_size(path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """EXIF-corrected (width, height) without decoding pixels, if it can (reading a PNG's EXIF loads the image:
     above ``max_pixels`` the stored size is returned, since decoding will refuse the file anyway)."""
     with warnings.catch_warnings(), _pixel_limit(None), _pillow_open()(path) as im:

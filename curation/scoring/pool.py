@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from curation.errors import PoolError
 from curation.scoring.images import DEFAULT_MAX_PIXELS, original_size
 from store import Store
 from store.records import ScannedFile
+
+if TYPE_CHECKING:
+    from curation.scoring.object_pool import ObjectPool
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
 HASH_CHUNK = 1 << 20
@@ -46,10 +49,19 @@ class ScanReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an item at all
 
 
-def resolve_pool(path: str | Path | None) -> PoolSource:
-    """Validate the ``--pool`` argument once, at the boundary."""
+def resolve_pool(path: str | Path | None) -> PoolSource | ObjectPool:
+    """Validate the ``--pool`` argument once, at the boundary (``s3://bucket/prefix``: an object-store pool)."""
     if path is None or str(path).strip() == "":
         raise PoolError("no pool given: pass --pool DIR (or a manifest file) or set pool.path in the config")
+    if isinstance(path, str) and path.strip()[:5].lower() == "s3://":
+        from curation.scoring.object_pool import resolve_object_pool
+
+        return resolve_object_pool(path)
+    return resolve_local_pool(path)
+
+
+def resolve_local_pool(path: str | Path) -> PoolSource:
+    """A directory or a manifest file."""
     location = Path(path).expanduser()
     try:
         location = location.resolve(strict=True)
@@ -77,13 +89,19 @@ def resolve_pool(path: str | Path | None) -> PoolSource:
 
 def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[Path]:
     """Recursive walk. Symlinks are followed only while they stay inside ``root``; loops are visited once."""
+    return (Path(p) for p in _walk(root, extensions, skipped))
+
+
+def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[str]:
+    """``walk_directory`` as path strings (``os.path.join`` of the root and the names): an idle scan of a large
+    pool spends its time here, and building a ``Path`` per file costs more than the ``stat`` itself."""
     real_root = root.resolve()
     visited: set[tuple[int, int]] = set()
-    stack = [root]
+    stack = [str(root)]
     while stack:
         directory = stack.pop()
         try:
-            st = directory.stat()
+            st = os.stat(directory)
         except OSError as exc:
             skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
@@ -98,24 +116,25 @@ def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[
             continue
         subdirs = []
         for entry in entries:
-            path = Path(entry.path)
             try:
                 if entry.is_symlink():
-                    target = path.resolve()
+                    target = Path(entry.path).resolve()
                     if not target.is_relative_to(real_root):
-                        skipped.append((shown_path(path), "symlink leaves the pool root"))
+                        skipped.append((shown_path(entry.path), "symlink leaves the pool root"))
                         continue
                     if not target.exists():
-                        skipped.append((shown_path(path), "broken symlink"))
+                        skipped.append((shown_path(entry.path), "broken symlink"))
                         continue
                 is_dir = entry.is_dir()
             except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on resolve()
-                skipped.append((shown_path(path), f"cannot follow: {shown_path(str(exc))}"))
+                skipped.append((shown_path(entry.path), f"cannot follow: {shown_path(str(exc))}"))
                 continue
             if is_dir:
-                subdirs.append(path)
-            elif path.suffix.lower() in extensions:
-                yield path
+                subdirs.append(entry.path)
+            else:
+                dot = entry.name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
+                if dot > 0 and entry.name[dot:].lower() in extensions:
+                    yield entry.path
         stack.extend(reversed(subdirs))
 
 
@@ -212,6 +231,13 @@ def absolute_path(root: str | Path, stored: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
+def item_location(root: str | Path, stored: str) -> str:
+    """Where an item is, as text: ``s3://bucket/key`` for object-store pools, else the absolute file path."""
+    if str(root).startswith("s3://"):
+        return f"{root}{stored}"
+    return str(absolute_path(root, stored))
+
+
 def manifest_entry_problem(
     path: Path, source: PoolSource, extensions: tuple[str, ...], allow_outside_root: bool
 ) -> str | None:
@@ -248,27 +274,32 @@ def scan_pool(
     report = ScanReport()
     pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
     known = store.pools.known_paths(pool_id)
-    paths = (
-        walk_directory(source.location, extensions, report.skipped)
-        if source.kind == "directory"
-        else read_manifest(source.location)
+    directory = source.kind == "directory"
+    prefix = os.path.join(str(source.root), "")
+    paths: Iterator[str | Path] = (
+        _walk(source.location, extensions, report.skipped) if directory else read_manifest(source.location)
     )
     seen: set[str] = set()
     to_hash: list[tuple[str, Path, int, int]] = []
     for path in paths:
-        key = stored_path(source, path)
+        # a walked path is the root joined with plain names: its stored key is the rest of the string
+        key = (
+            path[len(prefix) :]
+            if isinstance(path, str) and path.startswith(prefix)
+            else stored_path(source, Path(path))
+        )
         if key in seen:
             continue
         if not _is_utf8(key):  # one such name must not stop the pool from being registered
             report.skipped.append((shown_path(path), NOT_UTF8))
             continue
-        if source.kind == "manifest":
-            problem = manifest_entry_problem(path, source, extensions, allow_outside_root)
+        if not directory:
+            problem = manifest_entry_problem(Path(path), source, extensions, allow_outside_root)
             if problem is not None:
                 report.skipped.append((shown_path(path), problem))
                 continue
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             report.skipped.append((shown_path(path), "file not found"))
             continue
@@ -281,7 +312,7 @@ def scan_pool(
         seen.add(key)
         old = known.get(key)
         if old is None or old.size != st.st_size or old.mtime_ns != st.st_mtime_ns:
-            to_hash.append((key, path, st.st_size, st.st_mtime_ns))
+            to_hash.append((key, Path(path), st.st_size, st.st_mtime_ns))
     report.files = len(seen)
 
     changed: list[ScannedFile] = []

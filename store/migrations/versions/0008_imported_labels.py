@@ -1,8 +1,8 @@
 """labels imported from a YOLO dataset or a Label Studio export: annotations without a project, with a source;
 Label Studio's ground-truth flag on annotations (pull.resolve: ground_truth)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 17:40:00
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
