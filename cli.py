@@ -63,6 +63,10 @@ ReportedVersionOpt = Annotated[
     typer.Option("--model-version", help="Report counts and scores for this version (default: the current one)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option("--runtime", help="auto, torch, openvino or onnxruntime (scoring.runtime; README 'Runtimes')."),
+]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding worker processes.")]
 RescoreOpt = Annotated[bool, typer.Option("--rescore", help="Score again items this model version already scored.")]
@@ -260,7 +264,8 @@ def _progress() -> RichProgress | PlainProgress:
 def _print_scoring(summary: dict[str, Any]) -> None:
     line = (
         f"Scored {summary['scored']} new item(s) with [bold]{escape(summary['model_version'])}[/bold] "
-        f"({summary['task']}, {summary['device'] or 'model not loaded: nothing to score'})"
+        f"({summary['task']}, "
+        f"{summary['device'] + ', ' + summary['runtime'] if summary['device'] else 'model not loaded: nothing to score'})"
     )
     if summary["scored"] or summary["failed"]:
         line += f" at {summary['images_per_s']:.1f} img/s"
@@ -284,6 +289,7 @@ def _common(
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
+    runtime: str | None = None,
 ) -> Overrides:
     return {
         ("db",): (db, "--db"),
@@ -293,6 +299,7 @@ def _common(
         ("scoring", "device"): (device, "--device"),
         ("scoring", "batch_size"): (batch_size, "--batch-size"),
         ("scoring", "workers"): (workers, "--workers"),
+        ("scoring", "runtime"): (runtime, "--runtime"),
     }
 
 
@@ -306,6 +313,7 @@ def score(
     model: ModelOpt = None,
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
@@ -316,7 +324,7 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug, json_out):
-        settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers))
+        settings = _settings(config, _common(db, pool, model, model_version, device, batch_size, workers, runtime))
         with _store(settings, lock=True) as store:
             from curation.jobs import score as job  # once the lock is held: a refused run never loads torch
 
@@ -345,6 +353,7 @@ def select(
     model: ModelOpt = None,
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
@@ -357,7 +366,7 @@ def select(
     with _handled(debug, json_out):
         from curation.jobs.common import wants_push
 
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
         overrides[("select", "budget")] = (budget, "--budget")
         overrides[("select", "out")] = (str(out) if out else None, "--out")
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
@@ -690,6 +699,7 @@ def reprioritize(
     model: ModelOpt = None,
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     db: DbOpt = None,
@@ -699,7 +709,7 @@ def reprioritize(
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
@@ -957,6 +967,7 @@ def loop(
     project: ProjectOpt = None,
     pool: PoolOpt = None,
     model: ModelOpt = None,
+    runtime: RuntimeOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -964,7 +975,7 @@ def loop(
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model)
+        overrides = _common(db, pool, model, runtime=runtime)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))

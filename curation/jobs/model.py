@@ -51,16 +51,21 @@ def registered_model(settings: Settings, store: Store) -> ModelVersionRecord | N
 def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime:
     """Load the model (see ``model_settings``) on the configured device and learn its embedding size with one
     warm-up batch. Weights the database already knows keep their registered version name."""
-    from curation.scoring.runtime import DetectionOptions, load_model, resolve_device
+    from curation.scoring.runtime import DetectionOptions, load_model, model_format, resolve_device
 
     device = resolve_device(settings.scoring.device)
     chosen = model_settings(settings, store)
-    runtime = load_model(
-        chosen,
-        device,
-        precision=settings.scoring.precision,
-        detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
-    )
+    detection = DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det)
+    runtime: ModelRuntime
+    name = settings.scoring.runtime
+    if name != "torch":
+        from curation.scoring.exported import load_exported, resolve_runtime
+
+        name = resolve_runtime(name, device, model_format(chosen) if chosen.path else "ultralytics")
+    if name == "torch":
+        runtime = load_model(chosen, device, precision=settings.scoring.precision, detection=detection)
+    else:
+        runtime = load_exported(chosen, name, device, precision=settings.scoring.precision, detection=detection)
     if store is not None and not chosen.version and runtime.info.digest:
         known = store.models.by_digest(runtime.info.digest)
         if known is not None:
