@@ -262,10 +262,10 @@ def _progress() -> RichProgress | PlainProgress:
 
 
 def _print_scoring(summary: dict[str, Any]) -> None:
+    ran = f"{summary['device']}, {summary['runtime']}" if summary["device"] else "model not loaded: nothing to score"
     line = (
         f"Scored {summary['scored']} new item(s) with [bold]{escape(summary['model_version'])}[/bold] "
-        f"({summary['task']}, "
-        f"{summary['device'] + ', ' + summary['runtime'] if summary['device'] else 'model not loaded: nothing to score'})"
+        f"({summary['task']}, {ran})"
     )
     if summary["scored"] or summary["failed"]:
         line += f" at {summary['images_per_s']:.1f} img/s"

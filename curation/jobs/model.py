@@ -57,7 +57,7 @@ def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime
     chosen = model_settings(settings, store)
     detection = DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det)
     runtime: ModelRuntime
-    name = settings.scoring.runtime
+    name: str = settings.scoring.runtime
     if name != "torch":
         from curation.scoring.exported import load_exported, resolve_runtime
 
