@@ -250,6 +250,9 @@ def cpu_description() -> dict:
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--measure":
+        _measure(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--task", choices=sorted(ARCH), default="classify")
@@ -293,9 +296,15 @@ def main() -> None:
         if cuda:
             variants = [("torch", "fp16")]
         for name, precision in variants:
+            if name != "torch":
+                # each exported runtime in a process of its own: their thread pools never share a process with
+                # torch's (one process holding OpenVINO and ONNX Runtime sessions was seen to crash at teardown)
+                cur, forward = _measure_elsewhere(name, precision, model, pool, imgsz, device, batch, args)
+                rows.append(_row(cur["name"], cur["precision"], cur, forward, naive, reference))
+                continue
             cur = bench_curate(model, pool, imgsz, device, batch, args.workers, precision, name)
             runtime = cur["runtime"]
-            if runtime.name == "torch" and runtime.precision == "fp32":
+            if runtime.precision == "fp32":
                 cur, forward = reference, ref_forward
             else:
                 forward = bench_forward(runtime, shape, batch, args.images)
@@ -349,6 +358,41 @@ def main() -> None:
     for key in ("gpu_decode", "tensorrt"):
         if key in extra:
             print(f"  {key}: {extra[key]}")
+
+
+def _measure_elsewhere(
+    name: str, precision: str, model: str, pool: Path, imgsz: int, device: str, batch: int, args: argparse.Namespace
+) -> tuple[dict, float]:
+    import subprocess
+
+    spec = {
+        "name": name, "precision": precision, "model": model, "pool": str(pool), "imgsz": imgsz, "device": device,
+        "batch": batch, "workers": args.workers, "images": args.images, "task": args.task,
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured, measured["bare_forward_images_per_s"]
+
+
+def _measure(spec: dict) -> None:
+    """One runtime's pipeline and bare forward rates (``--measure``), printed as one JSON line."""
+    from curation.scoring.images import rect_shape
+
+    pool = Path(spec["pool"])
+    cur = bench_curate(
+        spec["model"], pool, spec["imgsz"], spec["device"], spec["batch"], spec["workers"], spec["precision"],
+        spec["name"],
+    )  # fmt: skip
+    runtime = cur.pop("runtime")
+    imgsz = spec["imgsz"]
+    shape = (imgsz, imgsz) if spec["task"] == "classify" else rect_shape(640, 480, imgsz)
+    cur["bare_forward_images_per_s"] = bench_forward(runtime, shape, spec["batch"], spec["images"])
+    cur["name"], cur["precision"] = runtime.name, runtime.precision
+    print(json.dumps(cur), flush=True)
 
 
 def _row(name: str, precision: str, cur: dict, forward: float, naive: float, reference: dict) -> dict:

@@ -461,16 +461,18 @@ class ExportedRuntime(ModelRuntime):
 
 
 def resolve_exported_precision(runtime: str, precision: str) -> str:
-    """ONNX Runtime runs fp32 here; OpenVINO follows ``scoring.precision`` (``auto``: bf16 where the CPU has it)."""
+    """The exported runtimes compute in fp32 (``auto`` included); OpenVINO runs bf16 only when asked for
+    (``scoring.precision: bf16``, on a CPU with native bf16): it then computes every layer in bf16, the class
+    logits included, which reorders near-tied uncertainties (the torch runtime keeps those layers in fp32)."""
     if precision == "fp16":
         raise ConfigError(f"scoring.precision fp16 is for CUDA with scoring.runtime torch, not {runtime}")
-    if runtime == "onnxruntime":
-        if precision == "bf16":
+    if precision == "bf16":
+        if runtime == "onnxruntime":
             raise ConfigError("scoring.runtime onnxruntime runs fp32: set scoring.precision fp32 or auto")
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    return precision
+        if not cpu_has_fast_bf16():
+            raise ConfigError("scoring.precision bf16 with scoring.runtime openvino needs a CPU with native bf16")
+        return "bf16"
+    return "fp32"
 
 
 def load_exported(
