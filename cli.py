@@ -91,6 +91,10 @@ ReportedVersionOpt = Annotated[
     typer.Option("--model-version", help="Report counts and scores for this version (default: the current one)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option("--runtime", help="auto, torch, openvino or onnxruntime (scoring.runtime; README 'Runtimes')."),
+]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding worker processes.")]
 RescoreOpt = Annotated[bool, typer.Option("--rescore", help="Score again items this model version already scored.")]
@@ -343,9 +347,10 @@ def _progress() -> RichProgress | PlainProgress:
 
 
 def _print_scoring(summary: dict[str, Any]) -> None:
+    ran = f"{summary['device']}, {summary['runtime']}" if summary["device"] else "model not loaded: nothing to score"
     line = (
         f"Scored {summary['scored']} new item(s) with [bold]{escape(summary['model_version'])}[/bold] "
-        f"({escape(summary['task'])}, {escape(summary['device'] or 'model not loaded: nothing to score')})"
+        f"({escape(summary['task'])}, {escape(ran)})"
     )
     if summary["scored"] or summary["failed"]:
         line += f" at {summary['images_per_s']:.1f} img/s"
@@ -369,6 +374,7 @@ def _common(
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
+    runtime: str | None = None,
 ) -> Overrides:
     return {
         ("db",): (db, "--db"),
@@ -378,6 +384,7 @@ def _common(
         ("scoring", "device"): (device, "--device"),
         ("scoring", "batch_size"): (batch_size, "--batch-size"),
         ("scoring", "workers"): (workers, "--workers"),
+        ("scoring", "runtime"): (runtime, "--runtime"),
     }
 
 
@@ -391,6 +398,7 @@ def score(
     model: ModelOpt = None,
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
@@ -402,7 +410,7 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
         overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
         with _recorded(settings, "score") as record, _store(settings, lock=True) as store:
@@ -434,6 +442,7 @@ def select(
     model: ModelOpt = None,
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
@@ -447,7 +456,7 @@ def select(
     with _handled(debug, json_out):
         from curation.jobs.common import wants_push
 
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
         overrides[("select", "budget")] = (budget, "--budget")
         overrides[("select", "out")] = (str(out) if out else None, "--out")
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
@@ -783,6 +792,7 @@ def reprioritize(
     model: ModelOpt = None,
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     metrics_file: MetricsFileOpt = None,
@@ -793,7 +803,7 @@ def reprioritize(
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
@@ -1197,6 +1207,7 @@ def loop(
     pool: PoolOpt = None,
     model: ModelOpt = None,
     metrics_file: MetricsFileOpt = None,
+    runtime: RuntimeOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -1204,7 +1215,7 @@ def loop(
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model)
+        overrides = _common(db, pool, model, runtime=runtime)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))

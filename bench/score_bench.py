@@ -1,10 +1,16 @@
-"""Benchmark: images/s of curate's batched scoring against a naive one-image-at-a-time ``YOLO.predict`` loop and
-against the bare batched forward pass of the same model, all measured in this run on the same images.
+"""Benchmark: images/s of curate's batched scoring with each runtime (torch, OpenVINO, ONNX Runtime) against a
+naive one-image-at-a-time ``YOLO.predict`` loop and against the bare batched forward pass of the same runtime, all
+measured in this run on the same images, as ratios.
 
     .venv/bin/python bench/score_bench.py --images 300 --task classify
-    .venv/bin/python bench/score_bench.py --images 120 --task detect --imgsz 640
+    .venv/bin/python bench/score_bench.py --images 96 --task detect
+    python3 bench/score_bench.py --device cuda --task detect --images 2000 --json-out gpu-detect.json
 
-Targets (issue "core"): curate ≥ 3x naive on a 2-core CPU; on a GPU ≥ 10x naive and ≥ 90 % of the bare forward pass.
+On CUDA it measures torch fp16 and fp32, TensorRT (Ultralytics' engine export, when the tensorrt package is
+installed) and GPU JPEG decoding (``torchvision.io.decode_jpeg`` on the device) against the bare forward pass.
+
+Targets (issue 16): on a 2-core CPU classify >= 4x and detect >= 3x naive, and the pipeline >= 70 % of the chosen
+runtime's bare forward pass for detection; on a GPU >= 10x naive and >= 90 % of the bare forward pass.
 """
 
 from __future__ import annotations
@@ -63,7 +69,14 @@ def bench_naive(model_path: str, paths: list[Path], imgsz: int, device: str) -> 
 
 
 def bench_curate(
-    model_path: str, pool: Path, imgsz: int, device: str, batch: int, workers: int | None, precision: str
+    model_path: str,
+    pool: Path,
+    imgsz: int,
+    device: str,
+    batch: int,
+    workers: int | None,
+    precision: str,
+    runtime_name: str = "torch",
 ) -> dict:
     import curation.jobs.common
     import curation.jobs.model
@@ -80,6 +93,7 @@ def bench_curate(
             "scoring.batch_size": batch,
             "scoring.workers": workers,
             "scoring.precision": precision,
+            "scoring.runtime": runtime_name,
         }
         settings = load_settings(None, overrides, environ={})
         runtime = curation.jobs.model.load_runtime(settings)
@@ -127,104 +141,271 @@ def ranking_agreement(a: dict[str, float], b: dict[str, float], top: float = 0.1
 def bench_forward(runtime: object, shape: tuple[int, int], batch: int, n: int) -> float:
     """The ceiling: uint8 batches already in memory, forward pass only (no decode, no NMS, no database)."""
     x = torch.randint(0, 255, (batch, 3, *shape), dtype=torch.uint8)
-    if runtime.device.type == "cuda":  # type: ignore[attr-defined]
+    cuda = runtime.device.type == "cuda"  # type: ignore[attr-defined]
+    if cuda:
         x = x.pin_memory()
     runtime.forward(x)  # type: ignore[attr-defined]
-    batches = max(1, n // batch)
-    if runtime.device.type == "cuda":  # type: ignore[attr-defined]
+    batches = max(2, n // batch)
+    if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(batches):
         runtime.forward(x)  # type: ignore[attr-defined]
-    if runtime.device.type == "cuda":  # type: ignore[attr-defined]
+    if cuda:
         torch.cuda.synchronize()
     return batches * batch / (time.perf_counter() - start)
 
 
+def bench_cpu_decode(paths: list[Path], info: object) -> float:
+    """curate's decode + preprocess of one image (what each DataLoader worker does), single process."""
+    from curation.scoring.engine import PoolDataset
+
+    dataset = PoolDataset(paths, info.preprocess, info.imgsz, 10**9)  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]
+    return len(paths) / (time.perf_counter() - start)
+
+
+def bench_gpu_decode(paths: list[Path], runtime: object, shape: tuple[int, int], batch: int) -> dict:
+    """JPEG decoding on the GPU (nvJPEG through ``torchvision.io.decode_jpeg``), alone and followed by a resize and
+    the forward pass, in batches: is decoding the bottleneck once the CPU no longer does it?"""
+    import torch.nn.functional as F
+    from torchvision.io import decode_jpeg, read_file
+
+    device = runtime.device  # type: ignore[attr-defined]
+    data = [read_file(str(p)) for p in paths]
+    chunks = [data[i : i + batch] for i in range(0, len(data), batch)]
+    decode_jpeg(chunks[0], device=device)  # warm-up (nvJPEG handles)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for chunk in chunks:
+        decode_jpeg(chunk, device=device)
+    torch.cuda.synchronize()
+    decode_rate = len(data) / (time.perf_counter() - start)
+
+    def prepared(chunk: list[torch.Tensor]) -> torch.Tensor:
+        images = decode_jpeg(chunk, device=device)
+        resized = [F.interpolate(im[None].float(), size=shape, mode="bilinear", antialias=True) for im in images]
+        return torch.cat(resized).clamp_(0, 255).to(torch.uint8)
+
+    runtime.forward(prepared(chunks[0]))  # type: ignore[attr-defined]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for chunk in chunks:
+        runtime.forward(prepared(chunk))  # type: ignore[attr-defined]
+    torch.cuda.synchronize()
+    pipeline_rate = len(data) / (time.perf_counter() - start)
+    return {"decode_images_per_s": round(decode_rate, 1), "decode_resize_forward_images_per_s": round(pipeline_rate, 1)}
+
+
+def bench_tensorrt(model_path: str, shape: tuple[int, int], batch: int, n: int, out_dir: Path) -> dict:
+    """Bare forward of a TensorRT fp16 engine built by Ultralytics' exporter (needs the tensorrt package)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return {"skipped": "the tensorrt package is not installed"}
+    from curation.scoring.runtime import torch_threads
+
+    try:
+        with torch_threads():
+            from ultralytics import YOLO
+            from ultralytics.nn.autobackend import AutoBackend
+
+            torch.manual_seed(0)
+            model = YOLO(model_path)
+            engine = model.export(
+                format="engine", half=True, imgsz=list(shape), batch=batch, device=0, project=str(out_dir)
+            )
+            backend = AutoBackend(engine, device=torch.device("cuda:0"), fp16=True)
+        x = torch.rand(batch, 3, *shape, device="cuda").half()
+        backend(x)
+        torch.cuda.synchronize()
+        batches = max(2, n // batch)
+        start = time.perf_counter()
+        for _ in range(batches):
+            backend(x)
+        torch.cuda.synchronize()
+        return {"bare_forward_images_per_s": round(batches * batch / (time.perf_counter() - start), 1)}
+    except Exception as exc:  # an export failure is a result to report, not a reason to lose the others
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def cpu_description() -> dict:
+    info = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and "model" not in info:
+            info["model"] = value.strip()
+        if key.strip() == "flags":
+            flags = set(value.split())
+            wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+            info["flags"] = [f for f in wanted if f in flags]
+            break
+    return info
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--measure":
+        _measure(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--task", choices=sorted(ARCH), default="classify")
     parser.add_argument("--imgsz", type=int, default=None, help="default 224 classify, 640 detect/segment")
     parser.add_argument("--batch-size", type=int, default=None, help="default: curate's per-task default")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--naive-images", type=int, default=None, help="images for the naive loop (default: all)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--runtimes", default=None, help="comma-separated (default: torch and every installed exported runtime on CPU)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON report to this file")
     args = parser.parse_args()
+
+    from curation.scoring.engine import default_batch_size
+    from curation.scoring.exported import EXPORTED, is_installed
+    from curation.scoring.images import rect_shape
 
     imgsz = args.imgsz or (224 if args.task == "classify" else 640)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
+    cuda = device.startswith("cuda")
     model = ARCH[args.task]
-    from curation.scoring.engine import default_batch_size
-    from curation.scoring.images import rect_shape
-
+    if args.runtimes:
+        runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    else:
+        runtimes = ["torch"] + ([] if cuda else [r for r in EXPORTED if is_installed(r)])
     batch = default_batch_size(args.batch_size, args.task, torch.device(device))
     # the canvas curate feeds the network: square crops for classification, 4:3 rectangles for 640x480 photos
     shape = (imgsz, imgsz) if args.task == "classify" else rect_shape(640, 480, imgsz)
+    rows: list[dict] = []
+    extra: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"
         paths = make_images(pool, args.images)
-        naive = bench_naive(model, paths, imgsz, device)
-        cur = bench_curate(model, pool, imgsz, device, batch, args.workers, "auto")
-        forward = bench_forward(cur["runtime"], shape, batch, args.images)
-        precision = cur["runtime"].precision
-        if precision != "fp32":
-            cur32 = bench_curate(model, pool, imgsz, device, batch, args.workers, "fp32")
-            forward32 = bench_forward(cur32["runtime"], shape, batch, args.images)
-            agreement = ranking_agreement(cur32["uncertainty"], cur["uncertainty"])
-        else:
-            cur32, forward32, agreement = cur, forward, None
-    machine = (
-        torch.cuda.get_device_name(0)
-        if device.startswith("cuda")
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    )
+        naive = bench_naive(model, paths[: args.naive_images or len(paths)], imgsz, device)
+        reference = bench_curate(model, pool, imgsz, device, batch, args.workers, "fp32", "torch")
+        ref_forward = bench_forward(reference["runtime"], shape, batch, args.images)
+        variants = [(name, "auto") for name in runtimes]
+        if cuda:
+            variants = [("torch", "fp16")]
+        for name, precision in variants:
+            if name != "torch":
+                # each exported runtime in a process of its own: their thread pools never share a process with
+                # torch's (one process holding OpenVINO and ONNX Runtime sessions was seen to crash at teardown)
+                cur, forward = _measure_elsewhere(name, precision, model, pool, imgsz, device, batch, args)
+                rows.append(_row(cur["name"], cur["precision"], cur, forward, naive, reference))
+                continue
+            cur = bench_curate(model, pool, imgsz, device, batch, args.workers, precision, name)
+            runtime = cur["runtime"]
+            if runtime.precision == "fp32":
+                cur, forward = reference, ref_forward
+            else:
+                forward = bench_forward(runtime, shape, batch, args.images)
+            rows.append(_row(runtime.name, runtime.precision, cur, forward, naive, reference))
+            loaded = runtime
+        if not any(r["runtime"] == "torch" and r["precision"] == "fp32" for r in rows):
+            rows.append(_row("torch", "fp32", reference, ref_forward, naive, reference))
+        extra["cpu_decode_images_per_s"] = round(bench_cpu_decode(paths, reference["runtime"].info), 1)
+        if cuda:
+            extra["gpu_decode"] = bench_gpu_decode(paths, loaded, shape, batch)  # torch fp16
+            extra["gpu_decode"]["vs_bare_forward_fp16"] = round(
+                extra["gpu_decode"]["decode_resize_forward_images_per_s"] / rows[0]["bare_forward_images_per_s"], 3
+            )
+            extra["gpu_decode"]["speedup_vs_naive"] = round(
+                extra["gpu_decode"]["decode_resize_forward_images_per_s"] / naive, 2
+            )
+            extra["tensorrt"] = bench_tensorrt(model, shape, batch, args.images, Path(tmp) / "trt")
+    machine = torch.cuda.get_device_name(0) if cuda else cpu_description()
     result = {
         "task": args.task,
         "model": model,
         "imgsz": imgsz,
+        "canvas": list(shape),
         "images": args.images,
         "batch_size": batch,
         "device": device,
-        "precision": precision,
         "machine": machine,
+        "cpu": cpu_description(),
         "torch": torch.__version__,
         "naive_images_per_s": round(naive, 1),
+        "runtimes": rows,
+        **extra,
+    }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.task} {model} @ {imgsz}px (canvas {shape[0]}x{shape[1]}), {args.images} images, batch {batch}, "
+          f"{device} ({machine})")  # fmt: skip
+    print(f"  naive YOLO.predict loop (torch fp32): {naive:8.1f} img/s")
+    print("  runtime      prec   curate img/s  x naive   bare fwd img/s  curate/fwd  Spearman vs torch fp32")
+    for r in rows:
+        print(
+            f"  {r['runtime']:<12} {r['precision']:<5} {r['curate_images_per_s']:12.1f} {r['speedup_vs_naive']:7.2f}x "
+            f"{r['bare_forward_images_per_s']:15.1f} {r['fraction_of_bare_forward']:10.1%}  "
+            f"{r['ranking_agreement_vs_torch_fp32']['spearman']}"
+        )
+    print(f"  curate decode + preprocess, one process: {extra['cpu_decode_images_per_s']:.1f} img/s")
+    for key in ("gpu_decode", "tensorrt"):
+        if key in extra:
+            print(f"  {key}: {extra[key]}")
+
+
+def _measure_elsewhere(
+    name: str, precision: str, model: str, pool: Path, imgsz: int, device: str, batch: int, args: argparse.Namespace
+) -> tuple[dict, float]:
+    import subprocess
+
+    spec = {
+        "name": name, "precision": precision, "model": model, "pool": str(pool), "imgsz": imgsz, "device": device,
+        "batch": batch, "workers": args.workers, "images": args.images, "task": args.task,
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured, measured["bare_forward_images_per_s"]
+
+
+def _measure(spec: dict) -> None:
+    """One runtime's pipeline and bare forward rates (``--measure``), printed as one JSON line."""
+    from curation.scoring.images import rect_shape
+
+    pool = Path(spec["pool"])
+    cur = bench_curate(
+        spec["model"], pool, spec["imgsz"], spec["device"], spec["batch"], spec["workers"], spec["precision"],
+        spec["name"],
+    )  # fmt: skip
+    runtime = cur.pop("runtime")
+    imgsz = spec["imgsz"]
+    shape = (imgsz, imgsz) if spec["task"] == "classify" else rect_shape(640, 480, imgsz)
+    cur["bare_forward_images_per_s"] = bench_forward(runtime, shape, spec["batch"], spec["images"])
+    cur["name"], cur["precision"] = runtime.name, runtime.precision
+    print(json.dumps(cur), flush=True)
+
+
+def _row(name: str, precision: str, cur: dict, forward: float, naive: float, reference: dict) -> dict:
+    return {
+        "runtime": name,
+        "precision": precision,
         "curate_images_per_s": round(cur["images_per_s"], 1),
         "curate_end_to_end_images_per_s": round(cur["end_to_end_images_per_s"], 1),
         "bare_forward_images_per_s": round(forward, 1),
         "speedup_vs_naive": round(cur["images_per_s"] / naive, 2),
         "fraction_of_bare_forward": round(cur["images_per_s"] / forward, 3),
-        "fp32_curate_images_per_s": round(cur32["images_per_s"], 1),
-        "fp32_bare_forward_images_per_s": round(forward32, 1),
-        "fp32_speedup_vs_naive": round(cur32["images_per_s"] / naive, 2),
-        "fp32_fraction_of_bare_forward": round(cur32["images_per_s"] / forward32, 3),
-        "ranking_agreement_vs_fp32": agreement,
+        "ranking_agreement_vs_torch_fp32": ranking_agreement(reference["uncertainty"], cur["uncertainty"]),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print(f"{args.task} {model} @ {imgsz}px, {args.images} images, batch {batch}, {device} ({machine})")
-    print(f"  naive YOLO.predict loop (fp32)     : {result['naive_images_per_s']:8.1f} img/s")
-    print(
-        f"  curate score ({precision:>4})              : {result['curate_images_per_s']:8.1f} img/s  "
-        f"(end to end incl. scan+hash+db: {result['curate_end_to_end_images_per_s']:.1f})"
-    )
-    print(f"  bare batched forward ({precision:>4})      : {result['bare_forward_images_per_s']:8.1f} img/s")
-    print(f"  speed-up vs naive                  : {result['speedup_vs_naive']:.2f}x")
-    print(f"  fraction of bare forward           : {result['fraction_of_bare_forward']:.1%}")
-    if agreement is not None:
-        print(
-            f"  curate score (fp32)                : {result['fp32_curate_images_per_s']:8.1f} img/s "
-            f"= {result['fp32_speedup_vs_naive']:.2f}x naive, "
-            f"{result['fp32_fraction_of_bare_forward']:.1%} of fp32 forward "
-            f"({result['fp32_bare_forward_images_per_s']:.1f} img/s)"
-        )
-        print(
-            f"  {precision} vs fp32 ranking: Spearman {agreement['spearman']}, "
-            f"top-10% overlap {agreement['top10_overlap']:.0%}, max |Δ uncertainty| {agreement['max_abs_diff']}"
-        )
 
 
 if __name__ == "__main__":

@@ -124,6 +124,10 @@ class ScoringSettings(_Section):
     1), for detection and segmentation all cores (their forward pass dominates)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """``auto``: fp16 on CUDA; bf16 on CPUs with native bf16 (AMX / AVX512-BF16); fp32 otherwise."""
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
+    """What runs the forward pass. ``openvino`` / ``onnxruntime`` run a model exported from the same weights
+    (extras ``curate[openvino]`` / ``curate[onnx]``), cached beside the weights. ``auto``: torch on CUDA; on a CPU
+    ONNX Runtime if installed, else torch (TorchScript models: always torch); OpenVINO only when named."""
     chunk_size: int = Field(default=512, ge=1)
     """Items per database commit: an interrupted run loses at most this much work."""
     box_conf: float = Field(default=0.05, ge=0.0, le=1.0)

@@ -69,6 +69,18 @@ class ModelLoadError(CurateError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class RuntimeUnavailableError(CurateError):
+    """``scoring.runtime`` names an inference runtime that is not installed (or cannot run on the device)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ModelExportError(CurateError):
+    """The model could not be exported for the chosen runtime (``scoring.runtime: torch`` still runs it)."""
+
+    exit_code = ExitCode.MODEL
+
+
 class InputFileError(CurateError):
     """A file given on the command line to read from (``report --simulation``) is missing, unreadable or not what
     it should be."""

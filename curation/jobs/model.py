@@ -57,16 +57,21 @@ def registered_model(settings: Settings, store: Store) -> ModelVersionRecord | N
 def load_runtime(settings: Settings, store: Store | None = None) -> ModelRuntime:
     """Load the model (see ``model_settings``) on the configured device and learn its embedding size with one
     warm-up batch. Weights the database already knows keep their registered version name."""
-    from curation.scoring.runtime import DetectionOptions, load_model, resolve_device
+    from curation.scoring.runtime import DetectionOptions, load_model, model_format, resolve_device
 
     device = resolve_device(settings.scoring.device)
     chosen, registered = _chosen(settings, store)
-    runtime = load_model(
-        chosen,
-        device,
-        precision=settings.scoring.precision,
-        detection=DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det),
-    )
+    detection = DetectionOptions(settings.scoring.box_conf, settings.scoring.iou, settings.scoring.max_det)
+    runtime: ModelRuntime
+    name: str = settings.scoring.runtime
+    if name != "torch":
+        from curation.scoring.exported import load_exported, resolve_runtime
+
+        name = resolve_runtime(name, device, model_format(chosen) if chosen.path else "ultralytics")
+    if name == "torch":
+        runtime = load_model(chosen, device, precision=settings.scoring.precision, detection=detection)
+    else:
+        runtime = load_exported(chosen, name, device, precision=settings.scoring.precision, detection=detection)
     if registered is not None:  # loaded safely; used only if still the weights that were registered
         check_digest(registered.version, str(chosen.path), registered.digest, runtime.info.digest)
     if store is not None and not chosen.version and runtime.info.digest:

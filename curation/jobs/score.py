@@ -27,6 +27,7 @@ class ScoreOutcome:
     model: ModelVersionRecord
     device: str | None  # None: nothing to score, so the model was never loaded
     scoring: ScoringReport
+    runtime: str | None = None  # what ran the forward pass (scoring.runtime resolved); None: nothing scored
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class ScoreOutcome:
             "model_version": self.model.version,
             "task": self.model.task,
             "device": self.device,
+            "runtime": self.runtime,
             "scored": self.scoring.scored,
             "failed": self.scoring.failed,
             "retry_later": self.scoring.retry_later,
@@ -140,7 +142,7 @@ def score(
         max_aspect=settings.pool.max_aspect_ratio,
         objects=objects,
     )
-    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report)
+    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name)
 
 
 def object_source_required(source: ObjectPool, settings: Settings) -> ObjectSource:

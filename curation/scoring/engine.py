@@ -32,7 +32,7 @@ from curation.scoring.images import (
     rect_shape,
     stretch,
 )
-from curation.scoring.runtime import ItemOutput, ModelInfo, ModelRuntime, torch_threads
+from curation.scoring.runtime import ItemOutput, ModelInfo, ModelRuntime
 from curation.scoring.summary import ScoringReport
 from store import Store
 from store.records import ScoredChunk, ScoredItem
@@ -394,7 +394,7 @@ def score_items(
 
     status = "failed"
     try:
-        with torch_threads(threads):
+        with runtime.threads(threads):
             batches = inferred_batches(
                 runtime,
                 items,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,13 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 class ModelRuntime:
-    """A loaded model on a device. ``infer`` takes a uint8 batch and returns one ``ItemOutput`` per image."""
+    """A loaded model on a device. ``infer`` takes a uint8 batch and returns one ``ItemOutput`` per image.
+
+    This class runs the network with torch; ``curation.scoring.exported`` runs an exported copy of the same
+    network (OpenVINO, ONNX Runtime) and shares everything after the forward pass with it.
+    """
+
+    name = "torch"  # scoring.runtime
 
     def __init__(
         self,
@@ -193,6 +199,10 @@ class ModelRuntime:
         self.embedding_dim: int | None = None
         if info.format == "ultralytics":
             self._install_hooks()
+
+    def threads(self, count: int | None) -> AbstractContextManager[None]:
+        """Run the block's inference with ``count`` CPU threads (``None``: the runtime's default)."""
+        return torch_threads(count)
 
     # -- embeddings ------------------------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -394,16 +404,21 @@ def load_model(
     if not spec:
         raise ModelLoadError("no model given: pass --model (a .pt, .yaml or TorchScript file) or set model.path")
     precision = resolve_precision(precision, device)
-    fmt = settings.format
+    fmt = model_format(settings)
     path = Path(spec).expanduser()
-    if fmt == "auto":
-        if path.suffix.lower() in TORCHSCRIPT_SUFFIXES or (path.is_file() and _is_torchscript_archive(path)):
-            fmt = "torchscript"
-        else:
-            fmt = "ultralytics"
     if fmt == "torchscript":
         return _load_torchscript(settings, path, device, precision)
     return _load_ultralytics(settings, spec, device, precision, detection or DetectionOptions())
+
+
+def model_format(settings: ModelSettings) -> str:
+    """``ultralytics`` or ``torchscript``: ``model.format``, or for ``auto`` what the file is."""
+    if settings.format != "auto":
+        return settings.format
+    path = Path(settings.path or "").expanduser()
+    if path.suffix.lower() in TORCHSCRIPT_SUFFIXES or (path.is_file() and _is_torchscript_archive(path)):
+        return "torchscript"
+    return "ultralytics"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -432,6 +447,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def _load_ultralytics(
     settings: ModelSettings, spec: str, device: torch.device, precision: str, detection: DetectionOptions
 ) -> ModelRuntime:
+    info, net = read_ultralytics(settings, spec)
+    task = info.task
+    head: Any = net.model[-1]
+    net.to(device)
+    if precision == "bf16":
+        # bf16 keeps ~3 significant digits: enough for convolutions, not for the layers that produce numbers we
+        # store. Box distances (DFL) and class logits run in fp32: boxes stay within ~0.5 px of fp32, not ~2 px.
+        _run_in_fp32(head.linear if task == "classify" else getattr(head, "dfl", None), device)
+    for module in net.modules():
+        if isinstance(module, torch.nn.SiLU | torch.nn.ReLU):
+            module.inplace = True  # inference only: no autograd needs the pre-activation, skip one allocation
+    net.to(memory_format=torch.channels_last)  # oneDNN and cuDNN both run NHWC convolutions faster
+    if precision == "fp16":
+        net.half()
+    return ModelRuntime(info, net, device, precision, detection)
+
+
+def read_ultralytics(settings: ModelSettings, spec: str) -> tuple[ModelInfo, Any]:
+    """Load Ultralytics weights (or a seeded architecture) on the CPU in fp32: what it is, and the fused network
+    in eval mode. Every runtime starts from this network."""
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
     if suffix not in (".pt", ".yaml", ".yml"):
@@ -485,18 +520,7 @@ def _load_ultralytics(
         head.end2end = False  # keep the one-to-many branch: NMS with full per-box class scores
     if hasattr(net, "fuse"):
         net = net.fuse(verbose=False)
-    net.to(device)
-    if precision == "bf16":
-        # bf16 keeps ~3 significant digits: enough for convolutions, not for the layers that produce numbers we
-        # store. Box distances (DFL) and class logits run in fp32: boxes stay within ~0.5 px of fp32, not ~2 px.
-        _run_in_fp32(head.linear if task == "classify" else getattr(head, "dfl", None), device)
-    for module in net.modules():
-        if isinstance(module, torch.nn.SiLU | torch.nn.ReLU):
-            module.inplace = True  # inference only: no autograd needs the pre-activation, skip one allocation
-    net.to(memory_format=torch.channels_last)  # oneDNN and cuDNN both run NHWC convolutions faster
-    if precision == "fp16":
-        net.half()
-    return ModelRuntime(info, net, device, precision, detection)
+    return info, net
 
 
 def _first_line(exc: BaseException) -> str:
