@@ -25,37 +25,13 @@ server is still importing: the tasks appear when the test calls ``land_held_impo
 from __future__ import annotations
 
 import copy
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from curation.errors import LabelStudioError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
-from curation.labelstudio.formats import ls_time, parse_ls_time
-
-
-def parse_label_config(config: str) -> dict[str, Any]:
-    """What the server stores as ``parsed_label_config``: control name → type, to_name, inputs, labels."""
-    root = ET.fromstring(config)
-    objects = {el.get("name"): el for el in root.iter() if el.get("value", "").startswith("$")}
-    parsed: dict[str, Any] = {}
-    for el in root.iter():
-        to_name = el.get("toName")
-        if not to_name or el.get("name") is None:
-            continue
-        inputs = [
-            {"type": objects[n].tag, "value": objects[n].get("value", "")[1:]}
-            for n in to_name.split(",")
-            if n in objects
-        ]
-        parsed[str(el.get("name"))] = {
-            "type": el.tag,
-            "to_name": to_name.split(","),
-            "inputs": inputs,
-            "labels": [child.get("value") for child in el if child.get("value") is not None],
-        }
-    return parsed
+from curation.labelstudio.formats import ls_time, parse_label_config, parse_ls_time
 
 
 class FakeLabelStudio:

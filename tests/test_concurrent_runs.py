@@ -69,32 +69,8 @@ def _read_only_url(db_url: str) -> str:
 def test_read_only_commands_and_a_second_run_leave_a_live_run_alone(
     db_url: str, tmp_path: Path, pool_dir: Path
 ) -> None:
-    # a TorchScript model fixed by construction: a real scoring run without training one first
-    model, model_cfg = save_thumbnail_model(tmp_path)
-    release = tmp_path / "release"
-    env = {
-        **os.environ,
-        "CURATE_SCORING__CHUNK_SIZE": "4",
-        "CURATE_SCORING__BATCH_SIZE": "4",
-        "CURATE_PAUSEPOINT": f"score-after-chunk:{release}",
-    }
-    env.pop("CURATE_FAILPOINT", None)
-    model_args = ["--pool", str(pool_dir), "--model", str(model), "--config", str(model_cfg), "--db", db_url]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "cli", "score", *model_args, "--workers", "0", "--json"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first, release, model_args = _paused_scoring_run(db_url, tmp_path, pool_dir, "--workers", "0", "--json")
     try:
-        waiting = release.with_name("release.waiting")
-        deadline = time.monotonic() + 180
-        while not waiting.exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert waiting.exists(), f"the scoring run never reached its pause point: {first.communicate(timeout=30)}"
-
         with _another_writer_mid_transaction(db_url):
             code, out, err, seconds = _cli("status", "--db", _read_only_url(db_url), "--pool", str(pool_dir), "--json")
             assert code == 0, err
@@ -160,8 +136,11 @@ def test_read_only_commands_do_not_wait_for_a_writer_on_sqlite(tmp_path: Path, c
     assert code == 0 and seconds < REFUSAL_S, (err, seconds)
 
 
-def _paused_scoring_run(db_url: str, tmp_path: Path, pool_dir: Path) -> tuple[subprocess.Popen[str], Path]:
-    """A real ``curate score`` with a DataLoader worker, stopped after its first committed chunk."""
+def _paused_scoring_run(
+    db_url: str, tmp_path: Path, pool_dir: Path, *flags: str
+) -> tuple[subprocess.Popen[str], Path, list[str]]:
+    """A real ``curate score`` (a TorchScript model fixed by construction: no training first) stopped after its
+    first committed chunk, in its own process group as a systemd unit or a container has; and its model options."""
     model, model_cfg = save_thumbnail_model(tmp_path)
     release = tmp_path / "release"
     env = {
@@ -173,20 +152,22 @@ def _paused_scoring_run(db_url: str, tmp_path: Path, pool_dir: Path) -> tuple[su
     env.pop("CURATE_FAILPOINT", None)
     args = ["--pool", str(pool_dir), "--model", str(model), "--config", str(model_cfg), "--db", db_url]
     run = subprocess.Popen(
-        [sys.executable, "-m", "cli", "score", *args, "--workers", "1"],
+        [sys.executable, "-m", "cli", "score", *args, *flags],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group, as a systemd unit or a container has
+        start_new_session=True,
     )
     waiting = release.with_name("release.waiting")
     deadline = time.monotonic() + 180
     while not waiting.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert waiting.exists(), f"the scoring run never reached its pause point: {run.communicate(timeout=30)}"
-    return run, release
+    if not waiting.exists():
+        run.kill()
+        raise AssertionError(f"the scoring run never reached its pause point: {run.communicate(timeout=30)}")
+    return run, release, args
 
 
 def _children(pid: int) -> list[int]:
@@ -205,7 +186,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(db_url: str, tmp_path: Path, pool_dir: 
     exits 143, and no process prints a traceback."""
     import signal
 
-    run, release = _paused_scoring_run(db_url, tmp_path, pool_dir)
+    run, release, _ = _paused_scoring_run(db_url, tmp_path, pool_dir, "--workers", "1")
     try:
         assert _children(run.pid), "the run has no DataLoader worker: the test proves nothing"
         os.killpg(run.pid, signal.SIGTERM)
@@ -234,7 +215,7 @@ def test_after_kill_9_the_lock_is_free_while_orphaned_workers_live_on(
 
     from store.lock import RunLock
 
-    run, release = _paused_scoring_run(db_url, tmp_path, pool_dir)
+    run, release, _ = _paused_scoring_run(db_url, tmp_path, pool_dir, "--workers", "1")
     workers = _children(run.pid)
     try:
         assert workers, "the run has no DataLoader worker: the test proves nothing"

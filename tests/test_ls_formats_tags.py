@@ -21,6 +21,7 @@ from curation.labelstudio.formats import (
     label_config,
     ls_time,
     normalize_annotation,
+    parse_label_config,  # what the server stores (a real one is checked in test_labelstudio)
     parse_ls_time,
     prediction_result,
     queue_scores,
@@ -29,7 +30,6 @@ from curation.labelstudio.formats import (
 )
 from curation.labelstudio.tags import MAX_LENGTH, PREFIX, is_ours, make_tag, parse_tag
 from store.records import ModelVersionRecord, PendingItem, StoredPrediction
-from tests.fake_labelstudio import parse_label_config
 
 UI = LabelingInterface(from_name="label", to_name="image", data_key="image")
 
