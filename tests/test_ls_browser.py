@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.browser import artifacts_dir, browser, chromium_path
+from tests.browser import artifacts_dir  # the browser fixtures come from conftest: one Chromium per session
 from tests.ls_support import LSApi, fresh_annotator
 from tests.test_labelstudio import api, curate_json, select_args, title
 
-__all__ = ["api", "browser", "chromium_path"]  # fixtures
+__all__ = ["api"]  # fixtures
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 TIMEOUT_MS = 60_000
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,27 @@ runner = CliRunner()
 CPU = torch.device("cpu")
 AVAILABLE = [name for name in exported.EXPORTED if exported.is_installed(name)]
 needs_runtimes = pytest.mark.skipif(not AVAILABLE, reason="neither curate[openvino] nor curate[onnx] is installed")
+
+
+CHILD_ENV = "CURATE_TEST_OWN_PROCESS"
+
+
+def ran_in_own_process(request: pytest.FixtureRequest, name: str) -> bool:
+    """OpenVINO loaded into the suite's process crashed it later (a segfault in a test that trained or scored
+    afterwards, also seen at teardown with ONNX Runtime loaded): its cases run in a child pytest of their own.
+    True when this call ran the case there (the caller is then done)."""
+    if name != "openvino" or os.environ.get(CHILD_ENV):
+        return False
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", request.node.nodeid, "-q", "-p", "no:cacheprovider"],
+        env={**os.environ, CHILD_ENV: "1"},
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    return True
 
 
 def curate(*args: str) -> tuple[int, str, str]:
@@ -141,10 +164,12 @@ def _score_all(model: Path, pool: Path, runtime: str, tmp_path: Path) -> tuple[d
 @needs_runtimes
 @pytest.mark.parametrize("name", exported.EXPORTED)
 def test_classifier_outputs_and_selection_match_torch_fp32(
-    name: str, tiny_cls_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, request: pytest.FixtureRequest, tiny_cls_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if name not in AVAILABLE:
         pytest.skip(f"{name} not installed")
+    if ran_in_own_process(request, name):
+        return
     from curation.devtools.synthetic import make_pool
 
     pool = tmp_path / "pool"
@@ -180,10 +205,15 @@ def test_classifier_outputs_and_selection_match_torch_fp32(
 
 @pytest.mark.slow
 @needs_runtimes
+@pytest.mark.parametrize("name", exported.EXPORTED)
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_detector_boxes_within_half_a_pixel(
-    task: str, tiny_det_model: Path, tiny_seg_model: Path, tmp_path: Path
+    task: str, name: str, request: pytest.FixtureRequest, tiny_det_model: Path, tiny_seg_model: Path, tmp_path: Path
 ) -> None:
+    if name not in AVAILABLE:
+        pytest.skip(f"{name} not installed")
+    if ran_in_own_process(request, name):
+        return
     from curation.devtools.synthetic import make_detection_dataset
     from curation.scoring.engine import ScoreJob, inferred_batches
     from curation.scoring.images import original_size
@@ -196,16 +226,15 @@ def test_detector_boxes_within_half_a_pixel(
     ref_rt = load_model(ModelSettings(path=str(model)), CPU, "fp32", options)
     ref = [o for _, batch in inferred_batches(ref_rt, jobs, 4) for o in batch]
     assert sum(len(o.boxes) for o in ref) > 0, "the tiny model finds no box: the comparison would be empty"
-    for name in AVAILABLE:
-        rt = load_exported(ModelSettings(path=str(model)), name, CPU, "fp32", options)
-        out = [o for _, batch in inferred_batches(rt, jobs, 4) for o in batch]
-        for a, b in zip(ref, out, strict=True):
-            assert a.boxes.shape == b.boxes.shape, name
-            assert a.box_scores.shape == b.box_scores.shape, name
-            assert a.embedding.shape == b.embedding.shape and np.abs(a.embedding - b.embedding).max() < 1e-4
-            if len(a.boxes):
-                assert np.abs(a.boxes - b.boxes).max() <= 0.5, name
-                assert np.abs(a.box_scores - b.box_scores).max() < 1e-3, name
-            assert len(a.polygons) == len(b.polygons), name
-            if task == "segment":
-                assert len(a.polygons) == len(a.boxes)
+    rt = load_exported(ModelSettings(path=str(model)), name, CPU, "fp32", options)
+    out = [o for _, batch in inferred_batches(rt, jobs, 4) for o in batch]
+    for a, b in zip(ref, out, strict=True):
+        assert a.boxes.shape == b.boxes.shape, name
+        assert a.box_scores.shape == b.box_scores.shape, name
+        assert a.embedding.shape == b.embedding.shape and np.abs(a.embedding - b.embedding).max() < 1e-4
+        if len(a.boxes):
+            assert np.abs(a.boxes - b.boxes).max() <= 0.5, name
+            assert np.abs(a.box_scores - b.box_scores).max() < 1e-3, name
+        assert len(a.polygons) == len(b.polygons), name
+        if task == "segment":
+            assert len(a.polygons) == len(a.boxes)

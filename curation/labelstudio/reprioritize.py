@@ -138,7 +138,7 @@ def reprioritize(
     )
     old = {q.item_id: q.position for q in queue}
     # tasks publishing found deleted in Label Studio left the queue: they are neither "moved" nor "next"
-    live_tasks = {q.task_id for q in store.label_studio.queue(project.record.id)}
+    live_tasks = {q.task_id for q in store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)}
     ordered = [q for q in ordered if q.task_id in live_tasks]
     placements = [p for p in placements if p.task_id in live_tasks]
     moved = moved_count([old.get(p.item_id) for p in placements])
