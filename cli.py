@@ -272,7 +272,14 @@ def _redact_log_records() -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         with contextlib.suppress(Exception):  # a malformed record is the logging module's to report, as before
-            record.msg, record.args = safe(record.getMessage(), keep_newlines=True), None
+            if isinstance(record.args, tuple) and record.args and isinstance(record.msg, str):
+                # keep the arguments' shape: a formatter may unpack them (uvicorn's access log does)
+                record.msg = safe(record.msg, keep_newlines=True)
+                record.args = tuple(
+                    a if isinstance(a, bool | int | float) else safe(str(a), keep_newlines=True) for a in record.args
+                )
+            else:
+                record.msg, record.args = safe(record.getMessage(), keep_newlines=True), None
         return record
 
     logging.setLogRecordFactory(factory)
