@@ -549,27 +549,12 @@ class LabelStudioClient:
         return [dict(w) for w in body or []] if isinstance(body, list) else []
 
     def add_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> dict[str, Any]:
-        payload = {
-            "project": project_id,
-            "url": url,
-            "headers": headers,
-            "actions": list(actions),
-            "send_payload": True,
-            "send_for_all_actions": False,
-            "is_active": True,
-        }
+        payload = {"project": project_id, **_webhook(url, headers, actions)}
         body = self._raw("POST", "api/webhooks", json_body=payload, what=f"adding the webhook {url}", retry=False)
         return dict(body or {})
 
     def update_webhook(self, webhook_id: int, url: str, headers: dict[str, str], actions: Sequence[str]) -> None:
-        payload = {
-            "url": url,
-            "headers": headers,
-            "actions": list(actions),
-            "send_payload": True,
-            "send_for_all_actions": False,
-            "is_active": True,
-        }
+        payload = _webhook(url, headers, actions)
         self._raw("PATCH", f"api/webhooks/{webhook_id}", json_body=payload, what=f"updating the webhook {url}")
 
     def delete_webhook(self, webhook_id: int) -> None:
@@ -604,3 +589,15 @@ def _detail(body: Any) -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def _webhook(url: str, headers: dict[str, str], actions: Sequence[str]) -> dict[str, Any]:
+    """A webhook that sends only ``actions``, with their payload (created and updated alike)."""
+    return {
+        "url": url,
+        "headers": headers,
+        "actions": list(actions),
+        "send_payload": True,
+        "send_for_all_actions": False,
+        "is_active": True,
+    }
