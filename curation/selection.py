@@ -96,11 +96,12 @@ def scores_uncertainty(
     n_classes: int,
     measure: str,
     detection: DetectionAggregation,
+    bad: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """Per-item uncertainty and predicted classes from model outputs (stored ones, or ``simulate``'s); NaN
-    (excluded) for an item whose output is unusable (``unusable_outputs``)."""
+    (excluded) for an item whose output is unusable (``bad``: ``unusable_outputs``, computed here if not given)."""
     k = n_classes
-    bad = unusable_outputs(scores)
+    bad = unusable_outputs(scores) if bad is None else bad
     if isinstance(scores, ClassificationScores):
         n = len(scores.item_ids)
         classes = np.zeros((n, k), dtype=bool)
@@ -143,8 +144,9 @@ def candidate_uncertainty(
         if mv.task == "classify"
         else store.scores.candidate_detection(pool_id, mv.id, len(mv.class_names))
     )
-    values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection)
-    return Candidates(scores.item_ids, values, classes, scores.item_ids[unusable_outputs(scores)])
+    bad = unusable_outputs(scores)
+    values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection, bad)
+    return Candidates(scores.item_ids, values, classes, scores.item_ids[bad])
 
 
 def items_uncertainty(
