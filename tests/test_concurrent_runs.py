@@ -221,16 +221,9 @@ def test_after_kill_9_the_lock_is_free_while_orphaned_workers_live_on(
         assert workers, "the run has no DataLoader worker: the test proves nothing"
         os.kill(run.pid, signal.SIGKILL)
         run.wait(30)
-        deadline = time.monotonic() + REFUSAL_S
         with Store.open(db_url) as store:
-            while True:
-                try:
-                    with RunLock(store, command="test"):
-                        break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            with RunLock(store, command="test"):  # at once: no orphaned worker holds it (LockHeldError otherwise)
+                pass
             assert store.runs.recent()[0]["status"] == "interrupted"
         assert any(_alive(w) for w in workers), "the workers were gone already: the test proves nothing"
     finally:
