@@ -2,14 +2,18 @@
 
 Scores (``uncertainty``, ``detection``) are computed apart from selection (``selectors``). Each strategy lives in
 the module named after it (``uncertainty_sampling``, ``random_sampling``, ``kcenter``, ``kmeans_sampling``,
-``hybrid``, ``class_balance``), inherits the validating template ``StrategyBase`` (``base``), and is built by name
-from the ``registry``. ``greedy`` is the exact lazy greedy k-center and the hybrid share; ``index`` the vector
-search and k-means backends. Nothing here touches a model, a database or Label Studio, and importing the package
+``hybrid``, ``class_balance``, ``badge``, ``cluster_margin``, ``typiclust``), inherits the validating template
+``StrategyBase`` (``base``), and is built by name from the ``registry``; ``cover`` is the near-duplicate
+bookkeeping of the strategies that pick one item at a time, ``duplicates`` the perceptual-hash matching.
+``greedy`` is the exact lazy greedy k-center and the hybrid share; ``index`` the vector search and k-means
+backends. Nothing here touches a model, a database or Label Studio, and importing the package
 imports neither FAISS nor torch.
 """
 
+from strategies.badge import BadgeStrategy, gradient_embeddings
 from strategies.base import PoolView, Selection, Strategy, StrategyBase
 from strategies.class_balance import ClassBalanced
+from strategies.cluster_margin import ClusterMarginStrategy, round_robin
 from strategies.detection import EXCLUDE, REDUCERS, aggregate_boxes
 from strategies.errors import (
     EmptyPoolError,
@@ -43,6 +47,7 @@ from strategies.registry import (
     strategy_names,
 )
 from strategies.selectors import rank_by, top_k
+from strategies.typiclust import TypiClustStrategy, typicality
 from strategies.uncertainty import (
     UNCERTAINTY_MEASURES,
     entropy,
@@ -59,7 +64,9 @@ __all__ = [
     "REDUCERS",
     "STRATEGIES",
     "UNCERTAINTY_MEASURES",
+    "BadgeStrategy",
     "ClassBalanced",
+    "ClusterMarginStrategy",
     "EmptyPoolError",
     "GreedyResult",
     "HybridStrategy",
@@ -77,6 +84,7 @@ __all__ = [
     "StrategyBase",
     "StrategyError",
     "StrategyFactory",
+    "TypiClustStrategy",
     "UncertaintyStrategy",
     "UnknownStrategyError",
     "VectorIndex",
@@ -88,6 +96,7 @@ __all__ = [
     "covering_radius",
     "entropy",
     "get_strategy",
+    "gradient_embeddings",
     "greedy_select",
     "kmeans",
     "least_confidence",
@@ -97,7 +106,9 @@ __all__ = [
     "random_scores",
     "rank_by",
     "ratio",
+    "round_robin",
     "strategy_names",
     "top_k",
+    "typicality",
     "uncertainty_scores",
 ]
