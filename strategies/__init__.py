@@ -15,6 +15,7 @@ from strategies.base import PoolView, Selection, Strategy, StrategyBase
 from strategies.class_balance import ClassBalanced
 from strategies.cluster_margin import ClusterMarginStrategy, round_robin
 from strategies.detection import EXCLUDE, REDUCERS, aggregate_boxes
+from strategies.duplicates import MAX_HASH_DISTANCE, hamming, hash_duplicates
 from strategies.errors import (
     EmptyPoolError,
     InvalidBudgetError,
@@ -61,6 +62,7 @@ from strategies.uncertainty_sampling import UncertaintyStrategy
 
 __all__ = [
     "EXCLUDE",
+    "MAX_HASH_DISTANCE",
     "REDUCERS",
     "STRATEGIES",
     "UNCERTAINTY_MEASURES",
@@ -98,6 +100,8 @@ __all__ = [
     "get_strategy",
     "gradient_embeddings",
     "greedy_select",
+    "hamming",
+    "hash_duplicates",
     "kmeans",
     "least_confidence",
     "make_index",
