@@ -640,10 +640,11 @@ def _check_strategies(cfg: StrategySettings, origin: Callable[[tuple[str, ...]],
     from strategies import STRATEGIES, StrategyError, canonical_name, check_options, get_strategy
 
     valid = sorted(STRATEGIES)
-    if canonical_name(cfg.name) not in STRATEGIES:
+    # "auto": the strategy curate simulate recommended, resolved against the database (curation.selection)
+    if cfg.name != "auto" and canonical_name(cfg.name) not in STRATEGIES:
         raise ConfigError(
             f"invalid config key 'strategy.name' {origin(('strategy', 'name'))}: unknown strategy {cfg.name!r}"
-            f"{_did_you_mean(cfg.name, valid)}; valid: {', '.join(valid)}"
+            f"{_did_you_mean(cfg.name, valid)}; valid: {', '.join(valid)}, or auto"
         )
     checked: dict[str, dict[str, Any]] = {}
     for name, options in cfg.options.items():

@@ -63,9 +63,32 @@ class SelectionResult:
     skipped_copies: int = 0  # candidates excluded as perceptual-hash copies (``exclude_copies``)
 
 
-def build_strategy(settings: StrategySettings) -> Strategy:
+AUTO = "auto"
+AUTO_FALLBACK = "hybrid"  # ``strategy: auto`` before any ``curate simulate`` recommendation: the default
+
+
+def resolve_auto(settings: StrategySettings, store: Store | None) -> tuple[StrategySettings, str | None]:
+    """``strategy: auto`` → the strategy ``curate simulate`` last recommended for this database (``hybrid``, the
+    default, when there is none or no database); other names unchanged. Returns the settings to use and a note
+    saying what ``auto`` chose, for the command's report."""
+    if settings.name != AUTO:
+        return settings, None
+    from strategies import STRATEGIES
+
+    rec = store.recommendations.latest() if store is not None else None
+    if rec is None or rec["strategy"] not in STRATEGIES:
+        note = f"strategy auto: no curate simulate recommendation in this database; using {AUTO_FALLBACK}"
+        return settings.model_copy(update={"name": AUTO_FALLBACK}), note
+    where = f" on {rec['dataset']}" if rec.get("dataset") else ""
+    note = f"strategy auto: using {rec['strategy']} (recommended by curate simulate{where})"
+    return settings.model_copy(update={"name": rec["strategy"]}), note
+
+
+def build_strategy(settings: StrategySettings, store: Store | None = None) -> Strategy:
     """The configured strategy, wrapped for class balance when asked. ``--strategy`` reaches it as the
-    ``strategy.name`` setting: there is one channel for the choice."""
+    ``strategy.name`` setting: there is one channel for the choice. ``auto`` is resolved with ``store``'s stored
+    recommendation (``resolve_auto``)."""
+    settings, _ = resolve_auto(settings, store)
     try:
         strategy = get_strategy(settings.name, **settings.options_for(settings.name))
     except StrategyError as exc:
@@ -282,8 +305,9 @@ def run_selection(
 ) -> SelectionResult:
     """Select up to ``budget`` new items and record them (meant for the Label Studio project ``push_to``, an
     ``ls_projects`` id, if given). Fewer are selected (with a warning) if fewer remain."""
+    settings, note = resolve_auto(settings, store)
     strategy = build_strategy(settings)
-    warnings: list[str] = []
+    warnings: list[str] = [note] if note else []
     cands = candidate_uncertainty(store, pool_id, mv, strategy.measure or FALLBACK_MEASURE, settings.detection)
     taken = store.items.taken()  # every pool's selected, queued and labeled items: copies may sit in another pool
     copies = exclude_copies(store, cands, taken, settings.hash_distance)

@@ -92,11 +92,9 @@ class Items:
         with self._db.tx(write=False) as conn:
             for start in range(0, len(ids), BATCH):
                 rows = conn.execute(
-                    select(Item.id, Item.phash).where(
-                        Item.id.in_(ids[start : start + BATCH]), Item.phash.is_not(None)
-                    )
+                    select(Item.id, Item.phash).where(Item.id.in_(ids[start : start + BATCH]), Item.phash.is_not(None))
                 )
-                found.update({int(i): int(h) for i, h in rows})
+                found.update({int(i): int(h) for i, h in rows if h is not None})
         signed = np.array([found.get(i, 0) for i in ids], dtype=np.int64)
         return signed.view(np.uint64), np.array([i in found for i in ids], dtype=bool)
 

@@ -244,7 +244,7 @@ def perceptual_hash(rgb: NDArray[np.uint8]) -> int:
 
     grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     small = cv2.resize(grey, (_PHASH_SIDE, _PHASH_SIDE), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(np.ascontiguousarray(small, dtype=np.float32))[:8, :8].reshape(-1)
+    low = np.asarray(cv2.dct(np.ascontiguousarray(small, dtype=np.float32)), dtype=np.float32)[:8, :8].reshape(-1)
     bits = low > np.median(low[1:])
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 

@@ -150,6 +150,24 @@ class SimulationResult:
                 s: {str(n): {"mean": m, "std": sd} for n, (m, sd) in pts.items()} for s, pts in self.curves().items()
             },
             "headline": self.headline(),
+            "recommendation": self.recommendation(),
+        }
+
+    def recommendation(self) -> dict[str, Any] | None:
+        """What ``recommend`` chooses from these curves, with what it was measured on."""
+        c = self.config
+        rec = recommend(self.curves(), c.initial, c.step, c.rounds)
+        if rec is None:
+            return None
+        return rec | {
+            "dataset": str(c.dataset),
+            "model": self.model,
+            "trainer": c.trainer,
+            "metric": self.metric,
+            "initial": c.initial,
+            "step": c.step,
+            "rounds": c.rounds,
+            "seeds": c.seeds,
         }
 
 
@@ -187,8 +205,7 @@ def recommend(
         if name == "random":
             continue
         fractions = [
-            1.0 if table[h]["strategies"][name][0] is None else float(table[h]["strategies"][name][0])
-            for h in table
+            1.0 if table[h]["strategies"][name][0] is None else float(table[h]["strategies"][name][0]) for h in table
         ]
         below = any(table[h]["strategies"][name][1] for h in table)
         scored.append((below, sum(fractions) / len(fractions), max(fractions), name))
@@ -658,6 +675,25 @@ def _detection_state(runtime: Any, paths: Sequence[Path]) -> PoolState:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reporting
+
+
+def record_recommendation(result: SimulationResult, settings: Settings) -> dict[str, Any] | None:
+    """Keep the run's recommendation in ``settings.db`` (the user's database, not the scratch one scores went to),
+    where ``strategy: auto`` reads it. None (nothing stored) when only random was simulated."""
+    import datetime
+
+    import curation.jobs.common
+
+    rec = result.recommendation()
+    if rec is None:
+        return None
+    rec = rec | {"recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    store = curation.jobs.common.open_store(settings)
+    try:
+        store.recommendations.record(rec)
+    finally:
+        store.close()
+    return rec
 
 
 def plot_curves(result: SimulationResult, path: Path) -> Path:
