@@ -126,3 +126,42 @@ def test_typiclust_ignores_uncertainty_values() -> None:
     a = get_strategy("typiclust").select(PoolView(uncertainty=np.zeros(30), embeddings=x), 3)
     b = get_strategy("typiclust").select(PoolView(uncertainty=np.linspace(0, 1, 30), embeddings=x), 3)
     np.testing.assert_array_equal(a.indices, b.indices)
+
+
+# --- through `curate select` ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["badge", "cluster_margin", "typiclust"])
+def test_select_runs_each_new_strategy_on_stored_outputs(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
+    """The orchestrator gives each what it reads (BADGE: the stored probabilities) and records its name."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.devtools.synthetic import make_pool
+
+    make_pool(tmp_path / "pool", n=16, size=48, seed=4)
+    args = ["select", "--no-push", "--json", "--pool", str(tmp_path / "pool"), "--model", "yolov8n-cls.yaml"]
+    args += ["--db", f"sqlite:///{tmp_path / 'c.db'}", "--budget", "5", "--strategy", name, "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["strategy"] == name and len(data["items"]) == 5
+    assert len({r["item_id"] for r in data["items"]}) == 5
+
+
+@pytest.mark.slow
+def test_badge_on_a_detector_says_it_needs_a_classifier(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.devtools.synthetic import make_pool
+
+    make_pool(tmp_path / "pool", n=4, size=64, seed=4)
+    args = ["select", "--no-push", "--pool", str(tmp_path / "pool"), "--model", "yolov8n.yaml"]
+    args += ["--db", f"sqlite:///{tmp_path / 'c.db'}", "--budget", "2", "--strategy", "badge", "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.stderr
+    assert "needs class probabilities" in result.stderr and "detect" in result.stderr
