@@ -1302,6 +1302,13 @@ def simulate(
     db: Annotated[
         str | None, typer.Option("--db", help="Keep the dataset's scores in this database (reused by reruns).")
     ] = None,
+    save_recommendation: Annotated[
+        bool,
+        typer.Option(
+            "--save-recommendation",
+            help="Store the recommended strategy in the configured database (db) for `strategy: auto`.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -1309,7 +1316,15 @@ def simulate(
     """Learning curves of strategies against random on a labeled dataset: do they save labels on your data?"""
     with _handled(debug, json_out):
         from curation.files import check_output_path
-        from curation.simulate.simulation import SimulationConfig, fmt_fraction, plot_curves, simulate, write_json
+        from curation.simulate.simulation import (
+            SimulationConfig,
+            fmt_fraction,
+            plot_curves,
+            record_recommendation,
+            simulate,
+            write_json,
+        )
+        from store.db import redacted
 
         check_output_path(out, "--out", (".json",))  # before minutes of training, not after
         check_output_path(png or out.with_suffix(".png"), "--png", (".png", ".svg", ".pdf"))
@@ -1333,7 +1348,8 @@ def simulate(
         result = simulate(cfg, settings, model_spec, progress=_progress())
         write_json(result, out)
         picture = plot_curves(result, png or out.with_suffix(".png"))
-        data = result.to_json() | {"out": str(out), "png": str(picture)}
+        recommended = record_recommendation(result, settings) if save_recommendation else result.recommendation()
+        data = result.to_json() | {"out": str(out), "png": str(picture), "recommendation_saved": save_recommendation}
         if json_out:
             _print_json(data)
             return
@@ -1362,6 +1378,19 @@ def simulate(
                 f"  {name:>18}: {f'{needed:.0f}' if needed is not None else '—':>6} labels = "
                 f"{fmt_fraction(h['fraction_of_random_labels'])} of random's"
                 + (f"; below random at {len(below)} round(s)" if below else "; never below random")
+            )
+        if recommended is not None:
+            out_console.print(
+                f"Recommended for this data: {recommended['strategy']} (mean "
+                f"{recommended['mean_fraction_of_random_labels']:.0%} of random's labels over horizons 1-"
+                f"{recommended['horizons']})"
+                + (
+                    f"; stored for `strategy: auto` in {redacted(settings.db)}"
+                    if save_recommendation
+                    else "; --save-recommendation stores it for `strategy: auto`"
+                ),
+                highlight=False,
+                markup=False,
             )
         err_console.print(f"Wrote {out} and {picture}")
 

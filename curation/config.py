@@ -175,6 +175,10 @@ class StrategySettings(_Section):
     min_distance: float = Field(default=0.01, ge=0.0, le=2.0)
     """Near-duplicates: an item closer than this cosine distance (between centred embeddings, where unrelated
     images sit near 1) to a selected, queued or labeled item is never selected (0 turns it off)."""
+    hash_distance: int | None = Field(default=6, ge=0, le=16)
+    """Copies by perceptual hash (model-independent, computed while decoding): an item whose 64-bit hash is within
+    this many bits of a selected, queued or labeled item anywhere in the database (or of a candidate preferred to
+    it) is never selected. null turns it off; 0 catches identical hashes only."""
     balance: bool = False
     """Per-class quotas so that rare classes are not starved (classes predicted by the model)."""
     detection: DetectionAggregation = Field(default_factory=DetectionAggregation)
@@ -636,10 +640,11 @@ def _check_strategies(cfg: StrategySettings, origin: Callable[[tuple[str, ...]],
     from strategies import STRATEGIES, StrategyError, canonical_name, check_options, get_strategy
 
     valid = sorted(STRATEGIES)
-    if canonical_name(cfg.name) not in STRATEGIES:
+    # "auto": the strategy curate simulate recommended, resolved against the database (curation.selection)
+    if cfg.name != "auto" and canonical_name(cfg.name) not in STRATEGIES:
         raise ConfigError(
             f"invalid config key 'strategy.name' {origin(('strategy', 'name'))}: unknown strategy {cfg.name!r}"
-            f"{_did_you_mean(cfg.name, valid)}; valid: {', '.join(valid)}"
+            f"{_did_you_mean(cfg.name, valid)}; valid: {', '.join(valid)}, or auto"
         )
     checked: dict[str, dict[str, Any]] = {}
     for name, options in cfg.options.items():

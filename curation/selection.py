@@ -32,6 +32,7 @@ from strategies import (
     aggregate_boxes,
     center_in_place,
     get_strategy,
+    hash_duplicates,
     uncertainty_scores,
 )
 
@@ -45,6 +46,8 @@ class Candidates:
     classes: NDArray[np.bool_]  # (N, C): the classes each item is predicted to contain
     corrupt: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Items whose stored output no model can have written (see ``unusable_outputs``): excluded."""
+    probs: NDArray[np.float32] | None = None
+    """(N, C) class probabilities of a classification model (zero rows for unusable outputs), for BADGE."""
 
 
 @dataclass
@@ -57,11 +60,35 @@ class SelectionResult:
     items: list[SelectedItem]
     skipped_duplicates: int = 0
     warnings: list[str] = field(default_factory=list)
+    skipped_copies: int = 0  # candidates excluded as perceptual-hash copies (``exclude_copies``)
 
 
-def build_strategy(settings: StrategySettings) -> Strategy:
+AUTO = "auto"
+AUTO_FALLBACK = "hybrid"  # ``strategy: auto`` before any ``curate simulate`` recommendation: the default
+
+
+def resolve_auto(settings: StrategySettings, store: Store | None) -> tuple[StrategySettings, str | None]:
+    """``strategy: auto`` → the strategy ``curate simulate`` last recommended for this database (``hybrid``, the
+    default, when there is none or no database); other names unchanged. Returns the settings to use and a note
+    saying what ``auto`` chose, for the command's report."""
+    if settings.name != AUTO:
+        return settings, None
+    from strategies import STRATEGIES
+
+    rec = store.recommendations.latest() if store is not None else None
+    if rec is None or rec["strategy"] not in STRATEGIES:
+        note = f"strategy auto: no curate simulate recommendation in this database; using {AUTO_FALLBACK}"
+        return settings.model_copy(update={"name": AUTO_FALLBACK}), note
+    where = f" on {rec['dataset']}" if rec.get("dataset") else ""
+    note = f"strategy auto: using {rec['strategy']} (recommended by curate simulate{where})"
+    return settings.model_copy(update={"name": rec["strategy"]}), note
+
+
+def build_strategy(settings: StrategySettings, store: Store | None = None) -> Strategy:
     """The configured strategy, wrapped for class balance when asked. ``--strategy`` reaches it as the
-    ``strategy.name`` setting: there is one channel for the choice."""
+    ``strategy.name`` setting: there is one channel for the choice. ``auto`` is resolved with ``store``'s stored
+    recommendation (``resolve_auto``)."""
+    settings, _ = resolve_auto(settings, store)
     try:
         strategy = get_strategy(settings.name, **settings.options_for(settings.name))
     except StrategyError as exc:
@@ -146,7 +173,19 @@ def candidate_uncertainty(
     )
     bad = unusable_outputs(scores)
     values, classes = scores_uncertainty(scores, len(mv.class_names), measure, detection, bad)
-    return Candidates(scores.item_ids, values, classes, scores.item_ids[bad])
+    return Candidates(scores.item_ids, values, classes, scores.item_ids[bad], output_probs(scores, bad))
+
+
+def output_probs(
+    scores: ClassificationScores | DetectionScores, bad: NDArray[np.bool_] | None = None
+) -> NDArray[np.float32] | None:
+    """A classification model's probabilities as a ``PoolView`` takes them (unusable rows zeroed: the item is
+    excluded by its NaN uncertainty anyway); None for detection, which has no per-image distribution."""
+    if not isinstance(scores, ClassificationScores):
+        return None
+    bad = unusable_outputs(scores) if bad is None else bad
+    probs = np.asarray(scores.probs, dtype=np.float32)
+    return np.where(bad[:, None], np.float32(0.0), probs) if bad.any() else probs
 
 
 def items_uncertainty(
@@ -167,7 +206,12 @@ def items_uncertainty(
     out_values[found] = values[rows[found]]
     out_classes = np.zeros((len(ids), len(mv.class_names)), dtype=bool)
     out_classes[found] = classes[rows[found]]
-    return Candidates(np.asarray(ids, dtype=np.int64), out_values, out_classes)
+    probs = output_probs(scores)
+    out_probs = None
+    if probs is not None:
+        out_probs = np.zeros((len(ids), len(mv.class_names)), dtype=np.float32)
+        out_probs[found] = probs[rows[found]]
+    return Candidates(np.asarray(ids, dtype=np.int64), out_values, out_classes, probs=out_probs)
 
 
 def build_view(
@@ -176,10 +220,11 @@ def build_view(
     embeddings: NDArray[np.float32] | None,
     reference: NDArray[np.float32] | None,
     settings: StrategySettings,
+    probs: NDArray[np.float32] | None = None,
 ) -> PoolView:
     """The ``PoolView`` every selection runs on — ``curate select``, ``reprioritize`` and ``simulate`` alike.
     Embeddings (and the reference set) are centred in place: distances between centred embeddings are comparable
-    across models (see ``center_in_place``)."""
+    across models (see ``center_in_place``). ``probs``: only for strategies that read them (``needs_probs``)."""
     if embeddings is not None:
         center_in_place(embeddings, *([reference] if reference is not None and len(reference) else []))
     return PoolView(
@@ -189,7 +234,24 @@ def build_view(
         seed=settings.seed,
         min_distance=settings.min_distance if embeddings is not None else 0.0,
         classes=classes,
+        probs=probs,
     )
+
+
+def exclude_copies(store: Store, cands: Candidates, taken: NDArray[np.int64], max_distance: int | None) -> int:
+    """Exclude (NaN uncertainty) every candidate whose perceptual hash is within ``max_distance`` bits of a taken
+    item's or of a more uncertain candidate's, so one of each group of copies remains; how many were excluded.
+    Model-independent, so a young or random model cannot miss them; items without a hash are left alone."""
+    if max_distance is None or len(cands.item_ids) == 0:
+        return 0
+    hashes, found = store.items.phashes([int(i) for i in cands.item_ids])
+    usable = found & ~np.isnan(cands.uncertainty)
+    if not usable.any():
+        return 0
+    ref, ref_found = store.items.phashes([int(i) for i in taken])
+    copies = hash_duplicates(hashes, max_distance, reference=ref[ref_found], priority=cands.uncertainty, valid=usable)
+    cands.uncertainty = np.where(copies, np.nan, cands.uncertainty)
+    return int(np.count_nonzero(copies))
 
 
 def needs_embeddings(strategy: Strategy, settings: StrategySettings) -> bool:
@@ -221,7 +283,15 @@ def pool_view(
             ref, ref_found = store.scores.embeddings(mv.id, reference_ids, mv.embedding_dim)
             ref_found &= np.isfinite(ref).all(axis=1)
             reference = np.ascontiguousarray(ref[ref_found])
-    return build_view(uncertainty, cands.classes, embeddings, reference, settings)
+    probs = None
+    if strategy.needs_probs:
+        if cands.probs is None:
+            raise ConfigError(
+                f"strategy {strategy.name!r} needs class probabilities: it works with classification models only "
+                f"(model version {mv.version} is a {mv.task} model)"
+            )
+        probs = cands.probs
+    return build_view(uncertainty, cands.classes, embeddings, reference, settings, probs)
 
 
 def run_selection(
@@ -235,10 +305,18 @@ def run_selection(
 ) -> SelectionResult:
     """Select up to ``budget`` new items and record them (meant for the Label Studio project ``push_to``, an
     ``ls_projects`` id, if given). Fewer are selected (with a warning) if fewer remain."""
+    settings, note = resolve_auto(settings, store)
     strategy = build_strategy(settings)
-    warnings: list[str] = []
+    warnings: list[str] = [note] if note else []
     cands = candidate_uncertainty(store, pool_id, mv, strategy.measure or FALLBACK_MEASURE, settings.detection)
-    view = pool_view(store, mv, cands, strategy, settings, store.items.taken(pool_id))
+    taken = store.items.taken()  # every pool's selected, queued and labeled items: copies may sit in another pool
+    copies = exclude_copies(store, cands, taken, settings.hash_distance)
+    if copies:
+        warnings.append(
+            f"skipped {copies} copy(ies) by perceptual hash (within {settings.hash_distance} bits of a selected, "
+            "queued or labeled item anywhere in the database, or of a more uncertain candidate)"
+        )
+    view = pool_view(store, mv, cands, strategy, settings, taken)
     uncertainty = view.uncertainty if view.uncertainty is not None else cands.uncertainty
     available = int(np.count_nonzero(~np.isnan(uncertainty)))
     if available == 0:
@@ -296,6 +374,7 @@ def run_selection(
         items=store.selections.items(selection_id),
         skipped_duplicates=picked.skipped,
         warnings=warnings,
+        skipped_copies=copies,
     )
 
 

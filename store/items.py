@@ -16,6 +16,11 @@ from store.records import ItemToScore
 from store.schema import Annotation, Item, ItemPath, LSTask, Pool, Prediction, SelectionItem
 
 
+def to_signed(phash: int) -> int:
+    """A 64-bit unsigned perceptual hash as the signed 64-bit integer a BIGINT column holds (same bits)."""
+    return phash - (1 << 64) if phash >= 1 << 63 else phash
+
+
 class Items:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -78,6 +83,20 @@ class Items:
             stmt = stmt.where(exists().where(ItemPath.item_id == taken.c.item_id, ItemPath.pool_id == pool_id))
         with self._db.tx(write=False) as conn:
             return np.array(sorted(int(r[0]) for r in conn.execute(stmt)), dtype=np.int64)
+
+    def phashes(self, item_ids: Sequence[int]) -> tuple[NDArray[np.uint64], NDArray[np.bool_]]:
+        """Each item's perceptual hash (unsigned 64-bit, the bits ``perceptual_hash`` computed), aligned with
+        ``item_ids``, and whether it has one (items decoded before migration 0009 get theirs when scored again)."""
+        ids = [int(i) for i in item_ids]
+        found: dict[int, int] = {}
+        with self._db.tx(write=False) as conn:
+            for start in range(0, len(ids), BATCH):
+                rows = conn.execute(
+                    select(Item.id, Item.phash).where(Item.id.in_(ids[start : start + BATCH]), Item.phash.is_not(None))
+                )
+                found.update({int(i): int(h) for i, h in rows if h is not None})
+        signed = np.array([found.get(i, 0) for i in ids], dtype=np.int64)
+        return signed.view(np.uint64), np.array([i in found for i in ids], dtype=bool)
 
     def failures(self, pool_id: int | None, limit: int = 50) -> list[tuple[str, str]]:
         """(path, reason) of items that could not be decoded."""

@@ -109,6 +109,7 @@ class ScoredItem:
     box_scores: NDArray[np.floating[Any]] | None = None  # (n, K)
     polygons: Sequence[NDArray[np.floating[Any]]] | None = None  # n arrays of (m, 2) points
     embedding: NDArray[np.floating[Any]] | None = None  # (D,)
+    phash: int | None = None  # the image's 64-bit perceptual hash (unsigned), model-independent: kept per item
 
 
 @dataclass

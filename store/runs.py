@@ -8,6 +8,7 @@ from sqlalchemy import Select, bindparam, exists, func, insert, select, update
 
 from store import blobs
 from store.db import Database
+from store.items import to_signed
 from store.records import ScoredChunk
 from store.schema import Embedding, Item, ItemPath, ModelVersion, Prediction, ScoringRun, utcnow
 
@@ -90,6 +91,12 @@ class Runs:
                     .values(status="ok", failure=None, width=bindparam("b_w"), height=bindparam("b_h")),
                     [{"b_id": s.item_id, "b_w": s.width, "b_h": s.height} for s in chunk.scored],
                 )
+                hashed = [s for s in chunk.scored if s.phash is not None]
+                if hashed:
+                    conn.execute(
+                        update(Item).where(Item.id == bindparam("b_id")).values(phash=bindparam("b_hash")),
+                        [{"b_id": s.item_id, "b_hash": to_signed(s.phash)} for s in hashed if s.phash is not None],
+                    )
                 stmt = self._db.insert(Prediction)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["item_id", "model_version_id"],

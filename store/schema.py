@@ -69,6 +69,9 @@ class Item(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    phash: Mapped[int | None] = mapped_column(BigInteger)
+    """The 64-bit perceptual hash of the decoded image (``curation.scoring.images.perceptual_hash``), stored as a
+    signed 64-bit integer (``store.items.to_signed``); NULL until the item is decoded by a scoring run."""
 
 
 class ItemPath(Base):

@@ -2,9 +2,9 @@
 
 Each repository owns one concern — ``pools`` (scanning), ``items``, ``runs`` (scoring runs and the chunks they
 write), ``scores`` (stored outputs read back for selection), ``selections``, ``models`` (the registry), ``labels``
-(training data and splits), ``label_studio`` (projects, tasks, the queue, pulled annotations) — and every method is
-one transaction. Hot paths use Core statements with executemany and blob columns (``store.blobs``), never per-row
-ORM flushes.
+(training data and splits), ``label_studio`` (projects, tasks, the queue, pulled annotations),
+``recommendations`` (the strategy ``curate simulate`` recommended) — and every method is one transaction. Hot
+paths use Core statements with executemany and blob columns (``store.blobs``), never per-row ORM flushes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from store.label_studio import LabelStudioRecords
 from store.labels import Labels
 from store.models import ModelRegistry
 from store.pools import Pools
+from store.recommendations import Recommendations
 from store.runs import Runs
 from store.scores import Scores
 from store.selections import Selections
@@ -35,6 +36,7 @@ class Store:
         self.models = ModelRegistry(self.db)
         self.labels = Labels(self.db)
         self.label_studio = LabelStudioRecords(self.db)
+        self.recommendations = Recommendations(self.db)
 
     @classmethod
     def open(cls, url: str) -> Store:

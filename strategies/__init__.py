@@ -2,15 +2,20 @@
 
 Scores (``uncertainty``, ``detection``) are computed apart from selection (``selectors``). Each strategy lives in
 the module named after it (``uncertainty_sampling``, ``random_sampling``, ``kcenter``, ``kmeans_sampling``,
-``hybrid``, ``class_balance``), inherits the validating template ``StrategyBase`` (``base``), and is built by name
-from the ``registry``. ``greedy`` is the exact lazy greedy k-center and the hybrid share; ``index`` the vector
-search and k-means backends. Nothing here touches a model, a database or Label Studio, and importing the package
+``hybrid``, ``class_balance``, ``badge``, ``cluster_margin``, ``typiclust``), inherits the validating template
+``StrategyBase`` (``base``), and is built by name from the ``registry``; ``cover`` is the near-duplicate
+bookkeeping of the strategies that pick one item at a time, ``duplicates`` the perceptual-hash matching.
+``greedy`` is the exact lazy greedy k-center and the hybrid share; ``index`` the vector search and k-means
+backends. Nothing here touches a model, a database or Label Studio, and importing the package
 imports neither FAISS nor torch.
 """
 
+from strategies.badge import BadgeStrategy, gradient_embeddings
 from strategies.base import PoolView, Selection, Strategy, StrategyBase
 from strategies.class_balance import ClassBalanced
+from strategies.cluster_margin import ClusterMarginStrategy, round_robin
 from strategies.detection import EXCLUDE, REDUCERS, aggregate_boxes
+from strategies.duplicates import MAX_HASH_DISTANCE, hamming, hash_duplicates
 from strategies.errors import (
     EmptyPoolError,
     InvalidBudgetError,
@@ -43,6 +48,7 @@ from strategies.registry import (
     strategy_names,
 )
 from strategies.selectors import rank_by, top_k
+from strategies.typiclust import TypiClustStrategy, typicality
 from strategies.uncertainty import (
     UNCERTAINTY_MEASURES,
     entropy,
@@ -56,10 +62,13 @@ from strategies.uncertainty_sampling import UncertaintyStrategy
 
 __all__ = [
     "EXCLUDE",
+    "MAX_HASH_DISTANCE",
     "REDUCERS",
     "STRATEGIES",
     "UNCERTAINTY_MEASURES",
+    "BadgeStrategy",
     "ClassBalanced",
+    "ClusterMarginStrategy",
     "EmptyPoolError",
     "GreedyResult",
     "HybridStrategy",
@@ -77,6 +86,7 @@ __all__ = [
     "StrategyBase",
     "StrategyError",
     "StrategyFactory",
+    "TypiClustStrategy",
     "UncertaintyStrategy",
     "UnknownStrategyError",
     "VectorIndex",
@@ -88,7 +98,10 @@ __all__ = [
     "covering_radius",
     "entropy",
     "get_strategy",
+    "gradient_embeddings",
     "greedy_select",
+    "hamming",
+    "hash_duplicates",
     "kmeans",
     "least_confidence",
     "make_index",
@@ -97,7 +110,9 @@ __all__ = [
     "random_scores",
     "rank_by",
     "ratio",
+    "round_robin",
     "strategy_names",
     "top_k",
+    "typicality",
     "uncertainty_scores",
 ]

@@ -24,7 +24,9 @@ from strategies._validate import (
     check_available,
     check_budget,
     check_min_distance,
+    first_bad,
     is_int,
+    real_array,
     uncertainty_vector,
     unit_rows,
 )
@@ -50,6 +52,8 @@ class PoolView:
         min_distance: near-duplicate threshold (cosine distance): an item closer than this to a selected or
             reference item is never selected. 0 disables it; > 0 needs ``embeddings``.
         classes: (N, C) boolean, the classes each item is predicted to contain (for class balancing).
+        probs: (N, C) the model's class probabilities (classification), for strategies that read the whole
+            distribution (BADGE's gradient embeddings); values in [0, 1], stored as float32.
 
     Arrays already in the stored form are not copied; do not modify them while the view is in use.
     """
@@ -61,6 +65,7 @@ class PoolView:
     size: int | None = None
     min_distance: float = 0.0
     classes: NDArray[np.bool_] | None = None
+    probs: NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         lengths: dict[str, int] = {}
@@ -98,6 +103,13 @@ class PoolView:
             raise InvalidOptionError("near-duplicate suppression (min_distance > 0) needs embeddings")
         if self.classes is not None and (np.ndim(self.classes) != 2 or len(self.classes) != len(self)):
             raise InvalidScoresError(f"classes must be (items x classes), got shape {np.shape(self.classes)}")
+        if self.probs is not None:
+            probs = real_array(self.probs, "probs", ndim=2)
+            if len(probs) != len(self):
+                raise InvalidScoresError(f"probs has {len(probs)} rows but the pool has {len(self)} items")
+            probs = np.ascontiguousarray(probs, dtype=np.float32)
+            first_bad(probs, "probs row", upper=1.0 + 1e-6)
+            object.__setattr__(self, "probs", probs)
 
     def __len__(self) -> int:
         if self.size is not None:
@@ -123,6 +135,15 @@ class PoolView:
         if self.embeddings is None:
             raise InvalidOptionError(f"strategy {strategy!r} needs embeddings in the PoolView")
         return self.embeddings
+
+    def probs_for(self, strategy: str) -> NDArray[np.float32]:
+        """The class probabilities, or the error that says ``strategy`` needs them."""
+        if self.probs is None:
+            raise InvalidOptionError(
+                f"strategy {strategy!r} needs the model's class probabilities (PoolView.probs): a classification "
+                "model's outputs"
+            )
+        return self.probs
 
     def uncertainty_for(self, strategy: str, measure: str | None) -> NDArray[np.float64]:
         """The uncertainty, or the error that says ``strategy`` ranks by the ``measure`` measure."""
@@ -167,7 +188,7 @@ class Strategy(Protocol):
 
     ``name`` is the registry name; ``measure`` is the uncertainty measure the orchestrator must compute into
     ``PoolView.uncertainty`` (None: the strategy does not rank by uncertainty); ``needs_embeddings`` says
-    whether ``PoolView.embeddings`` must be filled.
+    whether ``PoolView.embeddings`` must be filled, ``needs_probs`` whether ``PoolView.probs`` must be.
     """
 
     @property
@@ -179,6 +200,9 @@ class Strategy(Protocol):
     @property
     def needs_embeddings(self) -> bool: ...
 
+    @property
+    def needs_probs(self) -> bool: ...
+
     def select(self, pool: PoolView, budget: int) -> Selection:
         """Pick ``budget`` items; raises InvalidBudgetError, EmptyPoolError or PoolExhaustedError."""
         ...
@@ -188,15 +212,17 @@ class StrategyBase(ABC):
     """The template of every built-in strategy: ``select`` validates, ``_select`` is the strategy's own rule.
 
     ``select`` checks, in this order and once: the budget (an integer >= 1), that the pool carries what the
-    strategy reads (``needs_embeddings``, ``needs_uncertainty``), and the pool state (EmptyPoolError when no
-    item is usable, PoolExhaustedError when the budget exceeds them). ``_select`` may then assume
-    ``1 <= budget <= pool.available``. Concrete strategies are frozen dataclasses that set the attributes below.
+    strategy reads (``needs_embeddings``, ``needs_uncertainty``, ``needs_probs``), and the pool state
+    (EmptyPoolError when no item is usable, PoolExhaustedError when the budget exceeds them). ``_select`` may
+    then assume ``1 <= budget <= pool.available``. Concrete strategies are frozen dataclasses that set the
+    attributes below.
     """
 
     name: str
     measure: str | None
     needs_embeddings: bool
     needs_uncertainty: bool = False
+    needs_probs: bool = False
 
     def select(self, pool: PoolView, budget: int) -> Selection:
         """Pick ``budget`` items of ``pool``, best first.
@@ -212,6 +238,8 @@ class StrategyBase(ABC):
             pool.embeddings_for(self.name)
         if self.needs_uncertainty:
             pool.uncertainty_for(self.name, self.measure)
+        if self.needs_probs:
+            pool.probs_for(self.name)
         check_available(pool.available, len(pool), budget)
         return self._select(pool, budget)
 

@@ -32,6 +32,7 @@ class ClassBalanced(StrategyBase):
     name: str = field(init=False)
     measure: str | None = field(init=False)
     needs_embeddings: bool = field(init=False)
+    needs_probs: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, Strategy):
@@ -41,6 +42,7 @@ class ClassBalanced(StrategyBase):
         object.__setattr__(self, "name", f"{self.base.name}+balance")
         object.__setattr__(self, "measure", self.base.measure)
         object.__setattr__(self, "needs_embeddings", self.base.needs_embeddings)
+        object.__setattr__(self, "needs_probs", self.base.needs_probs)
 
     def _select(self, pool: PoolView, budget: int) -> Selection:
         if pool.classes is None:

@@ -17,12 +17,15 @@ from types import MappingProxyType
 from typing import Any
 
 from strategies._validate import canonical_name, check_name, coerce_option
+from strategies.badge import BadgeStrategy
 from strategies.base import Strategy
+from strategies.cluster_margin import ClusterMarginStrategy
 from strategies.errors import InvalidOptionError
 from strategies.hybrid import HybridStrategy
 from strategies.kcenter import KCenterStrategy
 from strategies.kmeans_sampling import KMeansStrategy
 from strategies.random_sampling import RandomStrategy
+from strategies.typiclust import TypiClustStrategy
 from strategies.uncertainty_sampling import UncertaintyStrategy
 
 __all__ = ["STRATEGIES", "StrategyFactory", "canonical_name", "check_options", "get_strategy", "strategy_names"]
@@ -39,6 +42,9 @@ STRATEGIES: Mapping[str, StrategyFactory] = MappingProxyType(
         "kcenter": KCenterStrategy,
         "kmeans": KMeansStrategy,
         "hybrid": HybridStrategy,
+        "badge": BadgeStrategy,
+        "cluster_margin": ClusterMarginStrategy,
+        "typiclust": TypiClustStrategy,
     }
 )
 

@@ -42,6 +42,7 @@ from strategies import (
     strategy_names,
     top_k,
 )
+from strategies.cluster_margin import CLUSTER_MARGIN_PICKS
 from strategies.hybrid import DIVERSIFY_MODES
 from strategies.kmeans_sampling import PICK_MODES
 
@@ -76,6 +77,15 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
         {"diversify": "greedy", "weight": 0.3, "candidates": 2},
         {"diversify": "greedy", "weight": 0.0},
     ],
+    "badge": [{}],
+    "cluster_margin": [
+        {},
+        {"candidates": 1},
+        {"candidates": 3.5, "clusters": 0.5},
+        {"clusters": 2.0},
+        {"pick": "uncertain"},
+    ],
+    "typiclust": [{}, {"neighbors": 3}, {"max_clusters": 4}],
 }
 # ClassBalanced around every registered strategy (default options), and its own option.
 BALANCED: list[tuple[str, dict[str, Any]]] = [
@@ -83,6 +93,7 @@ BALANCED: list[tuple[str, dict[str, Any]]] = [
     ("hybrid", {"oversample": 1.0}),
     ("kcenter", {"oversample": 5}),
     ("random", {"oversample": 1.5}),
+    ("badge", {"oversample": 1.0}),
 ]
 
 
@@ -126,8 +137,15 @@ def make_pool(n: int = N_ITEMS, seed: int = 0, excluded: int = 10) -> PoolView:
     reference = rng.normal(size=(5, DIM)).astype(np.float32)
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
     classes = rng.random((n, N_CLASSES)) < np.array([0.8, 0.1, 0.1])
+    logits = rng.normal(scale=2.0, size=(n, N_CLASSES))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return PoolView(
-        uncertainty=uncertainty, embeddings=embeddings, reference_embeddings=reference, seed=seed, classes=classes
+        uncertainty=uncertainty,
+        embeddings=embeddings,
+        reference_embeddings=reference,
+        seed=seed,
+        classes=classes,
+        probs=probs.astype(np.float32),
     )
 
 
@@ -170,7 +188,11 @@ def test_every_strategy_and_option_has_a_case() -> None:
                 f"ClassBalanced option {option!r} has no contract case"
             )
     assert {name for name, _ in BALANCED} == set(STRATEGIES), "ClassBalanced must wrap every registered strategy"
-    for name, option, modes in [("kmeans", "pick", PICK_MODES), ("hybrid", "diversify", DIVERSIFY_MODES)]:
+    for name, option, modes in [
+        ("kmeans", "pick", PICK_MODES),
+        ("hybrid", "diversify", DIVERSIFY_MODES),
+        ("cluster_margin", "pick", CLUSTER_MARGIN_PICKS),
+    ]:
         default = _options(STRATEGIES[name])[option].default
         missing_modes = set(modes) - {case.get(option, default) for case in OPTIONS[name]}
         assert not missing_modes, f"{name} option {option!r}: modes without a contract case: {missing_modes}"
@@ -271,7 +293,11 @@ def test_near_duplicates_are_never_selected(case: Case) -> None:
     assert base.uncertainty is not None
     unc = np.concatenate([base.uncertainty, np.full(18, 0.99)])  # the copies look most uncertain
     classes = np.concatenate([base.classes, base.classes[:15], base.classes[:3]])
-    pool = replace(base, uncertainty=unc, embeddings=emb.astype(np.float32), min_distance=0.05, classes=classes)
+    assert base.probs is not None
+    probs = np.concatenate([base.probs, base.probs[:15], base.probs[:3]])
+    pool = replace(
+        base, uncertainty=unc, embeddings=emb.astype(np.float32), min_distance=0.05, classes=classes, probs=probs
+    )
     picked = case.build().select(pool, 30)
     chosen = emb[picked.indices]
     sims = chosen @ chosen.T
@@ -347,6 +373,8 @@ def test_random_strategy_without_uncertainty_uses_size() -> None:
 
 def test_registered_names() -> None:
     assert strategy_names() == [
+        "badge",
+        "cluster_margin",
         "entropy",
         "hybrid",
         "kcenter",
@@ -355,6 +383,7 @@ def test_registered_names() -> None:
         "margin",
         "random",
         "ratio",
+        "typiclust",
     ]
     assert set(STRATEGIES) == set(strategy_names())
 
@@ -363,7 +392,8 @@ def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(UnknownStrategyError) as info:
         get_strategy("foo")
     assert str(info.value) == (
-        "unknown strategy 'foo'; valid: entropy, hybrid, kcenter, kmeans, least_confidence, margin, random, ratio"
+        "unknown strategy 'foo'; valid: badge, cluster_margin, entropy, hybrid, kcenter, kmeans, least_confidence, "
+        "margin, random, ratio, typiclust"
     )
     assert info.value.name == "foo"
     assert info.value.valid == tuple(strategy_names())
@@ -502,6 +532,11 @@ def test_the_template_checks_budget_needs_and_pool_state_before_the_rule() -> No
         (lambda: get_strategy("kmeans", pick="medoid"), "unknown kmeans pick mode 'medoid'"),
         (lambda: get_strategy("kmeans", measure="variance"), "unknown uncertainty measure 'variance'"),
         (lambda: ClassBalanced(get_strategy("margin"), oversample=0.5), "'oversample' must be >= 1"),
+        (lambda: get_strategy("cluster_margin", candidates=0.5), "'candidates' must be >= 1"),
+        (lambda: get_strategy("cluster_margin", clusters=0), "'clusters' must be > 0"),
+        (lambda: get_strategy("cluster_margin", pick="medoid"), "unknown cluster_margin pick mode 'medoid'"),
+        (lambda: get_strategy("typiclust", neighbors=0), "'neighbors' must be an integer >= 1"),
+        (lambda: get_strategy("typiclust", max_clusters=0), "'max_clusters' must be an integer >= 1"),
         (lambda: ClassBalanced("margin"), "class balance wraps a strategy"),  # type: ignore[arg-type]
     ],
 )

@@ -285,7 +285,7 @@ def _confidence(store: Store, settings: Settings, mv: ModelVersionRecord, item_i
     """1 − the configured strategy's uncertainty (its measure, or margin for strategies without one)."""
     if not item_ids:
         return {}
-    measure = build_strategy(settings.strategy).measure or FALLBACK_MEASURE
+    measure = build_strategy(settings.strategy, store).measure or FALLBACK_MEASURE
     values = items_uncertainty(store, mv, np.asarray(item_ids, dtype=np.int64), measure, settings.strategy.detection)
     return {
         int(i): float(np.clip(1.0 - u, 0.0, 1.0))

@@ -64,7 +64,7 @@ def ranked_scores(
         raise PoolError(f"the pool {source.location} has not been scanned into {store.display_url}: score it first")
     mv = _model_version(store, model_version or settings.model.version)
     if measure is None:
-        chosen = build_strategy(settings.strategy).measure or FALLBACK_MEASURE
+        chosen = build_strategy(settings.strategy, store).measure or FALLBACK_MEASURE
     elif canonical_name(measure) in UNCERTAINTY_MEASURES:
         chosen = canonical_name(measure)
     else:

@@ -136,7 +136,7 @@ def gather(store: Store, settings: Settings, *, simulation: Path | None = None) 
         if not data.empty:
             data.notes.append("No model has scored this database yet: uncertainty, map and class balance are left out.")
         return data
-    measure = build_strategy(settings.strategy).measure or FALLBACK_MEASURE
+    measure = build_strategy(settings.strategy, store).measure or FALLBACK_MEASURE
     pools = [pool_id] if pool_id is not None else [i for i, _ in store.pools.all()]
     data.distributions = _distributions(store, settings, pools, current, measure)
     states = store.items.states(pool_id)

@@ -41,6 +41,7 @@ class SelectOutcome:
             "out": None if self.out is None else str(self.out),
             "warnings": self.selection.warnings,
             "skipped_duplicates": self.selection.skipped_duplicates,
+            "skipped_copies": self.selection.skipped_copies,
             "scoring": self.score.summary(),
             "items": self.rows,
             **self.extra,

@@ -36,7 +36,7 @@ def status(store: Store, settings: Settings) -> dict[str, Any]:
     distribution = None
     pools = [pool_id] if pool_id is not None else [p for p, _ in store.pools.all()]
     if current is not None and pools:
-        strategy = build_strategy(settings.strategy)
+        strategy = build_strategy(settings.strategy, store)
         measure = strategy.measure or FALLBACK_MEASURE
         by_item: dict[int, float] = {}  # every pool's candidates, an item in several pools once
         for pool in pools:

@@ -92,7 +92,7 @@ def push(
     as a pre-annotation."""
     started = time.perf_counter()
     min_conf = strategy_cfg.detection.conf
-    measure = build_strategy(strategy_cfg).measure
+    measure = build_strategy(strategy_cfg, store).measure
     progress = progress or NullProgress()
     report = PushReport(project.record.project_id, project.record.title, project.url, project.created)
     found = reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)

@@ -19,7 +19,7 @@ from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.progress import NullProgress, Progress
 from curation.reports import HIDDEN, Report
-from curation.selection import build_strategy, run_selection
+from curation.selection import build_strategy, resolve_auto, run_selection
 from store import Store
 from store.records import ModelVersionRecord
 
@@ -62,6 +62,7 @@ def reprioritize(
     ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``."""
     started = time.perf_counter()
     progress = progress or NullProgress()
+    strategy_cfg, _ = resolve_auto(strategy_cfg, store)
     min_conf = strategy_cfg.detection.conf
     project = open_project(store, ls, mv, cfg.project)
     reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)

@@ -11,7 +11,7 @@ import io
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from curation.scoring.images import (
     center_crop,
     letterbox,
     load_rgb,
+    perceptual_hash,
     rect_shape,
     stretch,
 )
@@ -60,6 +61,7 @@ class Sample:
     geometry: Geometry | None
     error: str | None
     transient: bool = False
+    phash: int | None = None  # the decoded image's perceptual hash (``images.perceptual_hash``)
 
 
 class PoolDataset(Dataset[Sample]):
@@ -125,6 +127,7 @@ class PoolDataset(Dataset[Sample]):
             else:
                 array, geometry = _PREPROCESS[self.preprocess](decoded.rgb, self.imgsz, decoded.width, decoded.height)
             tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # CHW, own writable copy
+            phash = perceptual_hash(decoded.rgb)  # from the decoded image, not the model input: model-independent
         except ImageDecodeError as exc:
             return Sample(position, None, None, str(exc), exc.transient)
         except MemoryError:
@@ -133,7 +136,7 @@ class PoolDataset(Dataset[Sample]):
             detail = str(exc).strip().splitlines()
             reason = f"cannot preprocess image: {type(exc).__name__}" + (f": {detail[0][:200]}" if detail else "")
             return Sample(position, None, None, reason)
-        return Sample(position, tensor, geometry, None)
+        return Sample(position, tensor, geometry, None, phash=phash)
 
 
 @dataclass
@@ -144,6 +147,7 @@ class DecodedBatch:
     positions: list[int]
     geometries: list[Geometry]
     failures: list[tuple[int, str, bool]]
+    hashes: list[int | None] = field(default_factory=list)  # perceptual hash of each decoded image, as positions
 
 
 def collate(samples: list[Sample]) -> DecodedBatch:
@@ -152,6 +156,7 @@ def collate(samples: list[Sample]) -> DecodedBatch:
         images=torch.stack([s.image for s in good]) if good else None,  # type: ignore[misc]
         positions=[s.position for s in good],
         geometries=[s.geometry for s in good],  # type: ignore[misc]
+        hashes=[s.phash for s in good],
         failures=[(s.position, s.error or "unreadable", s.transient) for s in samples if s.image is None],
     )
 
@@ -210,9 +215,10 @@ def default_threads(requested: int | None, workers: int, task: str) -> int:
     return max(1, cores - workers) if task == "classify" else cores
 
 
-def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry) -> ScoredItem:
-    """What the store keeps of one model output (it encodes the arrays: ``store.blobs``)."""
+def prediction_row(item_id: int, output: ItemOutput, geometry: Geometry, phash: int | None = None) -> ScoredItem:
+    """What the store keeps of one model output (it encodes the arrays: ``store.blobs``), and of the image."""
     return ScoredItem(
+        phash=phash,
         item_id=item_id,
         width=geometry.width,
         height=geometry.height,
@@ -414,11 +420,14 @@ def score_items(
                     chunk.failures.append((item_id, reason))
                     report.failures.append((str(path), reason))
                     progress.warn(f"skipped {path}: {reason}")
-                for position, geometry, output in zip(batch.positions, batch.geometries, outputs, strict=True):
+                hashes = batch.hashes or [None] * len(batch.positions)
+                for position, geometry, output, phash in zip(
+                    batch.positions, batch.geometries, outputs, hashes, strict=True
+                ):
                     item_id, path = items[position].item_id, items[position].path
                     # the store leaves out a NaN or overflowing embedding (it would poison every distance it
                     # enters); a missing embedding is handled downstream
-                    chunk.scored.append(prediction_row(item_id, output, geometry))
+                    chunk.scored.append(prediction_row(item_id, output, geometry, phash))
                     if output.problem:
                         progress.warn(f"flagged {path}: {output.problem}")
                 done = len(batch.failures) + len(batch.positions)

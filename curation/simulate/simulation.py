@@ -31,7 +31,14 @@ from curation.config import IMAGE_EXTENSIONS, ModelSettings, ScoringSettings, Se
 from curation.errors import ConfigError, PoolError
 from curation.files import atomic_write_text
 from curation.progress import NullProgress, Progress
-from curation.selection import FALLBACK_MEASURE, build_strategy, build_view, needs_embeddings, scores_uncertainty
+from curation.selection import (
+    FALLBACK_MEASURE,
+    build_strategy,
+    build_view,
+    needs_embeddings,
+    output_probs,
+    scores_uncertainty,
+)
 from curation.training.dataset import (
     Box,
     box_row,
@@ -143,7 +150,76 @@ class SimulationResult:
                 s: {str(n): {"mean": m, "std": sd} for n, (m, sd) in pts.items()} for s, pts in self.curves().items()
             },
             "headline": self.headline(),
+            "recommendation": self.recommendation(),
         }
+
+    def recommendation(self) -> dict[str, Any] | None:
+        """What ``recommend`` chooses from these curves, with what it was measured on."""
+        c = self.config
+        rec = recommend(self.curves(), c.initial, c.step, c.rounds)
+        if rec is None:
+            return None
+        return rec | {
+            "dataset": str(c.dataset),
+            "model": self.model,
+            "trainer": c.trainer,
+            "metric": self.metric,
+            "initial": c.initial,
+            "step": c.step,
+            "rounds": c.rounds,
+            "seeds": c.seeds,
+        }
+
+
+def horizon_table(
+    curves: dict[str, dict[int, tuple[float, float]]], initial: int, step: int, rounds: int
+) -> dict[int, dict[str, Any]]:
+    """For each horizon H (1 .. ``rounds``): the curves cut after H rounds, and per strategy (fraction of random's
+    labels needed to reach random's mean metric at H rounds — None if not reached —, whether its mean is below
+    random's at any of those rounds)."""
+    out: dict[int, dict[str, Any]] = {}
+    for h in range(1, rounds + 1):
+        last = initial + h * step
+        cut = {name: {n: v for n, v in curve.items() if n <= last} for name, curve in curves.items()}
+        random_curve = cut["random"]
+        target = random_curve[last][0]
+        row: dict[str, tuple[float | None, bool]] = {}
+        for name, curve in cut.items():
+            needed = _labels_to_reach(curve, target)
+            below = any(m < random_curve[n][0] - 1e-12 for n, (m, _) in curve.items() if n in random_curve)
+            row[name] = (None if needed is None else needed / last, below)
+        out[h] = {"random_labels": last, "random_metric": target, "strategies": row}
+    return out
+
+
+def recommend(
+    curves: dict[str, dict[int, tuple[float, float]]], initial: int, step: int, rounds: int
+) -> dict[str, Any] | None:
+    """The strategy to use on this data: among those never below random (mean over seeds; if every one is, among
+    all), the one with the smallest mean fraction of random's labels over the horizons 1 .. ``rounds`` (a short
+    run and a long one count alike); ties: the smaller worst case, then the name. A strategy that never reaches
+    random at some horizon counts as needing 100 % there. None when only random was simulated."""
+    table = horizon_table(curves, initial, step, rounds)
+    scored = []
+    for name in curves:
+        if name == "random":
+            continue
+        fractions = [
+            1.0 if table[h]["strategies"][name][0] is None else float(table[h]["strategies"][name][0]) for h in table
+        ]
+        below = any(table[h]["strategies"][name][1] for h in table)
+        scored.append((below, sum(fractions) / len(fractions), max(fractions), name))
+    if not scored:
+        return None
+    below, mean, worst, name = min(scored)
+    return {
+        "strategy": name,
+        "worst_fraction_of_random_labels": worst,
+        "mean_fraction_of_random_labels": mean,
+        "below_random": below,
+        "horizons": len(table),
+        "ranking": [s[3] for s in sorted(scored)],
+    }
 
 
 def _labels_to_reach(curve: dict[int, tuple[float, float]], target: float) -> float | None:
@@ -282,14 +358,16 @@ def select_round(
     settings = settings.model_copy(update={"name": strategy_name})
     strategy = build_strategy(settings)
     measure = strategy.measure or FALLBACK_MEASURE
-    uncertainty, classes = scores_uncertainty(
-        state.scores_for(candidates), state.n_classes, measure, settings.detection
-    )
+    outputs = state.scores_for(candidates)
+    uncertainty, classes = scores_uncertainty(outputs, state.n_classes, measure, settings.detection)
+    probs = output_probs(outputs) if strategy.needs_probs else None
+    if strategy.needs_probs and probs is None:
+        raise ConfigError(f"strategy {strategy.name!r} needs class probabilities: classification datasets only")
     embeddings = reference = None
     if needs_embeddings(strategy, settings):
         embeddings = state.embeddings[candidates].copy()
         reference = state.embeddings[labeled].copy()
-    view = build_view(uncertainty, classes, embeddings, reference, settings)
+    view = build_view(uncertainty, classes, embeddings, reference, settings, probs)
     picked = strategy.select(view, min(budget, int(np.count_nonzero(~np.isnan(uncertainty)))))
     return candidates[picked.indices]
 
@@ -597,6 +675,25 @@ def _detection_state(runtime: Any, paths: Sequence[Path]) -> PoolState:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reporting
+
+
+def record_recommendation(result: SimulationResult, settings: Settings) -> dict[str, Any] | None:
+    """Keep the run's recommendation in ``settings.db`` (the user's database, not the scratch one scores went to),
+    where ``strategy: auto`` reads it. None (nothing stored) when only random was simulated."""
+    import datetime
+
+    import curation.jobs.common
+
+    rec = result.recommendation()
+    if rec is None:
+        return None
+    rec = rec | {"recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    store = curation.jobs.common.open_store(settings)
+    try:
+        store.recommendations.record(rec)
+    finally:
+        store.close()
+    return rec
 
 
 def plot_curves(result: SimulationResult, path: Path) -> Path:
