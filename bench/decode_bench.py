@@ -5,8 +5,9 @@ downscaling (simplejpeg, PyTurboJPEG where installed), single process, on the sa
 
 For each file size and model input it times:
 
-- ``pillow``: ``curation.scoring.images.load_rgb`` (header checks, ``draft`` DCT scaling, EXIF, conversion to an RGB
-  array) — what a DataLoader worker runs today;
+- ``pillow``: ``curation.scoring.images.load_rgb`` with Pillow decoding (header checks, ``draft`` DCT scaling, EXIF,
+  conversion to an RGB array) — what a DataLoader worker ran before simplejpeg;
+- ``curate``: ``load_rgb`` as shipped (Pillow header, simplejpeg decode when installed);
 - ``simplejpeg``: ``simplejpeg.decode_jpeg(..., min_height, min_width)`` (DCT scaling by libjpeg-turbo, straight into
   a numpy array), bare — no size checks, no EXIF, no CMYK: the most a switch could gain;
 - ``simplejpeg+header``: the same after opening the file with Pillow for the header (size limits, EXIF orientation),
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    from curation.scoring import images
     from curation.scoring.images import load_rgb
 
     have_simplejpeg = importlib.util.find_spec("simplejpeg") is not None
@@ -76,7 +78,13 @@ def main() -> None:
             paths = make_jpegs(Path(tmp) / f"{size[0]}", n, size)
             for target in (224, 640):
                 row: dict = {"file": f"{size[0]}x{size[1]}", "target": target, "images": n}
-                row["pillow"] = _rate(lambda p, t=target: load_rgb(p, 10**9, target=t), paths)
+                saved = images._jpeg_codec
+                images._jpeg_codec = lambda: None  # type: ignore[assignment]
+                try:
+                    row["pillow"] = _rate(lambda p, t=target: load_rgb(p, 10**9, target=t), paths)
+                finally:
+                    images._jpeg_codec = saved  # type: ignore[assignment]
+                row["curate"] = _rate(lambda p, t=target: load_rgb(p, 10**9, target=t), paths)
                 if have_simplejpeg:
                     import simplejpeg
 
@@ -105,7 +113,7 @@ def main() -> None:
                         return turbo.decode(p.read_bytes(), pixel_format=TJPF_RGB, scaling_factor=factor)
 
                     row["turbojpeg"] = _rate(tj, paths)
-                for key in ("simplejpeg", "simplejpeg+header", "turbojpeg"):
+                for key in ("curate", "simplejpeg", "simplejpeg+header", "turbojpeg"):
                     if key in row:
                         row[f"{key}_vs_pillow"] = round(row[key] / row["pillow"], 2)
                 results.append({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})

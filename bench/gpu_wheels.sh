@@ -3,7 +3,8 @@
 # registry (the GPU machine has none). The GPU machine's Python image already holds torch, torchvision, numpy, pillow,
 # opencv, pyyaml, psutil, rich, typer, filelock and matplotlib; this fetches what curate's scoring path and the
 # benchmark import beyond those, pinned to the versions this checkout's .venv runs, as Python 3.12 x86-64 wheels
-# (pure-Python ones, plus the two small compiled ones: pydantic-core and SQLAlchemy). About 8 MB.
+# (pure-Python ones, plus the small compiled ones: pydantic-core, SQLAlchemy, simplejpeg; onnx and ml_dtypes for the
+# TensorRT export). About 30 MB.
 #
 #   bench/gpu_wheels.sh .whl            # then: bench/gpu_check.sh .whl OUT_DIR
 #
@@ -13,8 +14,9 @@ DIR=${1:-.whl}
 PYV=${PYTHON_VERSION:-3.12}
 VENV_PY=${VENV_PY:-.venv/bin/python}
 [ -x "$VENV_PY" ] || VENV_PY=python3
-PKGS=(ultralytics ultralytics-thop pydantic pydantic_core pydantic-settings python-dotenv typing-inspection
-      annotated-types typing_extensions SQLAlchemy alembic Mako)
+PKGS=(ultralytics ultralytics-thop pydantic pydantic_core pydantic-settings python-dotenv typing-inspection simplejpeg
+      annotated-types typing_extensions SQLAlchemy alembic Mako
+      onnx protobuf ml_dtypes)  # onnx: Ultralytics' TensorRT export goes through ONNX (used only where tensorrt is)
 SPECS=()
 for pkg in "${PKGS[@]}"; do
   version=$("$VENV_PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$pkg" 2>/dev/null || true)

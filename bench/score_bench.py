@@ -6,6 +6,9 @@ measured in this run on the same images, as ratios.
     .venv/bin/python bench/score_bench.py --images 96 --task detect
     python3 bench/score_bench.py --device cuda --task detect --images 2000 --json-out gpu-detect.json
 
+On a CPU it also runs the pipeline of the runtime ``auto`` picks with Pillow decoding every JPEG (``decode
+pillow``: curate before simplejpeg) and times decode + preprocess alone both ways, in the same run.
+
 On CUDA it measures torch fp16 and fp32, TensorRT (Ultralytics' engine export, when the tensorrt package is
 installed) and GPU JPEG decoding (``torchvision.io.decode_jpeg`` on the device) against the bare forward pass.
 
@@ -22,6 +25,8 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -77,13 +82,14 @@ def bench_curate(
     workers: int | None,
     precision: str,
     runtime_name: str = "torch",
+    decoder: str = "auto",
 ) -> dict:
     import curation.jobs.common
     import curation.jobs.model
     import curation.jobs.score
     from curation.config import load_settings
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, jpeg_decoder(decoder):
         overrides = {
             "db": f"sqlite:///{tmp}/bench.db",
             "pool.path": str(pool),
@@ -109,6 +115,23 @@ def bench_curate(
         "runtime": runtime,
         "uncertainty": uncertainty,
     }
+
+
+@contextmanager
+def jpeg_decoder(name: str) -> Iterator[None]:
+    """``auto``: curate's decode path as shipped (simplejpeg for JPEGs when installed); ``pillow``: Pillow for every
+    file, as before simplejpeg. Set in this process before the DataLoader forks its workers, which inherit it."""
+    from curation.scoring import images
+
+    if name == "auto":
+        yield
+        return
+    saved = images._jpeg_codec
+    images._jpeg_codec = lambda: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        images._jpeg_codec = saved  # type: ignore[assignment]
 
 
 def _entropy_by_item(store: object, outcome: object) -> dict[str, float]:
@@ -139,11 +162,20 @@ def ranking_agreement(a: dict[str, float], b: dict[str, float], top: float = 0.1
 
 
 def bench_forward(runtime: object, shape: tuple[int, int], batch: int, n: int) -> float:
-    """The ceiling: uint8 batches already in memory, forward pass only (no decode, no NMS, no database)."""
+    """The ceiling: uint8 batches already in memory, forward pass only (no decode, no NMS, no database), with
+    every core (on a CPU) for inference, as nothing else runs."""
     x = torch.randint(0, 255, (batch, 3, *shape), dtype=torch.uint8)
     cuda = runtime.device.type == "cuda"  # type: ignore[attr-defined]
     if cuda:
         x = x.pin_memory()
+        return _timed_forward(runtime, x, batch, n, cuda)
+    from curation.scoring.engine import _cores
+
+    with runtime.threads(_cores()):  # type: ignore[attr-defined]
+        return _timed_forward(runtime, x, batch, n, cuda)
+
+
+def _timed_forward(runtime: object, x: torch.Tensor, batch: int, n: int, cuda: bool) -> float:
     runtime.forward(x)  # type: ignore[attr-defined]
     batches = max(2, n // batch)
     if cuda:
@@ -156,32 +188,36 @@ def bench_forward(runtime: object, shape: tuple[int, int], batch: int, n: int) -
     return batches * batch / (time.perf_counter() - start)
 
 
-def bench_cpu_decode(paths: list[Path], info: object) -> float:
+def bench_cpu_decode(paths: list[Path], info: object, decoder: str = "auto") -> float:
     """curate's decode + preprocess of one image (what each DataLoader worker does), single process."""
     from curation.scoring.engine import PoolDataset
 
     dataset = PoolDataset(paths, info.preprocess, info.imgsz, 10**9)  # type: ignore[attr-defined]
-    start = time.perf_counter()
-    for i in range(len(dataset)):
-        dataset[i]
-    return len(paths) / (time.perf_counter() - start)
+    with jpeg_decoder(decoder):
+        dataset[0]
+        start = time.perf_counter()
+        for i in range(len(dataset)):
+            dataset[i]
+        return len(paths) / (time.perf_counter() - start)
 
 
 def bench_gpu_decode(paths: list[Path], runtime: object, shape: tuple[int, int], batch: int) -> dict:
     """JPEG decoding on the GPU (nvJPEG through ``torchvision.io.decode_jpeg``), alone and followed by a resize and
-    the forward pass, in batches: is decoding the bottleneck once the CPU no longer does it?"""
+    the forward pass, in batches: is decoding the bottleneck once the CPU no longer does it? (On a CPU device,
+    ``--gpu-parts`` runs the same code there: a dry run of the GPU check.)"""
     import torch.nn.functional as F
     from torchvision.io import decode_jpeg, read_file
 
     device = runtime.device  # type: ignore[attr-defined]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     data = [read_file(str(p)) for p in paths]
     chunks = [data[i : i + batch] for i in range(0, len(data), batch)]
     decode_jpeg(chunks[0], device=device)  # warm-up (nvJPEG handles)
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for chunk in chunks:
         decode_jpeg(chunk, device=device)
-    torch.cuda.synchronize()
+    sync()
     decode_rate = len(data) / (time.perf_counter() - start)
 
     def prepared(chunk: list[torch.Tensor]) -> torch.Tensor:
@@ -190,11 +226,11 @@ def bench_gpu_decode(paths: list[Path], runtime: object, shape: tuple[int, int],
         return torch.cat(resized).clamp_(0, 255).to(torch.uint8)
 
     runtime.forward(prepared(chunks[0]))  # type: ignore[attr-defined]
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for chunk in chunks:
         runtime.forward(prepared(chunk))  # type: ignore[attr-defined]
-    torch.cuda.synchronize()
+    sync()
     pipeline_rate = len(data) / (time.perf_counter() - start)
     return {"decode_images_per_s": round(decode_rate, 1), "decode_resize_forward_images_per_s": round(pipeline_rate, 1)}
 
@@ -215,8 +251,9 @@ def bench_tensorrt(model_path: str, shape: tuple[int, int], batch: int, n: int, 
             torch.manual_seed(0)
             model = YOLO(model_path)
             engine = model.export(
-                format="engine", half=True, imgsz=list(shape), batch=batch, device=0, project=str(out_dir)
-            )
+                format="engine", half=True, imgsz=list(shape), batch=batch, device=0, project=str(out_dir),
+                simplify=False,  # onnxslim and onnxruntime-gpu are not carried to the GPU machine; onnx is
+            )  # fmt: skip
             backend = AutoBackend(engine, device=torch.device("cuda:0"), fp16=True)
         x = torch.rand(batch, 3, *shape, device="cuda").half()
         backend(x)
@@ -264,12 +301,18 @@ def main() -> None:
     parser.add_argument(
         "--runtimes", default=None, help="comma-separated (default: torch and every installed exported runtime on CPU)"
     )
+    parser.add_argument(
+        "--gpu-parts",
+        action="store_true",
+        help="also on a CPU device: run the GPU-only parts (decode_jpeg pipeline, TensorRT) there; a dry run of "
+        "bench/gpu_check.sh (DEVICE=cpu)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON report to this file")
     args = parser.parse_args()
 
     from curation.scoring.engine import default_batch_size
-    from curation.scoring.exported import EXPORTED, is_installed
+    from curation.scoring.exported import EXPORTED, is_installed, resolve_runtime
     from curation.scoring.images import rect_shape
 
     imgsz = args.imgsz or (224 if args.task == "classify" else 640)
@@ -292,36 +335,51 @@ def main() -> None:
         naive = bench_naive(model, paths[: args.naive_images or len(paths)], imgsz, device)
         reference = bench_curate(model, pool, imgsz, device, batch, args.workers, "fp32", "torch")
         ref_forward = bench_forward(reference["runtime"], shape, batch, args.images)
-        variants = [(name, "auto") for name in runtimes]
+        variants = [(name, "auto", "auto") for name in runtimes]
         if cuda:
-            variants = [("torch", "fp16")]
-        for name, precision in variants:
+            variants = [("torch", "fp16", "auto")]
+        elif _jpeg_codec_installed():
+            # the same pipeline with Pillow decoding every JPEG (curate before simplejpeg), for the runtime auto picks
+            chosen = resolve_runtime("auto", torch.device(device), "ultralytics")
+            if chosen in runtimes:
+                variants.append((chosen, "auto", "pillow"))
+        loaded = reference["runtime"]
+        for name, precision, decoder in variants:
             if name != "torch":
                 # each exported runtime in a process of its own: their thread pools never share a process with
                 # torch's (one process holding OpenVINO and ONNX Runtime sessions was seen to crash at teardown)
-                cur, forward = _measure_elsewhere(name, precision, model, pool, imgsz, device, batch, args)
-                rows.append(_row(cur["name"], cur["precision"], cur, forward, naive, reference))
+                cur, forward = _measure_elsewhere(name, precision, decoder, model, pool, imgsz, device, batch, args)
+                rows.append(_row(cur["name"], cur["precision"], cur, forward, naive, reference, decoder))
                 continue
-            cur = bench_curate(model, pool, imgsz, device, batch, args.workers, precision, name)
+            cur = bench_curate(model, pool, imgsz, device, batch, args.workers, precision, name, decoder)
             runtime = cur["runtime"]
-            if runtime.precision == "fp32":
+            if runtime.precision == "fp32" and decoder == "auto":
                 cur, forward = reference, ref_forward
             else:
                 forward = bench_forward(runtime, shape, batch, args.images)
-            rows.append(_row(runtime.name, runtime.precision, cur, forward, naive, reference))
+            rows.append(_row(runtime.name, runtime.precision, cur, forward, naive, reference, decoder))
             loaded = runtime
         if not any(r["runtime"] == "torch" and r["precision"] == "fp32" for r in rows):
             rows.append(_row("torch", "fp32", reference, ref_forward, naive, reference))
         extra["cpu_decode_images_per_s"] = round(bench_cpu_decode(paths, reference["runtime"].info), 1)
-        if cuda:
-            extra["gpu_decode"] = bench_gpu_decode(paths, loaded, shape, batch)  # torch fp16
+        if _jpeg_codec_installed():
+            pillow = bench_cpu_decode(paths, reference["runtime"].info, "pillow")
+            extra["cpu_decode_pillow_images_per_s"] = round(pillow, 1)
+            extra["cpu_decode_vs_pillow"] = round(extra["cpu_decode_images_per_s"] / pillow, 2)
+        if cuda or args.gpu_parts:
+            extra["gpu_decode"] = bench_gpu_decode(paths, loaded, shape, batch)  # torch fp16 on CUDA
             extra["gpu_decode"]["vs_bare_forward_fp16"] = round(
                 extra["gpu_decode"]["decode_resize_forward_images_per_s"] / rows[0]["bare_forward_images_per_s"], 3
             )
             extra["gpu_decode"]["speedup_vs_naive"] = round(
                 extra["gpu_decode"]["decode_resize_forward_images_per_s"] / naive, 2
             )
-            extra["tensorrt"] = bench_tensorrt(model, shape, batch, args.images, Path(tmp) / "trt")
+            extra["tensorrt"] = trt = bench_tensorrt(model, shape, batch, args.images, Path(tmp) / "trt")
+            if "bare_forward_images_per_s" in trt:
+                trt["vs_torch_bare_forward"] = round(
+                    trt["bare_forward_images_per_s"] / rows[0]["bare_forward_images_per_s"], 3
+                )
+                trt["speedup_vs_naive"] = round(trt["bare_forward_images_per_s"] / naive, 2)
     machine = torch.cuda.get_device_name(0) if cuda else cpu_description()
     result = {
         "task": args.task,
@@ -347,27 +405,46 @@ def main() -> None:
     print(f"{args.task} {model} @ {imgsz}px (canvas {shape[0]}x{shape[1]}), {args.images} images, batch {batch}, "
           f"{device} ({machine})")  # fmt: skip
     print(f"  naive YOLO.predict loop (torch fp32): {naive:8.1f} img/s")
-    print("  runtime      prec   curate img/s  x naive   bare fwd img/s  curate/fwd  Spearman vs torch fp32")
+    print("  runtime      prec  decode   curate img/s  x naive   bare fwd img/s  curate/fwd  Spearman vs torch fp32")
     for r in rows:
         print(
-            f"  {r['runtime']:<12} {r['precision']:<5} {r['curate_images_per_s']:12.1f} {r['speedup_vs_naive']:7.2f}x "
+            f"  {r['runtime']:<12} {r['precision']:<5} {r['decoder']:<7} {r['curate_images_per_s']:12.1f} "
+            f"{r['speedup_vs_naive']:7.2f}x "
             f"{r['bare_forward_images_per_s']:15.1f} {r['fraction_of_bare_forward']:10.1%}  "
             f"{r['ranking_agreement_vs_torch_fp32']['spearman']}"
         )
-    print(f"  curate decode + preprocess, one process: {extra['cpu_decode_images_per_s']:.1f} img/s")
+    print(f"  curate decode + preprocess, one process: {extra['cpu_decode_images_per_s']:.1f} img/s", end="")
+    if "cpu_decode_pillow_images_per_s" in extra:
+        print(f" (Pillow only: {extra['cpu_decode_pillow_images_per_s']:.1f} img/s, {extra['cpu_decode_vs_pillow']}x)")
+    else:
+        print()
     for key in ("gpu_decode", "tensorrt"):
         if key in extra:
             print(f"  {key}: {extra[key]}")
 
 
+def _jpeg_codec_installed() -> bool:
+    from curation.scoring import images
+
+    return images._jpeg_codec() is not None
+
+
 def _measure_elsewhere(
-    name: str, precision: str, model: str, pool: Path, imgsz: int, device: str, batch: int, args: argparse.Namespace
+    name: str,
+    precision: str,
+    decoder: str,
+    model: str,
+    pool: Path,
+    imgsz: int,
+    device: str,
+    batch: int,
+    args: argparse.Namespace,
 ) -> tuple[dict, float]:
     import subprocess
 
     spec = {
-        "name": name, "precision": precision, "model": model, "pool": str(pool), "imgsz": imgsz, "device": device,
-        "batch": batch, "workers": args.workers, "images": args.images, "task": args.task,
+        "name": name, "precision": precision, "decoder": decoder, "model": model, "pool": str(pool), "imgsz": imgsz,
+        "device": device, "batch": batch, "workers": args.workers, "images": args.images, "task": args.task,
     }  # fmt: skip
     done = subprocess.run(
         [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False
@@ -385,7 +462,7 @@ def _measure(spec: dict) -> None:
     pool = Path(spec["pool"])
     cur = bench_curate(
         spec["model"], pool, spec["imgsz"], spec["device"], spec["batch"], spec["workers"], spec["precision"],
-        spec["name"],
+        spec["name"], spec.get("decoder", "auto"),
     )  # fmt: skip
     runtime = cur.pop("runtime")
     imgsz = spec["imgsz"]
@@ -395,10 +472,13 @@ def _measure(spec: dict) -> None:
     print(json.dumps(cur), flush=True)
 
 
-def _row(name: str, precision: str, cur: dict, forward: float, naive: float, reference: dict) -> dict:
+def _row(
+    name: str, precision: str, cur: dict, forward: float, naive: float, reference: dict, decoder: str = "auto"
+) -> dict:
     return {
         "runtime": name,
         "precision": precision,
+        "decoder": decoder,
         "curate_images_per_s": round(cur["images_per_s"], 1),
         "curate_end_to_end_images_per_s": round(cur["end_to_end_images_per_s"], 1),
         "bare_forward_images_per_s": round(forward, 1),

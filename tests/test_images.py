@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from curation.devtools.synthetic import BAD_CONVERTIBLE, BAD_UNREADABLE, write_bad_files
+from curation.scoring import images
 from curation.scoring.images import ImageDecodeError, center_crop, letterbox, load_rgb, original_size
 
 MAX_PIXELS = 89_478_485
@@ -281,3 +282,93 @@ def test_the_readme_names_the_one_pixel_limit_the_messages_use() -> None:
     limit = PoolSettings().max_pixels
     assert f"`pool.max_pixels` (default {limit:,} pixels = {limit / 1e6:.1f} MP" in readme
     assert "178,956,970" not in readme and "179 MP" not in readme
+
+
+# -- JPEG decoding through simplejpeg (libjpeg-turbo) ---------------------------------------------------------------
+
+
+def _jpeg_variants(folder: Path) -> list[Path]:
+    """JPEGs covering what the simplejpeg path must decode like Pillow: RGB and grayscale, baseline and
+    progressive, every chroma subsampling, every EXIF orientation, odd sizes, and sizes that need each DCT scale."""
+    from PIL import ExifTags
+
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    paths = []
+    for i, (size, mode, progressive, subsampling) in enumerate(
+        [
+            ((97, 61), "RGB", False, 0),
+            ((641, 479), "RGB", True, 2),
+            ((640, 480), "L", False, 0),
+            ((1283, 961), "RGB", False, 1),
+            ((2001, 1499), "L", True, 0),
+            ((4001, 3001), "RGB", False, 2),
+        ]
+    ):
+        img = base.resize(size, Image.Resampling.BILINEAR).convert(mode)
+        for orientation in range(1, 9):
+            exif = Image.Exif()
+            exif[ExifTags.Base.Orientation] = orientation
+            path = folder / f"v{i}_o{orientation}.jpg"
+            img.save(path, quality=90, progressive=progressive, subsampling=subsampling, exif=exif.tobytes())
+            paths.append(path)
+            if size[0] > 1000:  # orientations of the large files: 1 and 6 are enough
+                if orientation == 1:
+                    continue
+                break
+    return paths
+
+
+@pytest.mark.skipif(images._jpeg_codec() is None, reason="simplejpeg is not installed")
+@pytest.mark.parametrize("target", [None, 64, 224, 640])
+def test_simplejpeg_decodes_exactly_what_pillow_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: int | None
+) -> None:
+    """Same pixels (bit for bit), same DCT scale, same orientation, same full-resolution size — and the fast path
+    really ran for every file (otherwise this would compare Pillow with itself)."""
+    paths = _jpeg_variants(tmp_path)
+    codec = images._jpeg_codec()
+    calls = []
+
+    class Counting:
+        @staticmethod
+        def decode_jpeg(*args: object, **kwargs: object) -> np.ndarray:
+            calls.append(1)
+            return codec.decode_jpeg(*args, **kwargs)  # type: ignore[no-any-return,union-attr]
+
+    fast = {}
+    monkeypatch.setattr(images, "_jpeg_codec", lambda: Counting)
+    for p in paths:
+        fast[p] = load_rgb(p, MAX_PIXELS, target=target)
+    assert len(calls) == len(paths)
+    monkeypatch.setattr(images, "_jpeg_codec", lambda: None)
+    for p in paths:
+        slow = load_rgb(p, MAX_PIXELS, target=target)
+        got = fast[p]
+        assert (got.width, got.height) == (slow.width, slow.height), p.name
+        assert got.rgb.shape == slow.rgb.shape and got.rgb.dtype == np.uint8, p.name
+        assert np.array_equal(got.rgb, slow.rgb), p.name
+        assert got.rgb.flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.skipif(images._jpeg_codec() is None, reason="simplejpeg is not installed")
+def test_what_simplejpeg_does_not_take_goes_to_pillow(
+    bad_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CMYK never reaches simplejpeg; a truncated JPEG is refused by it (strict) and Pillow then fails it with
+    Pillow's own reason, as the bad-input tests above expect."""
+    codec = images._jpeg_codec()
+    seen: list[str] = []
+
+    class Recording:
+        @staticmethod
+        def decode_jpeg(data: bytes, **kwargs: object) -> np.ndarray:
+            seen.append(str(kwargs["colorspace"]))
+            return codec.decode_jpeg(data, **kwargs)  # type: ignore[no-any-return,union-attr]
+
+    monkeypatch.setattr(images, "_jpeg_codec", lambda: Recording)
+    assert load_rgb(bad_files["cmyk"], MAX_PIXELS).rgb.shape[2] == 3
+    assert seen == []
+    with pytest.raises(ImageDecodeError, match="corrupt image: image file is truncated"):
+        load_rgb(bad_files["truncated_jpeg"], MAX_PIXELS)
+    assert seen == ["RGB"]  # it was tried, refused, and Pillow decided

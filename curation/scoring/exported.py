@@ -77,9 +77,11 @@ def resolve_runtime(requested: str, device: torch.device, fmt: str) -> str:
     """The runtime that will run the forward pass.
 
     ``auto``: torch on CUDA (fp16 on cuDNN) and for TorchScript models; on a CPU, ONNX Runtime if installed, else
-    torch. OpenVINO (the fastest forward pass measured) runs only when asked for: a test process that had scored
-    with it and then trained crashed (segfault) later, which the torch and ONNX Runtime paths never did. An
-    explicit choice that cannot run is a clear error, never a silent fallback.
+    torch ("installed": onnxruntime and onnx both importable). OpenVINO (the fastest bare forward pass measured,
+    within a few per cent of ONNX Runtime in the whole pipeline) runs only when asked for: a test process that had
+    scored with it and then trained crashed (segfault) once, which the torch and ONNX Runtime paths never did, and
+    the crash has not been reproduced or explained since (docs/BENCHMARKS.md). An explicit choice that cannot run
+    is a clear error, never a silent fallback.
     """
     if requested not in ("auto", *RUNTIMES):
         raise ConfigError(f"unknown scoring.runtime {requested!r}: use auto, {', '.join(RUNTIMES)}")
