@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -77,38 +78,43 @@ def _stop_leftovers(processes: Sequence[Any]) -> None:
 def ray_cluster(address: str | None) -> Iterator[str]:
     """Connect to the cluster at ``address`` (unset: ``RAY_ADDRESS``), or start a local Ray for the block and stop
     every process of it afterwards. Yields the address used (``local`` for a local Ray). A Ray this process is
-    already connected to (a notebook's) is used as it is and left running."""
+    already connected to (a notebook's) is used as it is and left running.
+
+    While connected, this process's stdout goes to stderr: Ray prints its cluster messages ("a worker died ...")
+    on stdout, which belongs to ``--json``."""
     import ray
 
     if ray.is_initialized():
-        yield "existing"
+        with contextlib.redirect_stdout(sys.stderr):
+            yield "existing"
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        try:
-            ray.init(address=address, **quiet)
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types for the same thing
-            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
-        try:
-            yield address
-        finally:
-            ray.shutdown()
-        return
-    before = {p.pid for p in _descendants()}
-    from curation.scoring.engine import _cores
+    with contextlib.redirect_stdout(sys.stderr):
+        if address:
+            try:
+                ray.init(address=address, **quiet)
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types for the same thing
+                raise ClusterError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
+            try:
+                yield address
+            finally:
+                ray.shutdown()
+            return
+        before = {p.pid for p in _descendants()}
+        from curation.scoring.engine import _cores
 
-    try:
-        ray.init(address="local", num_cpus=_cores(), include_dashboard=False, **quiet)
-    except Exception as exc:
-        _stop_leftovers([p for p in _descendants() if p.pid not in before])
-        raise ClusterError(f"cannot start a local Ray: {_first_line(exc)}") from None
-    try:
-        yield "local"
-    finally:
-        started = [p for p in _descendants() if p.pid not in before]
-        ray.shutdown()
-        _stop_leftovers(started)
+        try:
+            ray.init(address="local", num_cpus=_cores(), include_dashboard=False, **quiet)
+        except Exception as exc:
+            _stop_leftovers([p for p in _descendants() if p.pid not in before])
+            raise ClusterError(f"cannot start a local Ray: {_first_line(exc)}") from None
+        try:
+            yield "local"
+        finally:
+            started = [p for p in _descendants() if p.pid not in before]
+            ray.shutdown()
+            _stop_leftovers(started)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -186,6 +192,8 @@ def decode_rows(
 ) -> dict[str, np.ndarray]:
     """Ray task: read and decode a batch of items with the local engine's ``PoolDataset``. Each decoded image
     travels as its uint8 CHW bytes with its shape and ``Geometry``; an undecodable one as its reason."""
+    import ray
+
     from curation.scoring.engine import PoolDataset, _worker_init
 
     _worker_init(0)  # one thread per decoder, as in the local engine's workers
@@ -217,6 +225,7 @@ def decode_rows(
         "geometry": _column(geometries),
         "error": _column(errors),
         "transient": np.array(transient, dtype=bool),
+        "decoded_on": _column([ray.get_runtime_context().get_node_id()] * len(paths)),
     }
 
 
@@ -267,6 +276,7 @@ class InferenceActor:
             "error": batch["error"],
             "transient": batch["transient"],
             "node_id": _column([self.node_id] * n),
+            "decoded_on": batch["decoded_on"],
         }
 
 
@@ -278,11 +288,11 @@ def _results(batches: Iterable[Any], nodes: set[str]) -> Iterator[ResultBatch]:
 
     for batch in batches:
         failures, scored = [], []
-        for item_id, path, row, error, transient, node in zip(
-            batch["item_id"], batch["path"], batch["row"], batch["error"], batch["transient"], batch["node_id"],
-            strict=True,
+        nodes.update(str(node) for node in batch["node_id"])
+        nodes.update(str(node) for node in batch["decoded_on"])
+        for item_id, path, row, error, transient in zip(
+            batch["item_id"], batch["path"], batch["row"], batch["error"], batch["transient"], strict=True
         ):
-            nodes.add(str(node))
             if error:
                 failures.append((int(item_id), str(path), str(error), bool(transient)))
             else:
@@ -363,6 +373,7 @@ def score_items_ray(
                 batch_size=plan.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                scheduling_strategy="SPREAD",  # one actor per node before two on one: nodes fail independently
                 num_cpus=plan.cpus_per_actor,
                 num_gpus=plan.gpus_per_actor or None,
             )
