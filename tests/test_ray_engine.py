@@ -145,7 +145,10 @@ def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path
     for path, (probs, embedding) in stored[0].items():
         other_probs, other_embedding = stored[1][path]
         assert np.abs(probs - other_probs).max() <= 1e-5, path
-        assert np.abs(embedding - other_embedding).max() <= 1e-5, path
+        # embeddings are stored as float16 (store.blobs): a 1e-7 difference in fp32 may round to neighbouring
+        # float16 values, so they agree within 1e-5 or one float16 step of the value, whichever is larger
+        step = np.maximum(1e-5, np.spacing(np.abs(embedding).astype(np.float16)).astype(np.float32))
+        assert (np.abs(embedding - other_embedding) <= step).all(), path
 
     # a rerun scores only what is missing: nothing
     again = _json(
