@@ -263,3 +263,25 @@ def test_without_ray_installed_the_engine_is_one_clear_error(pool: Path, tmp_pat
     assert done.returncode == 2, done.stderr
     assert "pip install 'curate[ray]'" in done.stderr
     assert "scanning" not in done.stderr
+
+
+def test_resources_default_from_the_cluster() -> None:
+    """One actor per GPU where there are GPUs (two per GPU at 0.5); on CPUs two thirds of them run inference; an
+    actor the cluster cannot fit is a ClusterError (exit 13), not a job that waits forever."""
+    from curation.config import RaySettings
+    from curation.errors import ClusterError, ExitCode
+    from curation.scoring.ray_engine import plan_resources
+
+    gpu = plan_resources(RaySettings(), None, "classify", {"CPU": 64.0, "GPU": 8.0})
+    assert (gpu.actors, gpu.gpus_per_actor, gpu.batch_size) == (8, 1.0, 64)
+    half = plan_resources(RaySettings(gpus_per_actor=0.5), None, "detect", {"CPU": 64.0, "GPU": 8.0})
+    assert (half.actors, half.batch_size) == (16, 32)
+    cpu = plan_resources(RaySettings(), None, "classify", {"CPU": 12.0})
+    assert (cpu.actors, cpu.gpus_per_actor, cpu.threads, cpu.batch_size) == (8, 0.0, 1, 32)
+    fractional = plan_resources(RaySettings(cpus_per_actor=0.5, actors=3), 4, "detect", {"CPU": 2.0})
+    assert (fractional.actors, fractional.threads, fractional.batch_size) == (3, 1, 4)
+    with pytest.raises(ClusterError, match="gpus_per_actor") as err:
+        plan_resources(RaySettings(gpus_per_actor=1.0), None, "classify", {"CPU": 8.0})
+    assert err.value.exit_code == ExitCode.CLUSTER == 13
+    with pytest.raises(ClusterError, match="cpus_per_actor"):
+        plan_resources(RaySettings(cpus_per_actor=4.0), None, "classify", {"CPU": 2.0})
