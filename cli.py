@@ -95,6 +95,19 @@ RuntimeOpt = Annotated[
     str | None,
     typer.Option("--runtime", help="auto, torch, openvino or onnxruntime (scoring.runtime; README 'Runtimes')."),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine", help="local or ray: score here or on a Ray cluster (scoring.engine, README 'Scaling out')."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster for --engine ray (scoring.ray.address; default RAY_ADDRESS, else a local Ray for the run).",
+    ),
+]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decoding worker processes.")]
 RescoreOpt = Annotated[bool, typer.Option("--rescore", help="Score again items this model version already scored.")]
@@ -382,8 +395,12 @@ def _common(
     batch_size: int | None = None,
     workers: int | None = None,
     runtime: str | None = None,
+    engine: str | None = None,
+    ray_address: str | None = None,
 ) -> Overrides:
     return {
+        ("scoring", "engine"): (engine, "--engine"),
+        ("scoring", "ray", "address"): (ray_address, "--ray-address"),
         ("db",): (db, "--db"),
         ("pool", "path"): (pool, "--pool"),
         ("model", "path"): (model, "--model"),
@@ -406,6 +423,8 @@ def score(
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
@@ -417,7 +436,7 @@ def score(
 ) -> None:
     """Scan the pool and score every image the current model has not scored yet."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime, engine, ray_address)
         overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
         with _recorded(settings, "score") as record, _store(settings, lock=True) as store:
@@ -450,6 +469,8 @@ def select(
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     rescore: RescoreOpt = False,
@@ -463,7 +484,7 @@ def select(
     with _handled(debug, json_out):
         from curation.jobs.common import wants_push
 
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime, engine, ray_address)
         overrides[("select", "budget")] = (budget, "--budget")
         overrides[("select", "out")] = (str(out) if out else None, "--out")
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
@@ -800,6 +821,8 @@ def reprioritize(
     model_version: ModelVersionOpt = None,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     metrics_file: MetricsFileOpt = None,
@@ -810,7 +833,7 @@ def reprioritize(
 ) -> None:
     """Re-rank the queued, unlabeled tasks with the current model and make Label Studio serve the new order."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime)
+        overrides = _common(db, pool, model, model_version, device, batch_size, workers, runtime, engine, ray_address)
         overrides.update(_ranking_overrides(strategy, balance, min_distance, project))
         overrides[("metrics", "textfile")] = (str(metrics_file) if metrics_file else None, "--metrics-file")
         settings = _settings(config, overrides)
@@ -1215,6 +1238,8 @@ def loop(
     model: ModelOpt = None,
     metrics_file: MetricsFileOpt = None,
     runtime: RuntimeOpt = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -1222,7 +1247,7 @@ def loop(
 ) -> None:
     """For cron: pull annotations, fine-tune when enough are new, promote if better, rescore, reprioritize."""
     with _handled(debug, json_out):
-        overrides = _common(db, pool, model, runtime=runtime)
+        overrides = _common(db, pool, model, runtime=runtime, engine=engine, ray_address=ray_address)
         overrides[("label_studio", "project")] = (project, "--project")
         overrides[("strategy", "name")] = (strategy, "--strategy")
         overrides.update(_train_overrides(epochs, None, None))

@@ -111,7 +111,28 @@ class ModelSettings(_Section):
     torchscript: TorchScriptSettings = Field(default_factory=TorchScriptSettings)
 
 
+class RaySettings(_Section):
+    """``scoring.engine: ray``: where the Ray cluster is and what each part of the pipeline asks of it."""
+
+    address: str | None = None
+    """A running cluster (``ray://host:10001`` or ``host:6379``); unset: ``RAY_ADDRESS``, else a local Ray started
+    for the run and stopped after it."""
+    actors: int | None = Field(default=None, ge=1, le=4096)
+    """Inference actors (each loads the model once); default: the cluster's GPUs / ``gpus_per_actor``, or on a
+    CPU-only cluster two thirds of its CPUs / ``cpus_per_actor`` (at least 1)."""
+    cpus_per_actor: float = Field(default=1.0, gt=0.0, le=256.0)
+    """CPUs each actor reserves (fractions allowed); its torch threads: this rounded, at least 1."""
+    gpus_per_actor: float | None = Field(default=None, ge=0.0, le=8.0)
+    """GPUs each actor reserves: 0.5 puts two actors on a GPU; default 1 where the cluster has GPUs, else 0."""
+    decode_cpus: float = Field(default=1.0, gt=0.0, le=64.0)
+    """CPUs each read-and-decode task reserves."""
+
+
 class ScoringSettings(_Section):
+    engine: Literal["local", "ray"] = "local"
+    """``local``: this process and its decoding workers. ``ray``: a Ray cluster (extra ``curate[ray]``; README
+    "Scaling out"): decoding as Ray tasks, inference in an actor pool, results committed here."""
+    ray: RaySettings = Field(default_factory=RaySettings)
     device: str = "auto"
     """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     batch_size: int | None = Field(default=None, ge=1, le=4096)

@@ -23,6 +23,7 @@ class ExitCode:
     TRAINING = 10  # fine-tuning or evaluation failed (curate loop still rescored and reprioritized)
     UNSAFE_MODEL = 11  # a model file was refused (code outside the allow-list) or registered weights changed
     OBJECT_STORE = 12  # the object store (S3) refused the credentials, has no such bucket, or is unreachable
+    CLUSTER = 13  # the Ray cluster (scoring.engine: ray) cannot be reached or cannot run the job
     INTERRUPTED = 130  # Ctrl-C; work done so far is committed
     TERMINATED = 143  # SIGTERM (systemd stop, docker stop); handled like Ctrl-C: work done so far is committed
 
@@ -73,6 +74,19 @@ class RuntimeUnavailableError(CurateError):
     """``scoring.runtime`` names an inference runtime that is not installed (or cannot run on the device)."""
 
     exit_code = ExitCode.USAGE
+
+
+class EngineUnavailableError(CurateError):
+    """``scoring.engine: ray`` without Ray installed (the ``curate[ray]`` extra)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ClusterError(CurateError):
+    """The Ray cluster cannot be reached (the message names the address) or cannot run the scoring job (it has no
+    resources for an actor, or the job failed there for a reason other than one item)."""
+
+    exit_code = ExitCode.CLUSTER
 
 
 class ModelExportError(CurateError):

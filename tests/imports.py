@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("torch", "ultralytics", "faiss", "torchvision", "label_studio_sdk")
+HEAVY = ("torch", "ultralytics", "faiss", "torchvision", "label_studio_sdk", "ray")
 
 
 def heavy_imports(args: list[str], cwd: Path) -> tuple[int, list[str], str, str]:

@@ -28,6 +28,8 @@ class ScoreOutcome:
     device: str | None  # None: nothing to score, so the model was never loaded
     scoring: ScoringReport
     runtime: str | None = None  # what ran the forward pass (scoring.runtime resolved); None: nothing scored
+    engine: str = "local"  # scoring.engine
+
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,8 @@ class ScoreOutcome:
             "seconds": round(self.scoring.seconds, 3),
             "images_per_s": round(self.scoring.images_per_s, 2),
             "failures": [{"path": p, "reason": r} for p, r in self.scoring.failures],
+            "engine": self.engine,
+            "ray_nodes": len(self.scoring.nodes) if self.engine == "ray" else None,
         }
 
 
@@ -115,21 +119,24 @@ def score(
     When the registry already knows the model and every item has its score, the model is never loaded (nor torch
     imported): an idle cron turn costs a pool scan and a few queries."""
     progress = progress or NullProgress()
+    engine = settings.scoring.engine
+    if engine == "ray":
+        from curation.scoring.ray_engine import require_ray
+
+        require_ray()  # before the scan: a missing extra is a usage error, found at once
     objects = objects or objects_for(resolve_pool(settings.pool.path), settings)
     source, pool_id, scan_report = scan(store, settings, progress, objects)
     if runtime is None and not rescore:
         known = registered_model(settings, store)
         if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
-            return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport())
-    from curation.scoring.engine import ScoreJob, score_items
+            return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport(), engine=engine)
+    from curation.scoring.engine import score_items
 
+    if engine == "ray" and runtime is None:
+        return _score_on_ray(store, settings, source, pool_id, scan_report, rescore, progress, objects)
     runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
-    todo = store.items.to_score(pool_id, mv.id, rescore=rescore)
-    if isinstance(source, PoolSource):
-        items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
-    else:
-        items = [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo]
+    items = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore))
     report = score_items(
         store,
         runtime,
@@ -143,6 +150,49 @@ def score(
         objects=objects,
     )
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name)
+
+
+def _jobs(source: PoolSource | ObjectPool, todo: list[Any]) -> list[Any]:
+    from curation.scoring.engine import ScoreJob
+
+    if isinstance(source, PoolSource):
+        return [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
+    return [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo]
+
+
+def _score_on_ray(
+    store: Store,
+    settings: Settings,
+    source: PoolSource | ObjectPool,
+    pool_id: int,
+    scan_report: ScanReport,
+    rescore: bool,
+    progress: Progress,
+    objects: ObjectSource | None,
+) -> ScoreOutcome:
+    """``scoring.engine: ray``. This process loads the model once on its CPU (to learn its version and register
+    it, exactly as the local engine would); the actors load the same file and check its digest."""
+    from curation.jobs.model import model_settings
+    from curation.scoring.ray_engine import score_items_ray
+
+    here = settings.model_copy(
+        update={"scoring": settings.scoring.model_copy(update={"device": "cpu", "runtime": "torch"})}
+    )
+    runtime = load_runtime(here, store)
+    mv = register_model(store, runtime)
+    chosen = model_settings(settings, store).model_copy(update={"version": mv.version})
+    todo = store.items.to_score(pool_id, mv.id, rescore=rescore)
+    report = score_items_ray(
+        store,
+        runtime.info,
+        mv.id,
+        pool_id,
+        _jobs(source, todo),
+        settings.model_copy(update={"model": chosen}),
+        progress,
+        objects=objects,
+    )
+    return ScoreOutcome(source, pool_id, scan_report, mv, report.device, report, settings.scoring.runtime, engine="ray")
 
 
 def object_source_required(source: ObjectPool, settings: Settings) -> ObjectSource:

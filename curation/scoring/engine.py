@@ -361,6 +361,101 @@ def inferred_batches(
         yield batch, outputs
 
 
+@dataclass
+class ResultBatch:
+    """What one engine computed for a batch of items, before it is stored: the items that could not be decoded
+    (item id, path, reason, transient) and the reduced model outputs (path, row). Both engines produce these and
+    ``commit_results`` stores them, so failures, retries and flagged outputs are recorded the same way."""
+
+    failures: list[tuple[int, str, str, bool]]
+    scored: list[tuple[str, ScoredItem]]
+
+    def __len__(self) -> int:
+        return len(self.failures) + len(self.scored)
+
+
+def local_results(
+    runtime: ModelRuntime,
+    items: Sequence[ScoreJob],
+    batch_size: int,
+    *,
+    workers: int,
+    max_pixels: int,
+    max_aspect: float,
+    objects: ObjectSource | None,
+) -> Iterator[ResultBatch]:
+    """The local engine: ``inferred_batches`` in this process, each batch reduced to store rows."""
+    batches = inferred_batches(
+        runtime, items, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, objects=objects
+    )
+    for batch, outputs in batches:
+        failures = [
+            (items[position].item_id, str(items[position].path), reason, transient)
+            for position, reason, transient in batch.failures
+        ]
+        hashes = batch.hashes or [None] * len(batch.positions)
+        scored = [
+            (str(items[position].path), prediction_row(items[position].item_id, output, geometry, phash))
+            for position, geometry, output, phash in zip(
+                batch.positions, batch.geometries, outputs, hashes, strict=True
+            )
+        ]
+        yield ResultBatch(failures, scored)
+
+
+def commit_results(
+    store: Store,
+    run_id: int,
+    model_version_id: int,
+    results: Iterator[ResultBatch],
+    report: ScoringReport,
+    chunk_size: int,
+    progress: Progress,
+) -> None:
+    """Store what an engine computed, in chunks of ``chunk_size`` items (one transaction each): broken files as
+    failed, transient failures left for the next run, flagged outputs warned about. On Ctrl-C the chunk in hand is
+    committed before the interrupt goes on."""
+    chunk = ScoredChunk()
+    start = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal chunk
+        if len(chunk):
+            store.runs.write_chunk(run_id, model_version_id, chunk)
+            checkpoint("score-after-chunk")
+            report.scored += chunk.n_valid
+            report.invalid += chunk.n_invalid
+            report.failed += len(chunk.failures)
+            chunk = ScoredChunk()
+
+    try:
+        for batch in results:
+            for item_id, path, reason, transient in batch.failures:
+                if transient:
+                    report.retry_later += 1
+                    progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
+                    continue
+                chunk.failures.append((item_id, reason))
+                report.failures.append((path, reason))
+                progress.warn(f"skipped {path}: {reason}")
+            for path, row in batch.scored:
+                # the store leaves out a NaN or overflowing embedding (it would poison every distance it
+                # enters); a missing embedding is handled downstream
+                chunk.scored.append(row)
+                if row.problem:
+                    progress.warn(f"flagged {path}: {row.problem}")
+            elapsed = time.perf_counter() - start
+            if len(chunk) >= chunk_size:
+                flush()
+            processed = report.scored + report.invalid + report.failed + len(chunk)
+            progress.advance(len(batch), rate=processed / elapsed if elapsed > 0 else None)
+        flush()
+    except KeyboardInterrupt:
+        flush()  # keep what was computed: the rerun continues from here
+        report.interrupted = True
+        raise
+
+
 def score_items(
     store: Store,
     runtime: ModelRuntime,
@@ -384,63 +479,18 @@ def score_items(
     threads = default_threads(settings.threads, workers, runtime.info.task) if runtime.device.type == "cpu" else None
     run_id = store.runs.start(model_version_id, pool_id, len(items), str(runtime.device), batch_size)
     report.run_id = run_id
-    chunk = ScoredChunk()
     start = time.perf_counter()
     progress.start(f"scoring with {runtime.info.version}", len(items))
-
-    def flush() -> None:
-        nonlocal chunk
-        if len(chunk):
-            store.runs.write_chunk(run_id, model_version_id, chunk)
-            checkpoint("score-after-chunk")
-            report.scored += chunk.n_valid
-            report.invalid += chunk.n_invalid
-            report.failed += len(chunk.failures)
-            chunk = ScoredChunk()
-
     status = "failed"
     try:
         with runtime.threads(threads):
-            batches = inferred_batches(
-                runtime,
-                items,
-                batch_size,
-                workers=workers,
-                max_pixels=max_pixels,
-                max_aspect=max_aspect,
+            results = local_results(
+                runtime, items, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect,
                 objects=objects,
             )
-            for batch, outputs in batches:
-                for position, reason, transient in batch.failures:
-                    item_id, path = items[position].item_id, items[position].path
-                    if transient:
-                        report.retry_later += 1
-                        progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
-                        continue
-                    chunk.failures.append((item_id, reason))
-                    report.failures.append((str(path), reason))
-                    progress.warn(f"skipped {path}: {reason}")
-                hashes = batch.hashes or [None] * len(batch.positions)
-                for position, geometry, output, phash in zip(
-                    batch.positions, batch.geometries, outputs, hashes, strict=True
-                ):
-                    item_id, path = items[position].item_id, items[position].path
-                    # the store leaves out a NaN or overflowing embedding (it would poison every distance it
-                    # enters); a missing embedding is handled downstream
-                    chunk.scored.append(prediction_row(item_id, output, geometry, phash))
-                    if output.problem:
-                        progress.warn(f"flagged {path}: {output.problem}")
-                done = len(batch.failures) + len(batch.positions)
-                elapsed = time.perf_counter() - start
-                if len(chunk) >= settings.chunk_size:
-                    flush()
-                processed = report.scored + report.invalid + report.failed + len(chunk)
-                progress.advance(done, rate=processed / elapsed if elapsed > 0 else None)
-        flush()
+            commit_results(store, run_id, model_version_id, results, report, settings.chunk_size, progress)
         status = "completed"
     except KeyboardInterrupt:
-        flush()  # keep what was computed: the rerun continues from here
-        report.interrupted = True
         status = "interrupted"
         raise
     finally:

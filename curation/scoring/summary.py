@@ -16,6 +16,8 @@ class ScoringReport:
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
     retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
+    device: str | None = None  # scoring.engine ray: the actors' pool, e.g. "ray:2xcpu"
+    nodes: list[str] = field(default_factory=list)  # scoring.engine ray: the Ray node ids that decoded or inferred
 
     @property
     def images_per_s(self) -> float:
