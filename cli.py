@@ -520,6 +520,15 @@ def _report_selection(outcome: Any, json_out: bool) -> None:
         err_console.print(f"Wrote {summary['selected']} rows to {summary['out']}")
     if "push" in summary:
         _print_push(summary["push"])
+    if "ranking" in summary:
+        ranking = summary["ranking"]
+        err_console.print(
+            f"Label Studio: ranked the {ranking['queue_size']} queued task(s) of project "
+            f"[bold]{escape(ranking['project'])}[/bold] (#{ranking['project_id']}) under model_version "
+            f"{escape(str(ranking['model_version_tag']))}; no task created",
+            highlight=False,
+            markup=True,
+        )
 
 
 def _print_push(push: dict[str, Any]) -> None:
