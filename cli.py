@@ -79,7 +79,13 @@ ConfigOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug detail.")]
-PoolOpt = Annotated[str | None, typer.Option("--pool", help="Image directory or manifest (.txt/.csv/.jsonl).")]
+PoolOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pool",
+        help="Image directory, manifest (.txt/.csv/.jsonl), s3://bucket/prefix, or ls://<project> (its own tasks).",
+    ),
+]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Ultralytics .pt/.yaml or TorchScript classifier (local file).")
 ]

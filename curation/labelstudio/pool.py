@@ -47,8 +47,8 @@ def interface_of(parsed: dict[str, Any]) -> tuple[str, str]:
         if task is None:
             continue
         for source in control.get("inputs") or []:
-            if str(source.get("type", "")).lower() == "image" and str(source.get("value", "")).startswith("$"):
-                return task, str(source["value"])[1:]
+            if str(source.get("type", "")).lower() == "image" and source.get("value"):
+                return task, str(source["value"]).lstrip("$")
     raise PoolError(
         "the project's labeling config has no image with Choices, RectangleLabels or PolygonLabels: "
         "curate cannot rank it"
