@@ -128,6 +128,9 @@ def test_an_existing_project_with_local_files_and_uploads_is_ranked_in_place(
     api.annotate(head, _choice("square"))
     pulled = curate_json("pull", "--project", title, "--db", db)
     assert pulled["labeled_tasks"] == 1 and pulled["foreign_tasks"] == 1  # only the never-fetched task is foreign
+    # both labels are training data: their images come through Label Studio into the dataset, bytes verified
+    exported = curate_json("export", "--out", str(tmp_path / "dataset"), "--db", db)
+    assert exported["n_train"] + exported["n_val"] == 2 and not exported["skipped_labels"], exported
     again = curate_json("reprioritize", "--pool", f"ls://{title}", "--model", str(tiny_cls_model), "--db", db)
     assert again["changed"] and again["queue_size"] == 9
     ranked = {p["task"] for p in api.predictions(pid) if p["model_version"] == again["model_version_tag"]}

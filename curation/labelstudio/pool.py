@@ -65,6 +65,7 @@ class TaskImages:
     http: HttpFetcher
     s3_direct: Any = None  # a UriReader when pool.label_studio_s3 is "direct"
     tasks: dict[str, int] = field(default_factory=dict)  # reference → the task it was seen in (for resolve)
+    project_id: int | None = None  # resolves s3:// references no task of this scan was seen with
     bucket: str = ""
 
     def read(self, key: str) -> bytes:
@@ -93,10 +94,13 @@ class TaskImages:
         path = image.url
         if image.kind == "s3":
             task_id = self.tasks.get(ref)
-            if task_id is None:
-                return ObjectReadError("no task of the project references this image any more", transient=True)
             encoded = base64.urlsafe_b64encode(image.url.encode()).decode()
-            path = f"/tasks/{task_id}/resolve/?fileuri={encoded}"
+            if task_id is not None:
+                path = f"/tasks/{task_id}/resolve/?fileuri={encoded}"
+            elif self.project_id is not None:
+                path = f"/projects/{self.project_id}/resolve/?fileuri={encoded}"
+            else:
+                return ObjectReadError("no task of the project references this image any more", transient=True)
         try:
             return self.ls.download(path, self.http.max_bytes)
         except LabelStudioError as exc:
@@ -221,11 +225,11 @@ def scan_ls_pool(
     return pool_id, report, links
 
 
-def task_images(ls: LabelStudioAPI, pool_settings: Any) -> TaskImages:
+def task_images(ls: LabelStudioAPI, pool_settings: Any, *, project_id: int | None = None) -> TaskImages:
     """The reader for ``pool.*``: downloads bounded by ``pool.http.max_bytes``; ``s3://`` images through Label
     Studio unless ``pool.label_studio_s3`` is ``direct``."""
     from curation.objects.http import http_fetcher
     from curation.objects.uris import uri_reader
 
     direct = uri_reader(pool_settings) if pool_settings.label_studio_s3 == "direct" else None
-    return TaskImages(ls, http_fetcher(pool_settings.http), direct)
+    return TaskImages(ls, http_fetcher(pool_settings.http), direct, project_id=project_id)
