@@ -204,3 +204,29 @@ def test_a_project_synced_from_s3_storage_is_ranked_through_its_storage(
     # a rescan reads nothing again
     rescan = curate_json("score", "--pool", f"ls://{pid}", "--model", str(tiny_cls_model), "--db", db)
     assert rescan["scored"] == 0 and rescan["new_items"] == 0 and rescan["tasks"]["linked"] == 0
+
+
+def test_a_project_curate_pushed_to_takes_foreign_tasks_too(
+    label_studio: Any, ls_env: dict[str, str], ls_pool: Path, api: LSApi, tiny_cls_model: Path, tmp_path: Path
+) -> None:
+    """Tasks curate pushed and tasks someone imported later are ranked together; curate's own are not read again
+    and nothing is duplicated."""
+    title = f"mix-{uuid.uuid4().hex[:8]}"
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    model = str(tiny_cls_model)
+    pushed = curate_json(
+        "select", "--pool", str(ls_pool), "--model", model, "--budget", "4", "--project", title, "--db", db
+    )
+    assert pushed["push"]["pushed"] == 4
+    pid = api.project_by_title(title)["id"]
+    extra = make_pool(ls_pool / "later", n=3, size=80, seed=51)
+    rel = ls_pool.relative_to(Path(ls_env["CURATE_LABEL_STUDIO__DOCUMENT_ROOT"])).as_posix()
+    api.post(f"/api/projects/{pid}/import", [{"image": f"/data/local-files/?d={rel}/later/{p.name}"} for p in extra])
+
+    out = curate_json("select", "--pool", f"ls://{title}", "--model", model, "--budget", "2", "--db", db)
+    assert out["scoring"]["tasks"]["linked"] == 3 and out["scoring"]["scored"] == 3  # curate's 4 not read again
+    tasks = api.tasks(pid)
+    assert len(tasks) == 7
+    tag = out["ranking"]["model_version_tag"]
+    assert {p["task"] for p in api.predictions(pid) if p["model_version"] == tag} == {t["id"] for t in tasks}
+    assert out["items"][0]["task_id"] == fresh_annotator(label_studio.url).get(f"/api/projects/{pid}/next")["id"]

@@ -9,6 +9,8 @@ then on the task is an ordinary queued task for ``push``/``reprioritize``/``pull
 predictions to it under a fresh model_version. A task that already has annotations has them pulled at once, so
 it counts as labeled (never selected, used for training).
 
+Tasks curate pushed from this database (a ``curation_id`` it knows) are left to their own pool.
+
 Rescans: a new task is read and linked; a task deleted in Label Studio leaves the queue (``mark_deleted``) and its
 path is forgotten once no listed task references it. A reference is taken as immutable (the same reference is
 not read again); two tasks with the same image share one item, and only the first one is linked (reported).
@@ -25,7 +27,7 @@ from typing import Any
 
 from curation.errors import LabelStudioError, PoolError, ProjectNotFoundError
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.formats import CONTROL_TAG
+from curation.labelstudio.formats import CONTROL_TAG, curation_id_of
 from curation.labelstudio.images import pool_task_image
 from curation.labelstudio.project import find_project
 from curation.labelstudio.tasks import SWEEP_INCLUDE, _annotation_count, _id_filter, _query
@@ -167,9 +169,13 @@ def scan_ls_pool(
     for page in list_tasks(ls, pid):
         refs: dict[str, int] = {}
         counts: dict[int, int] = {}
+        # tasks curate pushed (from this database) are linked already, through their own pool: not read again
+        ours = store.items.by_content(sorted({c for t in page if (c := curation_id_of(t))}))
         for task in page:
             tid = int(task["id"])
             listed_ids.add(tid)
+            if curation_id_of(task) in ours:
+                continue
             counts[tid] = _annotation_count(task)
             ref = (task.get("data") or {}).get(data_key)
             image = pool_task_image(ref, ls_url=ls.url, allowed_hosts=images.http.allowed_hosts)
