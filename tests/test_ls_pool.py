@@ -205,6 +205,14 @@ def test_a_project_synced_from_s3_storage_is_ranked_through_its_storage(
     rescan = curate_json("score", "--pool", f"ls://{pid}", "--model", str(tiny_cls_model), "--db", db)
     assert rescan["scored"] == 0 and rescan["new_items"] == 0 and rescan["tasks"]["linked"] == 0
 
+    # pool.label_studio_s3: direct reads the same objects with curate's own S3 credentials instead
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CURATE_POOL__LABEL_STUDIO_S3", "direct")
+    fresh = f"sqlite:///{tmp_path / 'direct.db'}"
+    direct = curate_json("score", "--pool", f"ls://{pid}", "--model", str(tiny_cls_model), "--db", fresh)
+    assert direct["scored"] == 6 and direct["failed"] == 0 and direct["skipped_files"] == []
+
 
 def test_a_project_curate_pushed_to_takes_foreign_tasks_too(
     label_studio: Any, ls_env: dict[str, str], ls_pool: Path, api: LSApi, tiny_cls_model: Path, tmp_path: Path
