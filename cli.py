@@ -79,7 +79,13 @@ ConfigOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug detail.")]
-PoolOpt = Annotated[str | None, typer.Option("--pool", help="Image directory or manifest (.txt/.csv/.jsonl).")]
+PoolOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pool",
+        help="Image directory, manifest (.txt/.csv/.jsonl), s3://bucket/prefix, or ls://<project> (its own tasks).",
+    ),
+]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Ultralytics .pt/.yaml or TorchScript classifier (local file).")
 ]
@@ -541,6 +547,15 @@ def _report_selection(outcome: Any, json_out: bool) -> None:
         err_console.print(f"Wrote {summary['selected']} rows to {summary['out']}")
     if "push" in summary:
         _print_push(summary["push"])
+    if "ranking" in summary:
+        ranking = summary["ranking"]
+        err_console.print(
+            f"Label Studio: ranked the {ranking['queue_size']} queued task(s) of project "
+            f"[bold]{escape(ranking['project'])}[/bold] (#{ranking['project_id']}) under model_version "
+            f"{escape(str(ranking['model_version_tag']))}; no task created",
+            highlight=False,
+            markup=True,
+        )
 
 
 def _print_push(push: dict[str, Any]) -> None:

@@ -64,9 +64,37 @@ class S3Settings(_Section):
     """Retries with exponential backoff for throttling (SlowDown), 5xx answers, resets and timeouts."""
 
 
+class HttpSettings(_Section):
+    """``http(s)://`` images: manifest lines, and task images of ``ls://`` pools on another host than Label Studio."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Hosts (``host`` or ``host:port``, case-insensitive) curate may fetch images from. Default: none — an
+    http(s) line is reported as skipped, never fetched (a manifest or a task must not make curate call any host)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Per-request timeout; a timeout is a transient failure, retried on the next run."""
+    max_retries: int = Field(default=3, ge=0, le=20)
+    """Retries with backoff for 5xx/429 answers, resets and timeouts."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Larger downloads are refused for that image (also the limit for images read through Label Studio)."""
+    max_concurrency: int = Field(default=16, ge=1, le=256)
+    """Downloads in flight at once."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for host in value:
+            host = host.strip().lower()
+            if not host or "/" in host or "@" in host:
+                raise ValueError(f"pool.http.allowed_hosts: {host!r} is not a host or host:port")
+            out.append(host)
+        return out
+
+
 class PoolSettings(_Section):
     path: str | None = None
-    """Directory (scanned recursively) or manifest file (.txt, .csv, .jsonl) of image paths."""
+    """Directory (scanned recursively), manifest file (.txt, .csv, .jsonl) of image paths and s3:// / https:// URIs,
+    ``s3://bucket/prefix``, or ``ls://<project title or id>`` (an existing Label Studio project's tasks)."""
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     max_pixels: int = Field(default=89_478_485, gt=0)
     """Images with more pixels are refused as decompression bombs, before any pixel is decoded. The one limit:
@@ -79,6 +107,10 @@ class PoolSettings(_Section):
     """Let a manifest list files outside its own directory tree (refused by default: a manifest must not make
     curate read any file the user can read)."""
     s3: S3Settings = Field(default_factory=S3Settings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    label_studio_s3: Literal["label_studio", "direct"] = "label_studio"
+    """How an ``ls://`` pool reads tasks' ``s3://`` images: through Label Studio's resolve endpoint (the project's
+    storage credentials, ``label_studio``) or directly with curate's own ``pool.s3.*`` credentials (``direct``)."""
 
     @field_validator("extensions")
     @classmethod

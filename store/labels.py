@@ -65,11 +65,21 @@ class Labels:
                 item_id, cid, path, root, labels, width, height, server, project, imported, who, when, truth = row
                 if (labels or {}).get("task", task) != task:
                     continue
-                full = path if Path(path).is_absolute() else str(Path(root) / path)
+                full = _location(str(root), str(path))
                 source = imported if server is None else f"{server.rstrip('/')}/projects/{project}"
                 out.append(
                     LabeledExample(
-                        int(item_id), cid, full, dict(labels or {}), width, height, source, who, when, bool(truth)
+                        int(item_id),
+                        cid,
+                        full,
+                        dict(labels or {}),
+                        width,
+                        height,
+                        source,
+                        who,
+                        when,
+                        bool(truth),
+                        str(root),
                     )
                 )
         return out
@@ -146,8 +156,10 @@ class Labels:
         out = []
         with self._db.tx(write=False) as conn:
             for item_id, cid, path, root, labels, width, height, source, who, when, split in conn.execute(stmt):
-                full = "" if path is None else path if Path(path).is_absolute() else str(Path(root) / path)
-                example = LabeledExample(int(item_id), cid, full, dict(labels or {}), width, height, source, who, when)
+                full = "" if path is None else _location(str(root), str(path))
+                example = LabeledExample(
+                    int(item_id), cid, full, dict(labels or {}), width, height, source, who, when, pool_root=root
+                )
                 out.append((example, split))
         return out
 
@@ -187,3 +199,13 @@ class Labels:
             rows = [{"item_id": i, "split": s, "assigned_at": utcnow()} for i, s in assignments]
             for start in range(0, len(rows), BATCH):
                 conn.execute(self._db.insert(Split).on_conflict_do_nothing(), rows[start : start + BATCH])
+
+
+def _location(root: str, path: str) -> str:
+    """Where an item's bytes are: the file path, ``s3://bucket/key`` of an object-store pool, or the stored
+    reference itself (an ``ls://`` pool's task image, a manifest's URI line)."""
+    if root.startswith("s3://"):
+        return root + path
+    if root.startswith("ls://") or "://" in path:
+        return path
+    return path if Path(path).is_absolute() else str(Path(root) / path)

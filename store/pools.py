@@ -47,11 +47,11 @@ class Pools:
     def known_paths(self, pool_id: int) -> dict[str, KnownPath]:
         with self._db.tx(write=False) as conn:
             rows = conn.execute(
-                select(ItemPath.path, ItemPath.item_id, ItemPath.size, ItemPath.mtime_ns).where(
+                select(ItemPath.path, ItemPath.item_id, ItemPath.size, ItemPath.mtime_ns, ItemPath.etag).where(
                     ItemPath.pool_id == pool_id
                 )
             ).all()  # fetched in one call: an idle scan of a large pool reads every row
-            return {path: KnownPath(item_id, size, mtime_ns) for path, item_id, size, mtime_ns in rows}
+            return {path: KnownPath(item_id, size, mtime_ns, etag) for path, item_id, size, mtime_ns, etag in rows}
 
     def known_among(self, pool_id: int, paths: Sequence[str]) -> dict[str, KnownPath]:
         """What the last scans recorded for ``paths`` (one listing page of an object-store pool at a time, so that

@@ -190,6 +190,7 @@ class LabeledExample:
     annotator: str | None = None
     annotated_at: datetime | None = None
     ground_truth: bool = False  # Label Studio's ground-truth flag on the annotation
+    pool_root: str | None = None  # the root of the pool ``path`` was found in (s3://..., ls://... or a folder)
 
 
 @dataclass(frozen=True)

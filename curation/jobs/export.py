@@ -15,6 +15,7 @@ from pathlib import Path
 from curation.config import Settings
 from curation.errors import ExportError, UnknownReferenceError
 from curation.jobs.common import current_or_fail
+from curation.jobs.remote import remote_bytes
 from curation.reports import Report
 from curation.training.dataset import LINK_MODES, MANIFEST, export_dataset, write_manifest
 from curation.training.resolve import labeled_examples
@@ -78,7 +79,17 @@ def export(
             raise ExportError("no labeled items yet: pull annotations first (curate pull)")
         splits = assign_splits(store, examples, task, settings.train.val_fraction, settings.train.seed)
     try:
-        dataset = export_dataset(examples, splits, task, class_names, out, link_mode=link, verify=True, portable=True)
+        dataset = export_dataset(
+            examples,
+            splits,
+            task,
+            class_names,
+            out,
+            link_mode=link,
+            verify=True,
+            portable=True,
+            fetch=remote_bytes(settings),
+        )
         if model_version:
             missing = dataset.skipped_labels.get("missing file", 0)
             if missing:

@@ -11,6 +11,7 @@ from curation.errors import ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.queue import reprioritize
+from curation.jobs.score import with_pool_project
 from curation.jobs.train import fine_tune
 from curation.labelstudio.project import connect
 from curation.labelstudio.pull import pull
@@ -48,6 +49,7 @@ def loop(
 
     started = time.perf_counter()
     report = LoopReport()
+    settings = with_pool_project(settings)  # --pool ls://<project>: the loop works in that project
     ls = connect(settings.label_studio)
     if settings.model.path:
         existing = store.models.current()

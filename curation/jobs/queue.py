@@ -7,7 +7,7 @@ from typing import Any
 from curation.config import Settings
 from curation.errors import ModelLoadError, NothingToSelectError, UnknownReferenceError
 from curation.jobs.model import load_runtime, register_model
-from curation.jobs.score import ScoreOutcome, score
+from curation.jobs.score import ScoreOutcome, score, with_pool_project
 from curation.labelstudio import push as push_module
 from curation.labelstudio import reprioritize as reprioritize_module
 from curation.labelstudio.client import LabelStudioAPI
@@ -72,6 +72,7 @@ def reprioritize(
     Without a pool (``--pool`` / ``pool.path``) it uses the pools this database selected for the project from:
     each is scored, and the queue is topped up from the most recent one."""
     build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
+    settings = with_pool_project(settings)
     ls = ls or connect(settings.label_studio)
     if settings.pool.path:
         scored = score(store, settings, progress=progress)

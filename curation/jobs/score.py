@@ -6,22 +6,33 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from curation.config import Settings
+from curation.errors import ConfigError
 from curation.jobs.model import load_runtime, register_model, registered_model
 from curation.progress import NullProgress, Progress
-from curation.scoring.pool import PoolSource, ScanReport, absolute_path, resolve_pool, scan_pool
+from curation.scoring.pool import (
+    LabelStudioPool,
+    PoolSource,
+    ScanReport,
+    absolute_path,
+    is_remote,
+    resolve_pool,
+    scan_pool,
+)
 from curation.scoring.summary import ScoringReport
 from store import Store
 from store.records import ModelVersionRecord
 
 if TYPE_CHECKING:
+    from curation.labelstudio.pool import TaskImages
     from curation.objects.source import ObjectSource
+    from curation.objects.uris import UriReader
     from curation.scoring.object_pool import ObjectPool
     from curation.scoring.runtime import ModelRuntime
 
 
 @dataclass
 class ScoreOutcome:
-    pool: PoolSource | ObjectPool
+    pool: PoolSource | ObjectPool | LabelStudioPool
     pool_id: int
     scan: ScanReport
     model: ModelVersionRecord
@@ -29,10 +40,12 @@ class ScoreOutcome:
     scoring: ScoringReport
     runtime: str | None = None  # what ran the forward pass (scoring.runtime resolved); None: nothing scored
     engine: str = "local"  # scoring.engine
-
+    tasks: dict[str, Any] | None = None  # ls:// pools: what the scan linked (see ``curation.labelstudio.pool``)
 
     def summary(self) -> dict[str, Any]:
+        more = {"tasks": self.tasks} if self.tasks is not None else {}
         return {
+            **more,
             "pool": str(self.pool.location),
             "files": self.scan.files,
             "new_items": self.scan.new_items,
@@ -55,8 +68,41 @@ class ScoreOutcome:
         }
 
 
-def objects_for(source: PoolSource | ObjectPool, settings: Settings) -> ObjectSource | None:
-    """The object source that reads an object-store pool's items (None for local pools)."""
+def is_ls_pool(settings: Settings) -> bool:
+    return isinstance(settings.pool.path, str) and settings.pool.path.strip()[:5].lower() == "ls://"
+
+
+def with_pool_project(settings: Settings) -> Settings:
+    """``--pool ls://<project>`` names the project to rank: it becomes ``label_studio.project`` (an explicit
+    ``--project`` must name the same one, by the same title or id)."""
+    source = resolve_pool(settings.pool.path) if is_ls_pool(settings) else None
+    if not isinstance(source, LabelStudioPool):
+        return settings
+    named = settings.label_studio.project
+    if named and named != source.project:
+        raise ConfigError(
+            f"--project {named!r} and --pool {source.location} name different projects: an ls:// pool is ranked in "
+            "its own project (leave --project out)"
+        )
+    cfg = settings.label_studio.model_copy(update={"project": source.project})
+    return settings.model_copy(update={"label_studio": cfg})
+
+
+def objects_for(
+    source: PoolSource | ObjectPool | LabelStudioPool, settings: Settings
+) -> ObjectSource | UriReader | TaskImages | None:
+    """What reads a pool's items when they are not (only) local files: the S3 source of an object-store pool,
+    the task-image reader of an ``ls://`` pool (connects to Label Studio), the URI reader of a manifest (its
+    ``s3://``/``https://`` lines); None for a directory."""
+    if isinstance(source, LabelStudioPool):
+        from curation.labelstudio.pool import task_images
+        from curation.labelstudio.project import connect
+
+        return task_images(connect(settings.label_studio), settings.pool)
+    if source.kind == "manifest":
+        from curation.objects.uris import uri_reader
+
+        return uri_reader(settings.pool)
     if source.kind != "s3":
         return None
     from curation.scoring.object_pool import ObjectPool, object_source
@@ -65,12 +111,21 @@ def objects_for(source: PoolSource | ObjectPool, settings: Settings) -> ObjectSo
 
 
 def scan(
-    store: Store, settings: Settings, progress: Progress | None = None, objects: ObjectSource | None = None
-) -> tuple[PoolSource | ObjectPool, int, ScanReport]:
-    """Scan the configured pool. ``objects``: the object source to read an object-store pool through (default:
-    S3 with the configured credentials)."""
+    store: Store, settings: Settings, progress: Progress | None = None, objects: Any = None
+) -> tuple[PoolSource | ObjectPool | LabelStudioPool, int, ScanReport]:
+    """Scan the configured pool. ``objects``: what reads the items (``objects_for``; default: made here)."""
+    source, pool_id, report, _ = _scan(store, settings, progress, objects)
+    return source, pool_id, report
+
+
+def _scan(
+    store: Store, settings: Settings, progress: Progress | None, objects: Any
+) -> tuple[PoolSource | ObjectPool | LabelStudioPool, int, ScanReport, dict[str, Any] | None]:
     progress = progress or NullProgress()
     source = resolve_pool(settings.pool.path)
+    if objects is None:
+        objects = objects_for(source, settings)
+    tasks: dict[str, Any] | None = None
     progress.start(f"scanning {source.location}", None)
     try:
         if isinstance(source, PoolSource):
@@ -82,14 +137,17 @@ def scan(
                 on_progress=lambda done, total: progress.advance(1),
                 allow_outside_root=settings.pool.allow_outside_root,
                 max_pixels=settings.pool.max_pixels,
+                remote=objects if source.kind == "manifest" else None,
             )
+        elif isinstance(source, LabelStudioPool):
+            pool_id, report, tasks = _scan_label_studio(store, source, objects, settings, progress)
         else:
             from curation.scoring.object_pool import scan_object_pool
 
             pool_id, report = scan_object_pool(
                 store,
                 source,
-                objects or object_source_required(source, settings),
+                objects,
                 tuple(settings.pool.extensions),
                 on_progress=lambda done, total: progress.advance(1),
                 max_pixels=settings.pool.max_pixels,
@@ -102,7 +160,47 @@ def scan(
         kinds = ", ".join(ext.lstrip(".") for ext in settings.pool.extensions)
         what = "lists no files" if source.kind != "directory" else f"has no image files ({kinds})"
         progress.warn(f"the pool {source.location} {what}")
-    return source, pool_id, report
+    return source, pool_id, report, tasks
+
+
+def _scan_label_studio(
+    store: Store, source: LabelStudioPool, images: TaskImages, settings: Settings, progress: Progress
+) -> tuple[int, ScanReport, dict[str, Any]]:
+    """Scan an ``ls://`` pool, then pull the annotations the newly linked tasks already have (they count as
+    labeled from now on)."""
+    from curation.labelstudio.pool import scan_ls_pool
+    from curation.labelstudio.project import known_project
+    from curation.labelstudio.pull import pull_tasks
+
+    pool_id, report, links = scan_ls_pool(
+        store,
+        source,
+        images.ls,
+        images,
+        on_progress=lambda done, total: progress.advance(1),
+        max_pixels=settings.pool.max_pixels,
+    )
+    labeled = 0
+    if links.annotated_new:
+        project = known_project(store, images.ls, str(links.project_id))
+        labeled = pull_tasks(store, images.ls, project, links.annotated_new).labeled_tasks
+    if links.duplicate_tasks:
+        progress.warn(
+            f"{len(links.duplicate_tasks)} task(s) of project {links.title} show an image another task shows too: "
+            "only the first one is ranked (task ids in tasks.duplicate_tasks)"
+        )
+    return (
+        pool_id,
+        report,
+        {
+            "project_id": links.project_id,
+            "project": links.title,
+            "linked": links.linked,
+            "already_labeled": labeled,
+            "deleted": links.deleted,
+            "duplicate_tasks": links.duplicate_tasks,
+        },
+    )
 
 
 def score(
@@ -112,7 +210,7 @@ def score(
     rescore: bool = False,
     progress: Progress | None = None,
     runtime: ModelRuntime | None = None,
-    objects: ObjectSource | None = None,
+    objects: Any = None,
 ) -> ScoreOutcome:
     """Scan the pool and score every item the current model version has not scored yet.
 
@@ -124,19 +222,27 @@ def score(
         from curation.scoring.ray_engine import require_ray
 
         require_ray()  # before the scan: a missing extra is a usage error, found at once
-    objects = objects or objects_for(resolve_pool(settings.pool.path), settings)
-    source, pool_id, scan_report = scan(store, settings, progress, objects)
+    source = resolve_pool(settings.pool.path)
+    if engine == "ray" and isinstance(source, LabelStudioPool):
+        raise ConfigError(
+            f"scoring.engine ray scores directories, manifests and s3:// pools; {source.location} is scored with "
+            "the local engine (--engine local)"
+        )
+    objects = objects or objects_for(source, settings)
+    source, pool_id, scan_report, tasks = _scan(store, settings, progress, objects)
     if runtime is None and not rescore:
         known = registered_model(settings, store)
         if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
-            return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport(), engine=engine)
+            return ScoreOutcome(
+                source, pool_id, scan_report, known, None, ScoringReport(), engine=engine, tasks=tasks
+            )
     from curation.scoring.engine import score_items
 
     if engine == "ray" and runtime is None:
-        return _score_on_ray(store, settings, source, pool_id, scan_report, rescore, progress, objects)
+        return _score_on_ray(store, settings, source, pool_id, scan_report, rescore, progress, objects, tasks)
     runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
-    items = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore))
+    items, objects = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
     report = score_items(
         store,
         runtime,
@@ -149,26 +255,37 @@ def score(
         max_aspect=settings.pool.max_aspect_ratio,
         objects=objects,
     )
-    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name)
+    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name, tasks=tasks)
 
 
-def _jobs(source: PoolSource | ObjectPool, todo: list[Any]) -> list[Any]:
+def _jobs(
+    source: PoolSource | ObjectPool | LabelStudioPool, todo: list[Any], objects: Any
+) -> tuple[list[Any], Any]:
+    """What to score, as the engines read it, and the object source they read it through (None: local files only,
+    decoded from disk by the workers)."""
     from curation.scoring.engine import ScoreJob
 
-    if isinstance(source, PoolSource):
-        return [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
-    return [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo]
+    if not isinstance(source, PoolSource):
+        return [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo], objects
+    items = [
+        ScoreJob(t.item_id, t.path if is_remote(t.path) else absolute_path(source.root, t.path), t.width, t.height)
+        for t in todo
+    ]
+    if source.kind == "manifest" and any(is_remote(t.path) for t in todo):
+        return [ScoreJob(j.item_id, str(j.path), j.width, j.height) for j in items], objects  # the URI reader
+    return items, None
 
 
 def _score_on_ray(
     store: Store,
     settings: Settings,
-    source: PoolSource | ObjectPool,
+    source: PoolSource | ObjectPool | LabelStudioPool,
     pool_id: int,
     scan_report: ScanReport,
     rescore: bool,
     progress: Progress,
     objects: ObjectSource | None,
+    tasks: dict[str, Any] | None,
 ) -> ScoreOutcome:
     """``scoring.engine: ray``. This process loads the model once on its CPU (to learn its version and register
     it, exactly as the local engine would); the actors load the same file and check its digest."""
@@ -181,18 +298,20 @@ def _score_on_ray(
     runtime = load_runtime(here, store)
     mv = register_model(store, runtime)
     chosen = model_settings(settings, store).model_copy(update={"version": mv.version})
-    todo = store.items.to_score(pool_id, mv.id, rescore=rescore)
+    items, objects = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
     report = score_items_ray(
         store,
         runtime.info,
         mv.id,
         pool_id,
-        _jobs(source, todo),
+        items,
         settings.model_copy(update={"model": chosen}),
         progress,
         objects=objects,
     )
-    return ScoreOutcome(source, pool_id, scan_report, mv, report.device, report, settings.scoring.runtime, engine="ray")
+    return ScoreOutcome(
+        source, pool_id, scan_report, mv, report.device, report, settings.scoring.runtime, engine="ray", tasks=tasks
+    )
 
 
 def object_source_required(source: ObjectPool, settings: Settings) -> ObjectSource:

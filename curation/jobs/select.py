@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import Settings
-from curation.jobs.score import ScoreOutcome, score
+from curation.errors import ConfigError
+from curation.jobs.score import ScoreOutcome, is_ls_pool, score, with_pool_project
+from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.project import connect, open_project
 from curation.labelstudio.push import push as push_queue
 from curation.progress import Progress
@@ -20,6 +22,7 @@ from curation.selection import (
     write_selection,
 )
 from store import Store
+from store.records import SelectedItem
 
 
 @dataclass
@@ -65,13 +68,26 @@ def select(
     anything is selected, so a bad token or URL records nothing.
     """
     build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
+    settings = with_pool_project(settings)
+    ls_pool = is_ls_pool(settings)
     if out is not None:
         check_selection_out(out)  # a selection uses its items up: never record one whose file cannot be written
+    if ls_pool and not push:
+        raise ConfigError(
+            f"--pool {settings.pool.path} ranks the project's own tasks in Label Studio: drop --no-push "
+            "(curate score scores them without ranking)"
+        )
     ls = None
     if push:
         ls = connect(settings.label_studio)
     scored = score(store, settings, rescore=rescore, progress=progress)
-    project = open_project(store, ls, scored.model, settings.label_studio.project) if ls is not None else None
+    project = (
+        open_project(store, ls, scored.model, settings.label_studio.project, create=not ls_pool)
+        if ls is not None
+        else None
+    )
+    if ls_pool and ls is not None:
+        return _rank_project(store, ls, scored, settings, budget, out, progress)
     result = run_selection(
         store,
         scored.pool_id,
@@ -96,4 +112,57 @@ def select(
             progress=progress,
         )
         outcome.extra["push"] = report.summary()
+    return outcome
+
+
+def _rank_project(
+    store: Store,
+    ls: LabelStudioAPI,
+    scored: ScoreOutcome,
+    settings: Settings,
+    budget: int,
+    out: Path | None,
+    progress: Progress | None,
+) -> SelectOutcome:
+    """``select`` on an ``ls://`` pool: every unlabeled task of the project is queued already, so the whole queue
+    is ranked (predictions under a fresh model_version, the project switched to uncertainty sampling) and the
+    first ``budget`` tasks of that order are the selection reported and written to ``out``. No task is created,
+    and no selection is recorded (the queue's order is the outcome)."""
+    from curation.labelstudio.rank import confidences
+    from curation.labelstudio.reprioritize import reprioritize
+
+    ranked = reprioritize(
+        store,
+        ls,
+        scored.model,
+        scored.pool_id,
+        settings.label_studio,
+        settings.strategy,
+        pool_path=settings.pool.path,
+        force=True,
+        progress=progress,
+        s3=settings.pool.s3,
+    )
+    project = open_project(store, ls, scored.model, settings.label_studio.project, create=False)
+    queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
+    head = queue[:budget]
+    measure = build_strategy(settings.strategy).measure
+    conf = confidences(store, settings.strategy, scored.model, [q.item_id for q in head], measure)
+    paths = store.items.paths(scored.pool_id, [q.item_id for q in head])
+    items = [
+        SelectedItem(q.item_id, q.content_id, path, rank, 1.0 - c if c is not None else float("nan"), q.cluster)
+        for rank, (q, c, path) in enumerate(zip(head, conf, paths, strict=True), start=1)
+    ]
+    result = SelectionResult(
+        0, ranked.strategy or settings.strategy.name, scored.model.version, budget, len(queue), items
+    )
+    rows = selection_rows(result, str(scored.pool.root))
+    for row, q, c in zip(rows, head, conf, strict=True):
+        row["task_id"] = q.task_id
+        if c is None:
+            row["score"] = None  # no valid model output: ranked last
+    if out is not None:
+        write_selection(out, rows)
+    outcome = SelectOutcome(scored, result, rows, out)
+    outcome.extra["ranking"] = ranked.summary()
     return outcome

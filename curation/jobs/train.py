@@ -9,6 +9,7 @@ from curation.config import Settings
 from curation.errors import CurateError
 from curation.jobs.common import current_or_fail
 from curation.jobs.model import load_runtime, register_model
+from curation.jobs.remote import remote_bytes
 from curation.progress import Progress
 from curation.training.resolve import labeled_examples
 from curation.training.round import TrainReport, models_dir, train_round
@@ -39,7 +40,13 @@ def fine_tune(
     if examples is None:
         examples = labeled_examples(store, current.task, settings.pull.resolve)
     report = train_round(
-        store, current, settings.train, models_dir(settings.train, settings.db), examples=examples, progress=progress
+        store,
+        current,
+        settings.train,
+        models_dir(settings.train, settings.db),
+        examples=examples,
+        progress=progress,
+        fetch=remote_bytes(settings),
     )
     if report.trained and report.weights and (settings.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         from curation.integrations.mlflow import log_training

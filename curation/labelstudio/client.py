@@ -451,6 +451,7 @@ class LabelStudioClient:
             "fields": fields,
             "include": include,
             "query": json.dumps(query),
+            "resolve_uri": "false",  # the data as stored (s3:// URIs, not the server's resolve links)
         }
         what = "pulling annotations" if fields == "all" else "listing tasks"
         try:

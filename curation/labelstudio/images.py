@@ -84,3 +84,33 @@ def resolve_task_image(
     if not ls.netloc:
         return _refused("the image is served by Label Studio, but no Label Studio URL is configured")
     return TaskImage("label_studio", url=path_and_query)
+
+
+def pool_task_image(value: object, *, ls_url: str, allowed_hosts: tuple[str, ...] | list[str]) -> TaskImage:
+    """Where an ``ls://`` pool reads a task's image from — a pure decision, no I/O. Kinds: ``label_studio``
+    (``url``: a path on the configured server, read with the API key: local files, uploads), ``s3`` (``url``: the
+    ``s3://`` URI, read through the project's storage or curate's own credentials), ``http`` (``url``: a URL on
+    a host of ``pool.http.allowed_hosts``), or ``refused`` with the reason: any other host is never fetched."""
+    from curation.objects.http import refusal
+
+    if not isinstance(value, str) or not value.strip():
+        return _refused("the task has no image reference")
+    value = value.strip()
+    lowered = value.lower()
+    if lowered.startswith("s3://"):
+        return TaskImage("s3", url=value)
+    parts = urlsplit(value)
+    ls = urlsplit(ls_url)
+    if parts.scheme or parts.netloc:
+        if (parts.scheme.lower(), parts.netloc.lower()) == (ls.scheme.lower(), ls.netloc.lower()):
+            value = value[len(f"{parts.scheme}://{parts.netloc}") :] or "/"
+        elif parts.scheme.lower() in ("http", "https"):
+            reason = refusal(value, allowed_hosts)
+            return TaskImage("http", url=value) if reason is None else _refused(reason)
+        else:
+            return _refused(f"unsupported image reference scheme {parts.scheme or 'none'}://")
+    elif not value.startswith("/") or value.startswith("//"):
+        return _refused("the image reference is neither a Label Studio path nor a URL")
+    if ".." in urlsplit(value).path.split("/") or "\\" in value:
+        return _refused("the image path contains '..'")
+    return TaskImage("label_studio", url=value)

@@ -141,9 +141,11 @@ def ensure_storage(
     None when images are served from ``url_prefix``."""
     if cfg.url_prefix or not pool_path:
         return None
-    from curation.scoring.pool import PoolSource, resolve_pool
+    from curation.scoring.pool import LabelStudioPool, PoolSource, resolve_pool
 
     pool = resolve_pool(pool_path)
+    if isinstance(pool, LabelStudioPool):
+        return None  # the project's own tasks: it loads their images already
     if not isinstance(pool, PoolSource):
         return _ensure_s3_storage(ls, project, cfg, pool.bucket, pool.prefix, s3)
     if not cfg.document_root:

@@ -14,7 +14,7 @@ from typing import Any
 from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.formats import curation_id_of, normalize_annotation, parse_ls_time
 from curation.labelstudio.project import ProjectHandle, known_project
-from curation.labelstudio.tasks import updated_tasks
+from curation.labelstudio.tasks import FILTER_CHUNK, PULL_INCLUDE, _id_filter, _query, updated_tasks
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
 from store import Store
@@ -67,7 +67,24 @@ def pull(
     return report
 
 
-def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]], report: PullReport) -> None:
+def pull_tasks(store: Store, ls: LabelStudioAPI, project: ProjectHandle, task_ids: list[int]) -> PullReport:
+    """Bring in the annotations of the given tasks now, whatever the watermark (tasks an ``ls://`` scan just
+    linked, labeled before curate knew them). The watermark is left where it is: it belongs to ``pull``."""
+    report = PullReport(project.record.project_id, project.record.title)
+    for start in range(0, len(task_ids), FILTER_CHUNK):
+        part = task_ids[start : start + FILTER_CHUNK]
+        query = _query("or", [_id_filter("equal", int(t)) for t in part], "tasks:id")
+        page = ls.task_page(
+            project.record.project_id, query, include=PULL_INCLUDE, fields="all", page=1, page_size=len(part)
+        )
+        if page:
+            _store_page(store, project, page, report, advance=False)
+    return report
+
+
+def _store_page(
+    store: Store, project: ProjectHandle, page: list[dict[str, Any]], report: PullReport, *, advance: bool = True
+) -> None:
     known = store.label_studio.items_for_tasks(project.record.id, [int(t["id"]) for t in page])
     unknown = {int(t["id"]): cid for t in page if int(t["id"]) not in known and (cid := curation_id_of(t))}
     by_content = store.items.by_content(sorted(set(unknown.values()))) if unknown else {}
@@ -89,7 +106,9 @@ def _store_page(store: Store, project: ProjectHandle, page: list[dict[str, Any]]
             seen.append(int(task["id"]))
         done = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
         annotations.extend(_annotation(a, int(task["id"]), item_id, project.record.task) for a in done)
-    counts = store.label_studio.store_annotations(project.record.id, annotations, adopted, watermark, seen)
+    counts = store.label_studio.store_annotations(
+        project.record.id, annotations, adopted, watermark if advance else None, seen
+    )
     report.new_annotations += counts.new_annotations
     report.labeled_tasks += counts.labeled_tasks
     report.skipped_tasks += counts.skipped_tasks

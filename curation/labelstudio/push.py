@@ -27,7 +27,7 @@ from curation.labelstudio.tags import make_tag
 from curation.labelstudio.tasks import tasks_by_curation_id
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
-from curation.scoring.pool import absolute_path, item_location
+from curation.scoring.pool import absolute_path, is_remote, item_location
 from curation.selection import build_strategy
 from store import Store
 from store.records import ModelVersionRecord, PendingItem, QueuedTask
@@ -189,6 +189,10 @@ def _servable(
     for item in pending:
         if item.pool_root and item.pool_root.startswith("s3://") and item.path and not cfg.url_prefix:
             urls[item.item_id] = item_location(item.pool_root, item.path)  # the project's S3 storage resolves it
+            keep.append(item)
+            continue
+        if item.path and is_remote(item.path):  # a manifest's s3:// or https:// line: the task references it as is
+            urls[item.item_id] = item.path
             keep.append(item)
             continue
         root = Path(item.pool_root or "/")

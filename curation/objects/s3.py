@@ -265,6 +265,32 @@ class S3ObjectSource:
 
         return list(await asyncio.gather(*(one(k) for k in keys)))
 
+    def stat_many(self, keys: Sequence[str]) -> list[ObjectInfo | ObjectReadError]:
+        """Size and ETag of each object (a HEAD each, concurrently), in ``keys`` order: how a manifest's
+        ``s3://`` lines are checked for changes without reading them."""
+        if not keys:
+            return []
+        import obstore
+
+        async def all_heads() -> list[ObjectInfo | ObjectReadError]:
+            store = self._client()
+            gate = asyncio.Semaphore(self.max_concurrency)
+
+            async def one(key: str) -> ObjectInfo | ObjectReadError:
+                async with gate:
+                    try:
+                        return _info(await obstore.head_async(store, key))
+                    except Exception as exc:
+                        return self._read_error(key, exc)
+
+            return list(await asyncio.gather(*(one(k) for k in keys)))
+
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(all_heads())
+        finally:
+            loop.close()
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import stat
@@ -19,14 +20,17 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from curation.errors import PoolError
+from curation.objects.uris import SUPPORTED_SCHEMES, uri_scheme
 from curation.scoring.images import DEFAULT_MAX_PIXELS, original_size
 from store import Store
-from store.records import ScannedFile
+from store.records import KnownPath, ScannedFile
 
 if TYPE_CHECKING:
+    from curation.objects.uris import UriReader
     from curation.scoring.object_pool import ObjectPool
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
+REMOTE_PAGE = 256  # a manifest's URI lines read per round (bytes in memory: at most this many images)
 HASH_CHUNK = 1 << 20
 
 
@@ -49,14 +53,42 @@ class ScanReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an item at all
 
 
-def resolve_pool(path: str | Path | None) -> PoolSource | ObjectPool:
-    """Validate the ``--pool`` argument once, at the boundary (``s3://bucket/prefix``: an object-store pool)."""
+LS_SCHEME = "ls://"
+
+
+@dataclass(frozen=True)
+class LabelStudioPool:
+    """An existing Label Studio project's tasks (``ls://<title or id>``; scanned by ``curation.labelstudio.pool``).
+    Items' paths are the tasks' image references, stored as they are."""
+
+    location: str  # ls://<title or id>, as given (stripped)
+    kind: str  # "label_studio"
+    root: str  # the location: item_location() returns the stored reference for ls:// roots
+    project: str  # the title or id
+
+    def key(self, stored: str) -> str:
+        return stored
+
+
+def resolve_ls_pool(text: str) -> LabelStudioPool:
+    name = text.strip()[len(LS_SCHEME) :].strip().rstrip("/")
+    if not name:
+        raise PoolError("ls:// needs a Label Studio project title or id: --pool ls://<project>")
+    location = f"{LS_SCHEME}{name}"
+    return LabelStudioPool(location, "label_studio", location, name)
+
+
+def resolve_pool(path: str | Path | None) -> PoolSource | ObjectPool | LabelStudioPool:
+    """Validate the ``--pool`` argument once, at the boundary (``s3://bucket/prefix``: an object-store pool;
+    ``ls://<project>``: an existing Label Studio project's tasks)."""
     if path is None or str(path).strip() == "":
         raise PoolError("no pool given: pass --pool DIR (or a manifest file) or set pool.path in the config")
     if isinstance(path, str) and path.strip()[:5].lower() == "s3://":
         from curation.scoring.object_pool import resolve_object_pool
 
         return resolve_object_pool(path)
+    if isinstance(path, str) and path.strip()[:5].lower() == LS_SCHEME:
+        return resolve_ls_pool(path)
     return resolve_local_pool(path)
 
 
@@ -138,9 +170,10 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
         stack.extend(reversed(subdirs))
 
 
-def read_manifest(manifest: Path) -> Iterator[Path]:
+def read_manifest(manifest: Path) -> Iterator[Path | str]:
     """Paths listed in a .txt (one per line, # comments), .csv (a ``path`` column, else the first) or .jsonl file
-    (objects with ``path``, or bare strings). Relative paths are relative to the manifest's directory."""
+    (objects with ``path``, or bare strings). Relative paths are relative to the manifest's directory; an entry
+    written as a URI (``s3://``, ``https://``, any ``scheme://``) is yielded as that text."""
     base = manifest.parent
     suffix = manifest.suffix.lower()
     try:
@@ -152,6 +185,9 @@ def read_manifest(manifest: Path) -> Iterator[Path]:
             else:
                 raw = _jsonl_paths(fh, manifest)
             for entry in raw:
+                if uri_scheme(entry) is not None:
+                    yield entry
+                    continue
                 p = Path(entry).expanduser()
                 yield p if p.is_absolute() else base / p
     except UnicodeDecodeError as exc:
@@ -231,10 +267,18 @@ def absolute_path(root: str | Path, stored: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
+def is_remote(stored: str) -> bool:
+    """Whether a stored path is a URI (a manifest's ``s3://``/``https://`` line), not a file path."""
+    return uri_scheme(stored) is not None
+
+
 def item_location(root: str | Path, stored: str) -> str:
-    """Where an item is, as text: ``s3://bucket/key`` for object-store pools, else the absolute file path."""
+    """Where an item is, as text: ``s3://bucket/key`` for object-store pools and a manifest's URI lines, the
+    task's image reference for ``ls://`` pools, else the absolute file path."""
     if str(root).startswith("s3://"):
         return f"{root}{stored}"
+    if str(root).startswith("ls://") or is_remote(stored):
+        return stored
     return str(absolute_path(root, stored))
 
 
@@ -268,9 +312,11 @@ def scan_pool(
     *,
     allow_outside_root: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    remote: UriReader | None = None,
 ) -> tuple[int, ScanReport]:
     """Find the pool's files and register them. Returns the pool id and what changed. Manifest entries that
-    ``manifest_entry_problem`` refuses are reported in ``ScanReport.skipped`` and never read."""
+    ``manifest_entry_problem`` refuses are reported in ``ScanReport.skipped`` and never read. A manifest's
+    ``s3://`` and ``http(s)://`` lines are read through ``remote`` (``scan_remote_entries``)."""
     report = ScanReport()
     pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
     known = store.pools.known_paths(pool_id)
@@ -281,7 +327,15 @@ def scan_pool(
     )
     seen: set[str] = set()
     to_hash: list[tuple[str, Path, int, int]] = []
+    uris: dict[str, None] = {}  # a manifest's URI lines, in order, once each
     for path in paths:
+        if not directory and isinstance(path, str) and (scheme := uri_scheme(path)) is not None:
+            problem = remote_entry_problem(path, scheme, extensions, remote)
+            if problem is not None:
+                report.skipped.append((shown_path(path), problem))
+            else:
+                uris[path] = None
+            continue
         # a walked path is the root joined with plain names: its stored key is the rest of the string
         key = (
             path[len(prefix) :]
@@ -339,9 +393,103 @@ def scan_pool(
                 seen.discard(key)
             if on_progress is not None:
                 on_progress(done, len(to_hash))
+    if uris and remote is not None:
+        remote_changed, remote_seen = scan_remote_entries(list(uris), known, remote, report, max_pixels)
+        changed.extend(remote_changed)
+        seen.update(remote_seen)
     report.hashed = len(changed)
     gone = [p for p in known if p not in seen]
     report.removed = len(gone)
     report.files = len(seen)
     report.new_items, report.duplicate_paths = store.pools.apply_scan(pool_id, changed, gone)
     return pool_id, report
+
+
+def remote_entry_problem(uri: str, scheme: str, extensions: tuple[str, ...], remote: UriReader | None) -> str | None:
+    """Why a manifest's URI line is refused before any request, or None."""
+    if scheme not in SUPPORTED_SCHEMES:
+        return f"unsupported URI scheme {scheme}:// (manifests take local paths, s3:// and http(s):// URIs)"
+    if not _is_utf8(uri):
+        return NOT_UTF8
+    name = uri.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    if dot <= 0 or name[dot:].lower() not in extensions:
+        return f"not an image file name (pool.extensions: {', '.join(extensions)})"
+    if remote is None:
+        return "no reader for remote URIs was configured"
+    if scheme == "s3":
+        try:
+            from curation.objects.source import parse_s3_uri
+
+            location = parse_s3_uri(uri)
+        except PoolError as exc:
+            return str(exc)
+        if not location.prefix or location.prefix.endswith("/"):
+            return "an s3:// line must name an object (bucket/key), not a prefix"
+        return None
+    return remote.http.refusal(uri)
+
+
+def scan_remote_entries(
+    uris: list[str],
+    known: dict[str, KnownPath],
+    remote: UriReader,
+    report: ScanReport,
+    max_pixels: int,
+) -> tuple[list[ScannedFile], set[str]]:
+    """Read a manifest's ``s3://`` and ``http(s)://`` lines: s3 objects are HEAD-ed and read only when new or
+    changed (another size or ETag), as in ``s3://`` pools; http(s) URLs are fetched with ``If-None-Match`` of the
+    stored ETag (304: unchanged, nothing downloaded). Returns (new or changed files, every path still present).
+    A failure skips that line with the reason; a transient one keeps what the last scan read."""
+    from curation.objects.source import ObjectReadError
+    from curation.scoring.object_pool import content_id_of
+
+    seen: set[str] = set()
+    changed: list[ScannedFile] = []
+
+    def scanned(uri: str, size: int, etag: str | None, data: bytes) -> ScannedFile:
+        digest = content_id_of(data)
+        try:
+            width, height = original_size(io.BytesIO(data), max_pixels)
+        except Exception:  # not an image: decoding records the reason once, as for local files
+            return ScannedFile(uri, size, 0, digest, etag=etag)
+        return ScannedFile(uri, size, 0, digest, width, height, etag=etag)
+
+    def failed(uri: str, error: ObjectReadError) -> None:
+        note = " (tried again next run)" if error.transient else ""
+        report.skipped.append((uri, f"{error}{note}"))
+        if error.transient and uri in known:
+            seen.add(uri)  # keep what the last scan read until it can be read again
+
+    s3 = [u for u in uris if u[:5].lower() == "s3://"]
+    http = [u for u in uris if u[:5].lower() != "s3://"]
+    for start in range(0, len(s3), REMOTE_PAGE):
+        part = s3[start : start + REMOTE_PAGE]
+        to_read: list[tuple[str, int, str | None]] = []
+        for uri, info in zip(part, remote.stat_s3(part), strict=True):
+            if isinstance(info, ObjectReadError):
+                failed(uri, info)
+                continue
+            old = known.get(uri)
+            if old is not None and old.size == info.size and old.etag is not None and old.etag == info.etag:
+                seen.add(uri)
+            else:
+                to_read.append((uri, info.size, info.etag))
+        for (uri, size, etag), data in zip(to_read, remote.read_many([u for u, _, _ in to_read]), strict=True):
+            if isinstance(data, ObjectReadError):
+                failed(uri, data)
+            else:
+                changed.append(scanned(uri, size, etag, data))
+                seen.add(uri)
+    for start in range(0, len(http), REMOTE_PAGE):
+        part = http[start : start + REMOTE_PAGE]
+        etags = [known[u].etag if u in known else None for u in part]
+        for uri, result in zip(part, remote.http.fetch_many(part, etags), strict=True):
+            if isinstance(result, ObjectReadError):
+                failed(uri, result)
+            elif result.data is None:  # 304: unchanged since the stored ETag
+                seen.add(uri)
+            else:
+                changed.append(scanned(uri, len(result.data), result.etag, result.data))
+                seen.add(uri)
+    return changed, seen

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -178,12 +178,15 @@ def export_dataset(
     link_mode: str = "symlink",
     verify: bool = False,
     portable: bool = False,
+    fetch: Callable[[LabeledExample], bytes | None] | None = None,
 ) -> ExportedDataset:
     """Write an Ultralytics dataset of the labeled items: links to the pool files (``symlink``, training's choice),
     hard links or copies. Labels not among the model's classes are skipped (counted by name); detection coordinates
     are normalised by the image size the annotation was made on. ``verify``: every file's SHA-256 is computed
     (while copying) and must still match its content id, else ``ExportError``. ``portable``: the ``data.yaml``
-    names no absolute path (Ultralytics then takes its folder), so the dataset can be moved.
+    names no absolute path (Ultralytics then takes its folder), so the dataset can be moved. ``fetch``: the bytes of
+    an item that is not a local file (an object, an ``ls://`` task's image, a manifest's URI line), written as a
+    copy; None from it (or no ``fetch``) skips the item as a missing file.
 
     The dataset hash is a function of the content ids, splits and label rows only — not of paths or link mode —
     so training's temporary dataset and ``curate export`` of the same items hash the same."""
@@ -202,10 +205,14 @@ def export_dataset(
     for e in examples:
         split = splits[e.item_id]
         src = Path(e.path) if e.path else None
+        fetched: bytes | None = None
         if src is None or not src.is_file():
-            skipped["missing file"] += 1
-            continue
-        name = e.content_id + (src.suffix.lower() or ".jpg")
+            fetched = fetch(e) if fetch is not None and e.path else None
+            if src is None or fetched is None:
+                skipped["missing file"] += 1
+                continue
+        suffix = src.suffix.lower()
+        name = e.content_id + (suffix if 1 < len(suffix) <= 6 and suffix[1:].isalnum() else ".jpg")
         if task == "classify":
             label = primary_label(task, e.labels)
             if label not in known:
@@ -225,7 +232,12 @@ def export_dataset(
             label = "|".join(dict.fromkeys(class_names[int(r.split()[0])] for r in rows))
             lines.append(f"{e.content_id} {split} " + "|".join(rows))
         relative = dst.relative_to(out_dir).as_posix()
-        digest = place(src, dst, link_mode, hashed=verify)
+        if fetched is not None:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(fetched)
+            digest: str | None = hashlib.sha256(fetched).hexdigest() if verify else None
+        else:
+            digest = place(src, dst, link_mode, hashed=verify)
         if verify:
             if digest is None or digest[: len(e.content_id)] != e.content_id:
                 raise ExportError(f"the file of labeled item {e.content_id} changed since it was labeled: {src}")

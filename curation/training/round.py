@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def train_round(
     *,
     examples: list[LabeledExample] | None = None,
     progress: Progress | None = None,
+    fetch: Callable[[LabeledExample], bytes | None] | None = None,
 ) -> TrainReport:
     """Fine-tune ``current`` on the labeled items (``examples`` if the caller has them already); register the
     result under ``models_root``, promoted only if it is better. The caller holds the run lock: a ``train-*`` work
@@ -96,7 +98,7 @@ def train_round(
     models_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="train-", dir=models_root))
     try:
-        dataset = export_dataset(examples, splits, task, current.class_names, work / "dataset")
+        dataset = export_dataset(examples, splits, task, current.class_names, work / "dataset", fetch=fetch)
         report = TrainReport(
             False,
             "",
