@@ -31,7 +31,17 @@ from typing import Any
 
 from curation.errors import LabelStudioError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
-from curation.labelstudio.formats import ls_time, parse_label_config, parse_ls_time
+from curation.labelstudio.formats import ls_time, parse_ls_time
+
+
+def server_parse(label_config: str) -> dict[str, Any]:
+    """A labeling config parsed as Label Studio 1.23 stores it (``parsed_label_config``): the SDK's
+    ``parse_config``, the very function the server calls — not curate's own parser (``formats.parse_label_config``,
+    used for the configs Label Studio sends to ``curate serve``), so that tests on the fake check curate's reading
+    of the config against the server's parse rather than against itself."""
+    from label_studio_sdk._extensions.label_studio_tools.core.label_config import parse_config
+
+    return dict(parse_config(label_config))
 
 
 class FakeLabelStudio:
@@ -203,7 +213,7 @@ class FakeLabelStudio:
             "title": title,
             "description": description,
             "label_config": label_config,
-            "parsed_label_config": parse_label_config(label_config),
+            "parsed_label_config": server_parse(label_config),
             "model_version": "",
             "sampling": "Sequential sampling",
             "skip_queue": "REQUEUE_FOR_OTHERS",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from curation.labelstudio.formats import (
     label_config,
     ls_time,
     normalize_annotation,
-    parse_label_config,  # what the server stores (a real one is checked in test_labelstudio)
+    parse_label_config,
     parse_ls_time,
     prediction_result,
     queue_scores,
@@ -30,6 +31,7 @@ from curation.labelstudio.formats import (
 )
 from curation.labelstudio.tags import MAX_LENGTH, PREFIX, is_ours, make_tag, parse_tag
 from store.records import ModelVersionRecord, PendingItem, StoredPrediction
+from tests.fake_labelstudio import server_parse  # Label Studio's own parse (the SDK's parse_config)
 
 UI = LabelingInterface(from_name="label", to_name="image", data_key="image")
 
@@ -69,12 +71,12 @@ def _pred(**kw: object) -> StoredPrediction:
 @pytest.mark.parametrize("task", ["classify", "detect", "segment"])
 def test_label_config_round_trips_through_the_check(task: str) -> None:
     classes = ["a <b>", 'quote"d', "plain"]
-    ui = check_label_config(parse_label_config(label_config(task, classes)), task, classes)
+    ui = check_label_config(server_parse(label_config(task, classes)), task, classes)
     assert ui == UI
 
 
 def test_config_mismatch_names_every_differing_label() -> None:
-    parsed = parse_label_config(label_config("classify", ["cat", "hexagon"]))
+    parsed = server_parse(label_config("classify", ["cat", "hexagon"]))
     with pytest.raises(ProjectConfigMismatchError) as err:
         check_label_config(parsed, "classify", ["cat", "dog"])
     assert "dog" in str(err.value) and "hexagon" in str(err.value) and "cat" not in str(err.value).split(":", 1)[1]
@@ -89,9 +91,33 @@ def test_a_custom_config_is_written_where_it_says() -> None:
         '<View><Image name="photo" value="$img"/><Choices name="cls" toName="photo">'
         '<Choice value="cat"/><Choice value="dog"/></Choices></View>'
     )
-    assert check_label_config(parse_label_config(config), "classify", ["dog", "cat"]) == LabelingInterface(
+    assert check_label_config(server_parse(config), "classify", ["dog", "cat"]) == LabelingInterface(
         "cls", "photo", "img"
     )
+
+
+def test_curates_parse_agrees_with_the_servers() -> None:
+    """``curate serve`` parses the configs Label Studio sends (``/setup``, ``/predict``) itself: on what
+    ``check_label_config`` reads (type, to_name, input types and data keys, labels) it must agree with the server's
+    own parse, for curate's configs and for hand-written ones (several controls, a nested View)."""
+    configs = [label_config(task, ["a <b>", 'quote"d', "plain"]) for task in ("classify", "detect", "segment")]
+    configs += [
+        '<View><Image name="photo" value="$img"/><Choices name="cls" toName="photo">'
+        '<Choice value="cat"/><Choice value="dog"/></Choices></View>',
+        '<View><View><Header value="Look closely"/><Image name="a" value="$left"/><Image name="b" value="$right"/>'
+        '</View><RectangleLabels name="boxes" toName="a"><Label value="car"/><Label value="bus"/></RectangleLabels>'
+        '<Choices name="quality" toName="b" choice="single"><Choice value="good"/><Choice value="bad"/></Choices>'
+        "</View>",
+    ]
+
+    def essentials(parsed: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: (c["type"], list(c["to_name"]), [(i["type"], i["value"]) for i in c["inputs"]], list(c["labels"]))
+            for name, c in parsed.items()
+        }
+
+    for config in configs:
+        assert essentials(parse_label_config(config)) == essentials(server_parse(config)), config
 
 
 # -- pre-annotations and pulled annotations --------------------------------------------------------------------------
