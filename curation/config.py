@@ -212,6 +212,10 @@ class PullSettings(_Section):
     resolve: Literal["latest", "majority", "ground_truth"] = "latest"
     """Which of several finished annotations of one task is its label: the newest, the most common, or the newest
     one marked ground truth in Label Studio (else the newest)."""
+    unchanged_predictions: Literal["keep", "exclude"] = "keep"
+    """Annotations submitted exactly as the model pre-annotated them (Label Studio's ``parent_prediction``, the
+    same labels): ``keep`` trains on them like any label (pulls count them), ``exclude`` leaves them out of
+    training and export (the item stays labeled)."""
 
 
 class MlflowSettings(_Section):

@@ -50,6 +50,7 @@ class Labels:
                 Annotation.annotator,
                 func.coalesce(Annotation.updated_at, Annotation.created_at),
                 Annotation.ground_truth,
+                Annotation.unchanged_prediction,
             )
             .join(latest, latest.c.aid == Annotation.id)
             .join(LSProject, LSProject.id == Annotation.ls_project_id, isouter=True)
@@ -62,14 +63,25 @@ class Labels:
         out = []
         with self._db.tx(write=False) as conn:
             for row in conn.execute(stmt):
-                item_id, cid, path, root, labels, width, height, server, project, imported, who, when, truth = row
+                item_id, cid, path, root, labels, width, height, server, project, imported, who, when = row[:12]
+                truth, unchanged = row[12:]
                 if (labels or {}).get("task", task) != task:
                     continue
                 full = path if Path(path).is_absolute() else str(Path(root) / path)
                 source = imported if server is None else f"{server.rstrip('/')}/projects/{project}"
                 out.append(
                     LabeledExample(
-                        int(item_id), cid, full, dict(labels or {}), width, height, source, who, when, bool(truth)
+                        int(item_id),
+                        cid,
+                        full,
+                        dict(labels or {}),
+                        width,
+                        height,
+                        source,
+                        who,
+                        when,
+                        bool(truth),
+                        bool(unchanged),
                     )
                 )
         return out

@@ -90,14 +90,24 @@ class FakeLabelStudio:
         (project_id, tasks), self._held = self._held, None
         return [self._add_task(project_id, t) for t in tasks]
 
-    def annotate(self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False, user: int = 7) -> int:
-        """``user`` submits (or, ``cancelled``, skips) the task; their lock on it is released."""
+    def annotate(
+        self,
+        task_id: int,
+        result: list[dict[str, Any]],
+        *,
+        cancelled: bool = False,
+        user: int = 7,
+        parent_prediction: int | None = None,
+    ) -> int:
+        """``user`` submits (or, ``cancelled``, skips) the task; their lock on it is released. ``parent_prediction``:
+        the prediction the labeling UI pre-filled the annotation from."""
         task = self.tasks[task_id]
         at = self._tick()
         self.locks.pop((task_id, user), None)
         annotation = {
             "id": self._next("annotation"),
             "result": result,
+            "parent_prediction": parent_prediction,
             "was_cancelled": cancelled,
             "completed_by": {"id": user, "email": f"annotator{user}@example.com"},
             "lead_time": 2.5,
@@ -305,6 +315,8 @@ class FakeLabelStudio:
                 row["cancelled_annotations"] = len(task["annotations"]) - len(done)
             if fields == "all" and "annotations" in keep:
                 row["annotations"] = copy.deepcopy(task["annotations"])
+            if fields == "all" and "predictions" in keep:
+                row["predictions"] = [copy.deepcopy(p) for p in self.predictions.values() if p["task"] == task["id"]]
             out.append(row)
         return out
 
@@ -336,6 +348,10 @@ class FakeLabelStudio:
         gone = [p["id"] for p in self.project_predictions(project_id, tag)]
         for pid in gone:
             del self.predictions[pid]
+        for task in self.tasks.values():  # the server's on_delete=SET_NULL
+            for annotation in task["annotations"]:
+                if annotation.get("parent_prediction") in gone:
+                    annotation["parent_prediction"] = None
         return len(gone)
 
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from curation.labelstudio.formats import (
     queue_scores,
     ranking_prediction,
     task_payload,
+    unchanged_prediction,
 )
 from curation.labelstudio.tags import MAX_LENGTH, PREFIX, is_ours, make_tag, parse_tag
 from store.records import ModelVersionRecord, PendingItem, StoredPrediction
@@ -134,6 +135,7 @@ def test_classification_prediction_is_the_top_class_with_its_probability() -> No
             "original_width": 200,
             "original_height": 100,
             "image_rotation": 0,
+            "origin": "prediction",  # the editor shows the region as the model's
             "score": 0.7,
         }
     ]
@@ -266,3 +268,36 @@ def test_a_long_version_is_shortened_never_the_time() -> None:
 )
 def test_other_model_versions_are_not_ours(tag: str | None) -> None:
     assert not is_ours(tag) and parse_tag(tag) is None
+
+
+def _box(x: float, label: str = "cat", **extra: object) -> dict[str, object]:
+    value = {"x": x, "y": 10.0, "width": 20.0, "height": 30.0, "rotation": 0, "rectanglelabels": [label]}
+    region = {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": value}
+    return {**region, "original_width": 200, "original_height": 100, **extra}
+
+
+def test_an_annotation_is_the_models_guess_only_when_started_from_it_and_unchanged() -> None:
+    prediction = {"id": 41, "result": [_box(10.0, score=0.9), _box(50.0, "dog", score=0.7)]}
+    others = [{"id": 40, "result": []}, prediction]
+
+    def annotation(result: list[dict[str, object]], parent: object = 41, **kw: object) -> dict[str, object]:
+        return {"result": result, "parent_prediction": parent, **kw}
+
+    same = [_box(50.0, "dog", origin="prediction"), _box(10.0001, origin="prediction")]  # re-serialised, reordered
+    assert unchanged_prediction("detect", annotation(same), others)
+    assert not unchanged_prediction("detect", annotation(same, parent=None), others)  # not started from it
+    assert not unchanged_prediction("detect", annotation(same, parent=39), others)  # its prediction is gone
+    assert not unchanged_prediction("detect", annotation(same, was_cancelled=True), others)  # a skip
+    moved = [_box(50.0, "dog"), _box(11.0)]  # 1 % of 200 px = 2 px: moved
+    assert not unchanged_prediction("detect", annotation(moved), others)
+    relabeled = [_box(50.0, "cat"), _box(10.0)]
+    assert not unchanged_prediction("detect", annotation(relabeled), others)
+    assert not unchanged_prediction("detect", annotation([_box(10.0)]), others)  # a box deleted
+    assert not unchanged_prediction("detect", annotation([*same, _box(80.0)]), others)  # a box added
+    touched = [_box(50.0, "dog", origin="prediction-changed"), _box(10.0, origin="prediction")]
+    assert not unchanged_prediction("detect", annotation(touched), others)  # edited and put back: looked at
+    choice = {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}
+    guess = {"id": 7, "result": [{**choice, "score": 0.8}]}
+    assert unchanged_prediction("classify", {"result": [choice], "parent_prediction": 7}, [guess])
+    dog = {**choice, "value": {"choices": ["dog"]}}
+    assert not unchanged_prediction("classify", {"result": [dog], "parent_prediction": 7}, [guess])
