@@ -249,6 +249,10 @@ class LabelStudioSettings(_Section):
     """A superseded ranking's predictions are deleted by the first push or reprioritize this long after it was
     superseded: Label Studio refuses a submission whose pre-annotation's prediction is gone, so a labeler who opened
     a task before a re-rank must be able to finish it. 0: delete at once."""
+    preannotate: bool = True
+    """``curate ls init`` sets the project's "Use predictions to prelabel tasks" to this: on, the labeling UI
+    pre-fills each annotation from the model's prediction (regions marked as the model's, with its confidence);
+    off, labelers start from an empty annotation and the queue order is unchanged."""
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""

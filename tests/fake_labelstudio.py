@@ -227,6 +227,7 @@ class FakeLabelStudio:
             "model_version": "",
             "sampling": "Sequential sampling",
             "skip_queue": "REQUEUE_FOR_OTHERS",
+            "show_collab_predictions": True,
             "task_number": 0,
         }
         return copy.deepcopy(self.projects[pid])
@@ -250,6 +251,12 @@ class FakeLabelStudio:
     def set_ranking(self, project_id: int, tag: str) -> None:
         self.calls.append("set_ranking")
         self.projects[project_id].update(model_version=tag, sampling=UNCERTAINTY_SAMPLING)
+
+    def set_prelabeling(self, project_id: int, on: bool) -> None:
+        self.calls.append("set_prelabeling")
+        self.projects[project_id]["show_collab_predictions"] = on
+        if not on:
+            self.projects[project_id]["model_version"] = ""  # as the server's project serializer does
 
     def _add_prediction(self, task_id: int, pred: dict[str, Any]) -> None:
         score = pred.get("score")

@@ -713,6 +713,40 @@ def test_pull_tells_the_models_guess_submitted_unchanged(
     assert flags == {tasks[0]: 1, tasks[1]: 0, tasks[2]: 0}
 
 
+def test_prelabeling_off_keeps_the_queue_and_shows_no_guess(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``label_studio.preannotate: false`` at ``ls init``: Label Studio's "Use predictions to prelabel tasks" goes
+    off (which makes the server clear the project's model_version: curate switches its ranking back on), so the
+    label stream still serves curate's order but hands the labeler no pre-annotation to accept; back on, it does."""
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4))
+    before = api.project_by_title(name)
+    assert before["show_collab_predictions"] is True
+    init = ("ls", "init", "--project", name, "--model", str(tiny_cls_model), "--db", db)
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__PREANNOTATE", "false")
+    off = curate_json(*init)
+    assert off["preannotate"] is False and off["preannotate_changed"] is True
+    project = api.get(f"/api/projects/{before['id']}")
+    assert project["show_collab_predictions"] is False
+    assert project["model_version"] == before["model_version"] and project["sampling"] == "Uncertainty sampling"
+    labeler = fresh_annotator(label_studio.url)
+    served = labeler.get(f"/api/projects/{project['id']}/next")
+    assert served["id"] == lowest_score_task(api, project) and served["predictions"] == []
+    assert curate_json(*init)["preannotate_changed"] is False  # idempotent
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__PREANNOTATE", "true")
+    assert curate_json(*init)["preannotate_changed"] is True
+    again = labeler.get(f"/api/projects/{project['id']}/next")  # the task they hold, now with the model's guess
+    assert again["id"] == served["id"] and len(again["predictions"]) == 1
+
+
 def test_a_new_database_adopts_existing_tasks_instead_of_duplicating(
     tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
 ) -> None:
