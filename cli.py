@@ -902,12 +902,18 @@ def pull(
         _emit(report.summary(), json_out, _print_pull)
 
 
+def _unchanged_note(pulled: dict[str, Any]) -> str:
+    n = pulled.get("unchanged_predictions") or 0
+    return f"; {n} label(s) accepted the model's guess unchanged" if n else ""
+
+
 def _print_pull(summary: dict[str, Any]) -> None:
     err_console.print(
         f"Pulled {summary['new_annotations']} new annotation(s) from {summary['tasks_seen']} updated task(s) of "
         f"[bold]{escape(summary['project'])}[/bold]: {summary['labeled_tasks']} labeled, "
         f"{summary['skipped_tasks']} skipped"
-        + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else ""),
+        + (f", {summary['foreign_tasks']} not from curate" if summary["foreign_tasks"] else "")
+        + _unchanged_note(summary),
         highlight=False,
         markup=True,
     )
@@ -1297,7 +1303,7 @@ def _print_loop(summary: dict[str, Any]) -> None:
     if pulled:
         err_console.print(
             f"pull: {pulled['new_annotations']} new annotation(s) ({pulled['labeled_tasks']} labeled, "
-            f"{pulled['skipped_tasks']} skipped)",
+            f"{pulled['skipped_tasks']} skipped)" + _unchanged_note(pulled),
             highlight=False,
         )
     if summary["training"]:

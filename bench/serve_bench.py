@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -97,12 +96,6 @@ def curate(*args: str, env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     return seconds, json.loads(done.stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 CLIENT = httpx.Client(timeout=5, trust_env=False)  # one keep-alive connection: the server's time, not TCP set-up
 
 
@@ -149,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from curation.devtools.local_label_studio import start_local_label_studio
+    from curation.devtools.local_serve import start_local_serve
 
     out: dict[str, Any] = {"items": args.items, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
@@ -187,23 +181,9 @@ def main() -> None:
                 return
             out["idle_loop_inside_s"] = summary["seconds"]
 
-            port = free_port()
-            serve = subprocess.Popen(
-                [sys.executable, "-c", "import cli; cli.main()", "serve", "--port", str(port)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            serve = start_local_serve([], env=env, cwd=REPO)
             try:
-                url = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    try:
-                        if httpx.get(f"{url}/health", timeout=1, trust_env=False).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.1)
+                url = serve.url
                 hook = {"json": {"action": "ANNOTATION_CREATED"}, "headers": {"X-Curate-Secret": SECRET}}
                 idle_health = [timed("GET", f"{url}/health")[0] for _ in range(200)]
                 out["health_ms_no_turn"] = summary_ms(idle_health)
@@ -220,8 +200,7 @@ def main() -> None:
                 out["health_ms"] = summary_ms(health)
                 out["webhook_ms"] = summary_ms(webhook)
             finally:
-                serve.terminate()
-                serve.wait(20)
+                serve.stop()
         finally:
             server.stop()
     if args.json:

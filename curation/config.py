@@ -269,6 +269,10 @@ class PullSettings(_Section):
     resolve: Literal["latest", "majority", "ground_truth"] = "latest"
     """Which of several finished annotations of one task is its label: the newest, the most common, or the newest
     one marked ground truth in Label Studio (else the newest)."""
+    unchanged_predictions: Literal["keep", "exclude"] = "keep"
+    """Annotations submitted exactly as the model pre-annotated them (Label Studio's ``parent_prediction``, the
+    same labels): ``keep`` trains on them like any label (pulls count them), ``exclude`` leaves them out of
+    training and export (the item stays labeled)."""
 
 
 class MlflowSettings(_Section):
@@ -302,6 +306,10 @@ class LabelStudioSettings(_Section):
     """A superseded ranking's predictions are deleted by the first push or reprioritize this long after it was
     superseded: Label Studio refuses a submission whose pre-annotation's prediction is gone, so a labeler who opened
     a task before a re-rank must be able to finish it. 0: delete at once."""
+    preannotate: bool = True
+    """``curate ls init`` sets the project's "Use predictions to prelabel tasks" to this: on, the labeling UI
+    pre-fills each annotation from the model's prediction (regions marked as the model's, with its confidence);
+    off, labelers start from an empty annotation and the queue order is unchanged."""
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""

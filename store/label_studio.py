@@ -393,6 +393,13 @@ class LabelStudioRecords:
                     ).scalars()
                 )
                 counts.new_annotations = len(ids) - len(known)
+                counts.unchanged_predictions = len(
+                    {
+                        a.annotation_id
+                        for a in annotations
+                        if a.unchanged_prediction and not a.was_cancelled and a.annotation_id not in known
+                    }
+                )
                 stmt = self._db.insert(Annotation)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["ls_project_id", "annotation_id"],
@@ -406,6 +413,7 @@ class LabelStudioRecords:
                             "result",
                             "updated_at",
                             "ground_truth",
+                            "unchanged_prediction",
                         )
                     },
                 )
@@ -425,6 +433,7 @@ class LabelStudioRecords:
                             "created_at": a.created_at,
                             "updated_at": a.updated_at,
                             "ground_truth": a.ground_truth,
+                            "unchanged_prediction": a.unchanged_prediction,
                         }
                         for a in annotations
                     ],

@@ -50,6 +50,7 @@ class Labels:
                 Annotation.annotator,
                 func.coalesce(Annotation.updated_at, Annotation.created_at),
                 Annotation.ground_truth,
+                Annotation.unchanged_prediction,
             )
             .join(latest, latest.c.aid == Annotation.id)
             .join(LSProject, LSProject.id == Annotation.ls_project_id, isouter=True)
@@ -62,7 +63,8 @@ class Labels:
         out = []
         with self._db.tx(write=False) as conn:
             for row in conn.execute(stmt):
-                item_id, cid, path, root, labels, width, height, server, project, imported, who, when, truth = row
+                item_id, cid, path, root, labels, width, height, server, project, imported, who, when = row[:12]
+                truth, unchanged = row[12:]
                 if (labels or {}).get("task", task) != task:
                     continue
                 full = _location(str(root), str(path))
@@ -79,7 +81,8 @@ class Labels:
                         who,
                         when,
                         bool(truth),
-                        str(root),
+                        pool_root=str(root),
+                        unchanged_prediction=bool(unchanged),
                     )
                 )
         return out

@@ -191,6 +191,7 @@ class LabeledExample:
     annotated_at: datetime | None = None
     ground_truth: bool = False  # Label Studio's ground-truth flag on the annotation
     pool_root: str | None = None  # the root of the pool ``path`` was found in (s3://..., ls://... or a folder)
+    unchanged_prediction: bool = False  # the model's pre-annotation, submitted unchanged
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,7 @@ class PulledAnnotation:
     created_at: datetime | None
     updated_at: datetime | None
     ground_truth: bool = False
+    unchanged_prediction: bool = False  # the model's pre-annotation submitted as it was
 
 
 @dataclass
@@ -285,3 +287,5 @@ class PullCounts:
     """Tasks that became skipped with this page."""
     deleted_annotations: int = 0
     """Stored annotations that were deleted in Label Studio (forgotten here)."""
+    unchanged_predictions: int = 0
+    """New finished annotations that are the model's pre-annotation submitted unchanged."""

@@ -295,6 +295,8 @@ class Annotation(Base):
     ls_project_id: Mapped[int | None] = mapped_column(ForeignKey("ls_projects.id", ondelete="CASCADE"))
     source: Mapped[str | None] = mapped_column(Text)  # an imported label's dataset or export file
     ground_truth: Mapped[bool] = mapped_column(default=False, server_default=false())  # Label Studio's flag
+    # the model's pre-annotation submitted as it was (Label Studio's parent_prediction, the same labels)
+    unchanged_prediction: Mapped[bool] = mapped_column(default=False, server_default=false())
     annotation_id: Mapped[int] = mapped_column(Integer)
     task_id: Mapped[int] = mapped_column(Integer)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))

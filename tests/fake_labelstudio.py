@@ -31,7 +31,17 @@ from typing import Any
 
 from curation.errors import LabelStudioError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, ImportOutcomeUnknown
-from curation.labelstudio.formats import ls_time, parse_label_config, parse_ls_time
+from curation.labelstudio.formats import ls_time, parse_ls_time
+
+
+def server_parse(label_config: str) -> dict[str, Any]:
+    """A labeling config parsed as Label Studio 1.23 stores it (``parsed_label_config``): the SDK's
+    ``parse_config``, the very function the server calls — not curate's own parser (``formats.parse_label_config``,
+    used for the configs Label Studio sends to ``curate serve``), so that tests on the fake check curate's reading
+    of the config against the server's parse rather than against itself."""
+    from label_studio_sdk._extensions.label_studio_tools.core.label_config import parse_config
+
+    return dict(parse_config(label_config))
 
 
 class FakeLabelStudio:
@@ -80,14 +90,24 @@ class FakeLabelStudio:
         (project_id, tasks), self._held = self._held, None
         return [self._add_task(project_id, t) for t in tasks]
 
-    def annotate(self, task_id: int, result: list[dict[str, Any]], *, cancelled: bool = False, user: int = 7) -> int:
-        """``user`` submits (or, ``cancelled``, skips) the task; their lock on it is released."""
+    def annotate(
+        self,
+        task_id: int,
+        result: list[dict[str, Any]],
+        *,
+        cancelled: bool = False,
+        user: int = 7,
+        parent_prediction: int | None = None,
+    ) -> int:
+        """``user`` submits (or, ``cancelled``, skips) the task; their lock on it is released. ``parent_prediction``:
+        the prediction the labeling UI pre-filled the annotation from."""
         task = self.tasks[task_id]
         at = self._tick()
         self.locks.pop((task_id, user), None)
         annotation = {
             "id": self._next("annotation"),
             "result": result,
+            "parent_prediction": parent_prediction,
             "was_cancelled": cancelled,
             "completed_by": {"id": user, "email": f"annotator{user}@example.com"},
             "lead_time": 2.5,
@@ -203,10 +223,11 @@ class FakeLabelStudio:
             "title": title,
             "description": description,
             "label_config": label_config,
-            "parsed_label_config": parse_label_config(label_config),
+            "parsed_label_config": server_parse(label_config),
             "model_version": "",
             "sampling": "Sequential sampling",
             "skip_queue": "REQUEUE_FOR_OTHERS",
+            "show_collab_predictions": True,
             "task_number": 0,
         }
         return copy.deepcopy(self.projects[pid])
@@ -230,6 +251,12 @@ class FakeLabelStudio:
     def set_ranking(self, project_id: int, tag: str) -> None:
         self.calls.append("set_ranking")
         self.projects[project_id].update(model_version=tag, sampling=UNCERTAINTY_SAMPLING)
+
+    def set_prelabeling(self, project_id: int, on: bool) -> None:
+        self.calls.append("set_prelabeling")
+        self.projects[project_id]["show_collab_predictions"] = on
+        if not on:
+            self.projects[project_id]["model_version"] = ""  # as the server's project serializer does
 
     def _add_prediction(self, task_id: int, pred: dict[str, Any]) -> None:
         score = pred.get("score")
@@ -295,6 +322,8 @@ class FakeLabelStudio:
                 row["cancelled_annotations"] = len(task["annotations"]) - len(done)
             if fields == "all" and "annotations" in keep:
                 row["annotations"] = copy.deepcopy(task["annotations"])
+            if fields == "all" and "predictions" in keep:
+                row["predictions"] = [copy.deepcopy(p) for p in self.predictions.values() if p["task"] == task["id"]]
             out.append(row)
         return out
 
@@ -326,6 +355,10 @@ class FakeLabelStudio:
         gone = [p["id"] for p in self.project_predictions(project_id, tag)]
         for pid in gone:
             del self.predictions[pid]
+        for task in self.tasks.values():  # the server's on_delete=SET_NULL
+            for annotation in task["annotations"]:
+                if annotation.get("parent_prediction") in gone:
+                    annotation["parent_prediction"] = None
         return len(gone)
 
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:

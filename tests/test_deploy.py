@@ -145,8 +145,11 @@ def test_the_rendered_file_has_what_the_deployment_docs_say(compose_project: Pat
     code, config, err = _render(compose_project, {})
     assert code == 0, err
     services = config["services"]
-    assert set(services) == {"postgres", "label-studio", "curate-loop"}
-    assert set(config["volumes"]) == {"pgdata", "ls-data"}
+    # v2 renders the active profiles only, v1 every service: the others must wait in a profile of their own
+    assert {"postgres", "label-studio", "curate-loop"} <= set(services)
+    for name in set(services) - {"postgres", "label-studio", "curate-loop"}:
+        assert services[name]["profiles"] in (["serve"], ["monitoring"]), name
+    assert {"pgdata", "ls-data"} <= set(config["volumes"])
 
     loop = services["curate-loop"]
     env = loop["environment"]
@@ -177,6 +180,50 @@ def test_the_rendered_file_has_what_the_deployment_docs_say(compose_project: Pat
         "docker compose up -d",
     ):
         assert claim in docs, claim
+
+
+@needs_compose
+def test_the_serve_and_monitoring_profiles_fit_together(compose_project: Path) -> None:
+    """``curate serve`` (profile serve) listens where Label Studio, ``ls connect`` and Prometheus (profile
+    monitoring) look for it, with the credentials from .env; Prometheus and Grafana mount files that exist."""
+    (compose_project / ".env").write_text(
+        "LABEL_STUDIO_API_KEY=tok-123\nCURATE_SERVE_PASSWORD=pw-serve\nCURATE_SERVE_WEBHOOK_SECRET=hook-1\n"
+    )
+    code, config, err = _render(compose_project, {}, "--profile", "serve", "--profile", "monitoring")
+    assert code == 0, err
+    services = config["services"]
+    assert {"curate-serve", "prometheus", "grafana"} <= set(services)
+    serve = services["curate-serve"]
+    env = serve["environment"]
+    assert env["CURATE_SERVE__PASSWORD"] == "pw-serve" and env["CURATE_SERVE__WEBHOOK_SECRET"] == "hook-1"
+    assert env["CURATE_SERVE__PUBLIC_URL"] == "http://curate-serve:9090"
+    command = serve["command"]
+    assert command[:2] == ["curate", "serve"] and command[command.index("--port") + 1] == "9090"
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # so serve refuses to start without auth (below)
+    label_studio = services["label-studio"]["environment"]
+    assert label_studio["ML_BLOCK_LOCAL_IP"] == "false" and label_studio["SSRF_PROTECTION_ENABLED"] == "false"
+
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
+    (job,) = [j for j in scrape if j["job_name"] == "curate-serve"]
+    assert job["static_configs"][0]["targets"] == ["curate-serve:9090"]
+    assert job["basic_auth"]["username"] == env["CURATE_SERVE__USERNAME"]
+    mounts = _mounts(services["prometheus"])
+    assert job["basic_auth"]["password_file"] in mounts
+    for service in ("prometheus", "grafana"):
+        for target, (source, _) in _mounts(services[service]).items():
+            if source.startswith(str(compose_project)) and not source.endswith(".password"):
+                relative = Path(source).relative_to(compose_project)
+                assert (DEPLOY / relative).exists(), f"{service} mounts {relative} at {target}: not in deploy/"
+
+
+@needs_compose
+def test_the_check_catches_a_malformed_file(compose_project: Path) -> None:
+    """``config`` validates against the Compose specification's schema (a client without it would pass anything):
+    a misspelt key fails."""
+    text = (compose_project / "docker-compose.yml").read_text()
+    (compose_project / "docker-compose.yml").write_text(text.replace("    healthcheck:", "    healthchek:", 1))
+    code, _, err = _render(compose_project, {})
+    assert code != 0 and "healthchek" in err, err
 
 
 def test_the_image_user_owns_what_the_container_writes() -> None:

@@ -677,6 +677,76 @@ def test_pull_is_incremental(
     assert counts == {"circle": 1, "triangle": 1}
 
 
+def test_pull_tells_the_models_guess_submitted_unchanged(
+    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
+) -> None:
+    """What the labeling UI sends for a pre-filled annotation (its ``parent_prediction``, and the prediction's
+    regions with their ``origin``), stored by the real server: pull counts the one submitted as the model
+    guessed, not the one whose class was changed nor the one made without a pre-annotation, and the regions
+    curate writes carry the model's confidence and ``origin: prediction``."""
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4))
+    project = api.project_by_title(name)
+    live = {p["task"]: p for p in api.predictions(project["id"]) if p["model_version"] == project["model_version"]}
+    tasks = sorted(live)
+    for prediction in live.values():
+        (region,) = prediction["result"]
+        assert region["origin"] == "prediction" and 0.0 < region["score"] <= 1.0
+    classes = ["circle", "square", "triangle"]
+
+    def submit(task: int, result: list[dict[str, Any]], parent: int | None) -> None:
+        body = {"result": result, "was_cancelled": False, "lead_time": 1.5, "parent_prediction": parent}
+        created = api.post(f"/api/tasks/{task}/annotations", body)
+        assert created.get("parent_prediction") == parent, created
+
+    guess = live[tasks[0]]["result"]
+    submit(tasks[0], guess, live[tasks[0]]["id"])  # submitted as shown
+    shown = live[tasks[1]]["result"][0]
+    changed = {**shown, "value": {"choices": [next(c for c in classes if [c] != shown["value"]["choices"])]}}
+    submit(tasks[1], [changed], live[tasks[1]]["id"])  # the labeler chose another class
+    submit(tasks[2], live[tasks[2]]["result"], None)  # no pre-annotation (e.g. prelabeling off), same class
+    pulled = curate_json("pull", "--project", name, "--db", db)
+    assert pulled["new_annotations"] == 3 and pulled["unchanged_predictions"] == 1
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        flags = dict(conn.execute("SELECT task_id, unchanged_prediction FROM annotations").fetchall())
+    assert flags == {tasks[0]: 1, tasks[1]: 0, tasks[2]: 0}
+
+
+def test_prelabeling_off_keeps_the_queue_and_shows_no_guess(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``label_studio.preannotate: false`` at ``ls init``: Label Studio's "Use predictions to prelabel tasks" goes
+    off (which makes the server clear the project's model_version: curate switches its ranking back on), so the
+    label stream still serves curate's order but hands the labeler no pre-annotation to accept; back on, it does."""
+    name = title()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    curate_json(*select_args(ls_pool, tiny_cls_model, name, db, 4))
+    before = api.project_by_title(name)
+    assert before["show_collab_predictions"] is True
+    init = ("ls", "init", "--project", name, "--model", str(tiny_cls_model), "--db", db)
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__PREANNOTATE", "false")
+    off = curate_json(*init)
+    assert off["preannotate"] is False and off["preannotate_changed"] is True
+    project = api.get(f"/api/projects/{before['id']}")
+    assert project["show_collab_predictions"] is False
+    assert project["model_version"] == before["model_version"] and project["sampling"] == "Uncertainty sampling"
+    labeler = fresh_annotator(label_studio.url)
+    served = labeler.get(f"/api/projects/{project['id']}/next")
+    assert served["id"] == lowest_score_task(api, project) and served["predictions"] == []
+    assert curate_json(*init)["preannotate_changed"] is False  # idempotent
+    monkeypatch.setenv("CURATE_LABEL_STUDIO__PREANNOTATE", "true")
+    assert curate_json(*init)["preannotate_changed"] is True
+    again = labeler.get(f"/api/projects/{project['id']}/next")  # the task they hold, now with the model's guess
+    assert again["id"] == served["id"] and len(again["predictions"]) == 1
+
+
 def test_a_new_database_adopts_existing_tasks_instead_of_duplicating(
     tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
 ) -> None:

@@ -89,6 +89,19 @@ class Labeler:
         text = chosen.first.evaluate("e => (e.closest('label') || e.parentElement.parentElement).innerText")
         assert str(text).strip().startswith(label), f"{self.name}: {text!r} is chosen, the model predicted {label!r}"
 
+    def shows_prediction_score(self, project_id: int, task_id: int, score: float) -> None:
+        """The task opened from the Data Manager: the editor lists the model's prediction as a tab of its own
+        (beside the labeler's annotations, never merged into them), with its confidence ("· 61.23%")."""
+        self.page.goto(f"{self.url}/projects/{project_id}/data?task={task_id}")
+        shown = self.page.locator('span[title^="Prediction score = "]')
+        try:
+            shown.first.wait_for(state="visible", timeout=30_000)
+        except Exception:
+            calls = self.api_calls[-8:]
+            raise AssertionError(f"{self.name}: no prediction tab with a score; the UI asked {calls}") from None
+        texts = [t.strip() for t in shown.all_inner_texts()]
+        assert any(t.endswith(f"{score * 100:.2f}%") for t in texts), f"{texts} shown, the live score is {score}"
+
     def screenshot(self, step: str) -> Path:
         path = self.shots / f"{step}.png"
         self.page.screenshot(path=str(path), full_page=True)
@@ -150,6 +163,7 @@ def test_labelers_in_the_browser_are_served_curates_queue(
         "1-labeler1-rank1-with-pre-annotation.png",
         "2-labeler1-next-after-reprioritize.png",
         "3-labeler2-next-in-order.png",
+        "4-labeler2-prediction-tab-with-confidence.png",
     ]
 
 
@@ -189,6 +203,21 @@ def _steps(
     second.shows(*_expected(api, pid, theirs))
     second.screenshot("3-labeler2-next-in-order")
 
-    # labeler 1's submission stored the pre-annotation: it is the model's, recognisable in the UI's tab
+    # the pre-annotation is recognisable as the model's: opened from the Data Manager, the task shows the live
+    # prediction as its own tab, named by curate's ranking tag, with the model's confidence
+    project = api.get(f"/api/projects/{pid}")
+    tag = project["model_version"]
+    (live,) = [p for p in api.predictions(pid) if p["task"] == theirs and p["model_version"] == tag]
+    assert live["model_version"].startswith("curate-")
+    assert all(r.get("origin") == "prediction" for r in live["result"])
+    second.shows_prediction_score(pid, theirs, float(live["score"]))
+    second.screenshot("4-labeler2-prediction-tab-with-confidence")
+
+    # labeler 1 submitted the pre-annotation as shown: the UI linked it to its prediction and kept the region's
+    # origin, so pull counts it as the model's guess accepted unchanged
     task = api.get(f"/api/tasks/{served}")
-    assert task["annotations"] and task["annotations"][0]["result"][0]["value"]["choices"]
+    (annotation,) = task["annotations"]
+    assert annotation["parent_prediction"] is not None
+    assert [r.get("origin") for r in annotation["result"]] == ["prediction"]
+    pulled = curate_json("pull", "--project", name, "--db", db)
+    assert pulled["new_annotations"] == 1 and pulled["unchanged_predictions"] == 1

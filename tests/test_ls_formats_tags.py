@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,15 +22,17 @@ from curation.labelstudio.formats import (
     label_config,
     ls_time,
     normalize_annotation,
-    parse_label_config,  # what the server stores (a real one is checked in test_labelstudio)
+    parse_label_config,
     parse_ls_time,
     prediction_result,
     queue_scores,
     ranking_prediction,
     task_payload,
+    unchanged_prediction,
 )
 from curation.labelstudio.tags import MAX_LENGTH, PREFIX, is_ours, make_tag, parse_tag
 from store.records import ModelVersionRecord, PendingItem, StoredPrediction
+from tests.fake_labelstudio import server_parse  # Label Studio's own parse (the SDK's parse_config)
 
 UI = LabelingInterface(from_name="label", to_name="image", data_key="image")
 
@@ -69,12 +72,12 @@ def _pred(**kw: object) -> StoredPrediction:
 @pytest.mark.parametrize("task", ["classify", "detect", "segment"])
 def test_label_config_round_trips_through_the_check(task: str) -> None:
     classes = ["a <b>", 'quote"d', "plain"]
-    ui = check_label_config(parse_label_config(label_config(task, classes)), task, classes)
+    ui = check_label_config(server_parse(label_config(task, classes)), task, classes)
     assert ui == UI
 
 
 def test_config_mismatch_names_every_differing_label() -> None:
-    parsed = parse_label_config(label_config("classify", ["cat", "hexagon"]))
+    parsed = server_parse(label_config("classify", ["cat", "hexagon"]))
     with pytest.raises(ProjectConfigMismatchError) as err:
         check_label_config(parsed, "classify", ["cat", "dog"])
     assert "dog" in str(err.value) and "hexagon" in str(err.value) and "cat" not in str(err.value).split(":", 1)[1]
@@ -89,9 +92,33 @@ def test_a_custom_config_is_written_where_it_says() -> None:
         '<View><Image name="photo" value="$img"/><Choices name="cls" toName="photo">'
         '<Choice value="cat"/><Choice value="dog"/></Choices></View>'
     )
-    assert check_label_config(parse_label_config(config), "classify", ["dog", "cat"]) == LabelingInterface(
+    assert check_label_config(server_parse(config), "classify", ["dog", "cat"]) == LabelingInterface(
         "cls", "photo", "img"
     )
+
+
+def test_curates_parse_agrees_with_the_servers() -> None:
+    """``curate serve`` parses the configs Label Studio sends (``/setup``, ``/predict``) itself: on what
+    ``check_label_config`` reads (type, to_name, input types and data keys, labels) it must agree with the server's
+    own parse, for curate's configs and for hand-written ones (several controls, a nested View)."""
+    configs = [label_config(task, ["a <b>", 'quote"d', "plain"]) for task in ("classify", "detect", "segment")]
+    configs += [
+        '<View><Image name="photo" value="$img"/><Choices name="cls" toName="photo">'
+        '<Choice value="cat"/><Choice value="dog"/></Choices></View>',
+        '<View><View><Header value="Look closely"/><Image name="a" value="$left"/><Image name="b" value="$right"/>'
+        '</View><RectangleLabels name="boxes" toName="a"><Label value="car"/><Label value="bus"/></RectangleLabels>'
+        '<Choices name="quality" toName="b" choice="single"><Choice value="good"/><Choice value="bad"/></Choices>'
+        "</View>",
+    ]
+
+    def essentials(parsed: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: (c["type"], list(c["to_name"]), [(i["type"], i["value"]) for i in c["inputs"]], list(c["labels"]))
+            for name, c in parsed.items()
+        }
+
+    for config in configs:
+        assert essentials(parse_label_config(config)) == essentials(server_parse(config)), config
 
 
 # -- pre-annotations and pulled annotations --------------------------------------------------------------------------
@@ -108,6 +135,7 @@ def test_classification_prediction_is_the_top_class_with_its_probability() -> No
             "original_width": 200,
             "original_height": 100,
             "image_rotation": 0,
+            "origin": "prediction",  # the editor shows the region as the model's
             "score": 0.7,
         }
     ]
@@ -240,3 +268,36 @@ def test_a_long_version_is_shortened_never_the_time() -> None:
 )
 def test_other_model_versions_are_not_ours(tag: str | None) -> None:
     assert not is_ours(tag) and parse_tag(tag) is None
+
+
+def _box(x: float, label: str = "cat", **extra: object) -> dict[str, object]:
+    value = {"x": x, "y": 10.0, "width": 20.0, "height": 30.0, "rotation": 0, "rectanglelabels": [label]}
+    region = {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": value}
+    return {**region, "original_width": 200, "original_height": 100, **extra}
+
+
+def test_an_annotation_is_the_models_guess_only_when_started_from_it_and_unchanged() -> None:
+    prediction = {"id": 41, "result": [_box(10.0, score=0.9), _box(50.0, "dog", score=0.7)]}
+    others = [{"id": 40, "result": []}, prediction]
+
+    def annotation(result: list[dict[str, object]], parent: object = 41, **kw: object) -> dict[str, object]:
+        return {"result": result, "parent_prediction": parent, **kw}
+
+    same = [_box(50.0, "dog", origin="prediction"), _box(10.0001, origin="prediction")]  # re-serialised, reordered
+    assert unchanged_prediction("detect", annotation(same), others)
+    assert not unchanged_prediction("detect", annotation(same, parent=None), others)  # not started from it
+    assert not unchanged_prediction("detect", annotation(same, parent=39), others)  # its prediction is gone
+    assert not unchanged_prediction("detect", annotation(same, was_cancelled=True), others)  # a skip
+    moved = [_box(50.0, "dog"), _box(11.0)]  # 1 % of 200 px = 2 px: moved
+    assert not unchanged_prediction("detect", annotation(moved), others)
+    relabeled = [_box(50.0, "cat"), _box(10.0)]
+    assert not unchanged_prediction("detect", annotation(relabeled), others)
+    assert not unchanged_prediction("detect", annotation([_box(10.0)]), others)  # a box deleted
+    assert not unchanged_prediction("detect", annotation([*same, _box(80.0)]), others)  # a box added
+    touched = [_box(50.0, "dog", origin="prediction-changed"), _box(10.0, origin="prediction")]
+    assert not unchanged_prediction("detect", annotation(touched), others)  # edited and put back: looked at
+    choice = {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}
+    guess = {"id": 7, "result": [{**choice, "score": 0.8}]}
+    assert unchanged_prediction("classify", {"result": [choice], "parent_prediction": 7}, [guess])
+    dog = {**choice, "value": {"choices": ["dog"]}}
+    assert not unchanged_prediction("classify", {"result": [dog], "parent_prediction": 7}, [guess])

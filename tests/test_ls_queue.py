@@ -27,6 +27,7 @@ from curation.labelstudio.tags import is_ours, make_tag, parse_tag
 from curation.labelstudio.tasks import RemoteTask, updated_tasks
 from curation.progress import NullProgress
 from curation.selection import build_strategy
+from curation.training.resolve import labeled_examples
 from store import Store
 from store.records import ModelVersionRecord, PushIntent, QueuedTask, ScannedFile, ScoredChunk, ScoredItem
 from tests.fake_labelstudio import FakeLabelStudio
@@ -556,7 +557,7 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
     assert report.tasks_seen == 5 and report.foreign_tasks == 1
     assert list(report.summary()) == [
         "project_id", "project", "tasks_seen", "new_annotations", "labeled_tasks", "skipped_tasks",
-        "deleted_annotations", "foreign_tasks", "watermark",
+        "deleted_annotations", "unchanged_predictions", "foreign_tasks", "watermark",
     ]  # fmt: skip
     assert report.watermark == max(t["updated_at"] for t in world.ls.project_tasks(pid))
     assert world.store.label_studio.projects()[0].pulled_until == report.watermark
@@ -571,6 +572,45 @@ def test_pull_stores_annotations_once_and_advances_the_watermark(world: World) -
     assert again.new_annotations == 1 and again.tasks_seen == 4 and again.foreign_tasks == 1
     # "labeled" counts the new label only, not the re-read task labeled by the first pull
     assert (again.labeled_tasks, again.skipped_tasks) == (1, 0)
+
+
+def test_pull_tells_labels_that_accepted_the_models_guess_unchanged(world: World) -> None:
+    """The labeling UI pre-fills each annotation from the task's prediction (``parent_prediction``): submitted
+    with the same labels, it is the model's guess stored as a label. Pull counts those, and
+    ``pull.unchanged_predictions: exclude`` keeps them out of training."""
+    project = world.project()
+    world.select(project, world.item_ids[:5])
+    world.push(project)
+    pid = project.record.project_id
+    tasks = sorted(_task_of(world, pid).values())
+    live = {p["task"]: p for p in world.ls.project_predictions(pid, world.ls.projects[pid]["model_version"])}
+    guess = {t: live[t]["result"] for t in tasks}
+
+    def another(task: int) -> list[dict[str, object]]:
+        shown = guess[task][0]["value"]["choices"]
+        return [{**guess[task][0], "value": {"choices": [next(c for c in CLASSES if [c] != shown)]}}]
+
+    world.ls.annotate(tasks[0], guess[tasks[0]], parent_prediction=live[tasks[0]]["id"])  # submitted as shown
+    world.ls.annotate(tasks[1], another(tasks[1]), parent_prediction=live[tasks[1]]["id"])  # another class chosen
+    world.ls.annotate(tasks[2], guess[tasks[2]])  # labeled without a pre-annotation, agreeing with the model
+    world.ls.annotate(tasks[3], guess[tasks[3]], parent_prediction=live[tasks[3]]["id"], cancelled=True)  # skipped
+    report = pull(world.store, world.ls, "queue-test")
+    assert report.new_annotations == 4 and report.unchanged_predictions == 1
+    flags = {e.item_id: e.unchanged_prediction for e in world.store.labels.examples("classify", every=True)}
+    item_of = world.store.label_studio.items_for_tasks(project.record.id, tasks)
+    assert flags == {item_of[tasks[0]]: True, item_of[tasks[1]]: False, item_of[tasks[2]]: False}
+    kept = {e.item_id for e in labeled_examples(world.store, "classify", "latest", "keep")}
+    excluded = {e.item_id for e in labeled_examples(world.store, "classify", "latest", "exclude")}
+    assert kept == set(flags) and excluded == kept - {item_of[tasks[0]]}
+    assert {e.item_id for e in labeled_examples(world.store, "classify", "majority", "exclude")} == excluded
+    # a re-read annotation is not counted again; a second labeler's own label of the item makes it trainable
+    world.ls.advance(5)
+    world.ls.annotate(tasks[0], another(tasks[0]), user=8, parent_prediction=live[tasks[0]]["id"])
+    again = pull(world.store, world.ls, "queue-test")
+    assert again.new_annotations == 1 and again.unchanged_predictions == 0
+    assert item_of[tasks[0]] in {e.item_id for e in labeled_examples(world.store, "classify", "latest", "exclude")}
+    with pytest.raises(ValueError, match="unchanged_predictions"):
+        labeled_examples(world.store, "classify", "latest", "drop")
 
 
 def test_an_annotation_deleted_in_label_studio_is_no_longer_a_label(world: World) -> None:

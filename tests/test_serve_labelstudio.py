@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from cli import app
+from curation.devtools.local_serve import start_local_serve
 from curation.devtools.synthetic import classification_image
 from curation.labelstudio.backend import SECRET_HEADER
 from curation.scoring.pool import content_id
@@ -41,15 +38,27 @@ def curate_json(*args: str) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def serve_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The environment ``curate serve`` starts with; parametrized indirectly with a failpoint name, its turns stop
+    there (``curation.faults``: ``<tmp>/release.waiting`` appears while one waits)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CURATE_FAILPOINT", None)
+    env.pop("CURATE_PAUSEPOINT", None)
+    point = getattr(request, "param", None)
+    if point:
+        env["CURATE_PAUSEPOINT"] = f"{point}:{tmp_path / 'release'}"
+    return env
 
 
 @pytest.fixture
 def served(
-    tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, label_studio: Any
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    label_studio: Any,
+    serve_env: dict[str, str],
 ) -> Iterator[dict[str, Any]]:
     project = f"serve-{uuid.uuid4().hex[:8]}"
     cfg = tmp_path / "curate.yaml"
@@ -62,49 +71,27 @@ def served(
     db = f"sqlite:///{tmp_path / 'curate.db'}"
     common = ["--config", str(cfg), "--db", db]
     curate_json("select", "--model", str(tiny_cls_model), "--budget", "6", *common)
-    port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "import cli; cli.main()", "serve", "--port", str(port), *common],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"curate serve did not start: {log.read_text()[-2000:]}")
+    server = start_local_serve(common, env=serve_env, cwd=tmp_path, log=log)
+    url = server.url
     api = LSApi(label_studio.url, label_studio.api_key)
+    info: dict[str, Any] = {
+        "url": url,
+        "common": common,
+        "project": project,
+        "api": api,
+        "project_id": api.project_by_title(project)["id"],
+        "pool": ls_pool,
+        "log": log,
+        "server": server,
+        "tmp_path": tmp_path,
+        "textfile": tmp_path / "curate.prom",
+        "api_key": label_studio.api_key,
+    }
     try:
-        yield {
-            "url": url,
-            "common": common,
-            "project": project,
-            "api": api,
-            "project_id": api.project_by_title(project)["id"],
-            "pool": ls_pool,
-            "log": log,
-            "process": process,
-            "textfile": tmp_path / "curate.prom",
-            "api_key": label_studio.api_key,
-        }
+        yield info
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        info["server"].stop()  # the one running now: a test may have restarted it
 
 
 def wait_for(check: Any, timeout: float, what: str) -> Any:
@@ -213,3 +200,52 @@ def test_label_studio_retrieves_predictions_and_webhooks_drive_the_loop(served: 
     removed = curate_json("ls", "connect", "--remove", "--url", s["url"], *s["common"])
     assert removed["backends_removed"] == 1 and removed["webhooks_removed"] == 1
     assert api.get("/api/ml", project=pid) == []
+
+
+def choose(label: str) -> list[dict[str, Any]]:
+    return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+
+
+@pytest.mark.parametrize("serve_env", ["loop-before-rescore"], indirect=True)
+def test_a_server_killed_mid_turn_loses_no_label(served: dict[str, Any], serve_env: dict[str, str]) -> None:
+    """``curate serve`` killed (SIGKILL to its process group, as an OOM kill or a container restart does) while a
+    webhook's turn holds the run lock, after that turn pulled: restarted, the next webhook's turn — and cron —
+    complete the work; no label is lost (also not the one whose webhook came while the server was down), no task
+    is duplicated, and the lock is free."""
+    s = served
+    api: LSApi = s["api"]
+    pid = s["project_id"]
+    curate_json("ls", "connect", "--url", s["url"], *s["common"])
+    tasks = sorted(api.tasks(pid), key=lambda t: int(t["id"]))
+    assert len(tasks) == 6
+
+    api.annotate(tasks[0]["id"], choose("circle"))  # its webhook starts a turn, which stops after its pull
+    waiting = s["tmp_path"] / "release.waiting"
+    wait_for(waiting.exists, 120, "the webhook's turn to reach its pause point")
+    first = s["server"]
+    assert httpx.get(f"{s['url']}/status", timeout=5).json()["turns"]["running"]
+    first.kill()
+    wait_for(lambda: not first.group_alive(), 10, "the turn to die with its server")
+
+    api.annotate(tasks[1]["id"], choose("square"))  # while the server is down: this webhook is lost
+    env = {k: v for k, v in serve_env.items() if k != "CURATE_PAUSEPOINT"}
+    s["server"] = start_local_serve(s["common"], env=env, cwd=s["tmp_path"], log=s["log"], port=first.port)
+
+    api.annotate(tasks[2]["id"], choose("triangle"))  # the next webhook: its turn completes the work
+
+    def finished() -> dict[str, Any] | None:
+        turns = httpx.get(f"{s['url']}/status", timeout=5).json()["turns"]
+        return turns if turns["turns"] >= 1 and not turns["running"] and not turns["pending"] else None
+
+    turns = wait_for(finished, 180, "the restarted server's turn")
+    assert turns["last"]["outcome"] == "ok", turns
+    assert curate_json("status", *s["common"])["counts"]["labeled"] == 3  # none lost
+    after = api.tasks(pid)
+    assert len(after) == 6 and len({t["data"]["curation_id"] for t in after}) == 6  # no duplicate task
+    assert {t["id"] for t in after if t.get("annotations")} == {t["id"] for t in tasks[:3]}
+    cron = runner.invoke(app, ["loop", *s["common"], "--json"])  # the lock is free: cron's turn runs
+    assert cron.exit_code == 0, cron.stderr
+    assert json.loads(cron.stdout)["pulled"]["new_annotations"] == 0  # the webhook turns pulled everything
+    project = api.get(f"/api/projects/{pid}")
+    live = [p for p in api.predictions(pid) if p["model_version"] == project["model_version"]]
+    assert {p["task"] for p in live}.isdisjoint(t["id"] for t in tasks[:3])  # labeled tasks left the queue

@@ -74,7 +74,7 @@ def export(
     else:
         current = current_or_fail(store)
         task, class_names, version = current.task, current.class_names, current.version
-        examples = labeled_examples(store, task, settings.pull.resolve)
+        examples = labeled_examples(store, task, settings.pull.resolve, settings.pull.unchanged_predictions)
         if not examples:
             raise ExportError("no labeled items yet: pull annotations first (curate pull)")
         splits = assign_splits(store, examples, task, settings.train.val_fraction, settings.train.seed)

@@ -68,7 +68,11 @@ def loop(
         report.notes.append(f"nothing pulled: {exc}")
     current = store.models.current()
     threshold = settings.train.min_new_labels if min_new_labels is None else min_new_labels
-    examples = labeled_examples(store, current.task, settings.pull.resolve) if current else []
+    examples = (
+        labeled_examples(store, current.task, settings.pull.resolve, settings.pull.unchanged_predictions)
+        if current
+        else []
+    )
     last = store.models.latest_trained()
     baseline = last.n_labeled or 0 if last else 0
     report.new_labels = len(examples) - baseline

@@ -11,7 +11,7 @@ from curation.jobs.score import ScoreOutcome, score, with_pool_project
 from curation.labelstudio import push as push_module
 from curation.labelstudio import reprioritize as reprioritize_module
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.project import connect, ensure_storage, find_project, open_project
+from curation.labelstudio.project import connect, ensure_prelabeling, ensure_storage, find_project, open_project
 from curation.progress import Progress
 from curation.selection import build_strategy
 from store import Store
@@ -123,6 +123,7 @@ def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     mv = register_model(store, runtime)
     project = open_project(store, ls, mv, settings.label_studio.project)
     storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path, settings.pool.s3)
+    prelabeling_changed = ensure_prelabeling(ls, project, settings.label_studio.preannotate)
     return {
         "server": ls.url,
         "user": ls.user,
@@ -134,4 +135,6 @@ def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
         "labels": mv.class_names,
         "model_version": mv.version,
         "local_storage": storage,
+        "preannotate": settings.label_studio.preannotate,
+        "preannotate_changed": prelabeling_changed,
     }

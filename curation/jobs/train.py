@@ -38,7 +38,7 @@ def fine_tune(
     """One training round from ``current``, logged to MLflow when it is configured (a failed MLflow log is a
     warning: the version is registered already)."""
     if examples is None:
-        examples = labeled_examples(store, current.task, settings.pull.resolve)
+        examples = labeled_examples(store, current.task, settings.pull.resolve, settings.pull.unchanged_predictions)
     report = train_round(
         store,
         current,

@@ -93,6 +93,11 @@ class LabelStudioAPI(Protocol):
         """Serve tasks by the lowest score among predictions tagged ``tag``."""
         ...
 
+    def set_prelabeling(self, project_id: int, on: bool) -> None:
+        """The project's "Use predictions to prelabel tasks" (``show_collab_predictions``); turning it off also
+        clears the project's ``model_version`` (Label Studio does)."""
+        ...
+
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         """Import tasks (with inline predictions) in one request, never retried; ids in request order."""
         ...
@@ -418,6 +423,12 @@ class LabelStudioClient:
         self._call(
             "switching the project to the new ranking",
             lambda: self._sdk.projects.update(id=project_id, model_version=tag, sampling=UNCERTAINTY_SAMPLING),
+        )
+
+    def set_prelabeling(self, project_id: int, on: bool) -> None:
+        self._call(
+            "setting the project's prelabeling",
+            lambda: self._sdk.projects.update(id=project_id, show_collab_predictions=on),
         )
 
     # -- tasks -------------------------------------------------------------------------------------------------------

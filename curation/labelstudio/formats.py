@@ -128,6 +128,9 @@ def _region(
         "original_width": int(width),
         "original_height": int(height),
         "image_rotation": 0,
+        # Label Studio's editor marks a region of this origin as the model's (a sparkle icon beside its score in
+        # the Regions panel); it turns into "prediction-changed" once a labeler edits the region
+        "origin": "prediction",
     }
     if score is not None:
         region["score"] = round(float(score), 5)
@@ -210,6 +213,55 @@ def normalize_annotation(task: str, result: list[dict[str, Any]]) -> dict[str, A
     if task == "segment":
         labels["polygons"] = polygons
     return labels
+
+
+PIXEL_TOLERANCE = 0.5
+"""Coordinates this close (in pixels) are the same: Label Studio's editor re-serialises percentages it loaded."""
+
+
+def unchanged_prediction(task: str, annotation: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> bool:
+    """Whether a finished annotation is the model's pre-annotation submitted as it was: Label Studio links it to
+    the prediction it was started from (``parent_prediction``; the link is lost once that prediction is deleted),
+    no region is marked edited (``origin: prediction-changed``) and its labels are that prediction's — the same
+    classes, or the same boxes / polygons within ``PIXEL_TOLERANCE``. Whether the labeler looked cannot be told."""
+    parent = annotation.get("parent_prediction")
+    if isinstance(parent, dict):
+        parent = parent.get("id")
+    if parent is None or annotation.get("was_cancelled"):
+        return False
+    source = next((p for p in predictions if isinstance(p, dict) and p.get("id") == parent), None)
+    if source is None:
+        return False
+    result = [r for r in annotation.get("result") or [] if isinstance(r, dict)]
+    if any(r.get("origin") == "prediction-changed" for r in result):
+        return False
+    return same_labels(task, normalize_annotation(task, result), normalize_annotation(task, source.get("result") or []))
+
+
+def same_labels(task: str, a: dict[str, Any], b: dict[str, Any], tol: float = PIXEL_TOLERANCE) -> bool:
+    """Two normalised labels (``normalize_annotation``) say the same: classes as a set; boxes and polygons as a
+    multiset, each coordinate within ``tol`` pixels."""
+    if task == "classify":
+        return sorted(a.get("classes", [])) == sorted(b.get("classes", []))
+    key = "polygons" if task == "segment" else "boxes"
+
+    def shapes(labels: dict[str, Any]) -> list[tuple[str, list[float]]]:
+        out = []
+        for shape in labels.get(key, []):
+            if key == "boxes":
+                coords = [float(shape[k]) for k in ("x1", "y1", "x2", "y2")]
+            else:
+                coords = [float(v) for point in shape.get("points", []) for v in point]
+            out.append((str(shape.get("label")), coords))
+        return sorted(out, key=lambda s: (s[0], s[1][:2]))
+
+    left, right = shapes(a), shapes(b)
+    if len(left) != len(right) or (task == "segment" and len(a.get("boxes", [])) != len(b.get("boxes", []))):
+        return False
+    for (label_a, xs), (label_b, ys) in zip(left, right, strict=True):
+        if label_a != label_b or len(xs) != len(ys) or any(abs(x - y) > tol for x, y in zip(xs, ys, strict=True)):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -113,6 +113,20 @@ def open_project(
     return ProjectHandle(record, ui, remote, created)
 
 
+def ensure_prelabeling(ls: LabelStudioAPI, project: ProjectHandle, on: bool) -> bool:
+    """Set the project's "Use predictions to prelabel tasks" to ``on``; returns whether it changed. Turning it off
+    makes Label Studio clear the project's ``model_version``: the ranking this database serves is switched back
+    on, so the label stream keeps serving curate's order (Uncertainty sampling does not depend on prelabeling)."""
+    if bool(project.remote.get("show_collab_predictions", True)) == on:
+        return False
+    pid = project.record.project_id
+    ls.set_prelabeling(pid, on)
+    project.remote["show_collab_predictions"] = on
+    if project.record.active_tag and project.remote.get("model_version") == project.record.active_tag:
+        ls.set_ranking(pid, project.record.active_tag)
+    return True
+
+
 def known_project(store: Store, ls: LabelStudioAPI, name: str | None) -> ProjectHandle:
     """The project ``name``, which this database must have pushed to already (its task type is known)."""
     name = _name(name)

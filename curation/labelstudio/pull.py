@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.formats import curation_id_of, normalize_annotation, parse_ls_time
+from curation.labelstudio.formats import curation_id_of, normalize_annotation, parse_ls_time, unchanged_prediction
 from curation.labelstudio.project import ProjectHandle, known_project
 from curation.labelstudio.tasks import FILTER_CHUNK, PULL_INCLUDE, _id_filter, _query, updated_tasks
 from curation.progress import NullProgress, Progress
@@ -32,6 +32,7 @@ class PullReport(Report):
     labeled_tasks: int = 0  # tasks newly labeled by this pull (re-read ones are not counted again)
     skipped_tasks: int = 0  # tasks newly skipped
     deleted_annotations: int = 0  # annotations deleted in Label Studio: no longer labels here, never trained on
+    unchanged_predictions: int = 0  # new labels that are the model's pre-annotation submitted unchanged
     foreign_tasks: int = 0
     watermark: str | None = None
 
@@ -105,7 +106,8 @@ def _store_page(
         if isinstance(task.get("annotations"), list):  # all of them: one stored but missing was deleted
             seen.append(int(task["id"]))
         done = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
-        annotations.extend(_annotation(a, int(task["id"]), item_id, project.record.task) for a in done)
+        predictions = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+        annotations.extend(_annotation(a, int(task["id"]), item_id, project.record.task, predictions) for a in done)
     counts = store.label_studio.store_annotations(
         project.record.id, annotations, adopted, watermark if advance else None, seen
     )
@@ -113,10 +115,13 @@ def _store_page(
     report.labeled_tasks += counts.labeled_tasks
     report.skipped_tasks += counts.skipped_tasks
     report.deleted_annotations += counts.deleted_annotations
+    report.unchanged_predictions += counts.unchanged_predictions
     report.watermark = watermark
 
 
-def _annotation(a: dict[str, Any], task_id: int, item_id: int, task_type: str) -> PulledAnnotation:
+def _annotation(
+    a: dict[str, Any], task_id: int, item_id: int, task_type: str, predictions: list[dict[str, Any]]
+) -> PulledAnnotation:
     return PulledAnnotation(
         annotation_id=int(a["id"]),
         task_id=task_id,
@@ -129,6 +134,7 @@ def _annotation(a: dict[str, Any], task_id: int, item_id: int, task_type: str) -
         created_at=parse_ls_time(a.get("created_at")),
         updated_at=parse_ls_time(a.get("updated_at")),
         ground_truth=bool(a.get("ground_truth")),
+        unchanged_prediction=unchanged_prediction(task_type, a, predictions),
     )
 
 

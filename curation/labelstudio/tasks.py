@@ -15,7 +15,10 @@ from curation.labelstudio.formats import curation_id_of, group_by_curation_id, l
 FILTER_CHUNK = 40  # curation ids per reconciliation query (each is one OR-ed filter in the query string)
 SWEEP_PAGE = 1000  # tasks per request of the reconciliation sweep
 SWEEP_INCLUDE = "id,data,total_annotations,cancelled_annotations"
-PULL_INCLUDE = "id,data,updated_at,annotations,id,result,was_cancelled,completed_by,lead_time,created_at,ground_truth"
+PULL_INCLUDE = (
+    "id,data,updated_at,annotations,id,result,was_cancelled,completed_by,lead_time,created_at,ground_truth,"
+    "parent_prediction,predictions"
+)
 
 
 def _query(conjunction: str, items: list[dict[str, Any]], ordering: str) -> dict[str, Any]:

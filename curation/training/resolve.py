@@ -51,8 +51,14 @@ def _key(a: LabeledExample) -> str:
     return json.dumps(labels, sort_keys=True)
 
 
-def labeled_examples(store: Store, task: str, rule: str) -> list[LabeledExample]:
-    """Every labeled item of ``task`` with its label chosen by ``rule`` (``pull.resolve``)."""
+def labeled_examples(store: Store, task: str, rule: str, unchanged: str = "keep") -> list[LabeledExample]:
+    """Every labeled item of ``task`` with its label chosen by ``rule`` (``pull.resolve``); with ``unchanged``
+    ``exclude`` (``pull.unchanged_predictions``), annotations that are the model's pre-annotation submitted
+    unchanged are not candidates (an item with only such annotations has no training example)."""
+    if unchanged not in ("keep", "exclude"):
+        raise ValueError(f"unknown pull.unchanged_predictions {unchanged!r}; expected keep or exclude")
+    if unchanged == "exclude":
+        return resolve([e for e in store.labels.examples(task, every=True) if not e.unchanged_prediction], rule)
     if rule == "latest":
         return store.labels.examples(task)
     return resolve(store.labels.examples(task, every=True), rule)
