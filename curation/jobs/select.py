@@ -70,7 +70,13 @@ def select(
     if push:
         ls = connect(settings.label_studio)
     scored = score(store, settings, rescore=rescore, progress=progress)
-    project = open_project(store, ls, scored.model, settings.label_studio.project) if ls is not None else None
+    project = (
+        open_project(
+            store, ls, scored.model, settings.label_studio.project, add_labels=settings.train.allow_new_classes
+        )
+        if ls is not None
+        else None
+    )
     result = run_selection(
         store,
         scored.pool_id,
