@@ -1290,6 +1290,13 @@ def simulate(
         str, typer.Option("--trainer", help="linear (fast, on frozen embeddings) or finetune (Ultralytics).")
     ] = "linear",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per round for --trainer finetune.")] = 10,
+    base_dataset: Annotated[
+        Path | None,
+        typer.Option("--base-dataset", help="finetune: the model's training set, replayed every round."),
+    ] = None,
+    replay_ratio: Annotated[
+        float | None, typer.Option("--replay-ratio", help="Base images per labeled image per round (default: all).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON with every round of every seed.")] = Path(
         "simulation.json"
     ),
@@ -1329,6 +1336,8 @@ def simulate(
             trainer=trainer,
             epochs=epochs,
             keep_db=db is not None,
+            base_dataset=base_dataset,
+            replay_ratio=replay_ratio,
         )
         result = simulate(cfg, settings, model_spec, progress=_progress())
         write_json(result, out)

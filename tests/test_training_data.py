@@ -189,3 +189,21 @@ def test_a_detect_round_grows_nc_and_bootstraps_map_on_the_eval_set(tmp_path: Pa
     # under auto, the candidate is promoted only when the interval's lower end is above 0
     assert report.promoted == (interval["difference"][0] > 0 and report.reason.startswith("promoted"))
     store.close()
+
+
+def test_simulate_replays_only_the_base_sets_training_images_in_the_simulated_class_order(tmp_path: Path) -> None:
+    """``curate simulate --base-dataset``: held-out folders left out, classes mapped by name, a class the simulated
+    dataset lacks dropped; only the finetune trainer replays."""
+    from curation.config import Settings
+    from curation.errors import ConfigError
+    from curation.simulate.simulation import SimulationConfig, _base_rows, load_dataset, simulate
+
+    data = load_dataset(make_classification_dataset(tmp_path / "sim", n_train=4, n_val=0, size=16, classes=OLD))
+    base = make_classification_dataset(
+        tmp_path / "base", n_train=3, n_val=2, size=16, classes=("square", "triangle", "circle")
+    )
+    rows = _base_rows(base, data)
+    assert len(rows) == 6 and all("/val/" not in str(p) for p, _, _ in rows)  # 3 squares + 3 circles, no val
+    assert {(p.parent.name, data.class_names[c]) for p, c, _ in rows} == {("square", "square"), ("circle", "circle")}
+    with pytest.raises(ConfigError, match="use --trainer finetune"):
+        simulate(SimulationConfig(dataset=tmp_path / "sim", strategies=(), base_dataset=base), Settings(), "x.yaml")
