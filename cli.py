@@ -1101,6 +1101,15 @@ def _print_training(t: dict[str, Any]) -> None:
         highlight=False,
         markup=True,
     )
+    extra = []
+    if t.get("base_items"):
+        extra.append(f"{t['base_items']} base images replayed")
+    if t.get("eval_source") and t["eval_source"] != "held-out split":
+        extra.append(f"evaluated on {t['n_eval']} items of {t['eval_source']}")
+    if t.get("new_classes"):
+        extra.append("new classes: " + ", ".join(t["new_classes"]))
+    if extra:
+        err_console.print(escape("; ".join(extra)), highlight=False)
     for warning in t.get("warnings", []):
         err_console.print(f"[yellow]warning:[/yellow] {escape(safe(warning))}", highlight=False, markup=True)
 
