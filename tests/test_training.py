@@ -283,3 +283,28 @@ def test_reference_datasets_are_validated_with_the_key_named(tmp_path: Path) -> 
     assert {e.source for e in train.examples} == {"base"} and train.class_names == sorted(SHAPES)
     boxes = load_reference("train.eval_dataset", str(det), "detect", held_out=True)
     assert len(boxes.examples) == 2 and all(e.labels["boxes"] for e in boxes.examples)
+
+
+def test_a_class_only_the_base_set_has_gets_a_validation_folder_for_ultralytics(tmp_path: Path) -> None:
+    from curation.training.dataset import coverage_problem
+    from curation.training.round import _val_from_base
+
+    files = {}
+    for name in ("p1", "p2", "b1", "b2"):
+        files[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (8, 8)).save(files[name])
+
+    def example(item_id: int, name: str, cls: str) -> LabeledExample:
+        return LabeledExample(item_id, f"{name:0>32}", str(files[name]), {"task": "classify", "classes": [cls]}, 8, 8)
+
+    examples = [example(1, "p1", "circle"), example(2, "p2", "circle"), example(-1, "b1", "square")]
+    examples.append(example(-2, "b2", "square"))
+    splits = {1: "train", 2: "val", -1: "train", -2: "train"}
+    dataset = export_dataset(examples, splits, "classify", ["circle", "square"], tmp_path / "ds")
+    assert "missing for: square" in (coverage_problem(dataset, "classify") or "")
+    before = dataset.dataset_hash
+    _val_from_base(dataset, tmp_path / "ds")
+    assert coverage_problem(dataset, "classify") is None and dataset.dataset_hash == before
+    linked = list((tmp_path / "ds" / "val" / "square").iterdir())
+    assert len(linked) == 1 and linked[0].resolve() == files["b1"].resolve()
+    assert len(dataset.items) == 4  # the recorded training set is unchanged

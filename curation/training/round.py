@@ -26,7 +26,7 @@ from curation.faults import checkpoint
 from curation.files import atomic_copy
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
-from curation.training.dataset import ExportedDataset, coverage_problem, export_dataset
+from curation.training.dataset import ExportedDataset, class_folder, coverage_problem, export_dataset, link
 from curation.training.promotion import PairedInterval, decide_with_interval, mean_metrics, paired_bootstrap
 from curation.training.reference import ReferenceSet, load_reference, replay_sample
 from curation.training.splits import assign_splits
@@ -112,6 +112,7 @@ def train_round(
     replayable = (
         load_reference("train.base_dataset", train.base_dataset, task, held_out=False) if train.base_dataset else None
     )
+    n_labeled = len(examples)  # what curate loop counts new labels against
     excluded = 0
     held: set[str] = set()
     if evaluation is not None:  # an evaluation item is never trained on, whoever labeled it
@@ -150,6 +151,8 @@ def train_round(
             excluded_eval_items=excluded,
             new_classes=grown,
         )
+        if task == "classify" and replay:
+            _val_from_base(dataset, work / "dataset")
         problem = coverage_problem(dataset, task)
         if problem:
             report.reason = problem
@@ -213,7 +216,7 @@ def train_round(
                 metric_value=candidate,
                 metrics={**report.candidate_metrics, "train": result.metrics, "epochs": train.epochs, **extra},
                 dataset_hash=dataset.dataset_hash,
-                n_labeled=len(examples),
+                n_labeled=n_labeled,
                 note=decision.reason,
                 examples=[(item.example, item.split) for item in dataset.items if item.example.item_id >= 0],
                 base_examples=[(item.example, item.split) for item in dataset.items if item.example.item_id < 0],
@@ -226,6 +229,22 @@ def train_round(
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _val_from_base(dataset: ExportedDataset, root: Path) -> None:
+    """Ultralytics validates a classifier on class folders that must match the training ones: a class only the
+    base set has gets one of its base images linked into ``val`` too. That copy only picks Ultralytics' best epoch;
+    promotion is decided on the labeled held-out split or ``train.eval_dataset``, never on it, and the dataset hash
+    and the recorded training set are unchanged."""
+    for label, counts in dataset.per_class.items():
+        if counts["train"] == 0 or counts["val"] > 0:
+            continue
+        first = next((i for i in dataset.items if i.label == label and i.example.item_id < 0), None)
+        if first is None:
+            continue  # a class without base images: coverage_problem names it
+        src = root / first.path
+        link(src.resolve(), class_folder(root, "val", label) / Path(first.path).name)
+        counts["val"] += 1
 
 
 def _new_classes(task: str, known: list[str], examples: list[LabeledExample]) -> list[str]:
