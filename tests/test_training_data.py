@@ -207,3 +207,29 @@ def test_simulate_replays_only_the_base_sets_training_images_in_the_simulated_cl
     assert {(p.parent.name, data.class_names[c]) for p, c, _ in rows} == {("square", "square"), ("circle", "circle")}
     with pytest.raises(ConfigError, match="use --trainer finetune"):
         simulate(SimulationConfig(dataset=tmp_path / "sim", strategies=(), base_dataset=base), Settings(), "x.yaml")
+
+
+def test_simulate_finetune_rounds_train_on_labels_plus_the_replayed_base_images(tmp_path: Path) -> None:
+    from curation.config import Settings
+    from curation.devtools.synthetic import make_detection_dataset
+    from curation.simulate.simulation import SimulationConfig, _FinetuneRunner, load_dataset
+
+    pool = make_detection_dataset(tmp_path / "pool", n_train=12, n_val=0, size=32, seed=5)
+    base = make_detection_dataset(tmp_path / "base", n_train=10, n_val=3, size=32, seed=6)
+    data = load_dataset(pool)
+    settings = Settings()
+    labeled = np.arange(4, dtype=np.int64)
+    test = np.zeros(len(data.paths), dtype=bool)
+    test[-2:] = True
+    for ratio, replayed in ((None, 10), (0.5, 2)):
+        config = SimulationConfig(
+            dataset=pool, strategies=(), trainer="finetune", base_dataset=base, replay_ratio=ratio
+        )
+        runner = _FinetuneRunner(data, settings.train, settings.model, settings.scoring, "yolov8n.yaml", config)
+        runner._round = 1
+        train_yaml, _ = runner._export(labeled, test, tmp_path / f"r{ratio}", seed=0)
+        images = sorted((train_yaml.parent / "images" / "train").iterdir())
+        assert len(images) == 4 + replayed and sum(p.name.startswith("base") for p in images) == replayed
+        labels = train_yaml.parent / "labels" / "train"
+        assert all((labels / f"{p.stem}.txt").read_text().strip() for p in images)  # every image has its boxes
+        runner.close()
