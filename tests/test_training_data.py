@@ -233,3 +233,27 @@ def test_simulate_finetune_rounds_train_on_labels_plus_the_replayed_base_images(
         labels = train_yaml.parent / "labels" / "train"
         assert all((labels / f"{p.stem}.txt").read_text().strip() for p in images)  # every image has its boxes
         runner.close()
+
+
+def test_curate_train_with_a_bad_base_dataset_is_one_line_and_exit_3(
+    tmp_path: Path, tiny_cls_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from curation.errors import ExitCode
+
+    monkeypatch.setenv("CURATE_TRAIN__BASE_DATASET", str(tmp_path / "missing"))
+    args = ["train", "--model", str(tiny_cls_model), "--db", f"sqlite:///{tmp_path / 'c.db'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == ExitCode.NOT_FOUND, result.stderr
+    assert f"train.base_dataset: {tmp_path / 'missing'} not found" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setenv("CURATE_TRAIN__BASE_DATASET", str(make_detection_like(tmp_path)))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == ExitCode.NOT_FOUND and "is a detection dataset" in result.stderr
+
+
+def make_detection_like(root: Path) -> Path:
+    from curation.devtools.synthetic import make_detection_dataset
+
+    return make_detection_dataset(root / "det", n_train=2, n_val=1, size=32)
