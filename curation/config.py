@@ -218,6 +218,9 @@ class TrainSettings(_Section):
     """Level of the paired bootstrap interval on the candidate-minus-current metric difference."""
     bootstrap: int = Field(default=1000, ge=0)
     """Paired bootstrap resamples (0: no interval; promotion then compares the point values)."""
+    eval_half_width: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Target half-width of the metric's interval: a round whose evaluation set is too small for it says how many
+    items it would need (interval width shrinks as 1/sqrt(items))."""
     allow_new_classes: bool = False
     """A label outside the model's classes grows the model's head (and the labeling config) instead of being left
     out and reported."""

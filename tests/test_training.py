@@ -249,6 +249,14 @@ def test_a_candidate_better_within_the_noise_is_kept_and_one_beyond_it_is_promot
     assert decide_with_interval("accuracy", 0.1, 0.5, clear, policy="always", min_delta=0.0).promote
 
 
+def test_the_evaluation_size_a_target_half_width_needs_scales_as_one_over_sqrt_n() -> None:
+    from curation.training.promotion import items_for_half_width
+
+    assert items_for_half_width(100, (0.6, 0.8), 0.05) == 400  # half-width 0.1 -> 0.05: four times the items
+    assert items_for_half_width(100, (0.6, 0.8), 0.2) == 100  # already narrow enough
+    assert items_for_half_width(7, (0.5, 0.5), 0.01) == 7  # a degenerate interval says nothing
+
+
 def test_replay_draws_ratio_times_the_new_labels_seeded_and_different_per_round() -> None:
     from curation.training.reference import replay_sample
 

@@ -83,6 +83,7 @@ def test_a_classify_round_replays_the_base_set_evaluates_on_the_trusted_set_and_
         replay_ratio=1.0,
         eval_dataset=str(base_dir),  # its val/ folder: the trusted set; its train/ folder: the base set
         allow_new_classes=True,
+        eval_half_width=0.01,  # far narrower than 10 items allow
     )
     report = train_round(store, mv, settings, tmp_path / "models", examples=examples)
     assert report.trained, report.reason
@@ -95,6 +96,9 @@ def test_a_classify_round_replays_the_base_set_evaluates_on_the_trusted_set_and_
     low, high = interval["difference"]
     assert low <= report.candidate_metrics["accuracy"] - report.current_metrics["accuracy"] <= high
     assert interval["candidate"][0] <= report.candidate_metrics["accuracy"] <= interval["candidate"][1]
+    if interval["candidate"][1] > interval["candidate"][0]:
+        assert report.eval_items_needed is not None and report.eval_items_needed > 10
+        assert any(f"±0.01 needs about {report.eval_items_needed}" in w for w in report.warnings)
     new = store.models.get(report.version or "")
     assert new is not None and new.class_names == ["circle", "square", "triangle"]
     _, names = weights_identity(Path(new.weights_path or ""))

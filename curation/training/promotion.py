@@ -3,6 +3,7 @@ paired bootstrap interval that tells a real improvement from evaluation noise.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,6 +83,13 @@ def paired_bootstrap(
         bounds(values[:, 1]),
         bounds(values[:, 0] - values[:, 1]),
     )
+
+
+def items_for_half_width(n_items: int, interval: tuple[float, float], target: float) -> int:
+    """How many evaluation items an interval of half-width ``target`` needs, from one measured on ``n_items``
+    (a bootstrap interval's width shrinks as 1/sqrt(n))."""
+    half = (interval[1] - interval[0]) / 2
+    return max(n_items, math.ceil(n_items * (half / target) ** 2 - 1e-9)) if half > 0 else n_items  # float slack
 
 
 def mean_metrics(

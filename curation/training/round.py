@@ -27,7 +27,13 @@ from curation.files import atomic_copy
 from curation.progress import NullProgress, Progress
 from curation.reports import Report
 from curation.training.dataset import ExportedDataset, class_folder, coverage_problem, export_dataset, link
-from curation.training.promotion import PairedInterval, decide_with_interval, mean_metrics, paired_bootstrap
+from curation.training.promotion import (
+    PairedInterval,
+    decide_with_interval,
+    items_for_half_width,
+    mean_metrics,
+    paired_bootstrap,
+)
 from curation.training.reference import ReferenceSet, load_reference, replay_sample
 from curation.training.splits import assign_splits
 from curation.training.trainer import (
@@ -71,6 +77,7 @@ class TrainReport(Report):
     excluded_eval_items: int = 0  # training items left out because they are in the evaluation set
     interval: dict[str, Any] | None = None  # the paired bootstrap (PairedInterval) the promotion read
     new_classes: list[str] = field(default_factory=list)  # train.allow_new_classes: classes this round added
+    eval_items_needed: int | None = None  # train.eval_half_width: evaluation items that interval needs
     mlflow_run: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -182,6 +189,14 @@ def train_round(
             progress.finish()
         report.n_eval = interval.n_items if interval else len(eval_examples)
         report.interval = asdict(interval) if interval else None
+        if interval is not None and train.eval_half_width:
+            needed = items_for_half_width(interval.n_items, interval.candidate, train.eval_half_width)
+            report.eval_items_needed = needed
+            if needed > interval.n_items:
+                report.warnings.append(
+                    f"the {metric} interval is ±{(interval.candidate[1] - interval.candidate[0]) / 2:.3f} on "
+                    f"{interval.n_items} evaluation items; ±{train.eval_half_width} needs about {needed}"
+                )
         candidate, incumbent = report.candidate_metrics[metric], report.current_metrics[metric]
         decision = decide_with_interval(
             metric, candidate, incumbent, interval, policy=train.promote, min_delta=train.min_delta
