@@ -1145,6 +1145,15 @@ def _print_training(t: dict[str, Any]) -> None:
         highlight=False,
         markup=True,
     )
+    extra = []
+    if t.get("base_items"):
+        extra.append(f"{t['base_items']} base images replayed")
+    if t.get("eval_source") and t["eval_source"] != "held-out split":
+        extra.append(f"evaluated on {t['n_eval']} items of {t['eval_source']}")
+    if t.get("new_classes"):
+        extra.append("new classes: " + ", ".join(t["new_classes"]))
+    if extra:
+        err_console.print(escape("; ".join(extra)), highlight=False)
     for warning in t.get("warnings", []):
         err_console.print(f"[yellow]warning:[/yellow] {escape(safe(warning))}", highlight=False, markup=True)
 
@@ -1336,6 +1345,13 @@ def simulate(
         str, typer.Option("--trainer", help="linear (fast, on frozen embeddings) or finetune (Ultralytics).")
     ] = "linear",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per round for --trainer finetune.")] = 10,
+    base_dataset: Annotated[
+        Path | None,
+        typer.Option("--base-dataset", help="finetune: the model's training set, replayed every round."),
+    ] = None,
+    replay_ratio: Annotated[
+        float | None, typer.Option("--replay-ratio", help="Base images per labeled image per round (default: all).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON with every round of every seed.")] = Path(
         "simulation.json"
     ),
@@ -1390,6 +1406,8 @@ def simulate(
             trainer=trainer,
             epochs=epochs,
             keep_db=db is not None,
+            base_dataset=base_dataset,
+            replay_ratio=replay_ratio,
         )
         result = simulate(cfg, settings, model_spec, progress=_progress())
         write_json(result, out)

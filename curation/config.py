@@ -263,6 +263,24 @@ class TrainSettings(_Section):
     """Where trained weights are kept; default: ``curate-models/`` beside a SQLite database, else ./curate-models."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Extra Ultralytics ``train()`` arguments, e.g. ``{lr0: 0.001, optimizer: AdamW, mosaic: 0}``."""
+    base_dataset: str | None = None
+    """The model's own training set (an Ultralytics dataset folder or ``data.yaml``): every round trains on it plus
+    the pulled labels, so the model does not forget. Images under a ``val``/``valid``/``test`` folder are left out."""
+    replay_ratio: float | None = Field(default=None, ge=0.0)
+    """Base images per pulled training label in a round, drawn afresh each round (seeded); null: all of them."""
+    eval_dataset: str | None = None
+    """A trusted evaluation set (dataset folder or ``data.yaml``; its val/valid/test images if it has such folders):
+    candidate and current model are compared on it instead of the held-out labeled split; never trained on."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    """Level of the paired bootstrap interval on the candidate-minus-current metric difference."""
+    bootstrap: int = Field(default=1000, ge=0)
+    """Paired bootstrap resamples (0: no interval; promotion then compares the point values)."""
+    eval_half_width: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Target half-width of the metric's interval: a round whose evaluation set is too small for it says how many
+    items it would need (interval width shrinks as 1/sqrt(items))."""
+    allow_new_classes: bool = False
+    """A label outside the model's classes grows the model's head (and the labeling config) instead of being left
+    out and reported."""
 
 
 class PullSettings(_Section):
@@ -751,6 +769,8 @@ _FILE_PATHS = [
     ("db",),
     ("select", "out"),
     ("train", "models_dir"),
+    ("train", "base_dataset"),
+    ("train", "eval_dataset"),
     ("label_studio", "document_root"),
     ("serve", "download_dir"),
     ("metrics", "textfile"),

@@ -12,7 +12,17 @@ from sqlalchemy import func, select
 
 from store.db import BATCH, Database
 from store.records import ImportedLabel, LabeledExample
-from store.schema import Annotation, Item, ItemPath, LSProject, Pool, Split, TrainingExample, utcnow
+from store.schema import (
+    Annotation,
+    Item,
+    ItemPath,
+    LSProject,
+    Pool,
+    Split,
+    TrainingBaseExample,
+    TrainingExample,
+    utcnow,
+)
 
 
 class Labels:
@@ -164,6 +174,20 @@ class Labels:
                     int(item_id), cid, full, dict(labels or {}), width, height, source, who, when, pool_root=root
                 )
                 out.append((example, split))
+        return out
+
+    def trained_on_base(self, model_version_id: int) -> list[tuple[LabeledExample, str]]:
+        """The ``train.base_dataset`` images a trained version replayed, with their split, labels as they were and
+        label source ``base``; negative item ids (they are not pool items), in the order they were recorded."""
+        B = TrainingBaseExample
+        stmt = select(B.content_id, B.path, B.labels, B.width, B.height, B.split).where(
+            B.model_version_id == model_version_id
+        )
+        out = []
+        with self._db.tx(write=False) as conn:
+            rows = conn.execute(stmt.order_by(B.id)).all()
+        for k, (cid, path, labels, width, height, split) in enumerate(rows):
+            out.append((LabeledExample(-(k + 1), cid, path, dict(labels or {}), width, height, "base"), split))
         return out
 
     def count_trained_on(self, model_version_id: int) -> int:

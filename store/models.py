@@ -8,7 +8,7 @@ from sqlalchemy import Connection, func, select, update
 
 from store.db import BATCH, Database
 from store.records import ModelVersionRecord, TrainedModel
-from store.schema import ModelVersion, Prediction, Setting, TrainingExample, utcnow
+from store.schema import ModelVersion, Prediction, Setting, TrainingBaseExample, TrainingExample, utcnow
 
 MV = ModelVersion.__table__
 CURRENT_KEY = "current_model_version"
@@ -133,6 +133,20 @@ class ModelRegistry:
             ]
             for start in range(0, len(rows), BATCH):
                 conn.execute(self._db.insert(TrainingExample), rows[start : start + BATCH])
+            base = [
+                {
+                    "model_version_id": mv_id,
+                    "content_id": e.content_id,
+                    "path": e.path,
+                    "split": split,
+                    "labels": e.labels,
+                    "width": e.width,
+                    "height": e.height,
+                }
+                for e, split in model.base_examples
+            ]
+            for start in range(0, len(base), BATCH):
+                conn.execute(self._db.insert(TrainingBaseExample), base[start : start + BATCH])
             if promote:
                 self._set_current(conn, mv_id, None)
             return _record(conn.execute(select(MV).where(MV.c.id == mv_id)).one())

@@ -87,6 +87,7 @@ class TrainedModel:
     n_labeled: int
     note: str
     examples: Sequence[tuple[LabeledExample, str]] = ()  # what it was trained and validated on, with the split
+    base_examples: Sequence[tuple[LabeledExample, str]] = ()  # train.base_dataset images it replayed (not items)
 
 
 # -- scoring -----------------------------------------------------------------------------------------------------------

@@ -145,6 +145,22 @@ class TrainingExample(Base):
     annotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class TrainingBaseExample(Base):
+    """One ``train.base_dataset`` image a trained version replayed: not a pool item (never scored or selected), so
+    it is kept by content id and path, with a copy of its labels as they were."""
+
+    __tablename__ = "training_base_examples"
+    __table_args__ = (Index("ix_training_base_examples_model_version", "model_version_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    content_id: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    split: Mapped[str] = mapped_column(String(8))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+
+
 class Setting(Base):
     """Small named values the database keeps (the current model version)."""
 

@@ -213,6 +213,12 @@ class FakeLabelStudio:
             {"id": p["id"], "title": p["title"]} for p in self.projects.values() if title.lower() in p["title"].lower()
         ]
 
+    def set_label_config(self, project_id: int, label_config: str) -> None:
+        self.calls.append("set_label_config")
+        project = self.projects[project_id]
+        project["label_config"] = label_config
+        project["parsed_label_config"] = server_parse(label_config)
+
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
         self.calls.append("create_project")
         if len(title) < 3:

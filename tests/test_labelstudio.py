@@ -592,6 +592,39 @@ def test_project_config_mismatch_names_the_labels(
     assert "square" in err and "triangle" in err and "hexagon" in err
 
 
+def test_ls_init_adds_the_classes_a_grown_model_has_when_new_classes_are_allowed(
+    tmp_path: Path,
+    ls_env: dict[str, str],
+    ls_pool: Path,
+    tiny_cls_model: Path,
+    api: LSApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """train.allow_new_classes: a model with a class the project lacks (one a round added) updates the project's
+    labeling config through the API instead of failing; a label the model does not predict still fails."""
+    name = title()
+    created = api.post(
+        "/api/projects",
+        {
+            "title": name,
+            "label_config": (
+                '<View><Image name="image" value="$image"/><Choices name="cls" toName="image">'
+                '<Choice value="circle"/><Choice value="square"/></Choices></View>'
+            ),
+        },
+    )
+    args = ("ls", "init", "--project", name, "--model", str(tiny_cls_model), "--pool", str(ls_pool))
+    db = ("--db", f"sqlite:///{tmp_path / 'c.db'}")
+    code, _, err = curate(*args, *db)
+    assert code == ExitCode.USAGE and "model classes missing from the project: triangle" in err
+    monkeypatch.setenv("CURATE_TRAIN__ALLOW_NEW_CLASSES", "true")
+    code, _, err = curate(*args, *db)
+    assert code == 0, err
+    project = api.get(f"/api/projects/{created['id']}")
+    assert project["parsed_label_config"]["cls"]["labels"] == ["circle", "square", "triangle"]
+    assert 'name="cls"' in project["label_config"]  # the project's own control kept its name
+
+
 def test_ls_init_creates_a_matching_project(
     tmp_path: Path, ls_env: dict[str, str], ls_pool: Path, tiny_cls_model: Path, api: LSApi
 ) -> None:

@@ -307,6 +307,9 @@ def test_mlflow_logging_and_registry_uri(
     run = mlflow.get_run(report["mlflow_run"])
     assert run.data.params["parent"] == report["parent"] and "candidate_accuracy" in run.data.metrics
     assert run.data.tags["curate.version"] == report["version"]
+    # the paired bootstrap the promotion read, and where the models were evaluated
+    assert run.data.params["eval_source"] == "held-out split" and "difference_low" in run.data.metrics
+    assert run.data.metrics["difference_low"] == pytest.approx(report["interval"]["difference"][0])
     # the registered version loads back by its models:/ URI, and is the same weights (same version name)
     scored = curate_json("score", "--model", "models:/shapes/1", *common)
     assert scored["model_version"] == report["version"]

@@ -87,6 +87,20 @@ def test_config_mismatch_names_every_differing_label() -> None:
         label_config("pose", ["x"])
 
 
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_a_grown_models_classes_are_added_to_the_config_only_when_nothing_else_differs(task: str) -> None:
+    from curation.labelstudio.formats import missing_labels, with_labels
+
+    config = label_config(task, ["cat", "dog"])
+    parsed = parse_label_config(config)
+    assert missing_labels(parsed, task, ["cat", "dog"]) is None
+    assert missing_labels(parsed, task, ["cat"]) is None  # the project has a label the model lacks: still an error
+    assert missing_labels(parsed, task, ["cat", "dog", 'a "new" <one>']) == ("label", ['a "new" <one>'])
+    grown = with_labels(config, task, "label", ['a "new" <one>'])
+    ui = check_label_config(parse_label_config(grown), task, ["cat", "dog", 'a "new" <one>'])
+    assert ui == UI
+
+
 def test_a_custom_config_is_written_where_it_says() -> None:
     config = (
         '<View><Image name="photo" value="$img"/><Choices name="cls" toName="photo">'

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from curation.config import TrainSettings
+from curation.devtools.synthetic import SHAPES
 from curation.files import atomic_copy, atomic_path, atomic_write_text
 from curation.jobs.model import register_model
 from curation.training.dataset import (
@@ -202,3 +203,116 @@ def test_a_real_round_registers_a_candidate_then_recognises_its_twin(tmp_path: P
     )
     assert len(store.models.versions()) == 2
     store.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The paired bootstrap, the promotion rule that reads it, and the base set's replay draw
+
+
+def test_paired_bootstrap_of_identical_models_is_exactly_zero_and_a_clear_win_is_beyond_it() -> None:
+    import numpy as np
+
+    from curation.training.promotion import mean_metrics, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(200) < 0.7).astype(float)
+    same = paired_bootstrap(200, mean_metrics(a, a.copy()), resamples=300, confidence=0.95)
+    assert same is not None and same.difference == (0.0, 0.0) and same.candidate == same.current
+    better = a.copy()
+    better[a == 0] = 1.0  # the candidate fixes every mistake
+    win = paired_bootstrap(200, mean_metrics(better, a), resamples=300, confidence=0.95)
+    assert win is not None and win.difference[0] > 0.2 and win.candidate[0] > win.current[1]
+    assert paired_bootstrap(0, mean_metrics(a, a), resamples=300, confidence=0.95) is None
+
+
+def test_a_candidate_better_within_the_noise_is_kept_and_one_beyond_it_is_promoted() -> None:
+    import numpy as np
+
+    from curation.training.promotion import decide_with_interval, mean_metrics, paired_bootstrap
+
+    cur = np.array([1.0] * 5 + [0.0] * 2)  # 7 validation items, as in a real small round
+    cand = np.array([1.0] * 6 + [0.0] * 1)  # one more right: +14 points, but one item
+    noisy = paired_bootstrap(7, mean_metrics(cand, cur), resamples=500, confidence=0.95)
+    assert noisy is not None and noisy.difference[0] <= 0.0 < noisy.difference[1]
+    kept = decide_with_interval("accuracy", 6 / 7, 5 / 7, noisy, policy="auto", min_delta=0.0)
+    assert not kept.promote and kept.reason.startswith("kept as candidate: accuracy 0.8571 (95% interval")
+    assert kept.reason.endswith("does not beat 0.7143 (current)")
+    # without the interval the old rule would have promoted it
+    assert decide_with_interval("accuracy", 6 / 7, 5 / 7, None, policy="auto", min_delta=0.0).promote
+    big_cur = np.array([1.0] * 50 + [0.0] * 50)
+    big_cand = big_cur.copy()
+    big_cand[50:80] = 1.0
+    clear = paired_bootstrap(100, mean_metrics(big_cand, big_cur), resamples=500, confidence=0.95)
+    won = decide_with_interval("accuracy", 0.8, 0.5, clear, policy="auto", min_delta=0.0)
+    assert won.promote and won.reason.startswith("promoted: accuracy 0.8000 > 0.5000 (current); 95% interval")
+    assert not decide_with_interval("accuracy", 0.8, 0.5, clear, policy="auto", min_delta=0.5).promote
+    assert decide_with_interval("accuracy", 0.1, 0.5, clear, policy="always", min_delta=0.0).promote
+
+
+def test_the_evaluation_size_a_target_half_width_needs_scales_as_one_over_sqrt_n() -> None:
+    from curation.training.promotion import items_for_half_width
+
+    assert items_for_half_width(100, (0.6, 0.8), 0.05) == 400  # half-width 0.1 -> 0.05: four times the items
+    assert items_for_half_width(100, (0.6, 0.8), 0.2) == 100  # already narrow enough
+    assert items_for_half_width(7, (0.5, 0.5), 0.01) == 7  # a degenerate interval says nothing
+
+
+def test_replay_draws_ratio_times_the_new_labels_seeded_and_different_per_round() -> None:
+    from curation.training.reference import replay_sample
+
+    base = [LabeledExample(-(k + 1), f"{k:032x}", f"/b/{k}.png", {}, 8, 8, "base") for k in range(40)]
+    assert replay_sample(base, 10, None, "s") == base
+    half = replay_sample(base, 10, 0.5, "0:v1")
+    assert len(half) == 5 and half == replay_sample(base, 10, 0.5, "0:v1")
+    assert half != replay_sample(base, 10, 0.5, "0:v2")  # the next round replays other base images
+    assert len(replay_sample(base, 10, 100.0, "s")) == 40 and replay_sample(base, 10, 0.0, "s") == []
+
+
+def test_reference_datasets_are_validated_with_the_key_named(tmp_path: Path) -> None:
+    from curation.devtools.synthetic import make_classification_dataset, make_detection_dataset
+    from curation.errors import ExitCode
+    from curation.training.reference import ReferenceDatasetError, load_reference
+
+    with pytest.raises(ReferenceDatasetError, match=r"train\.base_dataset: .*nope not found") as missing:
+        load_reference("train.base_dataset", str(tmp_path / "nope"), "classify", held_out=False)
+    assert missing.value.exit_code == ExitCode.NOT_FOUND
+    cls = make_classification_dataset(tmp_path / "cls", n_train=2, n_val=1, size=16)
+    with pytest.raises(ReferenceDatasetError, match=r"train\.eval_dataset: .*has no data\.yaml"):
+        load_reference("train.eval_dataset", str(cls), "detect", held_out=True)
+    det = make_detection_dataset(tmp_path / "det", n_train=3, n_val=2, size=32)
+    with pytest.raises(ReferenceDatasetError, match=r"train\.base_dataset: .*detection dataset"):
+        load_reference("train.base_dataset", str(det), "classify", held_out=False)
+    train = load_reference("train.base_dataset", str(cls), "classify", held_out=False)
+    held = load_reference("train.eval_dataset", str(cls), "classify", held_out=True)
+    assert len(train.examples) == 6 and len(held.examples) == 3  # the dataset's own split: val is evaluation
+    assert all("/val/" not in e.path for e in train.examples) and all("/val/" in e.path for e in held.examples)
+    ids = [e.item_id for e in train.examples + held.examples]
+    assert all(i < 0 for i in ids) and len(set(ids)) == len(ids)
+    assert {e.source for e in train.examples} == {"base"} and train.class_names == sorted(SHAPES)
+    boxes = load_reference("train.eval_dataset", str(det), "detect", held_out=True)
+    assert len(boxes.examples) == 2 and all(e.labels["boxes"] for e in boxes.examples)
+
+
+def test_a_class_only_the_base_set_has_gets_a_validation_folder_for_ultralytics(tmp_path: Path) -> None:
+    from curation.training.dataset import coverage_problem
+    from curation.training.round import _val_from_base
+
+    files = {}
+    for name in ("p1", "p2", "b1", "b2"):
+        files[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (8, 8)).save(files[name])
+
+    def example(item_id: int, name: str, cls: str) -> LabeledExample:
+        return LabeledExample(item_id, f"{name:0>32}", str(files[name]), {"task": "classify", "classes": [cls]}, 8, 8)
+
+    examples = [example(1, "p1", "circle"), example(2, "p2", "circle"), example(-1, "b1", "square")]
+    examples.append(example(-2, "b2", "square"))
+    splits = {1: "train", 2: "val", -1: "train", -2: "train"}
+    dataset = export_dataset(examples, splits, "classify", ["circle", "square"], tmp_path / "ds")
+    assert "missing for: square" in (coverage_problem(dataset, "classify") or "")
+    before = dataset.dataset_hash
+    _val_from_base(dataset, tmp_path / "ds")
+    assert coverage_problem(dataset, "classify") is None and dataset.dataset_hash == before
+    linked = list((tmp_path / "ds" / "val" / "square").iterdir())
+    assert len(linked) == 1 and linked[0].resolve() == files["b1"].resolve()
+    assert len(dataset.items) == 4  # the recorded training set is unchanged

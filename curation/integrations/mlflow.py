@@ -83,11 +83,20 @@ def log_training(settings: Settings, report: TrainReport, weights: Path, parent:
                     "n_train": report.n_train,
                     "n_val": report.n_val,
                     "dataset_hash": report.dataset_hash,
+                    "eval_source": report.eval_source,
+                    "n_eval": report.n_eval,
+                    "base_items": report.base_items,
+                    **({"base_dataset": cfg.base_dataset} if cfg.base_dataset else {}),
+                    **({"replay_ratio": cfg.replay_ratio} if cfg.replay_ratio is not None else {}),
+                    **({"new_classes": ",".join(report.new_classes)} if report.new_classes else {}),
                     **{f"option.{k}": v for k, v in cfg.options.items()},
                 }
             )
             mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in report.candidate_metrics.items()})
             mlflow.log_metrics({f"current_{k}": float(v) for k, v in report.current_metrics.items()})
+            if report.interval:  # the paired bootstrap of candidate - current the promotion read
+                low, high = report.interval["difference"]
+                mlflow.log_metrics({"difference_low": float(low), "difference_high": float(high)})
             mlflow.set_tags({"curate.version": report.version or "", "curate.promoted": str(report.promoted)})
             mlflow.log_artifact(str(weights), artifact_path="weights")
             if settings.mlflow.registered_model:

@@ -67,8 +67,11 @@ def export(
                 "only its dataset hash): export the current labeled set instead"
             )
         parent = store.models.by_id(mv.parent_id) if mv.parent_id is not None else None
-        task, class_names, version = mv.task, (parent or mv).class_names, mv.version
+        recorded = (mv.metrics or {}).get("dataset_classes")  # the round's classes (grown by allow_new_classes)
+        class_names = [str(c) for c in recorded] if isinstance(recorded, list) else (parent or mv).class_names
+        task, version = mv.task, mv.version
         trained_hash = mv.dataset_hash
+        rows = rows + store.labels.trained_on_base(mv.id)  # train.base_dataset images: label source "base"
         examples: list[LabeledExample] = [e for e, _ in rows]
         splits = {e.item_id: split for e, split in rows}
     else:

@@ -26,7 +26,7 @@ def push(
         raise UnknownReferenceError(f"there is no selection #{selection_id} in {store.display_url}")
     ls = connect(settings.label_studio)
     mv = _model_for_push(store, settings)
-    project = open_project(store, ls, mv, settings.label_studio.project)
+    project = open_project(store, ls, mv, settings.label_studio.project, add_labels=settings.train.allow_new_classes)
     if selection_id is not None:
         store.selections.mark_for_push(selection_id, project.record.id)
     return push_module.push(
@@ -95,6 +95,7 @@ def reprioritize(
         force=force,
         progress=progress,
         s3=settings.pool.s3,
+        add_labels=settings.train.allow_new_classes,
     )
     current = store.models.current()
     if current is not None and current.id != scored.model.id:
@@ -121,7 +122,7 @@ def ls_init(store: Store, settings: Settings) -> dict[str, Any]:
     ls = connect(settings.label_studio)
     runtime = load_runtime(settings, store)
     mv = register_model(store, runtime)
-    project = open_project(store, ls, mv, settings.label_studio.project)
+    project = open_project(store, ls, mv, settings.label_studio.project, add_labels=settings.train.allow_new_classes)
     storage = ensure_storage(ls, project, settings.label_studio, settings.pool.path, settings.pool.s3)
     prelabeling_changed = ensure_prelabeling(ls, project, settings.label_studio.preannotate)
     return {

@@ -82,7 +82,14 @@ def select(
         ls = connect(settings.label_studio)
     scored = score(store, settings, rescore=rescore, progress=progress)
     project = (
-        open_project(store, ls, scored.model, settings.label_studio.project, create=not ls_pool)
+        open_project(
+            store,
+            ls,
+            scored.model,
+            settings.label_studio.project,
+            create=not ls_pool,
+            add_labels=settings.train.allow_new_classes,
+        )
         if ls is not None
         else None
     )

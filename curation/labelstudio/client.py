@@ -77,6 +77,8 @@ class LabelStudioAPI(Protocol):
 
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]: ...
 
+    def set_label_config(self, project_id: int, label_config: str) -> None: ...
+
     def local_storage_paths(self, project_id: int) -> list[str]: ...
 
     def add_local_storage(self, project_id: int, path: str) -> None: ...
@@ -363,6 +365,13 @@ class LabelStudioClient:
             lambda: self._sdk.projects.create(title=title, label_config=label_config, description=description),
         )
         return self.project(int(created.id or 0))
+
+    def set_label_config(self, project_id: int, label_config: str) -> None:
+        """Replace the project's labeling config (Label Studio refuses one that drops labels already in use)."""
+        self._call(
+            f"updating the labeling config of project {project_id}",
+            lambda: self._sdk.projects.update(id=project_id, label_config=label_config),
+        )
 
     def local_storage_paths(self, project_id: int) -> list[str]:
         storages = self._call(

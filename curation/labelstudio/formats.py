@@ -52,6 +52,40 @@ def label_config(task: str, class_names: list[str]) -> str:
     )
 
 
+def missing_labels(parsed: dict[str, Any], task: str, class_names: list[str]) -> tuple[str, list[str]] | None:
+    """The control ``check_label_config`` reads and the model's classes it lacks, when that is the only
+    difference (a model that grew classes: ``train.allow_new_classes``); None otherwise."""
+    wanted = CONTROL_TAG.get(task)
+    controls = [(name, c) for name, c in parsed.items() if isinstance(c, dict) and c.get("type") == wanted]
+    if not controls:
+        return None
+    name, control = controls[0]
+    labels = [str(label) for label in control.get("labels", [])]
+    missing = [c for c in class_names if c not in labels]
+    if not missing or any(label not in class_names for label in labels):
+        return None
+    return name, missing
+
+
+def with_labels(config: str, task: str, control_name: str, labels: list[str]) -> str:
+    """The labeling config XML with ``labels`` appended to the control ``control_name`` (``<Choice>`` or
+    ``<Label>`` children), the rest of the config kept."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise ConfigError(f"the project's labeling config is not valid XML: {exc}") from None
+    control = next((el for el in root.iter(CONTROL_TAG[task]) if el.get("name") == control_name), None)
+    if control is None:
+        raise ConfigError(f"the project's labeling config has no <{CONTROL_TAG[task]} name={control_name!r}>")
+    child = "Choice" if task == "classify" else "Label"
+    for label in labels:
+        ET.SubElement(control, child, {"value": label})
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 def check_label_config(parsed: dict[str, Any], task: str, class_names: list[str]) -> LabelingInterface:
     """Find the control for ``task`` in a project's parsed labeling config and compare its labels with the
     model's classes; any difference is an error that lists exactly which labels mismatch."""

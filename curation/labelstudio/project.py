@@ -10,7 +10,13 @@ from typing import Any
 from curation.config import LabelStudioSettings, S3Settings
 from curation.errors import ConfigError, LabelStudioError, ProjectNotFoundError
 from curation.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI, LabelStudioClient
-from curation.labelstudio.formats import LabelingInterface, check_label_config, label_config
+from curation.labelstudio.formats import (
+    LabelingInterface,
+    check_label_config,
+    label_config,
+    missing_labels,
+    with_labels,
+)
 from store import Store
 from store.records import LSProjectRecord, ModelVersionRecord
 
@@ -93,9 +99,17 @@ def find_project(ls: LabelStudioAPI, name_or_id: str) -> dict[str, Any] | None:
 
 
 def open_project(
-    store: Store, ls: LabelStudioAPI, mv: ModelVersionRecord, name: str | None, *, create: bool = True
+    store: Store,
+    ls: LabelStudioAPI,
+    mv: ModelVersionRecord,
+    name: str | None,
+    *,
+    create: bool = True,
+    add_labels: bool = False,
 ) -> ProjectHandle:
-    """Find (or create) the project ``name`` and check its labeling config against the model's classes."""
+    """Find (or create) the project ``name`` and check its labeling config against the model's classes. With
+    ``add_labels`` (``train.allow_new_classes``), model classes the config lacks are added to it through the API
+    when that is the only difference (a model that grew a class); labels the model does not predict still fail."""
     name = _name(name)
     remote = find_project(ls, name)
     created = False
@@ -108,7 +122,16 @@ def open_project(
             name, label_config(mv.task, mv.class_names), description="Queue ordered by curate (active learning)."
         )
         created = True
-    ui = check_label_config(remote.get("parsed_label_config") or {}, mv.task, mv.class_names)
+    parsed = remote.get("parsed_label_config") or {}
+    grow = missing_labels(parsed, mv.task, mv.class_names) if add_labels else None
+    if grow is not None:
+        control, labels = grow
+        ls.set_label_config(
+            int(remote["id"]), with_labels(str(remote.get("label_config") or ""), mv.task, control, labels)
+        )
+        remote = ls.project(int(remote["id"]))
+        parsed = remote.get("parsed_label_config") or {}
+    ui = check_label_config(parsed, mv.task, mv.class_names)
     record = store.label_studio.project(ls.url, int(remote["id"]), str(remote.get("title", name)), mv.task)
     return ProjectHandle(record, ui, remote, created)
 

@@ -57,6 +57,7 @@ def reprioritize(
     force: bool = False,
     progress: Progress | None = None,
     s3: S3Settings | None = None,
+    add_labels: bool = False,
 ) -> ReprioritizeReport:
     """Re-rank the queue of project ``cfg.project`` with ``strategy_cfg`` (its ``name`` is the strategy); with
     ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``."""
@@ -64,7 +65,7 @@ def reprioritize(
     progress = progress or NullProgress()
     strategy_cfg, _ = resolve_auto(strategy_cfg, store)
     min_conf = strategy_cfg.detection.conf
-    project = open_project(store, ls, mv, cfg.project)
+    project = open_project(store, ls, mv, cfg.project, add_labels=add_labels)
     reconcile(store, ls, project, settle_s=cfg.import_settle_s, progress=progress)
     topped_up = 0
     push_report = None
@@ -77,7 +78,7 @@ def reprioritize(
         if result is not None or store.label_studio.pending(project.record.id):
             push_report = push(store, ls, mv, project, cfg, strategy_cfg, pool_path=pool_path, progress=progress, s3=s3)
             topped_up = push_report.pushed
-            project = open_project(store, ls, mv, cfg.project)
+            project = open_project(store, ls, mv, cfg.project, add_labels=add_labels)
             queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
 
     strategy = build_strategy(strategy_cfg)

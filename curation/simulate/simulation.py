@@ -71,6 +71,8 @@ class SimulationConfig:
     epochs: int = 10  # finetune trainer
     l2: float = 1e-3  # linear trainer
     keep_db: bool = False  # score into settings.db (reused by reruns) instead of a scratch database
+    base_dataset: Path | None = None  # finetune trainer: the model's own training set, replayed every round
+    replay_ratio: float | None = None  # base images per labeled image per round (None: all of them)
 
 
 @dataclass
@@ -142,6 +144,8 @@ class SimulationResult:
             "seeds": c.seeds,
             "seed": c.seed,
             "test_fraction": c.test_fraction,
+            "base_dataset": str(c.base_dataset) if c.base_dataset else None,
+            "replay_ratio": c.replay_ratio,
             "pool_size": self.pool_size,
             "test_size": self.test_size,
             "test_items": self.test_items,
@@ -390,6 +394,8 @@ def simulate(
         settings = settings.model_copy(
             update={"model": settings.model.model_copy(update={"imgsz": dataset_imgsz(data.paths)})}
         )
+    if config.base_dataset is not None and config.trainer != "finetune":
+        raise ConfigError("--base-dataset replays the model's training set while fine-tuning: use --trainer finetune")
     if data.task == "detect" and config.trainer == "linear":
         raise ConfigError("the linear trainer is for classification datasets; use --trainer finetune for detection")
     test = split_test(
@@ -550,13 +556,14 @@ class _FinetuneRunner(_Runner):
         self._tmp = tempfile.TemporaryDirectory(prefix="curate-simulate-")
         self._round = 0
         self._imgsz = train.imgsz or model.imgsz or dataset_imgsz(data.paths)  # not per round
+        self._base = _base_rows(config.base_dataset, data) if config.base_dataset else []
 
     def round(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], seed: int) -> tuple[PoolState, float]:
         from curation.training.trainer import evaluate, train_ultralytics, training_device
 
         self._round += 1
         work = Path(self._tmp.name) / f"r{self._round}"
-        data_path, test_yaml = self._export(labeled, test, work)
+        data_path, test_yaml = self._export(labeled, test, work, seed)
         trained = train_ultralytics(
             self.model_spec,
             data_path,
@@ -588,24 +595,68 @@ class _FinetuneRunner(_Runner):
                 out[:, column] = probs[:, names.index(name)]
         return out
 
-    def _export(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], work: Path) -> tuple[Path, Path]:
-        """The round's training dataset (and, for detection, a ``test.yaml`` validating on the test split)."""
+    def _export(self, labeled: NDArray[np.int64], test: NDArray[np.bool_], work: Path, seed: int) -> tuple[Path, Path]:
+        """The round's training dataset (and, for detection, a ``test.yaml`` validating on the test split); with
+        ``--base-dataset``, the base images replayed this round join the training split (as ``train.base_dataset``
+        does in ``curate train``)."""
         root, data = work / "data", self.data
+        base = self._replayed(len(labeled), seed)
         if data.task == "classify":
             for split in ("train", "val"):  # val is required by Ultralytics; validation is off ("val": False)
                 for i in labeled:
                     folder = class_folder(root, split, data.class_names[data.labels[i]])
                     link(data.paths[i], folder / f"{i}{data.paths[i].suffix}")
+            for k, (path, cls, _) in enumerate(base):
+                link(path, class_folder(root, "train", data.class_names[cls]) / f"base{k}{path.suffix}")
             return root, root
         for split, rows in (("train", labeled), ("val", labeled), ("test", np.flatnonzero(test))):
             for i in rows:
                 link(data.paths[i], yolo_image_path(root, split, f"{i}{data.paths[i].suffix}"))
                 write_labels(root, split, str(i), [box_row(*row) for row in data.detection_labels[i]])
+        for k, (path, _, boxes) in enumerate(base):
+            link(path, yolo_image_path(root, "train", f"base{k}{path.suffix}"))
+            write_labels(root, "train", f"base{k}", [box_row(*row) for row in boxes])
         train_yaml = write_data_yaml(root, data.class_names)
         return train_yaml, write_data_yaml(root, data.class_names, val="test", name="test.yaml")
 
+    def _replayed(self, n_labeled: int, seed: int) -> list[tuple[Path, int, list[Box]]]:
+        """This round's base images: all, or ``replay_ratio`` x the labeled count drawn afresh (seeded per round)."""
+        ratio = self.config.replay_ratio
+        if ratio is None or not self._base:
+            return self._base
+        k = min(len(self._base), round(ratio * n_labeled))
+        rng = np.random.default_rng([seed, self._round])
+        return [self._base[i] for i in sorted(rng.choice(len(self._base), size=k, replace=False))]
+
     def close(self) -> None:
         self._tmp.cleanup()
+
+
+def _base_rows(path: Path, data: Dataset) -> list[tuple[Path, int, list[Box]]]:
+    """The base dataset's training images (held-out ``val``/``valid``/``test`` folders left out, as in
+    ``train.base_dataset``) with their class (classify) or boxes (detect) in the simulated dataset's class order;
+    classes the simulated dataset does not have are dropped."""
+    from curation.training.reference import HELD_OUT_FOLDERS
+
+    base = load_dataset(path)
+    if base.task != data.task:
+        raise ConfigError(f"--base-dataset {path} is a {base.task} dataset; the simulated one is {data.task}")
+    index = {name: data.class_names.index(name) for name in base.class_names if name in data.class_names}
+    remap = {k: index[name] for k, name in enumerate(base.class_names) if name in index}
+    rows: list[tuple[Path, int, list[Box]]] = []
+    for k, image in enumerate(base.paths):
+        parts = image.relative_to(base.root).parts[:-1] if base.root else ()
+        if any(p.lower() in HELD_OUT_FOLDERS for p in parts):
+            continue
+        if data.task == "classify":
+            if int(base.labels[k]) in remap:
+                rows.append((image, remap[int(base.labels[k])], []))
+        else:
+            boxes = [(remap[b[0]], *b[1:]) for b in base.detection_labels[k] if b[0] in remap]
+            rows.append((image, -1, boxes))
+    if not rows:
+        raise ConfigError(f"--base-dataset {path} has no training images of the simulated dataset's classes")
+    return rows
 
 
 def _cuda() -> bool:

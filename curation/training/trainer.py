@@ -18,6 +18,9 @@ from curation.errors import CurateError, ExitCode, ModelLoadError
 from curation.training.splits import primary_label
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from store.records import LabeledExample
 
 
@@ -210,8 +213,22 @@ def accuracy_by_name(
     weights: Sequence[str], examples: Sequence[LabeledExample], imgsz: int, device: str
 ) -> list[float]:
     """Top-1 accuracy of each model, matching predictions to labels by class *name* (the models may order classes
-    differently). Images are decoded as scoring decodes them, once for all models when their input is the same;
-    an image unreadable now is not counted."""
+    differently); an image unreadable now is not counted."""
+    import numpy as np
+
+    out = []
+    for correct in correct_by_name(weights, examples, imgsz, device):
+        valid = correct[~np.isnan(correct)]
+        out.append(float(valid.mean()) if len(valid) else float("nan"))
+    return out
+
+
+def correct_by_name(
+    weights: Sequence[str], examples: Sequence[LabeledExample], imgsz: int, device: str
+) -> list[NDArray[np.float64]]:
+    """Per model, per example: 1.0 if its top-1 class *name* is the label, 0.0 if not, NaN for an image unreadable
+    now (the per-item scores a paired bootstrap resamples). Images are decoded as scoring decodes them, once for
+    all models when their input is the same."""
     import numpy as np
     import torch
 
@@ -223,8 +240,7 @@ def accuracy_by_name(
     runtimes = [load_model(ModelSettings(path=w, imgsz=imgsz), torch_device, "fp32") for w in weights]
     truth = [primary_label("classify", e.labels) for e in examples]
     jobs = [ScoreJob(i, Path(e.path)) for i, e in enumerate(examples)]
-    correct = [0] * len(runtimes)
-    total = [0] * len(runtimes)
+    correct: list[NDArray[np.float64]] = [np.full(len(examples), np.nan) for _ in runtimes]
     groups: dict[tuple[str, int], list[int]] = {}  # models that share an input decode it once
     for k, runtime in enumerate(runtimes):
         groups.setdefault((runtime.info.preprocess, runtime.info.imgsz), []).append(k)
@@ -237,10 +253,107 @@ def accuracy_by_name(
                 outputs = runtimes[k].infer(batch.images, batch.geometries)
                 names = runtimes[k].info.class_names
                 for position, output in zip(batch.positions, outputs, strict=True):
-                    total[k] += 1
-                    if output.probs is not None and names[int(np.argmax(output.probs))] == truth[position]:
-                        correct[k] += 1
-    return [c / t if t else float("nan") for c, t in zip(correct, total, strict=True)]
+                    hit = output.probs is not None and names[int(np.argmax(output.probs))] == truth[position]
+                    correct[k][position] = 1.0 if hit else 0.0
+    return correct
+
+
+IOU_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))  # COCO's, as Ultralytics' validator uses
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """One image's detections matched to its labeled boxes (Ultralytics' validator's matching): what mAP is
+    computed from, kept per image so that a bootstrap can resample images."""
+
+    tp: NDArray[np.bool_]  # (n_pred, 10): correct at each IoU threshold
+    conf: NDArray[np.float64]
+    pred_cls: NDArray[np.int64]  # index into the evaluation's class names (-1: a class it does not have)
+    target_cls: NDArray[np.int64]
+
+
+def detection_stats(
+    weights: str, examples: Sequence[LabeledExample], class_names: Sequence[str], imgsz: int, device: str
+) -> list[ImageStats | None]:
+    """Per example (None: unreadable now), the model's detections at validation settings (conf 0.001, NMS IoU
+    0.7) matched to the labeled boxes by class *name* and IoU."""
+    import numpy as np
+
+    from curation.scoring.runtime import load_yolo, torch_threads
+
+    index = {name: i for i, name in enumerate(class_names)}
+    model = load_yolo(weights)
+    names = [str(model.names[i]) for i in sorted(model.names)]
+    out: list[ImageStats | None] = []
+    for e in examples:
+        try:
+            with torch_threads():
+                result = model.predict(
+                    e.path, imgsz=imgsz, conf=0.001, iou=0.7, device=device, verbose=False, max_det=300
+                )[0]
+        except Exception:  # an unreadable image: not counted
+            out.append(None)
+            continue
+        h, w = result.orig_shape
+        boxes = result.boxes
+        pred = boxes.xyxy.cpu().numpy().astype(np.float64) / [w, h, w, h] if boxes is not None else np.zeros((0, 4))
+        conf = boxes.conf.cpu().numpy().astype(np.float64) if boxes is not None else np.zeros(0)
+        cls = boxes.cls.cpu().numpy().astype(np.int64) if boxes is not None else np.zeros(0, np.int64)
+        pred_cls = np.array([index.get(names[c], -1) for c in cls], dtype=np.int64)
+        order = np.argsort(-conf, kind="stable")
+        pred, conf, pred_cls = pred[order], conf[order], pred_cls[order]
+        lw = float(e.labels.get("width") or e.width or w)
+        lh = float(e.labels.get("height") or e.height or h)
+        truth = [b for b in e.labels.get("boxes") or [] if b.get("label") in index]
+        gt = np.array([[b["x1"] / lw, b["y1"] / lh, b["x2"] / lw, b["y2"] / lh] for b in truth]).reshape(-1, 4)
+        target_cls = np.array([index[b["label"]] for b in truth], dtype=np.int64)
+        out.append(ImageStats(_match(pred, pred_cls, gt, target_cls), conf, pred_cls, target_cls))
+    return out
+
+
+def _match(
+    pred: NDArray[np.float64], pred_cls: NDArray[np.int64], gt: NDArray[np.float64], gt_cls: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """Greedy matching in descending confidence, one target per detection per threshold (Ultralytics' rule)."""
+    import numpy as np
+
+    thresholds = np.array(IOU_THRESHOLDS)
+    correct = np.zeros((len(pred), len(thresholds)), dtype=bool)
+    if not len(pred) or not len(gt):
+        return correct
+    lt = np.maximum(gt[:, None, :2], pred[None, :, :2])
+    rb = np.minimum(gt[:, None, 2:], pred[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_g = (gt[:, 2:] - gt[:, :2]).prod(axis=1)
+    area_p = (pred[:, 2:] - pred[:, :2]).prod(axis=1)
+    iou = inter / (area_g[:, None] + area_p[None, :] - inter + 1e-9)
+    iou = iou * (gt_cls[:, None] == pred_cls[None, :])
+    matched = np.zeros((len(gt), len(thresholds)), dtype=bool)
+    for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
+        available = np.where(matched, 0, iou[:, j, None])
+        k = available.argmax(0)
+        correct[j] = available[k, range(len(thresholds))] >= thresholds
+        matched[k, range(len(thresholds))] |= correct[j]
+    return correct
+
+
+def map_of(stats: Sequence[ImageStats], metric: str) -> float:
+    """mAP50-95 or mAP50 (Ultralytics' ``ap_per_class``) over a set of images (a bootstrap resample)."""
+    import numpy as np
+    from ultralytics.utils.metrics import ap_per_class
+
+    target = np.concatenate([s.target_cls for s in stats]) if stats else np.zeros(0)
+    if not len(target):
+        return float("nan")
+    tp = np.concatenate([s.tp for s in stats])
+    if not len(tp):
+        return 0.0
+    conf = np.concatenate([s.conf for s in stats])
+    pred_cls = np.concatenate([s.pred_cls for s in stats])
+    ap = ap_per_class(tp, conf, pred_cls, target)[5]
+    if not len(ap):
+        return 0.0
+    return float(ap[:, 0].mean()) if metric == "map50" else float(ap.mean())
 
 
 def weights_identity(weights: Path) -> tuple[str, list[str]]:
