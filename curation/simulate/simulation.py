@@ -182,8 +182,9 @@ def horizon_table(
     labels needed to reach random's mean metric at H rounds — None if not reached —, whether its mean is below
     random's at any of those rounds)."""
     out: dict[int, dict[str, Any]] = {}
-    for h in range(1, rounds + 1):
-        last = initial + h * step
+    # the horizons are random's own points after the initial set (initial + H x step in a run of this config)
+    measured = sorted(n for n in curves.get("random", {}) if n > initial)[:rounds]
+    for h, last in enumerate(measured, start=1):
         cut = {name: {n: v for n, v in curve.items() if n <= last} for name, curve in curves.items()}
         random_curve = cut["random"]
         target = random_curve[last][0]
@@ -204,6 +205,8 @@ def recommend(
     run and a long one count alike); ties: the smaller worst case, then the name. A strategy that never reaches
     random at some horizon counts as needing 100 % there. None when only random was simulated."""
     table = horizon_table(curves, initial, step, rounds)
+    if not table:
+        return None
     scored = []
     for name in curves:
         if name == "random":
