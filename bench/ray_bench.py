@@ -105,9 +105,8 @@ def main() -> None:
         best = max(ray_runs.values(), key=lambda r: r["scoring_img_s"])  # type: ignore[arg-type,return-value]
         # overhead = extra time of the Ray engine over the local engine's, for the same images
         result["ray_overhead_scoring"] = round(best["scoring_s"] / local["scoring_s"] - 1, 3)  # type: ignore[operator]
-        result["ray_overhead_end_to_end"] = round(
-            best["end_to_end_s"] / local["end_to_end_s"] - 1, 3  # type: ignore[operator]
-        )
+        end_to_end = best["end_to_end_s"] / local["end_to_end_s"]  # type: ignore[operator]
+        result["ray_overhead_end_to_end"] = round(end_to_end - 1, 3)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json_out:

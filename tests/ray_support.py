@@ -79,12 +79,23 @@ class RayCluster:
         gcs, dashboard = free_ports(2)
         self.address = f"127.0.0.1:{gcs}"
         head = [
-            RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
-            "--include-dashboard=false", f"--dashboard-port={dashboard}", '--resources={"head": 1}',
+            RAY,
+            "start",
+            "--head",
+            f"--port={gcs}",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}",
+            "--include-dashboard=false",
+            f"--dashboard-port={dashboard}",
+            '--resources={"head": 1}',
             *self._node_args(head_ports),
         ]
         worker = [
-            RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1", '--resources={"second": 1}',
+            RAY,
+            "start",
+            f"--address={self.address}",
+            "--node-ip-address=127.0.0.1",
+            '--resources={"second": 1}',
             *self._node_args(node_ports),
         ]
         try:

@@ -95,7 +95,7 @@ def _outputs(db: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         mv = store.models.current()
         assert mv is not None and mv.embedding_dim
-        (pool_id, _location), = store.pools.all()
+        ((pool_id, _location),) = store.pools.all()
         scores = store.scores.candidate_classification(pool_id, mv.id)
         embeddings, found = store.scores.embeddings(mv.id, scores.item_ids, mv.embedding_dim)
         assert found.all()
@@ -121,14 +121,20 @@ def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path
     common = ["--pool", str(pool), "--model", MODEL, "--no-push", "--json", "--budget", "8", "--strategy", "hybrid"]
     on_ray = _json(
         _curate(
-            "select", *common, "--db", ray_db, "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray",
-            "--ray-address", cluster.address,  # type: ignore[attr-defined]
+            "select",
+            *common,
+            "--db",
+            ray_db,
+            "--out",
+            str(tmp_path / "ray.jsonl"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            cluster.address,  # type: ignore[attr-defined]
             env=_env(),
         )
     )
-    local = _json(
-        _curate("select", *common, "--db", local_db, "--out", str(tmp_path / "local.jsonl"), env=_env())
-    )
+    local = _json(_curate("select", *common, "--db", local_db, "--out", str(tmp_path / "local.jsonl"), env=_env()))
     scoring = on_ray["scoring"]
     assert scoring["engine"] == "ray" and scoring["ray_nodes"] == 2, scoring
     assert scoring["scored"] == local["scoring"]["scored"] > 0
@@ -153,8 +159,18 @@ def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path
     # a rerun scores only what is missing: nothing
     again = _json(
         _curate(
-            "score", "--pool", str(pool), "--model", MODEL, "--db", ray_db, "--json", "--engine", "ray",
-            "--ray-address", cluster.address,  # type: ignore[attr-defined]
+            "score",
+            "--pool",
+            str(pool),
+            "--model",
+            MODEL,
+            "--db",
+            ray_db,
+            "--json",
+            "--engine",
+            "ray",
+            "--ray-address",
+            cluster.address,  # type: ignore[attr-defined]
             env=_env(),
         )
     )
@@ -173,17 +189,27 @@ def _wait(condition: object, timeout: float, what: str, proc: subprocess.Popen[s
 
 
 @pytest.mark.slow
-def test_a_killed_actor_is_retried_and_every_item_scored_once(
-    cluster: object, tmp_path: Path
-) -> None:
+def test_a_killed_actor_is_retried_and_every_item_scored_once(cluster: object, tmp_path: Path) -> None:
     from curation.devtools.synthetic import make_pool
 
     pool = tmp_path / "pool"
     make_pool(pool, n=48, size=64, seed=12)
     db = f"sqlite:///{tmp_path / 'c.db'}"
     proc = _curate(
-        "score", "--pool", str(pool), "--model", MODEL, "--db", db, "--json", "--engine", "ray",
-        "--ray-address", cluster.address, "--batch-size", "4",  # type: ignore[attr-defined]
+        "score",
+        "--pool",
+        str(pool),
+        "--model",
+        MODEL,
+        "--db",
+        db,
+        "--json",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster.address,
+        "--batch-size",
+        "4",  # type: ignore[attr-defined]
         env=_env(CURATE_SCORING__CHUNK_SIZE="4"),
     )
     workers: list[psutil.Process] = []
@@ -209,8 +235,22 @@ def test_kill_9_of_the_driver_then_rerun_loses_and_duplicates_nothing(cluster: o
     pool = tmp_path / "pool"
     make_pool(pool, n=60, size=64, seed=13)
     db = f"sqlite:///{tmp_path / 'k.db'}"
-    args = ["score", "--pool", str(pool), "--model", MODEL, "--db", db, "--json", "--engine", "ray",
-            "--ray-address", cluster.address, "--batch-size", "4"]  # type: ignore[attr-defined]
+    args = [
+        "score",
+        "--pool",
+        str(pool),
+        "--model",
+        MODEL,
+        "--db",
+        db,
+        "--json",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster.address,
+        "--batch-size",
+        "4",
+    ]  # type: ignore[attr-defined]
     env = _env(CURATE_SCORING__CHUNK_SIZE="4")
     proc = _curate(*args, env=env)
     _wait(lambda: _count(db) >= 8, 300, "two committed chunks", proc)
@@ -236,7 +276,16 @@ def test_a_local_ray_is_started_for_the_run_and_leaves_no_process(pool: Path, tm
     started = time.time()
     db = f"sqlite:///{tmp_path / 'l.db'}"
     proc = _curate(
-        "score", "--pool", str(pool), "--model", MODEL, "--db", db, "--json", "--engine", "ray",
+        "score",
+        "--pool",
+        str(pool),
+        "--model",
+        MODEL,
+        "--db",
+        db,
+        "--json",
+        "--engine",
+        "ray",
         env=_env(RAY_TMPDIR=str(ray_tmp), CURATE_SCORING__RAY__ACTORS="1"),
     )
     report = _json(proc)
@@ -256,9 +305,25 @@ def test_without_ray_installed_the_engine_is_one_clear_error(pool: Path, tmp_pat
     extra, and the pool never scanned."""
     script = "import sys; sys.modules['ray'] = None; sys.argv[0] = 'curate'; import cli; cli.main()"
     done = subprocess.run(
-        [sys.executable, "-c", script, "score", "--pool", str(pool), "--model", MODEL,
-         "--db", f"sqlite:///{tmp_path / 'n.db'}", "--engine", "ray"],
-        env=_env(), capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            "-c",
+            script,
+            "score",
+            "--pool",
+            str(pool),
+            "--model",
+            MODEL,
+            "--db",
+            f"sqlite:///{tmp_path / 'n.db'}",
+            "--engine",
+            "ray",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert done.returncode == 2, done.stderr
     assert "pip install 'curate[ray]'" in done.stderr

@@ -233,9 +233,7 @@ def score(
     if runtime is None and not rescore:
         known = registered_model(settings, store)
         if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
-            return ScoreOutcome(
-                source, pool_id, scan_report, known, None, ScoringReport(), engine=engine, tasks=tasks
-            )
+            return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport(), engine=engine, tasks=tasks)
     from curation.scoring.engine import score_items
 
     if engine == "ray" and runtime is None:
@@ -258,9 +256,7 @@ def score(
     return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name, tasks=tasks)
 
 
-def _jobs(
-    source: PoolSource | ObjectPool | LabelStudioPool, todo: list[Any], objects: Any
-) -> tuple[list[Any], Any]:
+def _jobs(source: PoolSource | ObjectPool | LabelStudioPool, todo: list[Any], objects: Any) -> tuple[list[Any], Any]:
     """What to score, as the engines read it, and the object source they read it through (None: local files only,
     decoded from disk by the workers)."""
     from curation.scoring.engine import ScoreJob

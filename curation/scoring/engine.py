@@ -485,7 +485,12 @@ def score_items(
     try:
         with runtime.threads(threads):
             results = local_results(
-                runtime, items, batch_size, workers=workers, max_pixels=max_pixels, max_aspect=max_aspect,
+                runtime,
+                items,
+                batch_size,
+                workers=workers,
+                max_pixels=max_pixels,
+                max_aspect=max_aspect,
                 objects=objects,
             )
             commit_results(store, run_id, model_version_id, results, report, settings.chunk_size, progress)

@@ -134,9 +134,7 @@ class Resources:
     threads: int
 
 
-def plan_resources(
-    ray_settings: Any, batch_size: int | None, task: str, cluster: dict[str, float]
-) -> Resources:
+def plan_resources(ray_settings: Any, batch_size: int | None, task: str, cluster: dict[str, float]) -> Resources:
     """Defaults from the cluster's resources (``ray.cluster_resources()``): one actor per GPU (per
     ``gpus_per_actor``) where there are GPUs; on a CPU-only cluster two thirds of the CPUs run inference and the
     rest decode, as the local engine splits one machine's cores."""
@@ -263,9 +261,7 @@ class InferenceActor:
         with self.runtime.threads(self.threads):
             for (h, w), members in groups.items():
                 images = torch.from_numpy(
-                    np.stack(
-                        [np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(3, h, w) for i in members]
-                    )
+                    np.stack([np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(3, h, w) for i in members])
                 )
                 geometries = [pickle.loads(batch["geometry"][i]) for i in members]
                 outputs = self.runtime.infer(images, geometries)
