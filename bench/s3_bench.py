@@ -112,7 +112,7 @@ def listing_and_rerun(server: object, work: Path, n_objects: int) -> dict[str, o
 
     from curation.jobs.score import scan
     from store import Store
-    from tests.s3_support import S3FaultProxy
+    from tests.ls_support import FaultProxy
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, format="PNG")
@@ -138,7 +138,7 @@ def listing_and_rerun(server: object, work: Path, n_objects: int) -> dict[str, o
 
     (work / "many").mkdir()
     store = Store.open(f"sqlite:///{work / 'many' / 'c.db'}")
-    with S3FaultProxy(server.endpoint) as proxy:  # type: ignore[attr-defined]
+    with FaultProxy(server.endpoint, keep_host=True) as proxy:  # type: ignore[attr-defined]
         settings = _settings(f"s3://{bucket}/many/", proxy.url)
         started = time.perf_counter()
         _, _, first = scan(store, settings)  # type: ignore[arg-type]

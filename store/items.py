@@ -24,7 +24,7 @@ class Items:
         """Items of the pool without a prediction under this model version (all decodable ones if rescore)."""
         in_pool = pool_items(pool_id)
         stmt = (
-            select(in_pool.c.item_id, in_pool.c.path, Item.width, Item.height)
+            select(in_pool.c.item_id, in_pool.c.path, Item.width, Item.height, Item.content_id)
             .join(Item, Item.id == in_pool.c.item_id)
             .where(Item.status != "failed")
             .order_by(in_pool.c.item_id)
@@ -37,7 +37,9 @@ class Items:
                 )
             )
         with self._db.tx(write=False) as conn:
-            return [ItemToScore(int(r.item_id), str(r.path), r.width, r.height) for r in conn.execute(stmt)]
+            return [
+                ItemToScore(int(r.item_id), str(r.path), r.width, r.height, r.content_id) for r in conn.execute(stmt)
+            ]
 
     def by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
         """content id → item id, for the content ids the database knows."""

@@ -129,7 +129,7 @@ def score(
     if isinstance(source, PoolSource):
         items = [ScoreJob(t.item_id, absolute_path(source.root, t.path), t.width, t.height) for t in todo]
     else:
-        items = [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo]
+        items = [ScoreJob(t.item_id, source.key(t.path), t.width, t.height, t.content_id) for t in todo]
     report = score_items(
         store,
         runtime,

@@ -11,7 +11,7 @@ import io
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,9 @@ class ScoreJob:
     path: Path | str  # a file, or an object key when the pool is an object store (see ``PoolDataset.objects``)
     width: int | None = None
     height: int | None = None
+    # object-store items: the content id the scan recorded (``PENDING_PREFIX``…: listed, never read); the bytes
+    # scoring reads are hashed and checked against it, or resolve it
+    content_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Sample:
     geometry: Geometry | None
     error: str | None
     transient: bool = False
+    content_id: str | None = None  # of the bytes read from an object store (SHA-256, as the scan computes it)
 
 
 class PoolDataset(Dataset[Sample]):
@@ -103,7 +107,8 @@ class PoolDataset(Dataset[Sample]):
             if isinstance(entry, tuple):
                 position, data = entry
                 if isinstance(data, ObjectReadError):
-                    out.append(Sample(position, None, None, str(data), data.transient))
+                    # never marked failed: gone, timing out or denied now, it is read again by the next run
+                    out.append(Sample(position, None, None, str(data), True))
                 else:
                     out.append(self._decode(position, data))
             else:
@@ -116,6 +121,15 @@ class PoolDataset(Dataset[Sample]):
         return self._decode(position, None)
 
     def _decode(self, position: int, data: bytes | None) -> Sample:
+        sample = self._decoded(position, data)
+        if data is None:
+            return sample
+        import hashlib
+
+        # the content id, from the one read decoding needs (in the worker, beside the decoding)
+        return replace(sample, content_id=hashlib.sha256(data).hexdigest()[:32])
+
+    def _decoded(self, position: int, data: bytes | None) -> Sample:
         source = io.BytesIO(data) if data is not None else Path(self.paths[position])
         try:
             decoded = load_rgb(source, self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
@@ -144,6 +158,7 @@ class DecodedBatch:
     positions: list[int]
     geometries: list[Geometry]
     failures: list[tuple[int, str, bool]]
+    content_ids: dict[int, str] = field(default_factory=dict)  # position → content id of object-store bytes read
 
 
 def collate(samples: list[Sample]) -> DecodedBatch:
@@ -153,6 +168,7 @@ def collate(samples: list[Sample]) -> DecodedBatch:
         positions=[s.position for s in good],
         geometries=[s.geometry for s in good],  # type: ignore[misc]
         failures=[(s.position, s.error or "unreadable", s.transient) for s in samples if s.image is None],
+        content_ids={s.position: s.content_id for s in samples if s.content_id is not None},
     )
 
 
@@ -355,6 +371,24 @@ def inferred_batches(
         yield batch, outputs
 
 
+def _check_content(items: Sequence[ScoreJob], content_ids: dict[int, str], chunk: ScoredChunk) -> set[int]:
+    """Object-store bytes read by scoring: a pending item's content id is recorded in ``chunk`` (resolved when the
+    chunk is written); an item whose bytes no longer hash to its content id (the object was replaced after the
+    scan) must not get these bytes' scores. Returns the positions of such items."""
+    from store.records import PENDING_PREFIX
+
+    changed: set[int] = set()
+    for position, content_id in content_ids.items():
+        job = items[position]
+        if job.content_id is None:
+            continue
+        if job.content_id.startswith(PENDING_PREFIX):
+            chunk.resolved[job.item_id] = content_id
+        elif job.content_id != content_id:
+            changed.add(position)
+    return changed
+
+
 def score_items(
     store: Store,
     runtime: ModelRuntime,
@@ -385,7 +419,8 @@ def score_items(
     def flush() -> None:
         nonlocal chunk
         if len(chunk):
-            store.runs.write_chunk(run_id, model_version_id, chunk)
+            moved = store.runs.write_chunk(run_id, model_version_id, chunk)
+            report.duplicates += sum(1 for pending, item in moved.items() if pending != item)
             checkpoint("score-after-chunk")
             report.scored += chunk.n_valid
             report.invalid += chunk.n_invalid
@@ -405,8 +440,16 @@ def score_items(
                 objects=objects,
             )
             for batch, outputs in batches:
+                changed = _check_content(items, batch.content_ids, chunk)
+                for position in changed:
+                    report.retry_later += 1
+                    progress.warn(
+                        f"skipped {items[position].path} for now: changed since the scan (read again next run)"
+                    )
                 for position, reason, transient in batch.failures:
                     item_id, path = items[position].item_id, items[position].path
+                    if position in changed:
+                        continue
                     if transient:
                         report.retry_later += 1
                         progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
@@ -416,6 +459,8 @@ def score_items(
                     progress.warn(f"skipped {path}: {reason}")
                 for position, geometry, output in zip(batch.positions, batch.geometries, outputs, strict=True):
                     item_id, path = items[position].item_id, items[position].path
+                    if position in changed:
+                        continue
                     # the store leaves out a NaN or overflowing embedding (it would poison every distance it
                     # enters); a missing embedding is handled downstream
                     chunk.scored.append(prediction_row(item_id, output, geometry))

@@ -46,6 +46,7 @@ class ScanReport:
     new_items: int = 0
     duplicate_paths: int = 0
     removed: int = 0
+    pending: int = 0  # object-store pools: objects listed but not read yet (read, hashed and resolved when scored)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an item at all
 
 

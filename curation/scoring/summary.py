@@ -16,6 +16,7 @@ class ScoringReport:
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
     retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
+    duplicates: int = 0  # object-store items found, when read, to hold content the database already had
 
     @property
     def images_per_s(self) -> float:
