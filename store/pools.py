@@ -54,6 +54,18 @@ class Pools:
             ).all()  # fetched in one call: an idle scan of a large pool reads every row
             return {path: KnownPath(item_id, size, mtime_ns) for path, item_id, size, mtime_ns in rows}
 
+    def known_stats(self, pool_id: int) -> list[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every path of the pool as plain tuples, for a local rescan to compare its
+        ``stat`` results with in C-level set operations (no per-row objects: an idle scan of 100k files reads
+        every row)."""
+        with self._db.tx(write=False) as conn:
+            stmt = select(ItemPath.path, ItemPath.size, ItemPath.mtime_ns).where(ItemPath.pool_id == pool_id)
+            result = conn.execute(stmt)
+            try:  # the driver's own rows (plain tuples; these columns need no type processing)
+                return [tuple(r) for r in result.cursor.fetchall()]
+            finally:
+                result.close()
+
     def known_among(self, pool_id: int, paths: Sequence[str]) -> dict[str, KnownPath]:
         """What the last scans recorded for ``paths`` (one listing page of an object-store pool at a time, so that
         a prefix with a million objects is never held in memory)."""

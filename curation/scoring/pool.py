@@ -111,7 +111,8 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
             continue
         visited.add(key)
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except OSError as exc:
             skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
@@ -136,7 +137,7 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
                 dot = entry.name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
                 if dot > 0 and entry.name[dot:].lower() in extensions:
                     yield entry.path
-        stack.extend(reversed(subdirs))
+        stack.extend(sorted(subdirs, reverse=True))  # walked in name order: symlinked aliases resolve the same way
 
 
 def read_manifest(manifest: Path) -> Iterator[Path]:
@@ -274,7 +275,8 @@ def scan_pool(
     ``manifest_entry_problem`` refuses are reported in ``ScanReport.skipped`` and never read."""
     report = ScanReport()
     pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
-    known = store.pools.known_paths(pool_id)
+    known_rows = store.pools.known_stats(pool_id)
+    unchanged = set(known_rows)  # (path, size, mtime_ns) as the last scan saw them
     directory = source.kind == "directory"
     prefix = os.path.join(str(source.root), "")
     paths: Iterator[str | Path] = (
@@ -291,7 +293,7 @@ def scan_pool(
         )
         if key in seen:
             continue
-        if not _is_utf8(key):  # one such name must not stop the pool from being registered
+        if not key.isascii() and not _is_utf8(key):  # one such name must not stop the pool from being registered
             report.skipped.append((shown_path(path), NOT_UTF8))
             continue
         if not directory:
@@ -311,10 +313,10 @@ def scan_pool(
             report.skipped.append((shown_path(path), "not a regular file"))
             continue
         seen.add(key)
-        old = known.get(key)
-        if old is None or old.size != st.st_size or old.mtime_ns != st.st_mtime_ns:
+        if (key, st.st_size, st.st_mtime_ns) not in unchanged:
             to_hash.append((key, Path(path), st.st_size, st.st_mtime_ns))
     report.files = len(seen)
+    to_hash.sort()  # new files get item ids in path order, whatever order the directory listed them in
 
     changed: list[ScannedFile] = []
 
@@ -341,7 +343,7 @@ def scan_pool(
             if on_progress is not None:
                 on_progress(done, len(to_hash))
     report.hashed = len(changed)
-    gone = [p for p in known if p not in seen]
+    gone = sorted({row[0] for row in known_rows} - seen)
     report.removed = len(gone)
     report.files = len(seen)
     report.new_items, report.duplicate_paths = store.pools.apply_scan(pool_id, changed, gone)
