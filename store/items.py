@@ -41,6 +41,24 @@ class Items:
                 ItemToScore(int(r.item_id), str(r.path), r.width, r.height, r.content_id) for r in conn.execute(stmt)
             ]
 
+    def any_to_score(self, pool_id: int, model_version_id: int) -> bool:
+        """Whether ``to_score`` would return anything: one EXISTS over the pool's paths, without grouping them by
+        item (what an idle cron turn asks of a large pool)."""
+        stmt = (
+            select(ItemPath.item_id)
+            .join(Item, Item.id == ItemPath.item_id)
+            .where(
+                ItemPath.pool_id == pool_id,
+                Item.status != "failed",
+                ~exists().where(
+                    Prediction.item_id == ItemPath.item_id, Prediction.model_version_id == model_version_id
+                ),
+            )
+            .limit(1)
+        )
+        with self._db.tx(write=False) as conn:
+            return conn.execute(stmt).first() is not None
+
     def by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
         """content id → item id, for the content ids the database knows."""
         out: dict[str, int] = {}

@@ -62,7 +62,8 @@ class Pools:
             stmt = select(ItemPath.path, ItemPath.size, ItemPath.mtime_ns).where(ItemPath.pool_id == pool_id)
             result = conn.execute(stmt)
             try:  # the driver's own rows (plain tuples; these columns need no type processing)
-                return [tuple(r) for r in result.cursor.fetchall()]
+                rows: list[tuple[str, int, int]] = list(result.cursor.fetchall())  # sqlite3, psycopg: tuples
+                return rows
             finally:
                 result.close()
 

@@ -412,3 +412,25 @@ def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path
 def _items(store: Store, pool_id: int) -> tuple[list[int], list[str]]:
     rows = store.items.to_score(pool_id, model_version_id=-1)
     return [r.item_id for r in rows], [r.path for r in rows]
+
+
+def test_report_shows_thumbnails_of_s3_items(seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path) -> None:
+    """``curate report``'s top-of-the-queue thumbnails for an object-store pool are read from the bucket with the
+    configured credentials; an object that cannot be read is that thumbnail's problem, not the report's."""
+    from curation.jobs.report import gather
+    from curation.jobs.select import select
+
+    bucket = _bucket(seaweedfs)
+    files = _images(tmp_path, 6)
+    _upload(seaweedfs, bucket, "pool/", files)
+    store = _store(tmp_path)
+    settings = _settings(f"s3://{bucket}/pool/", seaweedfs.endpoint, **_cls(tiny_cls_model))
+    outcome = select(store, settings, budget=3)
+    picked = [row["path"] for row in outcome.rows]
+    seaweedfs.client().delete_object(Bucket=bucket, Key=picked[0][len(f"s3://{bucket}/") :])
+    queue = gather(store, settings).queue
+    assert len(queue) == 3
+    by_path = {f"s3://{bucket}/pool/{t.path}": t for t in queue}
+    assert by_path[picked[0]].jpeg is None and "not found" in (by_path[picked[0]].problem or "")
+    for path in picked[1:]:
+        assert by_path[path].jpeg is not None and by_path[path].jpeg[:2] == b"\xff\xd8"

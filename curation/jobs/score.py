@@ -119,7 +119,7 @@ def score(
     source, pool_id, scan_report = scan(store, settings, progress, objects)
     if runtime is None and not rescore:
         known = registered_model(settings, store)
-        if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
+        if known is not None and not store.items.any_to_score(pool_id, known.id):
             return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport())
     from curation.scoring.engine import ScoreJob, score_items
 

@@ -290,7 +290,7 @@ class PrefetchedObjects:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         pending: deque[tuple[list[int], Future[list[Any]]]] = deque()
-        with ThreadPoolExecutor(max_workers=min(self.ahead, 4), thread_name_prefix="object-read") as pool:
+        with ThreadPoolExecutor(max_workers=self.ahead, thread_name_prefix="object-read") as pool:
             todo = iter(self.batches)
             try:
                 for batch in todo:
@@ -328,7 +328,7 @@ def decoded_batches(
     )
     sampler: Any = batches
     if objects is not None:
-        sampler = PrefetchedObjects(batches, [str(j.path) for j in jobs], objects, ahead=max(2, 2 * workers))
+        sampler = PrefetchedObjects(batches, [str(j.path) for j in jobs], objects, ahead=max(4, 2 * workers))
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
