@@ -586,6 +586,12 @@ def demo(
     port: Annotated[
         int | None, typer.Option("--port", help="Label Studio port (default 8080, else a free one).")
     ] = None,
+    s3: Annotated[
+        bool,
+        typer.Option(
+            "--s3", help="Serve the pool from a local SeaweedFS bucket (S3) and connect Label Studio's S3 storage."
+        ),
+    ] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -601,13 +607,24 @@ def demo(
         assets = prepare_demo(directory, fresh=fresh, progress=progress)
         overrides = _common(db or assets.db_url, str(assets.pool), str(assets.model))
         overrides[("select", "out")] = (str(assets.root / "selection.jsonl"), "--out")
-        server = login = None
+        server = login = objects = None
+        if s3:
+            from curation.devtools.demo import start_demo_seaweedfs
+            from curation.devtools.local_seaweedfs import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+
+            err_console.print("Starting a local SeaweedFS (S3) with the demo pool (installed on first use)…")
+            objects, pool_uri = start_demo_seaweedfs(assets.root, assets.pool)
+            overrides[("pool", "path")] = (pool_uri, "--s3")
+            overrides[("pool", "s3", "endpoint_url")] = (objects.endpoint, "--s3")
+            overrides[("pool", "s3", "access_key_id")] = (LOCAL_ACCESS_KEY, "--s3")
+            overrides[("pool", "s3", "secret_access_key")] = (LOCAL_SECRET_KEY, "--s3")
+            overrides[("label_studio", "project")] = (f"{DEMO_PROJECT} (S3)", "demo")
         if push:
             err_console.print("Starting a local Label Studio (the first run installs it into its own virtualenv)…")
             server, login = start_demo_label_studio(assets.root, port)
             overrides[("label_studio", "url")] = (server.url, "demo")
             overrides[("label_studio", "api_key")] = (login.api_key, "demo")
-            overrides[("label_studio", "project")] = (DEMO_PROJECT, "demo")
+            overrides.setdefault(("label_studio", "project"), (DEMO_PROJECT, "demo"))
             overrides[("label_studio", "document_root")] = (str(assets.root), "demo")
         try:
             settings = _settings(config, overrides)
@@ -640,6 +657,8 @@ def demo(
         finally:
             if server is not None:
                 server.stop()
+            if objects is not None:
+                objects.stop()
 
 
 @app.command()

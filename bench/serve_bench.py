@@ -176,10 +176,11 @@ def main() -> None:
                     raise SystemExit(f"the loop was not idle: {summary}")
                 idle.append(seconds)
             out["idle_loop_s"] = [round(s, 2) for s in idle]
+            out["idle_loop_inside_s"] = summary["seconds"]
             if args.profile:
+                print(json.dumps(out), flush=True)
                 profile_turn(env)
                 return
-            out["idle_loop_inside_s"] = summary["seconds"]
 
             serve = start_local_serve([], env=env, cwd=REPO)
             try:

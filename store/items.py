@@ -29,7 +29,7 @@ class Items:
         """Items of the pool without a prediction under this model version (all decodable ones if rescore)."""
         in_pool = pool_items(pool_id)
         stmt = (
-            select(in_pool.c.item_id, in_pool.c.path, Item.width, Item.height)
+            select(in_pool.c.item_id, in_pool.c.path, Item.width, Item.height, Item.content_id)
             .join(Item, Item.id == in_pool.c.item_id)
             .where(Item.status != "failed")
             .order_by(in_pool.c.item_id)
@@ -42,7 +42,27 @@ class Items:
                 )
             )
         with self._db.tx(write=False) as conn:
-            return [ItemToScore(int(r.item_id), str(r.path), r.width, r.height) for r in conn.execute(stmt)]
+            return [
+                ItemToScore(int(r.item_id), str(r.path), r.width, r.height, r.content_id) for r in conn.execute(stmt)
+            ]
+
+    def any_to_score(self, pool_id: int, model_version_id: int) -> bool:
+        """Whether ``to_score`` would return anything: one EXISTS over the pool's paths, without grouping them by
+        item (what an idle cron turn asks of a large pool)."""
+        stmt = (
+            select(ItemPath.item_id)
+            .join(Item, Item.id == ItemPath.item_id)
+            .where(
+                ItemPath.pool_id == pool_id,
+                Item.status != "failed",
+                ~exists().where(
+                    Prediction.item_id == ItemPath.item_id, Prediction.model_version_id == model_version_id
+                ),
+            )
+            .limit(1)
+        )
+        with self._db.tx(write=False) as conn:
+            return conn.execute(stmt).first() is not None
 
     def by_content(self, content_ids: Sequence[str]) -> dict[str, int]:
         """content id → item id, for the content ids the database knows."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 
 from store.db import BATCH, Database
-from store.records import KnownPath, ScannedFile
+from store.records import PENDING_PREFIX, KnownPath, ScannedFile
 from store.schema import Item, ItemPath, Pool, utcnow
 
 
@@ -53,6 +54,19 @@ class Pools:
             ).all()  # fetched in one call: an idle scan of a large pool reads every row
             return {path: KnownPath(item_id, size, mtime_ns, etag) for path, item_id, size, mtime_ns, etag in rows}
 
+    def known_stats(self, pool_id: int) -> list[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every path of the pool as plain tuples, for a local rescan to compare its
+        ``stat`` results with in C-level set operations (no per-row objects: an idle scan of 100k files reads
+        every row)."""
+        with self._db.tx(write=False) as conn:
+            stmt = select(ItemPath.path, ItemPath.size, ItemPath.mtime_ns).where(ItemPath.pool_id == pool_id)
+            result = conn.execute(stmt)
+            try:  # the driver's own rows (plain tuples; these columns need no type processing)
+                rows: list[tuple[str, int, int]] = list(result.cursor.fetchall())  # sqlite3, psycopg: tuples
+                return rows
+            finally:
+                result.close()
+
     def known_among(self, pool_id: int, paths: Sequence[str]) -> dict[str, KnownPath]:
         """What the last scans recorded for ``paths`` (one listing page of an object-store pool at a time, so that
         a prefix with a million objects is never held in memory)."""
@@ -66,6 +80,111 @@ class Pools:
                 )
                 out.update({r.path: KnownPath(r.item_id, r.size, r.mtime_ns, r.etag) for r in rows})
         return out
+
+    def _bytewise(self, column: Any) -> Any:
+        """``column`` compared in UTF-8 byte order — the order S3 lists keys in, and Python's ``str`` order.
+        SQLite's default collation already is; Postgres' database collation need not be."""
+        return column.collate("C") if self._db.dialect == "postgresql" else column
+
+    def known_in_range(self, pool_id: int, after: str | None, upto: str) -> list[tuple[str, int, int, str | None]]:
+        """(path, path row id, size, etag) of the pool's paths in ``(after, upto]`` (byte order), one query: what
+        an object-store listing page must be compared with. Plain tuples: an unchanged rerun of a large prefix
+        reads every row once and writes none."""
+        path = self._bytewise(ItemPath.path)
+        stmt = select(ItemPath.path, ItemPath.id, ItemPath.size, ItemPath.etag).where(
+            ItemPath.pool_id == pool_id, path <= upto
+        )
+        if after is not None:
+            stmt = stmt.where(path > after)
+        with self._db.tx(write=False) as conn:
+            return [tuple(r) for r in conn.execute(stmt).all()]  # type: ignore[misc]
+
+    def ids_after(self, pool_id: int, after: str | None) -> list[int]:
+        """Path row ids of the pool's paths after ``after`` in byte order (all of them for None)."""
+        stmt = select(ItemPath.id).where(ItemPath.pool_id == pool_id)
+        if after is not None:
+            stmt = stmt.where(self._bytewise(ItemPath.path) > after)
+        with self._db.tx(write=False) as conn:
+            return [int(i) for i in conn.execute(stmt).scalars()]
+
+    def register_pending(
+        self, pool_id: int, listed: Sequence[tuple[str, int, int, str | None]], mark: int | None = None
+    ) -> int:
+        """Register listed objects that are new or changed (path, size, mtime_ns, etag) without reading them: each
+        path gets an item of status ``pending`` whose content id is resolved when scoring reads it. Returns how
+        many were registered. Pending items the paths pointed to before (an object changed again before it was
+        read) are removed."""
+        if not listed:
+            return 0
+        now = utcnow()
+        with self._db.tx() as conn:
+            for start in range(0, len(listed), BATCH):
+                chunk = listed[start : start + BATCH]
+                rows = [
+                    {
+                        "content_id": pending_id(pool_id, path, size, etag),
+                        "size": size,
+                        "status": "pending",
+                        "width": None,
+                        "height": None,
+                        "created_at": now,
+                    }
+                    for path, size, _, etag in chunk
+                ]
+                conn.execute(self._db.insert(Item).on_conflict_do_nothing(index_elements=["content_id"]), rows)
+                cids = [str(r["content_id"]) for r in rows]
+                ids = dict(conn.execute(select(Item.content_id, Item.id).where(Item.content_id.in_(cids))).all())
+                previous = [
+                    int(i)
+                    for i in conn.execute(
+                        select(ItemPath.item_id).where(
+                            ItemPath.pool_id == pool_id, ItemPath.path.in_([p for p, *_ in chunk])
+                        )
+                    ).scalars()
+                ]
+                stmt = self._db.insert(ItemPath)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["pool_id", "path"],
+                    set_={c: getattr(stmt.excluded, c) for c in ("item_id", "size", "mtime_ns", "etag", "scan_mark")},
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "pool_id": pool_id,
+                            "path": path,
+                            "item_id": ids[cid],
+                            "size": size,
+                            "mtime_ns": mtime_ns,
+                            "etag": etag,
+                            "scan_mark": mark,
+                        }
+                        for (path, size, mtime_ns, etag), cid in zip(chunk, cids, strict=True)
+                    ],
+                )
+                _drop_orphan_pending(conn, previous)
+            conn.execute(update(Pool).where(Pool.id == pool_id).values(scanned_at=now))
+        return len(listed)
+
+    def forget(self, pool_id: int, path_ids: Sequence[int], mark: int | None = None) -> int:
+        """After a complete listing: delete the path rows ``path_ids`` (objects it no longer shows) and, with
+        ``mark``, those it did not mark. Pending items left without a path go too. Returns how many paths."""
+        removed = 0
+        with self._db.tx() as conn:
+            items: list[int] = []
+            for start in range(0, len(path_ids), BATCH):
+                ids = list(path_ids[start : start + BATCH])
+                items += [int(i) for i in conn.execute(select(ItemPath.item_id).where(ItemPath.id.in_(ids))).scalars()]
+                removed += int(conn.execute(delete(ItemPath).where(ItemPath.id.in_(ids))).rowcount or 0)
+            if mark is not None:
+                unmarked = (ItemPath.pool_id == pool_id) & (
+                    (ItemPath.scan_mark.is_(None)) | (ItemPath.scan_mark != mark)
+                )
+                items += [int(i) for i in conn.execute(select(ItemPath.item_id).where(unmarked)).scalars()]
+                removed += int(conn.execute(delete(ItemPath).where(unmarked)).rowcount or 0)
+            _drop_orphan_pending(conn, items)
+            conn.execute(update(Pool).where(Pool.id == pool_id).values(scanned_at=utcnow()))
+        return removed
 
     def mark_seen(self, pool_id: int, paths: Sequence[str], mark: int) -> None:
         """Record that the listing of scan ``mark`` still holds ``paths`` (unchanged, or unreadable for now)."""
@@ -87,6 +206,18 @@ class Pools:
             )
             conn.execute(update(Pool).where(Pool.id == pool_id).values(scanned_at=utcnow()))
             return int(result.rowcount or 0)
+
+    def pending_count(self, pool_id: int) -> int:
+        """Paths of the pool whose object was listed but not read yet."""
+        with self._db.tx(write=False) as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(ItemPath)
+                    .join(Item, Item.id == ItemPath.item_id)
+                    .where(ItemPath.pool_id == pool_id, Item.status == "pending")
+                ).scalar_one()
+            )
 
     def duplicate_paths(self, pool_id: int) -> int:
         """Paths of the pool that hold the same content as another of its paths."""
@@ -168,3 +299,63 @@ class Pools:
             conn.execute(update(Pool).where(Pool.id == pool_id).values(scanned_at=utcnow()))
             duplicates = self._duplicates(conn, pool_id) if mark is None else 0
         return new_items, duplicates
+
+
+def pending_id(pool_id: int, path: str, size: int, etag: str | None) -> str:
+    """The placeholder content id of a listed, unread object version (deterministic: a rescan that finds the same
+    version maps it to the same pending item)."""
+    digest = hashlib.sha256(f"{pool_id}\0{path}\0{size}\0{etag}".encode()).hexdigest()
+    return f"{PENDING_PREFIX}{digest[: 32 - len(PENDING_PREFIX)]}"
+
+
+def _drop_orphan_pending(conn: Connection, item_ids: Iterable[int]) -> None:
+    """Delete those of ``item_ids`` that are pending and no path points to any more."""
+    ids = sorted(set(item_ids))
+    for start in range(0, len(ids), BATCH):
+        conn.execute(
+            delete(Item).where(
+                Item.id.in_(ids[start : start + BATCH]),
+                Item.status == "pending",
+                ~exists().where(ItemPath.item_id == Item.id),
+            )
+        )
+
+
+def resolve_pending(conn: Connection, resolved: Mapping[int, str]) -> dict[int, int]:
+    """Give pending items the content ids their bytes hashed to (pending item id → content id), inside the
+    transaction that stores their scores. A content the database already knows is a duplicate: the pending item's
+    paths move to the known item and the pending item is deleted. Returns pending item id → the item id that
+    the scores belong to (items no longer pending — already resolved — map to themselves)."""
+    if not resolved:
+        return {}
+    out: dict[int, int] = {}
+    pending_ids = list(resolved)
+    still = set(
+        int(i)
+        for i in conn.execute(select(Item.id).where(Item.id.in_(pending_ids), Item.status == "pending")).scalars()
+    )
+    cids = sorted(set(resolved.values()))
+    known = {str(c): int(i) for c, i in conn.execute(select(Item.content_id, Item.id).where(Item.content_id.in_(cids)))}
+    renames, merges = [], []
+    for pending, cid in resolved.items():
+        if pending not in still:
+            out[pending] = pending
+            continue
+        target = known.get(cid)
+        if target is None:
+            renames.append({"b_id": pending, "b_cid": cid})
+            known[cid] = out[pending] = pending
+        else:
+            merges.append({"b_from": pending, "b_to": target})
+            out[pending] = target
+    if renames:
+        conn.execute(
+            update(Item).where(Item.id == bindparam("b_id")).values(content_id=bindparam("b_cid"), status="new"),
+            renames,
+        )
+    if merges:
+        conn.execute(
+            update(ItemPath).where(ItemPath.item_id == bindparam("b_from")).values(item_id=bindparam("b_to")), merges
+        )
+        conn.execute(delete(Item).where(Item.id.in_([m["b_from"] for m in merges])))
+    return out

@@ -22,6 +22,12 @@ class KnownPath:
     etag: str | None = None
 
 
+# The content id of an object-store item that was listed but not read yet. Its real content id (the SHA-256 of its
+# bytes) is computed during the one read that scoring needs, and the item is then renamed to it, or merged into the
+# item that already has that content (``store.pools.resolve_pending``).
+PENDING_PREFIX = "pending:"
+
+
 @dataclass(frozen=True)
 class ScannedFile:
     path: str
@@ -39,6 +45,7 @@ class ItemToScore:
     path: str
     width: int | None
     height: int | None
+    content_id: str | None = None  # PENDING_PREFIX…: an object listed but not read yet (see ``store.pools``)
 
 
 # -- model versions ----------------------------------------------------------------------------------------------------
@@ -119,6 +126,9 @@ class ScoredChunk:
 
     scored: list[ScoredItem] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)  # item id, reason
+    # pending item id -> the content id its bytes hashed to when scoring read them (resolved before the rest is
+    # written, in the same transaction: see ``store.pools.resolve_pending``)
+    resolved: dict[int, str] = field(default_factory=dict)
 
     @property
     def n_invalid(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Select, bindparam, exists, func, insert, select, update
@@ -9,6 +10,7 @@ from sqlalchemy import Select, bindparam, exists, func, insert, select, update
 from store import blobs
 from store.db import Database
 from store.items import to_signed
+from store.pools import resolve_pending
 from store.records import ScoredChunk
 from store.schema import Embedding, Item, ItemPath, ModelVersion, Prediction, ScoringRun, utcnow
 
@@ -53,8 +55,23 @@ class Runs:
                 ).scalar_one()
             )
 
-    def write_chunk(self, run_id: int, model_version_id: int, chunk: ScoredChunk) -> None:
-        """Commit one chunk of results atomically: a crash loses at most the chunk in flight."""
+    def write_chunk(self, run_id: int, model_version_id: int, chunk: ScoredChunk) -> dict[int, int]:
+        """Commit one chunk of results atomically: a crash loses at most the chunk in flight. Pending items the
+        chunk read are resolved to their content ids first, in the same transaction; returns how they were
+        resolved (pending item id → the item the result was stored under)."""
+        with self._db.tx() as conn:
+            moved = resolve_pending(conn, chunk.resolved)
+            if moved:  # duplicates found now: one result per item (the same content gives the same result)
+                scored = {moved.get(s.item_id, s.item_id): s for s in chunk.scored}
+                failures = {moved.get(i, i): r for i, r in chunk.failures}
+                chunk = ScoredChunk(
+                    scored=[replace(s, item_id=i) for i, s in scored.items()],
+                    failures=[(i, r) for i, r in failures.items() if i not in scored],
+                )
+            self._write(conn, run_id, model_version_id, chunk)
+        return moved
+
+    def _write(self, conn: Any, run_id: int, model_version_id: int, chunk: ScoredChunk) -> None:
         now = utcnow()
         predictions = [
             {
@@ -76,48 +93,45 @@ class Runs:
             vector = None if s.embedding is None or s.problem else blobs.EMBEDDING.encode_finite(s.embedding)
             if vector is not None:
                 embeddings.append({"item_id": s.item_id, "model_version_id": model_version_id, "vector": vector})
-        with self._db.tx() as conn:
-            if chunk.failures:
-                conn.execute(
-                    update(Item)
-                    .where(Item.id == bindparam("b_id"))
-                    .values(status="failed", failure=bindparam("b_reason")),
-                    [{"b_id": i, "b_reason": r} for i, r in chunk.failures],
-                )
-            if chunk.scored:
-                conn.execute(
-                    update(Item)
-                    .where(Item.id == bindparam("b_id"))
-                    .values(status="ok", failure=None, width=bindparam("b_w"), height=bindparam("b_h")),
-                    [{"b_id": s.item_id, "b_w": s.width, "b_h": s.height} for s in chunk.scored],
-                )
-                hashed = [s for s in chunk.scored if s.phash is not None]
-                if hashed:
-                    conn.execute(
-                        update(Item).where(Item.id == bindparam("b_id")).values(phash=bindparam("b_hash")),
-                        [{"b_id": s.item_id, "b_hash": to_signed(s.phash)} for s in hashed if s.phash is not None],
-                    )
-                stmt = self._db.insert(Prediction)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["item_id", "model_version_id"],
-                    set_={c: getattr(stmt.excluded, c) for c in _PREDICTION_COLUMNS},
-                )
-                conn.execute(stmt, predictions)
-            if embeddings:
-                stmt = self._db.insert(Embedding)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["item_id", "model_version_id"], set_={"vector": stmt.excluded.vector}
-                )
-                conn.execute(stmt, embeddings)
+        if chunk.failures:
             conn.execute(
-                update(ScoringRun)
-                .where(ScoringRun.id == run_id)
-                .values(
-                    n_scored=ScoringRun.n_scored + chunk.n_valid,
-                    n_failed=ScoringRun.n_failed + len(chunk.failures),
-                    n_invalid=ScoringRun.n_invalid + chunk.n_invalid,
-                )
+                update(Item).where(Item.id == bindparam("b_id")).values(status="failed", failure=bindparam("b_reason")),
+                [{"b_id": i, "b_reason": r} for i, r in chunk.failures],
             )
+        if chunk.scored:
+            conn.execute(
+                update(Item)
+                .where(Item.id == bindparam("b_id"))
+                .values(status="ok", failure=None, width=bindparam("b_w"), height=bindparam("b_h")),
+                [{"b_id": s.item_id, "b_w": s.width, "b_h": s.height} for s in chunk.scored],
+            )
+            hashed = [(s.item_id, s.phash) for s in chunk.scored if s.phash is not None]
+            if hashed:
+                conn.execute(
+                    update(Item).where(Item.id == bindparam("b_id")).values(phash=bindparam("b_hash")),
+                    [{"b_id": i, "b_hash": to_signed(h)} for i, h in hashed],
+                )
+            stmt = self._db.insert(Prediction)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["item_id", "model_version_id"],
+                set_={c: getattr(stmt.excluded, c) for c in _PREDICTION_COLUMNS},
+            )
+            conn.execute(stmt, predictions)
+        if embeddings:
+            stmt = self._db.insert(Embedding)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["item_id", "model_version_id"], set_={"vector": stmt.excluded.vector}
+            )
+            conn.execute(stmt, embeddings)
+        conn.execute(
+            update(ScoringRun)
+            .where(ScoringRun.id == run_id)
+            .values(
+                n_scored=ScoringRun.n_scored + chunk.n_valid,
+                n_failed=ScoringRun.n_failed + len(chunk.failures),
+                n_invalid=ScoringRun.n_invalid + chunk.n_invalid,
+            )
+        )
 
     def finish(self, run_id: int, status: str, images_per_s: float | None) -> None:
         with self._db.tx() as conn:

@@ -64,7 +64,7 @@ class Item(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     content_id: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16), default="new")  # new | ok | failed
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new | ok | failed | pending (see PENDING_PREFIX)
     failure: Mapped[str | None] = mapped_column(Text)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)

@@ -18,6 +18,7 @@ class MemoryObjectSource:
         self.max_page_seen = 0
         self.faults: dict[str, ObjectReadError] = {}  # key -> error raised on read
         self.vanish_on_read: set[str] = set()  # listed, then deleted before the read
+        self.shuffled = False  # list out of byte order, as some S3-compatible servers might
 
     def put(self, key: str, data: bytes) -> None:
         self.objects[key] = data
@@ -27,6 +28,8 @@ class MemoryObjectSource:
 
     def list_pages(self, prefix: str) -> Iterator[Sequence[ObjectInfo]]:
         keys = sorted(k for k in self.objects if k.startswith(prefix))
+        if self.shuffled:
+            keys = keys[1::2] + keys[::2]
         for start in range(0, len(keys), self.page_size):
             page = [
                 ObjectInfo(k, len(self.objects[k]), hashlib.md5(self.objects[k]).hexdigest())

@@ -1,14 +1,27 @@
-"""Helpers for tests against a real Label Studio: fresh annotators, raw API calls, and a loopback proxy that
-injects faults *after* forwarding (the server has committed, the client sees a failure)."""
+"""Helpers for tests against a real Label Studio: fresh annotators, raw API calls, and the loopback proxy that
+injects faults — for Label Studio *after* forwarding (the server has committed, the client sees a failure), and
+for the real S3 server in front of object reads (``FaultProxy(..., keep_host=True)``)."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
+import time
 import uuid
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+)
 
 
 class LSApi:
@@ -83,58 +96,108 @@ def fresh_annotator(url: str) -> LSApi:
 
 
 class FaultProxy:
-    """Forwards everything to Label Studio; for task imports it can answer 502 after the server committed, 502
-    without forwarding (nothing committed), hang after the server committed (so that the test can kill the
-    client at exactly that point), or — ``504-slow`` — answer 504 at once while the import is still on its way:
-    the server commits it only when the test calls ``land()``, as behind a proxy whose timeout is shorter than
-    the server's import."""
+    """A loopback proxy for fault tests, in front of Label Studio or of the real S3 server (SeaweedFS).
 
-    def __init__(self, upstream: str, mode: str = "pass") -> None:
+    Label Studio (task imports): ``502-once`` / ``502-after-import`` answer 502 after the server committed,
+    ``502-before-import`` without forwarding (nothing committed), ``hang-after-import`` hangs after the server
+    committed (so that the test can kill the client at exactly that point), and ``504-slow`` answers 504 at once
+    while the import is still on its way: the server commits it only when the test calls ``land()``, as behind a
+    proxy whose timeout is shorter than the server's import.
+
+    S3 (object GETs, ``GET /bucket/key``, not listings; counted in ``gets``): ``503`` answers ``503 SlowDown`` to
+    the first ``n`` GETs of each key, ``reset`` closes the connection with a TCP reset (the keys in
+    ``reset_keys``, or all), ``slow`` waits ``delay_s`` before forwarding, ``deny`` answers ``403 AccessDenied``
+    for the keys in ``denied``. S3 signatures cover the Host header: ``keep_host=True`` forwards it unchanged, so
+    the server verifies the client's signature as if there were no proxy.
+    """
+
+    def __init__(
+        self, upstream: str, mode: str = "pass", *, keep_host: bool = False, n: int = 1, delay_s: float = 0.0
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.mode = mode
+        self.keep_host = keep_host
+        self.n = n
+        self.delay_s = delay_s
+        self.denied: set[str] = set()
+        self.reset_keys: set[str] | None = None  # None: every key (mode "reset")
+        self.gets: Counter[str] = Counter()  # object GETs that reached the proxy, by path
+        self.lists = 0
         self.imports_forwarded = 0
         self.committed = threading.Event()
         self._release = threading.Event()
         self._slow: tuple[str, bytes | None, dict[str, str]] | None = None
+        self._lock = threading.Lock()
+        self._client = httpx.Client(trust_env=False, timeout=120)  # thread-safe, keeps upstream connections
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real proxies and S3 clients use
+
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def _answer(self, status: int, body: bytes, content_type: str = "text/html") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _object_fault(self) -> bool:
+                """The S3 faults; True when the request was answered (or dropped) here."""
+                path = self.path.split("?", 1)[0]
+                is_object_get = self.command == "GET" and path.count("/") >= 2 and not path.endswith("/")
+                with proxy._lock:
+                    if self.command == "GET" and not is_object_get:
+                        proxy.lists += 1
+                    if not is_object_get:
+                        return False
+                    proxy.gets[path] += 1
+                    count = proxy.gets[path]
+                if proxy.mode == "503" and count <= proxy.n:
+                    self._answer(503, SLOW_DOWN, "application/xml")
+                    return True
+                if proxy.mode == "deny" and path in proxy.denied:
+                    self._answer(403, ACCESS_DENIED, "application/xml")
+                    return True
+                if proxy.mode == "reset" and (proxy.reset_keys is None or path in proxy.reset_keys):
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return True
+                if proxy.mode == "slow":
+                    time.sleep(proxy.delay_s)
+                return False
 
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if self._object_fault():
+                    return
                 is_import = self.command == "POST" and "/import" in self.path and "predictions" not in self.path
                 if is_import and proxy.mode == "502-before-import":
                     proxy.mode = "pass"
-                    self.send_response(502)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._answer(502, b"")
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                dropped = ("content-length",) if proxy.keep_host else ("host", "content-length")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 if is_import and proxy.mode == "504-slow":
                     proxy.mode = "pass"
                     proxy._slow = (self.path, body, headers)
-                    self.send_response(504)
-                    self.send_header("Content-Type", "text/html")
-                    self.send_header("Content-Length", "15")
-                    self.end_headers()
-                    self.wfile.write(b"<h1>504</h1>\n\n\n")
+                    self._answer(504, b"<h1>504</h1>\n\n\n")
                     return
-                with httpx.Client(trust_env=False, timeout=120) as client:
-                    upstream = client.request(self.command, proxy.upstream + self.path, content=body, headers=headers)
-                if is_import and proxy.mode != "pass":
+                upstream = proxy._client.request(
+                    self.command, proxy.upstream + self.path, content=body, headers=headers
+                )
+                if is_import and proxy.mode in ("502-once", "502-after-import", "hang-after-import"):
                     proxy.imports_forwarded += 1
                     proxy.committed.set()
                     if proxy.mode == "hang-after-import":
                         proxy._release.wait(300)
+                        self.close_connection = True
                         return
-                    self.send_response(502)
-                    self.send_header("Content-Type", "text/html")
-                    self.send_header("Content-Length", "15")
-                    self.end_headers()
-                    self.wfile.write(b"<h1>502</h1>\n\n\n")
+                    self._answer(502, b"<h1>502</h1>\n\n\n")
                     if proxy.mode == "502-once":
                         proxy.mode = "pass"
                     return
@@ -145,21 +208,26 @@ class FaultProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
 
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _forward
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def object_gets(self) -> int:
+        """Object GETs that reached the proxy so far (S3)."""
+        with self._lock:
+            return sum(self.gets.values())
+
     def land(self) -> dict[str, Any]:
         """The import held by ``504-slow`` reaches the server and commits now; returns the server's answer."""
         assert self._slow is not None, "no import is held"
         (path, body, headers), self._slow = self._slow, None
-        with httpx.Client(trust_env=False, timeout=120) as client:
-            response = client.post(self.upstream + path, content=body, headers=headers)
+        response = self._client.post(self.upstream + path, content=body, headers=headers)
         response.raise_for_status()
         return dict(response.json())
 
@@ -171,3 +239,4 @@ class FaultProxy:
         self._release.set()
         self.server.shutdown()
         self.server.server_close()
+        self._client.close()

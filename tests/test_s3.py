@@ -19,8 +19,9 @@ from curation.objects.source import ObjectReadError, parse_s3_uri
 from curation.scoring.object_pool import resolve_object_pool, scan_object_pool
 from curation.scoring.pool import item_location, resolve_pool
 from store import Store
+from store.records import PENDING_PREFIX
 from tests.fake_objects import MemoryObjectSource
-from tests.s3_support import S3FaultProxy
+from tests.ls_support import FaultProxy
 
 EXT = tuple(IMAGE_EXTENSIONS)
 SECRET = "s3-secret-never-shown-0123456789"
@@ -114,47 +115,98 @@ def _fake_pool(tmp_path: Path, n: int = 25, page: int = 10) -> MemoryObjectSourc
     return fake
 
 
-def test_scan_streams_pages_and_rescans_incrementally(tmp_path: Path) -> None:
+def test_scan_streams_pages_and_rescans_incrementally_without_reading(tmp_path: Path) -> None:
+    """The scan only lists: new and changed objects become pending items (read once, when scored); unchanged ones
+    cost nothing; deleted ones are forgotten after a complete listing."""
     store = _store(tmp_path)
     pool = resolve_object_pool("s3://fake-bucket/frames/")
     fake = _fake_pool(tmp_path)
-    _, report = scan_object_pool(store, pool, fake, EXT)
-    assert (report.files, report.new_items, report.hashed) == (25, 25, 25)
+    pool_id, report = scan_object_pool(store, pool, fake, EXT)
+    assert (report.files, report.new_items, report.pending, report.hashed) == (25, 25, 25, 0)
     assert fake.pages_served == 3 and fake.max_page_seen == 10
-    assert "frames/notes.txt" not in fake.reads and len(fake.reads) == 25
+    assert fake.reads == []  # nothing read: the content id is computed by scoring's read
+    todo = store.items.to_score(pool_id, model_version_id=1)
+    assert len(todo) == 25 and all(t.content_id and t.content_id.startswith(PENDING_PREFIX) for t in todo)
 
-    fake.reads.clear()
     _, report = scan_object_pool(store, pool, fake, EXT)
-    assert (report.files, report.hashed, report.removed) == (25, 0, 0) and fake.reads == []
+    assert (report.files, report.new_items, report.removed) == (25, 0, 0) and fake.reads == []
+    assert {t.content_id for t in store.items.to_score(pool_id, 1)} == {t.content_id for t in todo}
 
-    changed = sorted(k for k in fake.objects if k.endswith(".jpg"))[0]
-    gone = sorted(k for k in fake.objects if k.endswith(".jpg"))[1]
-    fake.put(changed, _images(tmp_path, 1)[0].read_bytes() + b"\0")
-    del fake.objects[gone]
+    keys = sorted(k for k in fake.objects if k.endswith(".jpg"))
+    fake.put(keys[0], _images(tmp_path, 1)[0].read_bytes() + b"\0")
+    del fake.objects[keys[1]]
     _, report = scan_object_pool(store, pool, fake, EXT)
-    assert fake.reads == [changed]
-    assert (report.files, report.hashed, report.removed, report.new_items) == (24, 1, 1, 1)
+    assert (report.files, report.new_items, report.removed, report.pending) == (24, 1, 1, 24) and fake.reads == []
+    assert store.items.counts(None, None)["items"] == 24  # the replaced and the deleted pending items are gone
 
 
-def test_read_faults_are_per_object_and_transient_ones_retry_next_run(tmp_path: Path) -> None:
+def test_unordered_listing_is_swept_by_marks(tmp_path: Path) -> None:
+    """A server that does not list in byte order: nothing listed is forgotten, what is gone is."""
     store = _store(tmp_path)
     pool = resolve_object_pool("s3://fake-bucket/frames/")
+    fake = _fake_pool(tmp_path, n=12, page=4)
+    scan_object_pool(store, pool, fake, EXT)
+    fake.shuffled = True
+    del fake.objects[sorted(k for k in fake.objects if k.endswith(".jpg"))[5]]
+    _, report = scan_object_pool(store, pool, fake, EXT)
+    assert (report.files, report.removed, report.new_items) == (11, 1, 0)
+    _, report = scan_object_pool(store, pool, fake, EXT)
+    assert (report.files, report.removed, report.new_items) == (11, 0, 0)
+
+
+def test_scoring_reads_each_object_once_and_resolves_content_ids(tmp_path: Path, tiny_cls_model: Path) -> None:
+    """One read per new object: scoring hashes the bytes it decodes, renames the pending item to its content id
+    (the SHA-256 a local scan computes) or merges it into the item that already has that content."""
+    import hashlib
+
+    from curation.jobs.score import score
+
+    fake = _fake_pool(tmp_path, n=6, page=4)
+    keys = sorted(k for k in fake.objects if k.endswith(".jpg"))
+    fake.put("frames/copy.jpg", fake.objects[keys[0]])  # a duplicate, found when read
+    store = _store(tmp_path)
+    settings = load_settings(
+        overrides={"pool.path": "s3://fake-bucket/frames/", "model.path": str(tiny_cls_model), "scoring.workers": 0},
+        environ={},
+    )
+    outcome = score(store, settings, objects=fake)
+    assert sorted(fake.reads) == sorted([*keys, "frames/copy.jpg"])  # each object exactly once
+    assert (outcome.scoring.scored, outcome.scoring.duplicates) == (7, 1)
+    counts = store.items.counts(outcome.pool_id, outcome.model.id)
+    assert (counts["items"], counts["paths"], counts["scored"], counts["unscored"]) == (6, 7, 6, 0)
+    expected = {hashlib.sha256(fake.objects[k]).hexdigest()[:32] for k in keys}
+    assert set(store.items.by_content(sorted(expected))) == expected
+
+    fake.reads.clear()
+    again = score(store, settings, objects=fake)
+    assert fake.reads == [] and again.scoring.todo == 0
+
+
+def test_read_faults_at_scoring_are_per_object_and_retried_next_run(tmp_path: Path, tiny_cls_model: Path) -> None:
+    from curation.jobs.score import score
+    from curation.progress import NullProgress
+
     fake = _fake_pool(tmp_path, n=6, page=4)
     keys = sorted(k for k in fake.objects if k.endswith(".jpg"))
     fake.vanish_on_read.add(keys[0])
     fake.faults[keys[1]] = ObjectReadError("access denied", transient=False)
     fake.faults[keys[2]] = ObjectReadError("cannot read object: connection reset", transient=True)
-    _, report = scan_object_pool(store, pool, fake, EXT)
-    reasons = dict(report.skipped)
-    assert report.files == 3
-    assert "deleted since it was listed" in reasons[f"s3://fake-bucket/{keys[0]}"]
-    assert reasons[f"s3://fake-bucket/{keys[1]}"] == "access denied"
-    assert "tried again next run" in reasons[f"s3://fake-bucket/{keys[2]}"]
+    store = _store(tmp_path)
+    settings = load_settings(
+        overrides={"pool.path": "s3://fake-bucket/frames/", "model.path": str(tiny_cls_model), "scoring.workers": 0},
+        environ={},
+    )
+    progress = NullProgress()
+    outcome = score(store, settings, progress=progress, objects=fake)
+    assert (outcome.scoring.scored, outcome.scoring.retry_later, outcome.scoring.failed) == (3, 3, 0)
+    shown = "\n".join(progress.warnings)
+    assert "deleted since it was listed" in shown and "access denied" in shown and "connection reset" in shown
     assert store.items.failures(None) == []  # nothing is marked failed for good
     fake.faults.clear()
     fake.reads.clear()
-    _, report = scan_object_pool(store, pool, fake, EXT)
-    assert sorted(fake.reads) == [keys[1], keys[2]] and report.files == 5 and not report.skipped
+    outcome = score(store, settings, objects=fake)
+    assert sorted(fake.reads) == [keys[1], keys[2]] and outcome.scoring.scored == 2  # the deleted one is forgotten
+    assert outcome.scan.removed == 1
 
 
 def test_zero_byte_and_non_image_objects_are_items_that_fail_like_local_files(tmp_path: Path) -> None:
@@ -172,55 +224,84 @@ def test_zero_byte_and_non_image_objects_are_items_that_fail_like_local_files(tm
 # -- the real server ----------------------------------------------------------------------------------------------
 
 
-def test_real_s3_pool_scan_rerun_reads_nothing_and_changes_are_reread(seaweedfs: Any, tmp_path: Path) -> None:
+def _proxy(upstream: str, mode: str = "pass", **kw: Any) -> FaultProxy:
+    return FaultProxy(upstream, mode, keep_host=True, **kw)
+
+
+def _cls(tiny_cls_model: Path, **extra: Any) -> dict[str, Any]:
+    return {"model.path": str(tiny_cls_model), "scoring.workers": 0, "scoring.batch_size": 4, **extra}
+
+
+def test_real_s3_pool_reads_each_object_once_rerun_reads_nothing_and_changes_are_reread(
+    seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path
+) -> None:
+    from curation.jobs.score import score
+
     bucket = _bucket(seaweedfs)
     files = _images(tmp_path, 12)
     _upload(seaweedfs, bucket, "frames/", files)
     store = _store(tmp_path)
-    with S3FaultProxy(seaweedfs.endpoint) as proxy:
-        settings = _settings(f"s3://{bucket}/frames/", proxy.url)
+    with _proxy(seaweedfs.endpoint) as proxy:
+        settings = _settings(f"s3://{bucket}/frames/", proxy.url, **_cls(tiny_cls_model))
         _, _, report = scan(store, settings)
-        assert (report.files, report.new_items) == (12, 12) and proxy.object_gets() == 12
-        _, _, report = scan(store, settings)
-        assert report.files == 12 and report.hashed == 0 and proxy.object_gets() == 12  # nothing downloaded
+        assert (report.files, report.new_items, report.pending) == (12, 12, 12) and proxy.object_gets() == 0
+        outcome = score(store, settings)
+        assert outcome.scoring.scored == 12 and proxy.object_gets() == 12  # one read per object, scan included
+        again = score(store, settings)
+        assert again.scan.files == 12 and again.scoring.todo == 0 and proxy.object_gets() == 12  # nothing read
         seaweedfs.client().put_object(Bucket=bucket, Key=f"frames/{files[0].name}", Body=files[1].read_bytes())
         seaweedfs.client().delete_object(Bucket=bucket, Key=f"frames/{files[2].name}")
-        _, _, report = scan(store, settings)
-        assert (report.files, report.hashed, report.removed) == (11, 1, 1) and proxy.object_gets() == 13
-        assert report.duplicate_paths == 1  # files[0]'s key now holds files[1]'s bytes
+        changed = score(store, settings)
+        assert (changed.scan.files, changed.scan.new_items, changed.scan.removed) == (11, 1, 1)
+        assert proxy.object_gets() == 13 and changed.scoring.duplicates == 1  # files[0]'s key now holds files[1]
+        assert store.pools.duplicate_paths(changed.pool_id) == 1
 
 
-def test_real_s3_throttling_is_retried_and_resets_are_transient(seaweedfs: Any, tmp_path: Path) -> None:
+def test_real_s3_throttling_is_retried_and_resets_are_transient(
+    seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path
+) -> None:
+    from curation.jobs.score import score
+
     bucket = _bucket(seaweedfs)
     files = _images(tmp_path, 6)
     _upload(seaweedfs, bucket, "", files)
     store = _store(tmp_path)
-    with S3FaultProxy(seaweedfs.endpoint, mode="503", n=2) as proxy:
-        settings = _settings(f"s3://{bucket}/", proxy.url)
-        _, _, report = scan(store, settings)
-        assert report.files == 6 and not report.skipped
+    with _proxy(seaweedfs.endpoint, mode="503", n=2) as proxy:
+        outcome = score(store, _settings(f"s3://{bucket}/", proxy.url, **_cls(tiny_cls_model)))
+        assert outcome.scoring.scored == 6 and outcome.scoring.retry_later == 0
         assert all(count == 3 for count in proxy.gets.values())  # two SlowDowns, then the object
     (tmp_path / "second").mkdir()
     store2 = _store(tmp_path / "second")
-    with S3FaultProxy(seaweedfs.endpoint, mode="reset") as proxy:
+    with _proxy(seaweedfs.endpoint, mode="reset") as proxy:
         proxy.reset_keys = {f"/{bucket}/{files[0].name}"}
-        settings = _settings(f"s3://{bucket}/", proxy.url, **{"pool.s3.max_retries": 1})
-        _, _, report = scan(store2, settings)
-        assert report.files == 5 and len(report.skipped) == 1 and "tried again next run" in report.skipped[0][1]
+        settings = _settings(f"s3://{bucket}/", proxy.url, **_cls(tiny_cls_model, **{"pool.s3.max_retries": 1}))
+        outcome = score(store2, settings)
+        assert (outcome.scoring.scored, outcome.scoring.retry_later, outcome.scoring.failed) == (5, 1, 0)
         proxy.mode = "pass"
-        _, _, report = scan(store2, settings)
-        assert report.files == 6 and report.hashed == 1 and not report.skipped
+        outcome = score(store2, settings)
+        assert outcome.scoring.scored == 1 and outcome.scoring.retry_later == 0
 
 
-def test_real_s3_access_denied_is_reported_for_that_object(seaweedfs: Any, tmp_path: Path) -> None:
+def test_real_s3_access_denied_is_reported_for_that_object(
+    seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path
+) -> None:
+    from curation.jobs.score import score
+    from curation.progress import NullProgress
+
     bucket = _bucket(seaweedfs)
     files = _images(tmp_path, 4)
     _upload(seaweedfs, bucket, "x/", files)
-    with S3FaultProxy(seaweedfs.endpoint, mode="deny") as proxy:
+    store = _store(tmp_path)
+    with _proxy(seaweedfs.endpoint, mode="deny") as proxy:
         proxy.denied = {f"/{bucket}/x/{files[1].name}"}
-        _, _, report = scan(_store(tmp_path), _settings(f"s3://{bucket}/x/", proxy.url))
-        assert report.files == 3
-        assert report.skipped == [(f"s3://{bucket}/x/{files[1].name}", "access denied")]
+        progress = NullProgress()
+        settings = _settings(f"s3://{bucket}/x/", proxy.url, **_cls(tiny_cls_model))
+        outcome = score(store, settings, progress=progress)
+        assert (outcome.scoring.scored, outcome.scoring.retry_later, outcome.scoring.failed) == (3, 1, 0)
+        [warning] = [w for w in progress.warnings if files[1].name in w]
+        assert "access denied" in warning and "tried again next run" in warning
+        proxy.denied = set()
+        assert score(store, settings).scoring.scored == 1
 
 
 @pytest.mark.parametrize("problem", ["missing bucket", "unreachable", "bad credentials"])
@@ -249,8 +330,11 @@ def test_real_s3_unusable_store_fails_before_any_work(seaweedfs: Any, tmp_path: 
     assert "Traceback" not in result.output
 
 
-def test_real_s3_server_killed_mid_scan_loses_nothing(tmp_path: Path) -> None:
+def test_real_s3_server_killed_mid_run_loses_nothing(tmp_path: Path, tiny_cls_model: Path) -> None:
+    """The server dies while objects are being read (scan and scoring's one read): nothing is marked failed, and
+    the rerun after a restart scores everything."""
     from curation.devtools.local_seaweedfs import start_local_seaweedfs
+    from curation.jobs.score import score
 
     server = start_local_seaweedfs(tmp_path / "weed")
     try:
@@ -258,24 +342,24 @@ def test_real_s3_server_killed_mid_scan_loses_nothing(tmp_path: Path) -> None:
         files = _images(tmp_path, 30)
         _upload(server, bucket, "", files)
         store = _store(tmp_path)
-        with S3FaultProxy(server.endpoint, mode="slow", delay_s=0.15) as proxy:
-            settings = _settings(
-                f"s3://{bucket}/", proxy.url, **{"pool.s3.max_retries": 1, "pool.s3.max_concurrency": 4}
-            )
+        with _proxy(server.endpoint, mode="slow", delay_s=0.15) as proxy:
+            extra = {"pool.s3.max_retries": 1, "pool.s3.max_concurrency": 4, "pool.s3.timeout_s": 2}
+            settings = _settings(f"s3://{bucket}/", proxy.url, **_cls(tiny_cls_model, **extra))
             killer = threading.Timer(1.0, server.kill)
             killer.start()
             try:
-                _, _, first = scan(store, settings)
+                first = score(store, settings)
             except ObjectStoreError:
                 first = None
             killer.join()
             assert not server.is_running()
+            assert store.items.failures(None) == []
+            assert first is None or first.scoring.scored < 30
             server = start_local_seaweedfs(tmp_path / "weed", ports=server.ports)
             proxy.mode = "pass"
-            _, pool_id, report = scan(store, settings)
-        assert report.files == 30 and not report.skipped
-        assert first is None or first.files < 30
-        assert len(store.items.to_score(pool_id, model_version_id=1)) == 30
+            outcome = score(store, settings)
+        assert outcome.scan.files == 30 and outcome.scoring.failed == 0
+        assert store.items.counts(outcome.pool_id, outcome.model.id)["scored"] == 30
     finally:
         server.stop()
         assert not server.is_running()
@@ -307,7 +391,7 @@ def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path
     local = score(local_store, load_settings(overrides={"pool.path": str(files[0].parent), **common}, environ={}))
     (tmp_path / "s3").mkdir()
     s3_store = Store.open(f"sqlite:///{tmp_path / 's3' / 'c.db'}")
-    with S3FaultProxy(seaweedfs.endpoint) as proxy:
+    with _proxy(seaweedfs.endpoint) as proxy:
         remote = score(s3_store, _settings(f"s3://{bucket}/pool/", proxy.url, **common))
         gets_after_first = proxy.object_gets()
         again = score(s3_store, _settings(f"s3://{bucket}/pool/", proxy.url, **common))
@@ -328,3 +412,25 @@ def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path
 def _items(store: Store, pool_id: int) -> tuple[list[int], list[str]]:
     rows = store.items.to_score(pool_id, model_version_id=-1)
     return [r.item_id for r in rows], [r.path for r in rows]
+
+
+def test_report_shows_thumbnails_of_s3_items(seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path) -> None:
+    """``curate report``'s top-of-the-queue thumbnails for an object-store pool are read from the bucket with the
+    configured credentials; an object that cannot be read is that thumbnail's problem, not the report's."""
+    from curation.jobs.report import gather
+    from curation.jobs.select import select
+
+    bucket = _bucket(seaweedfs)
+    files = _images(tmp_path, 6)
+    _upload(seaweedfs, bucket, "pool/", files)
+    store = _store(tmp_path)
+    settings = _settings(f"s3://{bucket}/pool/", seaweedfs.endpoint, **_cls(tiny_cls_model))
+    outcome = select(store, settings, budget=3)
+    picked = [row["path"] for row in outcome.rows]
+    seaweedfs.client().delete_object(Bucket=bucket, Key=picked[0][len(f"s3://{bucket}/") :])
+    queue = gather(store, settings).queue
+    assert len(queue) == 3
+    by_path = {f"s3://{bucket}/pool/{t.path}": t for t in queue}
+    assert by_path[picked[0]].jpeg is None and "not found" in (by_path[picked[0]].problem or "")
+    for path in picked[1:]:
+        assert by_path[path].jpeg is not None and by_path[path].jpeg[:2] == b"\xff\xd8"

@@ -6,11 +6,15 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from curation.devtools.local_label_studio import LocalLabelStudio
 from curation.devtools.synthetic import make_classification_dataset, make_pool, write_bad_files
 from curation.progress import NullProgress, Progress
 from curation.training.trainer import train_from_scratch
+
+if TYPE_CHECKING:
+    from curation.devtools.local_seaweedfs import LocalSeaweedFS
 
 DEMO_IMGSZ = 64
 
@@ -138,3 +142,48 @@ def start_demo_label_studio(root: Path, port: int | None = None) -> tuple[LocalL
         log_path=root / "label-studio" / "server.log",
     )
     return server, login
+
+
+DEMO_BUCKET = "curate-demo"
+DEMO_PREFIX = "pool/"
+
+
+def start_demo_seaweedfs(root: Path, pool: Path) -> tuple[LocalSeaweedFS, str]:
+    """A local SeaweedFS (its data beside the demo) holding the demo pool — every file under ``pool``, broken ones
+    included — in bucket ``curate-demo`` under ``pool/``. Returns the server and the pool's ``s3://`` URI; files
+    already there with the same size are not uploaded again."""
+    import json
+    import socket
+
+    from curation.devtools.local_seaweedfs import start_local_seaweedfs
+
+    data = root / "seaweedfs"
+    saved = data / "ports.json"
+    ports: list[int] | None = None
+    if saved.is_file():  # the same endpoint as last time: Label Studio's storage of the demo project points there
+        ports = [int(p) for p in json.loads(saved.read_text())]
+        for port in ports:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    ports = None
+                    break
+    server = start_local_seaweedfs(data, ports=ports)
+    saved.write_text(json.dumps(server.ports))
+    try:
+        client: Any = server.client()
+        if DEMO_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=DEMO_BUCKET)
+        present = {
+            o["Key"]: o["Size"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=DEMO_BUCKET, Prefix=DEMO_PREFIX)
+            for o in page.get("Contents", [])
+        }
+        for path in sorted(p for p in pool.rglob("*") if p.is_file()):
+            key = f"{DEMO_PREFIX}{path.relative_to(pool).as_posix()}"
+            if present.get(key) != path.stat().st_size:
+                content_type = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+                client.put_object(Bucket=DEMO_BUCKET, Key=key, Body=path.read_bytes(), ContentType=content_type)
+    except BaseException:
+        server.stop()
+        raise
+    return server, f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"

@@ -311,16 +311,49 @@ def _queue(
     top = ids[:QUEUE_TOP]
     scores = items_uncertainty(store, current, np.array(top, dtype=np.int64), measure, settings.strategy.detection)
     where = store.items.locations(top)
+    remote = _object_thumbnails(settings, [where[i] for i in top if i in where and where[i][0].startswith("s3://")])
     out = []
     for k, item_id in enumerate(top):
         root, stored = where.get(item_id, ("", "?"))
-        jpeg, problem = _thumbnail(absolute_path(root, stored), settings.pool.max_pixels) if root else (None, "no path")
+        if (root, stored) in remote:
+            jpeg, problem = remote[(root, stored)]
+        else:
+            jpeg, problem = (
+                _thumbnail(absolute_path(root, stored), settings.pool.max_pixels) if root else (None, "no path")
+            )
         value = float(scores.uncertainty[k])
         out.append(Thumbnail(item_id, k + 1, stored, None if np.isnan(value) else value, jpeg, problem))
     return out, source
 
 
-def _thumbnail(path: Path, max_pixels: int) -> tuple[bytes | None, str | None]:
+def _object_thumbnails(
+    settings: Settings, locations: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[bytes | None, str | None]]:
+    """Thumbnails of object-store items (at most ``QUEUE_TOP``: one GET each, read concurrently into memory with
+    the configured ``pool.s3`` credentials), keyed by (pool root, stored path); a failure is that thumbnail's
+    problem, never the report's."""
+    from curation.errors import CurateError
+    from curation.scoring.object_pool import object_source, resolve_object_pool
+
+    out: dict[tuple[str, str], tuple[bytes | None, str | None]] = {}
+    by_root: dict[str, list[str]] = {}
+    for root, stored in locations:
+        by_root.setdefault(root, []).append(stored)
+    for root, paths in by_root.items():
+        try:
+            pool = resolve_object_pool(root)
+            results: list[Any] = object_source(pool, settings.pool.s3).read_many([pool.key(p) for p in paths])
+        except CurateError as exc:
+            results = [exc] * len(paths)
+        for stored, data in zip(paths, results, strict=True):
+            if isinstance(data, bytes):
+                out[(root, stored)] = _thumbnail(io.BytesIO(data), settings.pool.max_pixels)
+            else:
+                out[(root, stored)] = (None, str(data))
+    return out
+
+
+def _thumbnail(path: Path | io.BytesIO, max_pixels: int) -> tuple[bytes | None, str | None]:
     """A small JPEG of ``path`` (decoded as scoring decodes: EXIF-oriented, bombs refused), or why not."""
     from PIL import Image
 

@@ -232,7 +232,7 @@ def score(
     source, pool_id, scan_report, tasks = _scan(store, settings, progress, objects)
     if runtime is None and not rescore:
         known = registered_model(settings, store)
-        if known is not None and not store.items.to_score(pool_id, known.id, rescore=False):
+        if known is not None and not store.items.any_to_score(pool_id, known.id):
             return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport(), engine=engine, tasks=tasks)
     from curation.scoring.engine import score_items
 
@@ -262,7 +262,7 @@ def _jobs(source: PoolSource | ObjectPool | LabelStudioPool, todo: list[Any], ob
     from curation.scoring.engine import ScoreJob
 
     if not isinstance(source, PoolSource):
-        return [ScoreJob(t.item_id, source.key(t.path), t.width, t.height) for t in todo], objects
+        return [ScoreJob(t.item_id, source.key(t.path), t.width, t.height, t.content_id) for t in todo], objects
     items = [
         ScoreJob(t.item_id, t.path if is_remote(t.path) else absolute_path(source.root, t.path), t.width, t.height)
         for t in todo

@@ -117,6 +117,7 @@ def select(
             settings.strategy,
             pool_path=settings.pool.path,
             progress=progress,
+            s3=settings.pool.s3,  # the pool.s3.* keys, not only the AWS environment, reach the project's storage
         )
         outcome.extra["push"] = report.summary()
     return outcome

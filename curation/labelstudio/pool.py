@@ -148,8 +148,7 @@ def scan_ls_pool(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, ScanReport, LinkReport]:
     """List the project's tasks, register their images and link each task to its item (module docstring)."""
-    from curation.objects.source import ObjectInfo
-    from curation.scoring.object_pool import _scanned
+    from curation.scoring.pool import scanned_bytes
 
     remote = find_project(ls, pool.project)
     if remote is None:
@@ -198,7 +197,7 @@ def scan_ls_pool(
                 note = " (tried again next run)" if result.transient else ""
                 report.skipped.append((f"task {refs[path]} ({path})", f"{result}{note}"))
                 continue
-            changed.append(_scanned(path, ObjectInfo(path, len(result), None), result, max_pixels))
+            changed.append(scanned_bytes(path, len(result), 0, None, result, max_pixels))
         store.pools.mark_seen(pool_id, unchanged, mark)
         if changed:
             new_items, _ = store.pools.apply_scan(pool_id, changed, (), mark=mark)

@@ -11,7 +11,7 @@ import io
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,9 @@ class ScoreJob:
     path: Path | str  # a file, or an object key when the pool is an object store (see ``PoolDataset.objects``)
     width: int | None = None
     height: int | None = None
+    # object-store items: the content id the scan recorded (``PENDING_PREFIX``…: listed, never read); the bytes
+    # scoring reads are hashed and checked against it, or resolve it
+    content_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Sample:
     error: str | None
     transient: bool = False
     phash: int | None = None  # the decoded image's perceptual hash (``images.perceptual_hash``)
+    content_id: str | None = None  # of the bytes read from an object store (SHA-256, as the scan computes it)
 
 
 class PoolDataset(Dataset[Sample]):
@@ -105,7 +109,8 @@ class PoolDataset(Dataset[Sample]):
             if isinstance(entry, tuple):
                 position, data = entry
                 if isinstance(data, ObjectReadError):
-                    out.append(Sample(position, None, None, str(data), data.transient))
+                    # never marked failed: gone, timing out or denied now, it is read again by the next run
+                    out.append(Sample(position, None, None, str(data), True))
                 else:
                     out.append(self._decode(position, data))
             else:
@@ -118,6 +123,15 @@ class PoolDataset(Dataset[Sample]):
         return self._decode(position, None)
 
     def _decode(self, position: int, data: bytes | None) -> Sample:
+        sample = self._decoded(position, data)
+        if data is None:
+            return sample
+        import hashlib
+
+        # the content id, from the one read decoding needs (in the worker, beside the decoding)
+        return replace(sample, content_id=hashlib.sha256(data).hexdigest()[:32])
+
+    def _decoded(self, position: int, data: bytes | None) -> Sample:
         source = io.BytesIO(data) if data is not None else Path(self.paths[position])
         try:
             decoded = load_rgb(source, self.max_pixels, target=self.imgsz, max_aspect=self.max_aspect)
@@ -148,6 +162,7 @@ class DecodedBatch:
     geometries: list[Geometry]
     failures: list[tuple[int, str, bool]]
     hashes: list[int | None] = field(default_factory=list)  # perceptual hash of each decoded image, as positions
+    content_ids: dict[int, str] = field(default_factory=dict)  # position → content id of object-store bytes read
 
 
 def collate(samples: list[Sample]) -> DecodedBatch:
@@ -158,6 +173,7 @@ def collate(samples: list[Sample]) -> DecodedBatch:
         geometries=[s.geometry for s in good],  # type: ignore[misc]
         hashes=[s.phash for s in good],
         failures=[(s.position, s.error or "unreadable", s.transient) for s in samples if s.image is None],
+        content_ids={s.position: s.content_id for s in samples if s.content_id is not None},
     )
 
 
@@ -280,7 +296,7 @@ class PrefetchedObjects:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         pending: deque[tuple[list[int], Future[list[Any]]]] = deque()
-        with ThreadPoolExecutor(max_workers=min(self.ahead, 4), thread_name_prefix="object-read") as pool:
+        with ThreadPoolExecutor(max_workers=self.ahead, thread_name_prefix="object-read") as pool:
             todo = iter(self.batches)
             try:
                 for batch in todo:
@@ -318,7 +334,7 @@ def decoded_batches(
     )
     sampler: Any = batches
     if objects is not None:
-        sampler = PrefetchedObjects(batches, [str(j.path) for j in jobs], objects, ahead=max(2, 2 * workers))
+        sampler = PrefetchedObjects(batches, [str(j.path) for j in jobs], objects, ahead=max(4, 2 * workers))
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -369,6 +385,7 @@ class ResultBatch:
 
     failures: list[tuple[int, str, str, bool]]
     scored: list[tuple[str, ScoredItem]]
+    read: dict[int, str] = field(default_factory=dict)  # item id → content id of the object-store bytes read
 
     def __len__(self) -> int:
         return len(self.failures) + len(self.scored)
@@ -400,7 +417,8 @@ def local_results(
                 batch.positions, batch.geometries, outputs, hashes, strict=True
             )
         ]
-        yield ResultBatch(failures, scored)
+        read = {items[position].item_id: content_id for position, content_id in batch.content_ids.items()}
+        yield ResultBatch(failures, scored, read)
 
 
 def commit_results(
@@ -411,17 +429,24 @@ def commit_results(
     report: ScoringReport,
     chunk_size: int,
     progress: Progress,
+    items: Sequence[ScoreJob] = (),
 ) -> None:
     """Store what an engine computed, in chunks of ``chunk_size`` items (one transaction each): broken files as
-    failed, transient failures left for the next run, flagged outputs warned about. On Ctrl-C the chunk in hand is
-    committed before the interrupt goes on."""
+    failed, transient failures left for the next run, flagged outputs warned about. Object-store bytes read by
+    scoring resolve a pending item's content id (the scan only listed it), and an item whose bytes no longer hash to
+    its recorded content id (replaced after the scan) gets no scores from them: read again next run. On Ctrl-C the
+    chunk in hand is committed before the interrupt goes on."""
+    from store.records import PENDING_PREFIX
+
+    recorded = {job.item_id: job.content_id for job in items if job.content_id is not None}
     chunk = ScoredChunk()
     start = time.perf_counter()
 
     def flush() -> None:
         nonlocal chunk
         if len(chunk):
-            store.runs.write_chunk(run_id, model_version_id, chunk)
+            moved = store.runs.write_chunk(run_id, model_version_id, chunk)
+            report.duplicates += sum(1 for pending, item in moved.items() if pending != item)
             checkpoint("score-after-chunk")
             report.scored += chunk.n_valid
             report.invalid += chunk.n_invalid
@@ -430,7 +455,18 @@ def commit_results(
 
     try:
         for batch in results:
+            changed: set[int] = set()
+            for item_id, content_id in batch.read.items():
+                was = recorded.get(item_id)
+                if was is not None and was.startswith(PENDING_PREFIX):
+                    chunk.resolved[item_id] = content_id
+                elif was is not None and was != content_id:
+                    changed.add(item_id)
             for item_id, path, reason, transient in batch.failures:
+                if item_id in changed:
+                    report.retry_later += 1
+                    progress.warn(f"skipped {path} for now: changed since the scan (read again next run)")
+                    continue
                 if transient:
                     report.retry_later += 1
                     progress.warn(f"skipped {path} for now: {reason} (tried again next run)")
@@ -439,6 +475,10 @@ def commit_results(
                 report.failures.append((path, reason))
                 progress.warn(f"skipped {path}: {reason}")
             for path, row in batch.scored:
+                if row.item_id in changed:
+                    report.retry_later += 1
+                    progress.warn(f"skipped {path} for now: changed since the scan (read again next run)")
+                    continue
                 # the store leaves out a NaN or overflowing embedding (it would poison every distance it
                 # enters); a missing embedding is handled downstream
                 chunk.scored.append(row)
@@ -493,7 +533,7 @@ def score_items(
                 max_aspect=max_aspect,
                 objects=objects,
             )
-            commit_results(store, run_id, model_version_id, results, report, settings.chunk_size, progress)
+            commit_results(store, run_id, model_version_id, results, report, settings.chunk_size, progress, items)
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"

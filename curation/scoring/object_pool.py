@@ -1,26 +1,27 @@
-"""Object-store pools (``s3://bucket/prefix``): a streamed, incremental, concurrent scan.
+"""Object-store pools (``s3://bucket/prefix``): a streamed, incremental scan that reads no object.
 
-The listing is consumed one page (≤ 1000 objects) at a time: each page is compared with what the store recorded
-for those keys, the new and changed objects (another size or ETag) are read concurrently into memory, hashed
-(the content id, as for local files: SHA-256 of the bytes) and their headers read, and the page is committed.
-Unchanged objects are not read at all. Only after the whole listing succeeded are the paths it did not see
+The listing is consumed one page (≤ 1000 objects) at a time and compared with what the store recorded: S3 lists
+keys in UTF-8 byte order, so each page is compared with the stored paths in its key range — one range query per
+page, and nothing written for unchanged objects (same key, size and ETag). New and changed objects are registered
+as *pending* items (key, size, ETag; no bytes read): the one read that scoring needs computes the SHA-256 content id
+as well, and resolves the item then (renamed to its content id, or merged into the item that already has that
+content — duplicates are found there). Only after the whole listing succeeded are the paths it did not show
 forgotten, so a scan cut short (an endpoint dying mid-listing) loses nothing: the rerun continues from what was
-committed. Bytes are never written to local disk.
+committed. A listing that is not in byte order (some S3-compatible server) is still handled, by marking each listed
+path. Bytes are never written to local disk.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from curation.objects.source import ObjectInfo, ObjectReadError, ObjectSource, S3Location, parse_s3_uri
-from curation.scoring.images import DEFAULT_MAX_PIXELS, original_size
+from curation.objects.source import ObjectInfo, ObjectSource, S3Location, parse_s3_uri
+from curation.scoring.images import DEFAULT_MAX_PIXELS
 from curation.scoring.pool import ScanReport
 from store import Store
-from store.records import ScannedFile
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,6 @@ def content_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def _scanned(path: str, info: ObjectInfo, data: bytes, max_pixels: int) -> ScannedFile:
-    digest = content_id_of(data)
-    try:
-        width, height = original_size(io.BytesIO(data), max_pixels)
-    except Exception:  # not an image: decoding records the reason once, as for local files
-        return ScannedFile(path, info.size, info.mtime_ns, digest, etag=info.etag)
-    return ScannedFile(path, info.size, info.mtime_ns, digest, width, height, etag=info.etag)
-
-
 def scan_object_pool(
     store: Store,
     pool: ObjectPool,
@@ -82,48 +74,90 @@ def scan_object_pool(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, ScanReport]:
-    """List ``pool``'s prefix and register its images; see the module docstring. ``source.check`` runs first:
-    bad credentials, a missing bucket or an unreachable endpoint fail before any work."""
+    """List ``pool``'s prefix and register its images without reading any; see the module docstring.
+    ``source.check`` runs first: bad credentials, a missing bucket or an unreachable endpoint fail before any work.
+    ``max_pixels`` is unused here (objects are first decoded, and checked, when scored); kept for the local scan's
+    signature."""
     source.check(pool.prefix)
-    report = ScanReport()
     pool_id = store.pools.get_or_create(pool.location, pool.kind, pool.root)
+    report = _scan(store, pool_id, pool, source, extensions, on_progress, by_marks=False)
+    if report is None:  # not listed in byte order: list again, marking each listed path
+        report = _scan(store, pool_id, pool, source, extensions, on_progress, by_marks=True) or ScanReport()
+    report.pending = store.pools.pending_count(pool_id)
+    report.duplicate_paths = store.pools.duplicate_paths(pool_id)
+    return pool_id, report
+
+
+def _scan(
+    store: Store,
+    pool_id: int,
+    pool: ObjectPool,
+    source: ObjectSource,
+    extensions: tuple[str, ...],
+    on_progress: Callable[[int, int], None] | None,
+    *,
+    by_marks: bool,
+) -> ScanReport | None:
+    """One pass over the listing. Without ``by_marks`` each page is compared with the stored paths of its key
+    range, which is right only if the whole listing is in byte order: the first page that is not ends the pass
+    (None; pending items registered so far stay, nothing is forgotten) and the caller lists again ``by_marks``."""
+    report = ScanReport()
     mark = time.time_ns()
+    cut = len(pool.prefix)
+    after: str | None = None  # the last stored path of the pages compared so far (byte order)
+    gone: list[int] = []
     listed = 0
     for page in source.list_pages(pool.prefix):
+        if not page:
+            continue
+        if not by_marks and not _ascending(page, after, cut):
+            return None
+        last = page[-1].key[cut:]
         wanted = [o for o in page if not o.key.endswith("/") and _suffix(o.key) in extensions]
-        paths = [o.key[len(pool.prefix) :] for o in wanted]
-        known = store.pools.known_among(pool_id, paths)
+        paths = [o.key[cut:] for o in wanted]
         unchanged: list[str] = []
-        to_read: list[tuple[str, ObjectInfo]] = []
-        for path, info in zip(paths, wanted, strict=True):
-            old = known.get(path)
-            if old is not None and old.size == info.size and old.etag is not None and old.etag == info.etag:
-                unchanged.append(path)
-            else:
-                to_read.append((path, info))
-        results = source.read_many([info.key for _, info in to_read])
-        changed: list[ScannedFile] = []
-        for (path, info), result in zip(to_read, results, strict=True):
-            if isinstance(result, ObjectReadError):
-                shown = source.uri(info.key)
-                note = " (tried again next run)" if result.transient else ""
-                report.skipped.append((shown, f"{result}{note}"))
-                if path in known:
-                    unchanged.append(path)  # keep what the last scan read until the object can be read again
-                continue
-            changed.append(_scanned(path, info, result, max_pixels))
-        store.pools.mark_seen(pool_id, unchanged, mark)
-        if changed:
-            new_items, _ = store.pools.apply_scan(pool_id, changed, (), mark=mark)
-            report.new_items += new_items
-        report.hashed += len(changed)
-        report.files += len(unchanged) + len(changed)
+        new: list[tuple[str, int, int, str | None]] = []
+        if not by_marks:
+            known = {p: (i, size, etag) for p, i, size, etag in store.pools.known_in_range(pool_id, after, last)}
+            for path, info in zip(paths, wanted, strict=True):
+                old = known.pop(path, None)
+                if old is None or old[1] != info.size or old[2] is None or old[2] != info.etag:
+                    new.append((path, info.size, info.mtime_ns, info.etag))
+                else:
+                    unchanged.append(path)
+            gone += [i for i, _, _ in known.values()]  # in the range listed so far but not listed: deleted
+            after = last
+        else:
+            known_paths = store.pools.known_among(pool_id, paths)
+            for path, info in zip(paths, wanted, strict=True):
+                k = known_paths.get(path)
+                if k is not None and k.size == info.size and k.etag is not None and k.etag == info.etag:
+                    unchanged.append(path)
+                else:
+                    new.append((path, info.size, info.mtime_ns, info.etag))
+            store.pools.mark_seen(pool_id, unchanged, mark)
+        report.new_items += store.pools.register_pending(pool_id, new, mark)
+        report.files += len(unchanged) + len(new)
         listed += len(page)
         if on_progress is not None:
             on_progress(listed, 0)
-    report.removed = store.pools.sweep(pool_id, mark)
-    report.duplicate_paths = store.pools.duplicate_paths(pool_id)
-    return pool_id, report
+    # the listing is complete: what it did not show is gone (a listing cut short raised above, forgetting nothing)
+    if by_marks:
+        report.removed = store.pools.forget(pool_id, [], mark)
+    else:
+        report.removed = store.pools.forget(pool_id, gone + store.pools.ids_after(pool_id, after))
+    return report
+
+
+def _ascending(page: Sequence[ObjectInfo], after: str | None, cut: int) -> bool:
+    """Whether a listing page continues the byte order (Python compares ``str`` by code point = UTF-8 bytes)."""
+    previous = after
+    for info in page:
+        key = info.key[cut:]
+        if previous is not None and key <= previous:
+            return False
+        previous = key
+    return True
 
 
 def _suffix(key: str) -> str:

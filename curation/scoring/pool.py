@@ -50,6 +50,7 @@ class ScanReport:
     new_items: int = 0
     duplicate_paths: int = 0
     removed: int = 0
+    pending: int = 0  # object-store pools: objects listed but not read yet (read, hashed and resolved when scored)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an item at all
 
 
@@ -142,7 +143,8 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
             continue
         visited.add(key)
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except OSError as exc:
             skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
@@ -167,7 +169,7 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
                 dot = entry.name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
                 if dot > 0 and entry.name[dot:].lower() in extensions:
                     yield entry.path
-        stack.extend(reversed(subdirs))
+        stack.extend(sorted(subdirs, reverse=True))  # walked in name order: symlinked aliases resolve the same way
 
 
 def read_manifest(manifest: Path) -> Iterator[Path | str]:
@@ -319,7 +321,8 @@ def scan_pool(
     ``s3://`` and ``http(s)://`` lines are read through ``remote`` (``scan_remote_entries``)."""
     report = ScanReport()
     pool_id = store.pools.get_or_create(str(source.location), source.kind, str(source.root))
-    known = store.pools.known_paths(pool_id)
+    known_rows = store.pools.known_stats(pool_id)
+    unchanged = set(known_rows)  # (path, size, mtime_ns) as the last scan saw them
     directory = source.kind == "directory"
     prefix = os.path.join(str(source.root), "")
     paths: Iterator[str | Path] = (
@@ -344,7 +347,7 @@ def scan_pool(
         )
         if key in seen:
             continue
-        if not _is_utf8(key):  # one such name must not stop the pool from being registered
+        if not key.isascii() and not _is_utf8(key):  # one such name must not stop the pool from being registered
             report.skipped.append((shown_path(path), NOT_UTF8))
             continue
         if not directory:
@@ -364,10 +367,10 @@ def scan_pool(
             report.skipped.append((shown_path(path), "not a regular file"))
             continue
         seen.add(key)
-        old = known.get(key)
-        if old is None or old.size != st.st_size or old.mtime_ns != st.st_mtime_ns:
+        if (key, st.st_size, st.st_mtime_ns) not in unchanged:
             to_hash.append((key, Path(path), st.st_size, st.st_mtime_ns))
     report.files = len(seen)
+    to_hash.sort()  # new files get item ids in path order, whatever order the directory listed them in
 
     changed: list[ScannedFile] = []
 
@@ -394,11 +397,12 @@ def scan_pool(
             if on_progress is not None:
                 on_progress(done, len(to_hash))
     if uris and remote is not None:
+        known = store.pools.known_among(pool_id, list(uris))
         remote_changed, remote_seen = scan_remote_entries(list(uris), known, remote, report, max_pixels)
         changed.extend(remote_changed)
         seen.update(remote_seen)
     report.hashed = len(changed)
-    gone = [p for p in known if p not in seen]
+    gone = sorted({row[0] for row in known_rows} - seen)
     report.removed = len(gone)
     report.files = len(seen)
     report.new_items, report.duplicate_paths = store.pools.apply_scan(pool_id, changed, gone)
@@ -430,6 +434,19 @@ def remote_entry_problem(uri: str, scheme: str, extensions: tuple[str, ...], rem
     return remote.http.refusal(uri)
 
 
+def scanned_bytes(path: str, size: int, mtime_ns: int, etag: str | None, data: bytes, max_pixels: int) -> ScannedFile:
+    """An item read whole at scan time (a manifest's URI line, an ``ls://`` task's image): its content id and,
+    if its header says, its size."""
+    from curation.scoring.object_pool import content_id_of
+
+    digest = content_id_of(data)
+    try:
+        width, height = original_size(io.BytesIO(data), max_pixels)
+    except Exception:  # not an image: decoding records the reason once, as for local files
+        return ScannedFile(path, size, mtime_ns, digest, etag=etag)
+    return ScannedFile(path, size, mtime_ns, digest, width, height, etag=etag)
+
+
 def scan_remote_entries(
     uris: list[str],
     known: dict[str, KnownPath],
@@ -442,18 +459,12 @@ def scan_remote_entries(
     stored ETag (304: unchanged, nothing downloaded). Returns (new or changed files, every path still present).
     A failure skips that line with the reason; a transient one keeps what the last scan read."""
     from curation.objects.source import ObjectReadError
-    from curation.scoring.object_pool import content_id_of
 
     seen: set[str] = set()
     changed: list[ScannedFile] = []
 
     def scanned(uri: str, size: int, etag: str | None, data: bytes) -> ScannedFile:
-        digest = content_id_of(data)
-        try:
-            width, height = original_size(io.BytesIO(data), max_pixels)
-        except Exception:  # not an image: decoding records the reason once, as for local files
-            return ScannedFile(uri, size, 0, digest, etag=etag)
-        return ScannedFile(uri, size, 0, digest, width, height, etag=etag)
+        return scanned_bytes(uri, size, 0, etag, data, max_pixels)
 
     def failed(uri: str, error: ObjectReadError) -> None:
         note = " (tried again next run)" if error.transient else ""

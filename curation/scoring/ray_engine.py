@@ -202,9 +202,10 @@ def decode_rows(
     if objects is not None:
         entries = list(enumerate(objects.read_many(paths)))
     samples = dataset.__getitems__(entries)
-    images, dims, geometries, errors, transient, hashes = [], [], [], [], [], []
+    images, dims, geometries, errors, transient, hashes, read = [], [], [], [], [], [], []
     for sample in samples:
         hashes.append("" if sample.phash is None else format(sample.phash, "x"))  # 64 unsigned bits: as text
+        read.append(sample.content_id or "")  # object-store bytes: their content id (``commit_results`` checks it)
         if sample.image is None:
             images.append(b"")
             dims.append((0, 0))
@@ -225,6 +226,7 @@ def decode_rows(
         "error": _column(errors),
         "transient": np.array(transient, dtype=bool),
         "phash": _column(hashes),
+        "content_id": _column(read),
         "decoded_on": _column([ray.get_runtime_context().get_node_id()] * len(paths)),
     }
 
@@ -274,6 +276,7 @@ class InferenceActor:
             "row": _column(rows),
             "error": batch["error"],
             "transient": batch["transient"],
+            "content_id": batch["content_id"],
             "node_id": _column([self.node_id] * n),
             "decoded_on": batch["decoded_on"],
         }
@@ -289,6 +292,7 @@ def _results(batches: Iterable[Any], nodes: set[str]) -> Iterator[ResultBatch]:
         failures, scored = [], []
         nodes.update(str(node) for node in batch["node_id"])
         nodes.update(str(node) for node in batch["decoded_on"])
+        read = {int(i): str(c) for i, c in zip(batch["item_id"], batch["content_id"], strict=True) if c}
         for item_id, path, row, error, transient in zip(
             batch["item_id"], batch["path"], batch["row"], batch["error"], batch["transient"], strict=True
         ):
@@ -296,7 +300,7 @@ def _results(batches: Iterable[Any], nodes: set[str]) -> Iterator[ResultBatch]:
                 failures.append((int(item_id), str(path), str(error), bool(transient)))
             else:
                 scored.append((str(path), pickle.loads(row)))
-        yield ResultBatch(failures, scored)
+        yield ResultBatch(failures, scored, read)
 
 
 def score_items_ray(
@@ -388,7 +392,9 @@ def score_items_ray(
         try:
             results = _results(dataset.iter_batches(batch_size=None, batch_format="numpy"), nodes)
             try:
-                commit_results(store, run_id, model_version_id, results, report, settings.scoring.chunk_size, progress)
+                commit_results(
+                    store, run_id, model_version_id, results, report, settings.scoring.chunk_size, progress, items
+                )
             except (KeyboardInterrupt, ModelLoadError):
                 raise
             except Exception as exc:

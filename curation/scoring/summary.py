@@ -18,6 +18,7 @@ class ScoringReport:
     retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
     device: str | None = None  # scoring.engine ray: the actors' pool, e.g. "ray:2xcpu"
     nodes: list[str] = field(default_factory=list)  # scoring.engine ray: the Ray node ids that decoded or inferred
+    duplicates: int = 0  # object-store items found, when read, to hold content the database already had
 
     @property
     def images_per_s(self) -> float:
