@@ -342,7 +342,7 @@ def test_real_s3_server_killed_mid_run_loses_nothing(tmp_path: Path, tiny_cls_mo
         files = _images(tmp_path, 30)
         _upload(server, bucket, "", files)
         store = _store(tmp_path)
-        with _proxy(server.endpoint, mode="slow", delay_s=0.15) as proxy:
+        with _proxy(server.endpoint, mode="slow", delay_s=0.5) as proxy:
             extra = {"pool.s3.max_retries": 1, "pool.s3.max_concurrency": 4, "pool.s3.timeout_s": 2}
             settings = _settings(f"s3://{bucket}/", proxy.url, **_cls(tiny_cls_model, **extra))
             killer = threading.Timer(1.0, server.kill)
