@@ -330,6 +330,27 @@ def test_real_s3_unusable_store_fails_before_any_work(seaweedfs: Any, tmp_path: 
     assert "Traceback" not in result.output
 
 
+def test_real_s3_reads_and_heads_work_from_code_that_already_runs_an_event_loop(seaweedfs: Any, tmp_path: Path) -> None:
+    # a notebook, an ASGI handler or Playwright's sync API leaves a loop running in the caller's thread: the
+    # concurrent reads and HEADs cannot re-enter it and must still return every object, in order
+    import asyncio
+
+    from curation.scoring.object_pool import object_source
+
+    bucket = _bucket(seaweedfs)
+    files = _images(tmp_path, 4)
+    keys = _upload(seaweedfs, bucket, "f/", files)
+    settings = _settings(f"s3://{bucket}/f/", seaweedfs.endpoint)
+    source = object_source(resolve_object_pool(f"s3://{bucket}/f/"), settings.pool.s3)
+
+    async def inside_a_loop() -> tuple[list[Any], list[Any]]:
+        return source.read_many(keys), source.stat_many(keys)
+
+    data, infos = asyncio.run(inside_a_loop())
+    assert data == [f.read_bytes() for f in files]
+    assert [i.size for i in infos] == [f.stat().st_size for f in files]  # type: ignore[union-attr]
+
+
 def test_real_s3_server_killed_mid_run_loses_nothing(tmp_path: Path, tiny_cls_model: Path) -> None:
     """The server dies while objects are being read (scan and scoring's one read): nothing is marked failed, and
     the rerun after a restart scores everything."""

@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import configparser
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from curation.errors import ConfigError, ObjectStoreError
 from curation.objects.source import ObjectInfo, ObjectReadError
+
+_T = TypeVar("_T")
 
 DEFAULT_REGION = "us-east-1"
 PAGE_SIZE = 1000  # S3's own maximum per ListObjectsV2 page
@@ -230,24 +232,7 @@ class S3ObjectSource:
     def read_many(self, keys: Sequence[str]) -> list[bytes | ObjectReadError]:
         if not keys:
             return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            loop = asyncio.new_event_loop()
-            try:
-                return loop.run_until_complete(self._read_async(keys))
-            finally:
-                loop.close()
-        from concurrent.futures import ThreadPoolExecutor  # called from inside an event loop: use threads
-
-        def one(key: str) -> bytes | ObjectReadError:
-            try:
-                return self.read(key)
-            except ObjectReadError as exc:
-                return exc
-
-        with ThreadPoolExecutor(min(self.max_concurrency, len(keys))) as pool:
-            return list(pool.map(one, keys))
+        return _run_coroutine(lambda: self._read_async(keys))
 
     async def _read_async(self, keys: Sequence[str]) -> list[bytes | ObjectReadError]:
         import obstore
@@ -285,14 +270,32 @@ class S3ObjectSource:
 
             return list(await asyncio.gather(*(one(k) for k in keys)))
 
-        loop = asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(all_heads())
-        finally:
-            loop.close()
+        return _run_coroutine(all_heads)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def _run_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion from synchronous code, on a private loop. Where the caller's thread
+    already runs a loop (a notebook, an ASGI handler, Playwright's sync API) that loop cannot be
+    re-entered, so the private loop runs in a worker thread instead."""
+
+    def run_here() -> _T:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(make())
+        finally:
+            loop.close()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run_here()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="curate-s3") as worker:
+        return worker.submit(run_here).result()
 
 
 def _info(meta: Mapping[str, Any]) -> ObjectInfo:
