@@ -18,6 +18,35 @@ from store import Store
 from store.records import ModelVersionRecord
 
 
+def rank_queue(
+    store: Store,
+    ls: LabelStudioAPI,
+    scored: ScoreOutcome,
+    settings: Settings,
+    *,
+    queue_size: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> reprioritize_module.ReprioritizeReport:
+    """Re-rank the project's queue with the scores ``scored`` just brought up to date, under ``settings``' one
+    reading of the pool, strategy, S3 and new-class keys (``reprioritize``, ``loop`` and ``select`` on an
+    ``ls://`` pool)."""
+    return reprioritize_module.reprioritize(
+        store,
+        ls,
+        scored.model,
+        scored.pool_id,
+        settings.label_studio,
+        settings.strategy,
+        pool_path=settings.pool.path,
+        queue_size=queue_size,
+        force=force,
+        progress=progress,
+        s3=settings.pool.s3,
+        add_labels=settings.train.allow_new_classes,
+    )
+
+
 def push(
     store: Store, settings: Settings, *, selection_id: int | None = None, progress: Progress | None = None
 ) -> push_module.PushReport:
@@ -83,20 +112,7 @@ def reprioritize(
         for location in reversed(pools):  # the newest last: its outcome is the one reported and topped up from
             settings = settings.model_copy(update={"pool": settings.pool.model_copy(update={"path": location})})
             scored = score(store, settings, progress=progress)
-    report = reprioritize_module.reprioritize(
-        store,
-        ls,
-        scored.model,
-        scored.pool_id,
-        settings.label_studio,
-        settings.strategy,
-        pool_path=settings.pool.path,
-        queue_size=queue_size,
-        force=force,
-        progress=progress,
-        s3=settings.pool.s3,
-        add_labels=settings.train.allow_new_classes,
-    )
+    report = rank_queue(store, ls, scored, settings, queue_size=queue_size, force=force, progress=progress)
     current = store.models.current()
     if current is not None and current.id != scored.model.id:
         report.model_note = (

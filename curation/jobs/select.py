@@ -136,21 +136,10 @@ def _rank_project(
     is ranked (predictions under a fresh model_version, the project switched to uncertainty sampling) and the
     first ``budget`` tasks of that order are the selection reported and written to ``out``. No task is created,
     and no selection is recorded (the queue's order is the outcome)."""
+    from curation.jobs.queue import rank_queue
     from curation.labelstudio.rank import confidences
-    from curation.labelstudio.reprioritize import reprioritize
 
-    ranked = reprioritize(
-        store,
-        ls,
-        scored.model,
-        scored.pool_id,
-        settings.label_studio,
-        settings.strategy,
-        pool_path=settings.pool.path,
-        force=True,
-        progress=progress,
-        s3=settings.pool.s3,
-    )
+    ranked = rank_queue(store, ls, scored, settings, force=True, progress=progress)
     project = open_project(store, ls, scored.model, settings.label_studio.project, create=False)
     queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     head = queue[:budget]

@@ -32,7 +32,7 @@ from curation.labelstudio.images import pool_task_image
 from curation.labelstudio.project import find_project
 from curation.labelstudio.tasks import SWEEP_INCLUDE, _annotation_count, _id_filter, _query
 from curation.objects.http import HttpFetcher
-from curation.objects.source import ObjectReadError
+from curation.objects.source import ObjectReadError, ReadsOneByMany
 from curation.scoring.images import DEFAULT_MAX_PIXELS
 from curation.scoring.pool import LabelStudioPool, ScanReport
 from store import Store
@@ -58,7 +58,7 @@ def interface_of(parsed: dict[str, Any]) -> tuple[str, str]:
 
 
 @dataclass
-class TaskImages:
+class TaskImages(ReadsOneByMany):
     """Reads tasks' images by reference (implements ``read_many`` of the object-source protocol): through the
     Label Studio server with the API key, s3:// through the project's storage (Label Studio's resolve endpoint)
     or curate's own S3 credentials, http(s) only from allowed hosts."""
@@ -69,12 +69,6 @@ class TaskImages:
     tasks: dict[str, int] = field(default_factory=dict)  # reference → the task it was seen in (for resolve)
     project_id: int | None = None  # resolves s3:// references no task of this scan was seen with
     bucket: str = ""
-
-    def read(self, key: str) -> bytes:
-        result = self.read_many([key])[0]
-        if isinstance(result, ObjectReadError):
-            raise result
-        return result
 
     def read_many(self, keys: Sequence[str]) -> list[bytes | ObjectReadError]:
         if not keys:

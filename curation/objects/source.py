@@ -31,6 +31,20 @@ class ObjectReadError(CurateError):
         self.transient = transient
 
 
+class ReadsOneByMany:
+    """``read`` for readers whose real work is ``read_many`` (URIs and task references): the one path for a
+    single read, so a failure is raised with the words the batch would have returned."""
+
+    def read_many(self, keys: Sequence[str]) -> list[bytes | ObjectReadError]:
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes:
+        result = self.read_many([key])[0]
+        if isinstance(result, ObjectReadError):
+            raise result
+        return result
+
+
 class ObjectSource(Protocol):
     """A bucket (or folder) of objects. Implementations must be usable from DataLoader worker processes (forked
     or pickled): they open their connections lazily, per process."""

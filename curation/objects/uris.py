@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from curation.objects.http import HttpFetcher, is_http_uri
-from curation.objects.source import ObjectInfo, ObjectReadError, ObjectSource, is_s3_uri, parse_s3_uri
+from curation.objects.source import (
+    ObjectInfo,
+    ObjectReadError,
+    ObjectSource,
+    ReadsOneByMany,
+    is_s3_uri,
+    parse_s3_uri,
+)
 
 SUPPORTED_SCHEMES = ("s3", "http", "https")
 
@@ -29,7 +36,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return location.bucket, location.prefix
 
 
-class UriReader:
+class UriReader(ReadsOneByMany):
     """Reads local paths, ``s3://`` objects and allowed ``http(s)://`` URLs by their location text."""
 
     bucket = ""
@@ -74,12 +81,6 @@ class UriReader:
             for (i, _), result in zip(jobs, stats, strict=True):
                 out[i] = result
         return [r for r in out if r is not None]
-
-    def read(self, key: str) -> bytes:
-        result = self.read_many([key])[0]
-        if isinstance(result, ObjectReadError):
-            raise result
-        return result
 
     def read_many(self, keys: Sequence[str]) -> list[bytes | ObjectReadError]:
         out: list[bytes | ObjectReadError | None] = [None] * len(keys)
