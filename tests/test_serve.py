@@ -269,11 +269,11 @@ def test_a_held_lock_retries_later_instead_of_running_two_turns(world: World, tm
     runner = Recorder(outcome="locked")
     client, turns = client_for(world, settings_for(world, tmp_path), runner)
     client.post("/webhook", json={"action": "ANNOTATION_CREATED"})
-    deadline = time.monotonic() + 5
-    while runner.calls < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while (runner.calls < 1 or turns.snapshot().running) and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the locked turn has been handed back to the scheduler, not just called
     state = turns.snapshot()
-    assert runner.calls == 1 and state.pending and state.due_in_s is not None and state.due_in_s > 5
+    assert runner.calls == 1 and not state.running and state.pending and state.due_in_s is not None and state.due_in_s > 5
     turns.stop()
 
 
