@@ -18,6 +18,15 @@ import pytest
 from tests.browser import browser, browser_page, chromium_path  # noqa: F401  (fixtures for browser tests)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts the real S3 server is ``heavy`` (seconds each): the quick subset leaves it out."""
+    for item in items:
+        if "seaweedfs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.heavy)
+
+
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 PG_URL = os.environ.get("CURATE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -169,6 +169,7 @@ def test_ranked_scores_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.
             api.ranked_scores(empty, settings)
 
 
+@pytest.mark.heavy
 def test_importing_the_api_does_not_import_torch() -> None:
     script = (
         "import json, sys\n"

@@ -109,6 +109,7 @@ def test_unreachable_database(tmp_path: Path, small_pool: Path) -> None:
     assert "pw-secret" not in err
 
 
+@pytest.mark.heavy
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     code, _, err = run("status", "--db", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "--debug")
     assert code == ExitCode.DATABASE and "Traceback" in err
@@ -158,6 +159,7 @@ def test_out_with_unknown_extension(tmp_path: Path, small_pool: Path) -> None:
     assert_one_clean_error(code, err, ExitCode.USAGE, "sel.xlsx", ".jsonl or .csv")
 
 
+@pytest.mark.heavy
 def test_csv_out(tmp_path: Path, small_pool: Path) -> None:
     out = tmp_path / "sel.csv"
     code, _, err = run(
@@ -213,6 +215,7 @@ def test_exit_codes_are_documented() -> None:
             assert re.search(rf"\|\s*{value}\s*\|", readme), f"exit code {value} ({name}) missing from README"
 
 
+@pytest.mark.heavy
 def test_select_pushes_only_when_label_studio_is_configured(
     tmp_path: Path, small_pool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,6 +237,7 @@ def test_select_pushes_only_when_label_studio_is_configured(
     assert status["counts"]["items"] == 0 and status["model_versions"] == []
 
 
+@pytest.mark.heavy
 def test_an_empty_pool_is_named_not_silently_scored(tmp_path: Path) -> None:
     pool = tmp_path / "empty"
     (pool / "notes").mkdir(parents=True)
@@ -328,6 +332,7 @@ def test_a_command_that_printed_its_document_then_fails_keeps_one_document(capsy
     assert json.loads(capsys.readouterr().out) == {"training_error": "boom"}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     ("out", "fragment"),
     [("sel.txt", "use a .jsonl or .csv file name"), ("afile/sel.jsonl", "is not a folder"), ("adir", "is a folder")],

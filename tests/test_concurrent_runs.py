@@ -66,6 +66,7 @@ def _read_only_url(db_url: str) -> str:
     return db_url + quote(" -cdefault_transaction_read_only=on")
 
 
+@pytest.mark.heavy
 def test_read_only_commands_and_a_second_run_leave_a_live_run_alone(
     db_url: str, tmp_path: Path, pool_dir: Path
 ) -> None:
@@ -181,6 +182,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.heavy
 def test_sigterm_stops_a_run_like_ctrl_c(db_url: str, tmp_path: Path, pool_dir: Path) -> None:
     """``systemctl stop`` signals the whole process group: the run saves its scores, is marked interrupted,
     exits 143, and no process prints a traceback."""
@@ -206,6 +208,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(db_url: str, tmp_path: Path, pool_dir: 
             run.wait(30)
 
 
+@pytest.mark.heavy
 def test_after_kill_9_the_lock_is_free_while_orphaned_workers_live_on(
     db_url: str, tmp_path: Path, pool_dir: Path
 ) -> None:

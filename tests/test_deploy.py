@@ -40,6 +40,7 @@ print(json.dumps({"wheel": wheel, "editable": editable, "warnings": shown}))
 """
 
 
+@pytest.mark.heavy
 def test_building_the_package_warns_about_nothing(tmp_path: Path) -> None:
     """What ``pip install .`` and ``pip install -e .`` run (the setuptools backend), on a copy of the sources. The
     one notice left, setuptools' ``InformationOnly`` "Editable installation" text, is information that pip shows

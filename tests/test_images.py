@@ -319,6 +319,7 @@ def _jpeg_variants(folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(images._jpeg_codec() is None, reason="simplejpeg is not installed")
 @pytest.mark.parametrize("target", [None, 64, 224, 640])
 def test_simplejpeg_decodes_exactly_what_pillow_decodes(

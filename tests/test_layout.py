@@ -96,6 +96,7 @@ def test_dev_tooling_is_never_imported_by_the_library() -> None:
     assert _offenders(("curation.devtools", "cli", "bench"), ("curation.devtools",), outside=True) == []
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "args",
     [
@@ -118,6 +119,7 @@ def test_light_commands_do_not_import_torch(args: list[str], tmp_path: Path) -> 
     assert heavy == [], f"curate {' '.join(args)} imported {heavy}"
 
 
+@pytest.mark.heavy
 def test_serve_imports_no_torch_until_a_predict_needs_the_model(tmp_path: Path) -> None:
     """curate serve's app answers /health, /setup, /metrics and /versions without torch, the model or the SDK."""
     import json

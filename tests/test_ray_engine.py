@@ -300,6 +300,7 @@ def test_a_local_ray_is_started_for_the_run_and_leaves_no_process(pool: Path, tm
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.heavy
 def test_without_ray_installed_the_engine_is_one_clear_error(pool: Path, tmp_path: Path) -> None:
     """``import ray`` made impossible in the child (``sys.modules['ray'] = None``): exit 2, one line naming the
     extra, and the pool never scanned."""

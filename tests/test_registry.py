@@ -148,6 +148,7 @@ def _hold_lock(db_url: str, ready: str) -> None:
         time.sleep(30)
 
 
+@pytest.mark.heavy
 def test_run_lock_excludes_a_second_run(db_url: str, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     holder = subprocess.Popen(

@@ -63,6 +63,7 @@ def test_an_empty_database_says_so(tmp_path: Path) -> None:
     assert code == 0 and "empty" in err and f"Wrote {out}" in err
 
 
+@pytest.mark.heavy
 def test_a_full_database_gets_every_figure_and_the_pngs(tmp_path: Path) -> None:
     world = build_world(tmp_path)
     png_dir = tmp_path / "figs" / "nested"
@@ -112,6 +113,7 @@ def test_the_data_matches_what_the_store_counts(tmp_path: Path) -> None:
     assert [t.position for t in data.queue] == [1, 2, 3, 4, 5, 6] and all(t.jpeg for t in data.queue)
 
 
+@pytest.mark.heavy
 def test_detection_models_count_boxes_labels(tmp_path: Path) -> None:
     world = build_world(tmp_path, task="detect", classes=("car", "person"))
     summary, page = make_report(world, tmp_path)
@@ -122,6 +124,7 @@ def test_detection_models_count_boxes_labels(tmp_path: Path) -> None:
     assert_self_contained(page)
 
 
+@pytest.mark.heavy
 def test_no_embeddings_leaves_the_map_out_and_says_why(tmp_path: Path) -> None:
     world = build_world(tmp_path, embeddings=False)
     summary, page = make_report(world, tmp_path)
@@ -131,6 +134,7 @@ def test_no_embeddings_leaves_the_map_out_and_says_why(tmp_path: Path) -> None:
     assert "Top of the Label Studio queue" in page  # the queue's thumbnails do not need embeddings
 
 
+@pytest.mark.heavy
 def test_a_pool_without_label_studio_shows_the_latest_selection(tmp_path: Path) -> None:
     world = build_world(tmp_path, n_label=0, n_skip=0, push_queue=False, versions=1)
     summary, page = make_report(world, tmp_path)
@@ -138,6 +142,7 @@ def test_a_pool_without_label_studio_shows_the_latest_selection(tmp_path: Path) 
     assert summary["counts"]["queued"] == 0 and "models" not in summary["figures"]  # one version: no metric curve
 
 
+@pytest.mark.heavy
 def test_strings_from_outside_are_escaped(tmp_path: Path) -> None:
     hostile = '<img src=x onerror="alert(1)">.jpg'
     world = build_world(tmp_path, classes=("<b>cat</b>", "dog&co"), renames={5: hostile}, n_label=2)
@@ -149,6 +154,7 @@ def test_strings_from_outside_are_escaped(tmp_path: Path) -> None:
     assert_self_contained(page)
 
 
+@pytest.mark.heavy
 def test_simulation_curves_are_added(tmp_path: Path) -> None:
     from curation.simulate.simulation import SimulationConfig, SimulationResult, write_json
 
@@ -189,6 +195,7 @@ def test_a_bad_simulation_file_is_one_clean_error(tmp_path: Path, content: str |
     assert not out.exists()
 
 
+@pytest.mark.heavy
 def test_bad_output_paths_are_refused_before_any_work(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'e.db'}"
     code, _, err = run("report", "--db", db, "--out", str(tmp_path))

@@ -94,6 +94,7 @@ def test_cli_runtime_not_installed_is_exit_2(tmp_path: Path, pool_dir: Path, mon
 # -- the export cache --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 @needs_runtimes
 def test_export_is_reused_rebuilt_when_stale_and_never_trusted_when_tampered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -136,6 +137,7 @@ def test_export_is_reused_rebuilt_when_stale_and_never_trusted_when_tampered(
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [folder.name]
 
 
+@pytest.mark.heavy
 @needs_runtimes
 def test_export_cache_sits_beside_the_weights(tiny_cls_model: Path) -> None:
     runtime = load_exported(ModelSettings(path=str(tiny_cls_model)), AVAILABLE[-1], CPU, "fp32")

@@ -182,6 +182,7 @@ def test_scoring_reads_each_object_once_and_resolves_content_ids(tmp_path: Path,
     assert fake.reads == [] and again.scoring.todo == 0
 
 
+@pytest.mark.heavy
 def test_read_faults_at_scoring_are_per_object_and_retried_next_run(tmp_path: Path, tiny_cls_model: Path) -> None:
     from curation.jobs.score import score
     from curation.progress import NullProgress
@@ -232,6 +233,7 @@ def _cls(tiny_cls_model: Path, **extra: Any) -> dict[str, Any]:
     return {"model.path": str(tiny_cls_model), "scoring.workers": 0, "scoring.batch_size": 4, **extra}
 
 
+@pytest.mark.heavy
 def test_real_s3_pool_reads_each_object_once_rerun_reads_nothing_and_changes_are_reread(
     seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path
 ) -> None:
@@ -257,6 +259,7 @@ def test_real_s3_pool_reads_each_object_once_rerun_reads_nothing_and_changes_are
         assert store.pools.duplicate_paths(changed.pool_id) == 1
 
 
+@pytest.mark.heavy
 def test_real_s3_throttling_is_retried_and_resets_are_transient(
     seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path
 ) -> None:
@@ -282,6 +285,7 @@ def test_real_s3_throttling_is_retried_and_resets_are_transient(
         assert outcome.scoring.scored == 1 and outcome.scoring.retry_later == 0
 
 
+@pytest.mark.heavy
 def test_real_s3_access_denied_is_reported_for_that_object(
     seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path
 ) -> None:
@@ -351,6 +355,7 @@ def test_real_s3_reads_and_heads_work_from_code_that_already_runs_an_event_loop(
     assert [i.size for i in infos] == [f.stat().st_size for f in files]  # type: ignore[union-attr]
 
 
+@pytest.mark.heavy
 def test_real_s3_server_killed_mid_run_loses_nothing(tmp_path: Path, tiny_cls_model: Path) -> None:
     """The server dies while objects are being read (scan and scoring's one read): nothing is marked failed, and
     the rerun after a restart scores everything."""
@@ -386,6 +391,7 @@ def test_real_s3_server_killed_mid_run_loses_nothing(tmp_path: Path, tiny_cls_mo
         assert not server.is_running()
 
 
+@pytest.mark.heavy
 def test_real_s3_pool_scores_like_the_same_pool_on_disk(seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path) -> None:
     """Scored from S3 (read concurrently into memory, decoded there) or from local disk, the same images get the
     same content ids and the same probabilities; a broken object fails as a broken file does."""
@@ -435,6 +441,7 @@ def _items(store: Store, pool_id: int) -> tuple[list[int], list[str]]:
     return [r.item_id for r in rows], [r.path for r in rows]
 
 
+@pytest.mark.heavy
 def test_report_shows_thumbnails_of_s3_items(seaweedfs: Any, tmp_path: Path, tiny_cls_model: Path) -> None:
     """``curate report``'s top-of-the-queue thumbnails for an object-store pool are read from the bucket with the
     configured credentials; an object that cannot be read is that thumbnail's problem, not the report's."""

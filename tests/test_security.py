@@ -70,6 +70,7 @@ def test_a_plain_pickle_named_pt_does_not_run(tmp_path: Path, small_pool: Path) 
     assert "Traceback" not in err
 
 
+@pytest.mark.heavy
 def test_a_torchscript_archive_with_a_pickled_payload_does_not_run(tmp_path: Path, small_pool: Path) -> None:
     """torch.jit.load resolves only TorchScript types: a Python global in its pickle is an unknown type."""
     import torch
@@ -130,6 +131,7 @@ def test_an_architecture_holding_code_is_refused(
     assert "refused" in err and fragment in err and "Traceback" not in err
 
 
+@pytest.mark.heavy
 def test_every_architecture_ultralytics_ships_passes_the_check() -> None:
     """The check refuses code, not real architectures (activation, scales, every layer Ultralytics uses)."""
     import ultralytics
@@ -164,6 +166,7 @@ def _tamper(weights: Path) -> None:
     torch.save(checkpoint, weights)
 
 
+@pytest.mark.heavy
 def test_a_tampered_registered_model_is_refused(tmp_path: Path, small_pool: Path, tiny_cls_model: Path) -> None:
     import shutil
 
@@ -267,6 +270,7 @@ def _error_paths(tmp_path: Path) -> list[tuple[list[str], dict[str, str], int, t
     ]
 
 
+@pytest.mark.heavy
 def test_no_error_path_prints_a_secret(tmp_path: Path) -> None:
     for args, env, expected, secrets in _error_paths(tmp_path):
         for variant in VARIANTS:
@@ -306,6 +310,7 @@ def test_redaction_masks_urls_up_to_the_last_at() -> None:
 HOSTILE = "evil\x1b[31mred\nsecond-line[bold]x[red].jpg"  # no "/": a file name cannot hold one
 
 
+@pytest.mark.heavy
 def test_a_hostile_file_name_is_printed_escaped(tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     make_pool(pool, n=3, size=32)

@@ -273,7 +273,8 @@ def test_a_held_lock_retries_later_instead_of_running_two_turns(world: World, tm
     while (runner.calls < 1 or turns.snapshot().running) and time.monotonic() < deadline:
         time.sleep(0.02)  # until the locked turn has been handed back to the scheduler, not just called
     state = turns.snapshot()
-    assert runner.calls == 1 and not state.running and state.pending and state.due_in_s is not None and state.due_in_s > 5
+    assert runner.calls == 1 and not state.running and state.pending
+    assert state.due_in_s is not None and state.due_in_s > 5
     turns.stop()
 
 
@@ -432,6 +433,7 @@ def test_score_writes_its_metrics_file(tmp_path: Path) -> None:
     assert 'curate_last_success_timestamp_seconds{command="score"}' in text
 
 
+@pytest.mark.heavy
 def test_a_turn_that_fails_in_its_process_is_reported_and_the_scheduler_goes_on(tmp_path: Path) -> None:
     """The real child process: a database it cannot open fails the turn with its kind; the server is untouched."""
     from curation.jobs.turns import run_turn

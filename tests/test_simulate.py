@@ -160,6 +160,7 @@ def test_the_test_split_never_leaks(
     assert (split_test(labels, 0.2, 0) == mask).all() and not (split_test(labels, 0.2, 1) == mask).all()
 
 
+@pytest.mark.heavy
 def test_linear_head_learns_and_is_deterministic() -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(loc=i * 3, size=(30, 5)) for i in range(3)]).astype(np.float32)

@@ -57,6 +57,7 @@ def _chunk(item_ids: list[int], rng: np.random.Generator, k: int = 3) -> ScoredC
     return chunk
 
 
+@pytest.mark.heavy
 def test_migrations_run_on_first_use_and_match_the_models(db_url: str) -> None:
     store = Store.open(db_url)
     assert current_revision(store.engine) == head_revision()
@@ -69,6 +70,7 @@ def test_migrations_run_on_first_use_and_match_the_models(db_url: str) -> None:
     Store.open(db_url).close()  # second open: no migration, no error
 
 
+@pytest.mark.heavy
 def test_an_up_to_date_database_opens_without_alembic(db_url: str) -> None:
     """Alembic costs ~0.5 s to import: every open after the first only reads the recorded revision."""
     assert head_from_files() == head_revision()
@@ -253,6 +255,7 @@ def _open_and_migrate(url: str) -> str:
         return repr(exc)
 
 
+@pytest.mark.heavy
 def test_concurrent_first_use_migrates_once(db_url: str) -> None:
     ctx = mp.get_context("spawn")
     with ctx.Pool(3) as pool:

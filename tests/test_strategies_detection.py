@@ -153,6 +153,7 @@ def reference(values: np.ndarray, images: np.ndarray, n_images: int, reducer: st
     return out
 
 
+@pytest.mark.heavy
 @settings(max_examples=200, deadline=None)
 @given(box_sets(), st.integers(1, 5))
 def test_every_reducer_matches_a_per_image_loop(boxes: tuple[np.ndarray, np.ndarray, int], k: int) -> None:
@@ -162,6 +163,7 @@ def test_every_reducer_matches_a_per_image_loop(boxes: tuple[np.ndarray, np.ndar
         np.testing.assert_allclose(result, reference(values, images, n_images, reducer, k), rtol=1e-12)
 
 
+@pytest.mark.heavy
 @settings(max_examples=200, deadline=None)
 @given(box_sets(), st.integers(1, 5))
 def test_max_topk_mean_mean_are_ordered(boxes: tuple[np.ndarray, np.ndarray, int], k: int) -> None:

@@ -117,6 +117,7 @@ def test_greedy_equals_brute_force(n, d, seed, data, w, tau, with_ref, block) ->
         assert abs(key[got[step]] - key[want[step]]) <= 1e-6 * max(1.0, abs(key[want[step]])), (got, want)
 
 
+@pytest.mark.heavy
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(3, 80), seed=st.integers(0, 1000))
 def test_kcenter_indices_distinct_and_covering_radius_non_increasing(n: int, seed: int) -> None:
@@ -267,6 +268,7 @@ def test_greedy_validates_its_inputs() -> None:
         greedy_select(bad, 2)
 
 
+@pytest.mark.heavy
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(2, 80),
