@@ -20,10 +20,14 @@ from tests.browser import browser, browser_page, chromium_path  # noqa: F401  (f
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
+# fixtures that start a server or train a model (tens of seconds the first time): their tests are "heavy"
+HEAVY_FIXTURES = frozenset({"seaweedfs", "tiny_cls_model", "tiny_det_model", "tiny_seg_model"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that starts the real S3 server is ``heavy`` (seconds each): the quick subset leaves it out."""
+    """A test that starts the real S3 server or trains a tiny model is ``heavy``: the quick subset leaves it out."""
     for item in items:
-        if "seaweedfs" in getattr(item, "fixturenames", ()):
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.heavy)
 
 
