@@ -149,3 +149,39 @@ def test_test_labels_are_evaluation_only_and_exported_as_split_test(world: World
     train, test = split_test(examples, tests)
     assert [e.item_id for e in test] == list(tests) and len(train) == 3
     assert not {e.item_id for e in train} & set(tests)
+
+
+def test_test_selections_are_recorded_and_read_back_in_draw_order_on_both_databases(db_url: str) -> None:
+    from store import Store
+    from store.records import ScannedFile
+
+    store = Store.open(db_url)
+    try:
+        pool_id = store.pools.get_or_create("/pool", "directory", "/pool")
+        store.pools.apply_scan(pool_id, [ScannedFile(f"{i}.jpg", 1, 1, f"{i:032x}") for i in range(6)], [])
+        ids = [store.pools.known_paths(pool_id)[f"{i}.jpg"].item_id for i in range(6)]
+        mv = store.models.register(
+            version="m",
+            source="m.pt",
+            format="ultralytics",
+            task="classify",
+            class_names=["a"],
+            imgsz=32,
+            embedding_dim=None,
+        )
+
+        def record(items: list[int], purpose: str) -> int:
+            return store.selections.record(
+                pool_id=pool_id, model_version_id=mv.id, strategy="s", options={}, budget=len(items),
+                item_ids=items, scores=[0.0] * len(items), purpose=purpose,
+            )  # fmt: skip
+
+        record(ids[:2], "active")
+        first = record([ids[4], ids[2]], "test")
+        record([ids[3]], "test")
+        assert store.selections.test_items() == {ids[4]: 0, ids[2]: 1, ids[3]: 2}
+        assert [d["id"] for d in store.selections.test_selections()][0] == first
+        with pytest.raises(ValueError, match="purpose"):
+            record([ids[5]], "train")
+    finally:
+        store.close()
