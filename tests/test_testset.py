@@ -16,7 +16,14 @@ from curation.labelstudio.rank import place_tests
 from curation.labelstudio.reprioritize import reprioritize
 from curation.selection import run_selection
 from curation.training.resolve import labeled_examples
-from curation.training.testset import draw_test_set, random_key, size_for_half_width, split_test, target_size
+from curation.training.testset import (
+    TestSetReport,
+    draw_test_set,
+    random_key,
+    size_for_half_width,
+    split_test,
+    target_size,
+)
 from tests.fake_labelstudio import FakeLabelStudio
 from tests.test_ls_queue import CHOICE, World, make_world
 
@@ -30,7 +37,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     made.store.close()
 
 
-def _draw(world: World, n: int, seed: int = 0, push_to: int | None = None):  # type: ignore[no-untyped-def]
+def _draw(world: World, n: int, seed: int = 0, push_to: int | None = None) -> TestSetReport:
     return draw_test_set(world.store, world.pool_id, world.mv, n, STRATEGY, seed=seed, push_to=push_to)
 
 
@@ -180,7 +187,7 @@ def test_test_selections_are_recorded_and_read_back_in_draw_order_on_both_databa
         first = record([ids[4], ids[2]], "test")
         record([ids[3]], "test")
         assert store.selections.test_items() == {ids[4]: 0, ids[2]: 1, ids[3]: 2}
-        assert [d["id"] for d in store.selections.test_selections()][0] == first
+        assert [d["id"] for d in store.selections.test_selections()] == [first, first + 1]
         with pytest.raises(ValueError, match="purpose"):
             record([ids[5]], "train")
     finally:
