@@ -206,7 +206,7 @@ def export_dataset(
     out_dir.mkdir(parents=True)
     known = set(class_names)
     skipped: Counter[str] = Counter()
-    per_class: dict[str, dict[str, int]] = {c: {"train": 0, "val": 0, "test": 0} for c in class_names}
+    per_class: dict[str, dict[str, int]] = {c: {"train": 0, "val": 0} for c in class_names}  # + test if any
     lines: list[str] = []
     counts = {"train": 0, "val": 0, "test": 0}
     items: list[ExportedItem] = []
@@ -228,7 +228,7 @@ def export_dataset(
                 skipped[label] += 1
                 continue
             dst = class_folder(out_dir, split, label) / name
-            per_class[label][split] += 1
+            per_class[label][split] = per_class[label].get(split, 0) + 1
             lines.append(f"{e.content_id} {split} {label}")
         else:
             rows = _yolo_rows(task, e, class_names, skipped)
@@ -237,7 +237,8 @@ def export_dataset(
             dst = yolo_image_path(out_dir, split, name)
             write_labels(out_dir, split, e.content_id, rows)
             for r in rows:
-                per_class[class_names[int(r.split()[0])]][split] += 1
+                counted = per_class[class_names[int(r.split()[0])]]
+                counted[split] = counted.get(split, 0) + 1
             label = "|".join(dict.fromkeys(class_names[int(r.split()[0])] for r in rows))
             lines.append(f"{e.content_id} {split} " + "|".join(rows))
         relative = dst.relative_to(out_dir).as_posix()
