@@ -178,6 +178,12 @@ class Selections:
         stmt = select(Selection.__table__).where(Selection.purpose == TEST).order_by(Selection.id)
         with self._db.tx(write=False) as conn:
             return [
-                {"id": s.id, "selected": s.n_selected, "options": s.options, "created_at": s.created_at}
+                {
+                    "id": s.id,
+                    "selected": s.n_selected,
+                    "options": s.options,
+                    "created_at": s.created_at,
+                    "push": bool(s.push),
+                }
                 for s in conn.execute(stmt)
             ]

@@ -68,9 +68,11 @@ def top_up(
         if wanted is not None
         else TestSetReport(size=len(store.selections.test_items()), target=None, seed=settings.train.seed)
     )
+    if ls is not None and project is not None:
+        for drawn in store.selections.test_selections():  # a draw made with --no-push is queued now
+            if not drawn["push"]:
+                store.selections.mark_for_push(drawn["id"], project.record.id)
     if ls is not None and project is not None and (report.drawn or store.label_studio.pending(project.record.id)):
-        if report.selection_id is not None:
-            store.selections.mark_for_push(report.selection_id, project.record.id)
         pushed = push_queue(
             store,
             ls,
