@@ -203,8 +203,8 @@ def test_a_draw_made_without_push_is_queued_by_the_next_draw_with_push(world: Wo
     assert not world.store.label_studio.pending(project.record.id)
     settings = Settings(label_studio=world.cfg, strategy=STRATEGY, train=TrainSettings(test_set_size=3))
     scored = type("Scored", (), {"pool_id": world.pool_id, "model": world.mv})()
-    report = top_up(world.store, settings, scored, world.ls)  # type: ignore[arg-type]
+    report = top_up(world.store, settings, scored, world.ls)
     assert report.drawn == 0 and report.push is not None and report.push["pushed"] == 3
     assert report.queued == 3 and report.labeled == 0
-    again = top_up(world.store, settings, scored, world.ls)  # type: ignore[arg-type]
+    again = top_up(world.store, settings, scored, world.ls)
     assert again.push is None and len(world.ls.project_tasks(project.record.id)) == 3
