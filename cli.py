@@ -1007,6 +1007,71 @@ def _print_label_import(r: dict[str, Any]) -> None:
     )
 
 
+testset_app = typer.Typer(
+    help="The test set: pool items drawn at random, labeled in Label Studio, used only to evaluate.",
+    no_args_is_help=True,
+)
+app.add_typer(testset_app, name="testset")
+
+
+@testset_app.command("draw")
+def testset_draw(
+    size: Annotated[
+        str | None,
+        typer.Option("--size", "-n", help="Grow the test set to N items, or auto (default: train.test_set_size)."),
+    ] = None,
+    push: Annotated[
+        bool, typer.Option("--push/--no-push", help="Queue the drawn items in Label Studio (default: yes).")
+    ] = True,
+    project: ProjectOpt = None,
+    pool: PoolOpt = None,
+    model: ModelOpt = None,
+    model_version: ModelVersionOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw the test set uniformly at random from the pool (seeded; never twice) and queue it as test tasks."""
+    with _handled(debug, json_out):
+        overrides = _common(db, pool, model, model_version)
+        overrides.update(_ls_overrides(db, project))
+        settings = _settings(config, overrides)
+        with _store(settings, lock=True) as store:
+            from curation.jobs import testset as job  # once the lock is held: a refused run never loads torch
+
+            report = job.draw(store, settings, size=size, push=push, progress=_progress())
+        _emit(report.summary(), json_out, _print_testset)
+
+
+@testset_app.command("status")
+def testset_status(
+    db: DbOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+) -> None:
+    """Show the test set's size, its target size, and how much of it is labeled or queued."""
+    with _handled(debug, json_out):
+        settings = _settings(config, _common(db, None, None))
+        with _store(settings, lock=False) as store:
+            from curation.jobs import testset as job
+
+            report = job.status(store, settings)
+        _emit(report.summary(), json_out, _print_testset)
+
+
+def _print_testset(r: dict[str, Any]) -> None:
+    target = "no target size" if r["target"] is None else f"target {r['target']}"
+    drawn = f"drew {r['drawn']} item(s); " if r.get("drawn") else ""
+    err_console.print(
+        f"Test set: {drawn}{r['size']} item(s) ({target}, seed {r['seed']}): {r['labeled']} labeled, "
+        f"{r['queued']} queued in Label Studio",
+        highlight=False,
+    )
+    for warning in r.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(safe(warning))}", highlight=False, markup=True)
+    if r.get("push"):
+        _print_push(r["push"])
+
+
 ls_app = typer.Typer(help="Label Studio project set-up.", no_args_is_help=True)
 app.add_typer(ls_app, name="ls")
 

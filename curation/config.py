@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -281,6 +281,24 @@ class TrainSettings(_Section):
     allow_new_classes: bool = False
     """A label outside the model's classes grows the model's head (and the labeling config) instead of being left
     out and reported."""
+    test_set_size: int | Literal["auto"] | None = None
+    """The test set: this many pool items drawn uniformly at random (not by the strategy, seeded by ``seed``) and
+    queued in Label Studio as test tasks; their labels are evaluation-only (never trained on). ``curate loop`` tops
+    it up to this size; ``auto``: the items a ``confidence`` interval of half-width ``eval_half_width`` needs on the
+    current model's metric (p = 0.5 before there is one). null: no test set (``curate testset draw`` still draws)."""
+
+    @field_validator("test_set_size")
+    @classmethod
+    def _positive_size(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 (or auto, or null for no test set)")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_needs_half_width(self) -> TrainSettings:
+        if self.test_set_size == "auto" and self.eval_half_width is None:
+            raise ValueError("test_set_size: auto sizes the test set from train.eval_half_width: set it too")
+        return self
 
 
 class PullSettings(_Section):
@@ -328,6 +346,9 @@ class LabelStudioSettings(_Section):
     """``curate ls init`` sets the project's "Use predictions to prelabel tasks" to this: on, the labeling UI
     pre-fills each annotation from the model's prediction (regions marked as the model's, with its confidence);
     off, labelers start from an empty annotation and the queue order is unchanged."""
+    test_set_every: int = Field(default=1, ge=1)
+    """Queue position rule for test-set tasks (``train.test_set_size``): while any is queued, at least one task in
+    every ``test_set_every`` positions is a test task, in their random draw order (1: every test task first)."""
     import_settle_s: float = Field(default=900.0, ge=0)
     """How long an import whose outcome is unknown (5xx, timeout, killed process) holds its items before they
     may be imported again, if they are still absent from the project: longer than the server can take to commit."""

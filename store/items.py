@@ -75,6 +75,16 @@ class Items:
                 out.update({c: int(i) for c, i in rows})
         return out
 
+    def content_ids(self, item_ids: Sequence[int]) -> list[str]:
+        """Each item's content id, aligned with ``item_ids`` (``""`` for an unknown id)."""
+        found: dict[int, str] = {}
+        ids = [int(i) for i in item_ids]
+        with self._db.tx(write=False) as conn:
+            for start in range(0, len(ids), BATCH):
+                rows = conn.execute(select(Item.id, Item.content_id).where(Item.id.in_(ids[start : start + BATCH])))
+                found.update({int(i): str(c) for i, c in rows})
+        return [found.get(i, "") for i in ids]
+
     def paths(self, pool_id: int, item_ids: Sequence[int]) -> list[str]:
         """Each item's path in the pool (relative to its root; the first if it has several), aligned with
         ``item_ids``; ``""`` for an item that is not in the pool."""

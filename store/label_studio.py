@@ -281,6 +281,7 @@ class LabelStudioRecords:
                 SelectionItem.cluster,
                 Selection.strategy,
                 Selection.pool_id,
+                Selection.purpose,
             )
             .join(Selection, Selection.id == SelectionItem.selection_id)
             .join(Item, Item.id == SelectionItem.item_id)
@@ -303,7 +304,7 @@ class LabelStudioRecords:
                     paths.setdefault(int(found[0]), []).append((int(found[1]), found[2], found[3]))
         out: list[PendingItem] = []
         seen: set[int] = set()
-        for item_id, content_id, selection_id, rank, score, cluster, strategy, pool_id in rows:
+        for item_id, content_id, selection_id, rank, score, cluster, strategy, pool_id, purpose in rows:
             if item_id in seen:  # selected twice (possible across pools): push once
                 continue
             seen.add(item_id)
@@ -322,6 +323,7 @@ class LabelStudioRecords:
                     float(score),
                     cluster,
                     strategy,
+                    str(purpose or "active"),
                 )
             )
         return out

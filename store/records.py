@@ -269,6 +269,7 @@ class PendingItem:
     score: float
     cluster: int | None
     strategy: str
+    purpose: str = "active"  # "test": a test-set item (marked so in its task)
 
 
 @dataclass(frozen=True)

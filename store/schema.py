@@ -238,6 +238,9 @@ class Selection(Base):
     push_ls_project_id: Mapped[int | None] = mapped_column(ForeignKey("ls_projects.id", ondelete="SET NULL"))
     """The project it is meant for (NULL with ``push``: any project; selections made before 0004)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    purpose: Mapped[str] = mapped_column(String(8), default="active", server_default="active")
+    """active (chosen by the strategy, for training) | test (a uniform random draw: evaluation only, never
+    trained on; see ``curation.training.testset``)."""
 
 
 class SelectionItem(Base):

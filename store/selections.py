@@ -11,6 +11,9 @@ from store.db import BATCH, Database
 from store.records import SelectedItem
 from store.schema import Item, ItemPath, ModelVersion, Selection, SelectionItem, utcnow
 
+PURPOSES = ("active", "test")
+TEST = "test"
+
 
 class Selections:
     def __init__(self, db: Database) -> None:
@@ -28,9 +31,13 @@ class Selections:
         scores: Sequence[float],
         clusters: Sequence[int | None] | None = None,
         push_ls_project_id: int | None = None,
+        purpose: str = "active",
     ) -> int:
         """Record a selection (meant for the Label Studio project ``push_ls_project_id``, if given) atomically: a
-        crash leaves no half-recorded selection, nor one that is recorded but not marked for its push."""
+        crash leaves no half-recorded selection, nor one that is recorded but not marked for its push.
+        ``purpose`` ``test``: the items are the test set (evaluation only)."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown selection purpose {purpose!r}; expected one of: {', '.join(PURPOSES)}")
         with self._db.tx() as conn:
             selection_id = int(
                 conn.execute(
@@ -45,6 +52,7 @@ class Selections:
                         push=push_ls_project_id is not None,
                         push_ls_project_id=push_ls_project_id,
                         created_at=utcnow(),
+                        purpose=purpose,
                     )
                     .returning(Selection.id)
                 ).scalar_one()
@@ -149,3 +157,33 @@ class Selections:
         with self._db.tx(write=False) as conn:
             value = conn.execute(stmt).scalar_one_or_none()
             return None if value is None else int(value)
+
+    def test_items(self) -> dict[int, int]:
+        """item id → its place in the test set's draw order (0 first): the items of every ``test`` selection, by
+        selection and rank. An item is in the test set for good: its labels are evaluation-only."""
+        stmt = (
+            select(SelectionItem.item_id)
+            .join(Selection, Selection.id == SelectionItem.selection_id)
+            .where(Selection.purpose == TEST)
+            .order_by(SelectionItem.selection_id, SelectionItem.rank)
+        )
+        out: dict[int, int] = {}
+        with self._db.tx(write=False) as conn:
+            for (item_id,) in conn.execute(stmt):
+                out.setdefault(int(item_id), len(out))
+        return out
+
+    def test_selections(self) -> list[dict[str, Any]]:
+        """The test set's draws, oldest first (id, size, options such as the seed, when)."""
+        stmt = select(Selection.__table__).where(Selection.purpose == TEST).order_by(Selection.id)
+        with self._db.tx(write=False) as conn:
+            return [
+                {
+                    "id": s.id,
+                    "selected": s.n_selected,
+                    "options": s.options,
+                    "created_at": s.created_at,
+                    "push": bool(s.push),
+                }
+                for s in conn.execute(stmt)
+            ]

@@ -282,6 +282,7 @@ class FakeLabelStudio:
             "id": tid,
             "project": project_id,
             "data": copy.deepcopy(task["data"]),
+            "meta": copy.deepcopy(task.get("meta") or {}),
             "updated_at": self._tick(),
             "annotations": [],
         }

@@ -20,6 +20,7 @@ from curation.reports import Report
 from curation.training.dataset import LINK_MODES, MANIFEST, export_dataset, write_manifest
 from curation.training.resolve import labeled_examples
 from curation.training.splits import assign_splits
+from curation.training.testset import TEST_SPLIT, split_test
 from store import Store
 from store.records import LabeledExample
 
@@ -39,6 +40,7 @@ class ExportReport(Report):
     dataset_hash: str
     link: str
     skipped_labels: dict[str, int] = field(default_factory=dict)
+    n_test: int = 0  # test-set items (split test, evaluation only; not in the dataset hash)
     trained_hash: str | None = None  # with --model-version: the hash the registry holds for it
 
 
@@ -80,7 +82,10 @@ def export(
         examples = labeled_examples(store, task, settings.pull.resolve, settings.pull.unchanged_predictions)
         if not examples:
             raise ExportError("no labeled items yet: pull annotations first (curate pull)")
-        splits = assign_splits(store, examples, task, settings.train.val_fraction, settings.train.seed)
+        training, tests = split_test(examples, store.selections.test_items())  # the test set: split test
+        splits = assign_splits(store, training, task, settings.train.val_fraction, settings.train.seed)
+        splits.update({e.item_id: TEST_SPLIT for e in tests})
+        examples = training + tests
     try:
         dataset = export_dataset(
             examples,
@@ -116,6 +121,7 @@ def export(
         n_train=dataset.n_train,
         n_val=dataset.n_val,
         dataset_hash=dataset.dataset_hash,
+        n_test=dataset.n_test,
         link=link,
         skipped_labels=dict(dataset.skipped_labels),
         trained_hash=trained_hash,

@@ -11,7 +11,8 @@ from curation.errors import ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.queue import reprioritize
-from curation.jobs.score import with_pool_project
+from curation.jobs.score import is_ls_pool, with_pool_project
+from curation.jobs.testset import top_up
 from curation.jobs.train import fine_tune
 from curation.labelstudio.project import connect
 from curation.labelstudio.pull import pull
@@ -31,6 +32,7 @@ class LoopReport(Report):
     current_model: str | None = None
     scoring: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
+    test_set: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = field(default=0.0, metadata=rounded(2))
 
@@ -44,7 +46,7 @@ def loop(
     progress: Progress | None = None,
 ) -> LoopReport:
     """One turn of the cycle, for cron: pull → train if enough new labels → promote if better → rescore with the
-    current model → reprioritize and top up the queue."""
+    current model → reprioritize and top up the queue → top up the test set (``train.test_set_size``)."""
     import time
 
     started = time.perf_counter()
@@ -94,5 +96,10 @@ def loop(
     report.current_model = scored.model.version
     report.scoring = scored.summary()
     report.queue = ranked.summary()
+    if settings.train.test_set_size is not None:
+        if is_ls_pool(settings):
+            report.notes.append("train.test_set_size: no test set is drawn from an ls:// pool")
+        else:  # grown to its size with the current model's scores, and its new tasks placed by the queue rule
+            report.test_set = top_up(store, settings, scored, ls, progress=progress).summary()
     report.seconds = time.perf_counter() - started
     return report

@@ -23,6 +23,7 @@ IMAGE_NAME = "image"
 CONTROL_NAME = "label"
 CONTROL_TAG = {"classify": "Choices", "detect": "RectangleLabels", "segment": "PolygonLabels"}
 LS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the only format the task filter accepts
+TEST_SET_FIELD, TEST_SET_VALUE = "curate_set", "test"  # a test-set task's data field (and meta): evaluation only
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,11 @@ def task_payload(
     would make stale goes into the task's data: the live queue position and the model's confidence are the
     prediction's score, the ranking's model version its ``model_version``."""
     data = {ui.data_key: url, "curation_id": item.content_id}
-    return {"data": data, "predictions": [ranking_prediction(tag, score, pred, mv, ui, min_conf)]}
+    task: dict[str, Any] = {"data": data, "predictions": [ranking_prediction(tag, score, pred, mv, ui, min_conf)]}
+    if item.purpose == "test":  # a Data Manager column (filterable) and the task's meta say it is a test item
+        data[TEST_SET_FIELD] = TEST_SET_VALUE
+        task["meta"] = {TEST_SET_FIELD: TEST_SET_VALUE}
+    return task
 
 
 def curation_id_of(task: dict[str, Any]) -> str | None:

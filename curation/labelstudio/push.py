@@ -21,7 +21,7 @@ from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
 from curation.labelstudio.formats import fit_scores, image_url, queue_scores, task_payload
 from curation.labelstudio.project import ProjectHandle, ensure_storage
 from curation.labelstudio.publish import Placement, Ranking, publish
-from curation.labelstudio.rank import confidences
+from curation.labelstudio.rank import confidences, place_tests
 from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.labelstudio.tasks import tasks_by_curation_id
@@ -106,31 +106,39 @@ def push(
     report.awaiting_import = sum(p.content_id in found.held for p in pending)
     pending, urls = _servable([p for p in pending if p.content_id not in found.held], cfg, report, progress)
     plan = plan_push(queue, len(pending), project, mv.version)
+    tests = store.selections.test_items()
+    if plan is not None and plan.append and any(p.item_id in tests for p in pending):
+        plan = PushPlan(False, make_tag(mv.version), len(queue))  # new test tasks take their places by rule
     if plan is None:
         report.model_version_tag = project.live_tag
         report.queue_size = len(queue)
         report.first = _describe_first(queue)
         return report
-    new_conf = confidences(store, strategy_cfg, mv, [p.item_id for p in pending], measure)
     scores: dict[int, float] = {}
+    position: dict[int, int] = {}
     if plan.append:
+        new_conf = confidences(store, strategy_cfg, mv, [p.item_id for p in pending], measure)
         after = _live_score(ls, project, queue[-1].task_id) if queue else 0.0
         appended = queue_scores(new_conf, after) if after is not None else [2.0]
         if max(appended, default=0.0) <= 1.0:
             scores = {p.item_id: s for p, s in zip(pending, appended, strict=True)}
+            position = {p.item_id: plan.after + k for k, p in enumerate(pending, 1)}
         else:  # no room left above the queue's last score (or it is gone): re-tag the whole queue
             plan = PushPlan(False, make_tag(mv.version), len(queue))
-    if not plan.append:
-        everyone = [q.item_id for q in queue] + [p.item_id for p in pending]
-        old_conf = confidences(store, strategy_cfg, mv, [q.item_id for q in queue], measure)
-        scores = dict(zip(everyone, fit_scores(queue_scores(old_conf + new_conf)), strict=True))
+    if not plan.append:  # old tasks first, in their order, then the new ones; test tasks where the rule puts them
+        everyone = place_tests(
+            [q.item_id for q in queue] + [p.item_id for p in pending], tests, cfg.test_set_every, int
+        )
+        conf = confidences(store, strategy_cfg, mv, everyone, measure)
+        scores = dict(zip(everyone, fit_scores(queue_scores(conf)), strict=True))
+        position = {item: k for k, item in enumerate(everyone, 1)}
 
     progress.start(f"pushing {len(pending)} tasks to {project.record.title}", len(pending))
     new: list[Placement] = []
     try:
         for start in range(0, len(pending), cfg.import_chunk):
             chunk = pending[start : start + cfg.import_chunk]
-            positions = list(range(plan.after + start + 1, plan.after + start + len(chunk) + 1))
+            positions = [position[p.item_id] for p in chunk]
             preds = store.scores.predictions(mv.id, [p.item_id for p in chunk], len(mv.class_names))
             payload = [
                 task_payload(
@@ -155,9 +163,10 @@ def push(
     old = (
         []
         if plan.append
-        else [Placement(q.item_id, q.task_id, i, q.cluster, scores[q.item_id]) for i, q in enumerate(queue, 1)]
+        else [Placement(q.item_id, q.task_id, position[q.item_id], q.cluster, scores[q.item_id]) for q in queue]
     )
-    ranking = Ranking(plan.tag, [*old, *new], written=frozenset(p.task_id for p in new))
+    placements = sorted([*old, *new], key=lambda p: p.position)
+    ranking = Ranking(plan.tag, placements, written=frozenset(p.task_id for p in new))
     served = publish(
         store,
         ls,

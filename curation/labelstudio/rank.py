@@ -5,8 +5,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,6 +65,30 @@ def rank_queue(
     chosen = set(order)
     order += [i for i in range(len(queue)) if i not in chosen]
     return [queue[i] for i in order], clusters
+
+
+T = TypeVar("T")
+
+
+def place_tests(order: Sequence[T], test_rank: Mapping[int, int], every: int, item_id: Callable[[T], int]) -> list[T]:
+    """The queue position rule for test-set tasks (``label_studio.test_set_every``): positions 1, 1 + every,
+    1 + 2·every, … go to test tasks while any is left, in their random draw order (``test_rank``), the other tasks
+    keep their order in between (``every`` 1: all test tasks first). The test tasks must get labeled, and in draw
+    order: a partly labeled test set is then still a uniform random sample of the pool."""
+    tests = sorted((x for x in order if item_id(x) in test_rank), key=lambda x: test_rank[item_id(x)])
+    if not tests:
+        return list(order)
+    rest = [x for x in order if item_id(x) not in test_rank]
+    out: list[T] = []
+    t = r = 0
+    while t < len(tests) or r < len(rest):
+        if t < len(tests) and (len(out) % every == 0 or r >= len(rest)):
+            out.append(tests[t])
+            t += 1
+        else:
+            out.append(rest[r])
+            r += 1
+    return out
 
 
 def moved_count(old_positions: Sequence[int | None]) -> int:

@@ -14,7 +14,14 @@ from curation.labelstudio.formats import fit_scores, queue_scores
 from curation.labelstudio.project import open_project
 from curation.labelstudio.publish import Placement, Ranking, publish
 from curation.labelstudio.push import PushReport, push
-from curation.labelstudio.rank import confidences, moved_count, rank_queue, ranking_options, ranking_signature
+from curation.labelstudio.rank import (
+    confidences,
+    moved_count,
+    place_tests,
+    rank_queue,
+    ranking_options,
+    ranking_signature,
+)
 from curation.labelstudio.reconcile import reconcile
 from curation.labelstudio.tags import make_tag
 from curation.progress import NullProgress, Progress
@@ -83,7 +90,10 @@ def reprioritize(
 
     strategy = build_strategy(strategy_cfg)
     labeled = store.labels.item_ids()
+    tests = store.selections.test_items()
     options = ranking_options(strategy_cfg, mv, len(labeled))
+    if tests:
+        options["_test_set_every"] = cfg.test_set_every
     signature = ranking_signature(mv, strategy.name, options, strategy_cfg.seed, [q.item_id for q in queue])
 
     def report(changed: bool, reason: str, tag: str | None, **more: Any) -> ReprioritizeReport:
@@ -117,7 +127,11 @@ def reprioritize(
                 True, f"repaired the project's label stream ({drift}): it serves curate's ranking again", live
             )
 
-    ordered, clusters = rank_queue(store, strategy_cfg, mv, queue, strategy, labeled)
+    active = [q for q in queue if q.item_id not in tests]  # test tasks are placed by rule, not by the strategy
+    ordered, clusters = rank_queue(store, strategy_cfg, mv, active, strategy, labeled) if active else ([], {})
+    ordered = place_tests(
+        [*ordered, *(q for q in queue if q.item_id in tests)], tests, cfg.test_set_every, lambda q: q.item_id
+    )
     scores = fit_scores(
         queue_scores(confidences(store, strategy_cfg, mv, [q.item_id for q in ordered], strategy.measure))
     )

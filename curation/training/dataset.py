@@ -76,14 +76,21 @@ def write_labels(root: Path, split: str, stem: str, rows: Sequence[str]) -> Path
 
 
 def write_data_yaml(
-    root: Path, class_names: Sequence[str], *, val: str = "val", name: str = DATA_YAML, portable: bool = False
+    root: Path,
+    class_names: Sequence[str],
+    *,
+    val: str = "val",
+    name: str = DATA_YAML,
+    portable: bool = False,
+    test: bool = False,
 ) -> Path:
     """The ``data.yaml`` Ultralytics trains (``val="val"``) or validates (e.g. ``val="test"``) from; ``portable``
-    leaves out ``path`` (the splits are then relative to the file's folder)."""
+    leaves out ``path`` (the splits are then relative to the file's folder); ``test`` names ``images/test``."""
     names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(class_names))
     data = root / name
     where = "" if portable else f"path: {root.resolve()}\n"
-    data.write_text(f"{where}train: images/train\nval: images/{val}\nnames:\n{names}")
+    tests = "test: images/test\n" if test else ""
+    data.write_text(f"{where}train: images/train\nval: images/{val}\n{tests}names:\n{names}")
     return data
 
 
@@ -166,6 +173,7 @@ class ExportedDataset:
     per_class: dict[str, dict[str, int]] = field(default_factory=dict)
     items: list[ExportedItem] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)  # path → SHA-256 of the bytes written (copy mode)
+    n_test: int = 0  # test-set items (split ``test``: evaluation only, outside the dataset hash)
 
 
 def export_dataset(
@@ -189,7 +197,8 @@ def export_dataset(
     copy; None from it (or no ``fetch``) skips the item as a missing file.
 
     The dataset hash is a function of the content ids, splits and label rows only — not of paths or link mode —
-    so training's temporary dataset and ``curate export`` of the same items hash the same."""
+    so training's temporary dataset and ``curate export`` of the same items hash the same. Items of split
+    ``test`` (the test set) are written but left out of the hash: training never sees them."""
     if link_mode not in LINK_MODES:
         raise ExportError(f"unknown link mode {link_mode!r}; expected one of: {', '.join(LINK_MODES)}")
     if out_dir.exists():
@@ -197,9 +206,9 @@ def export_dataset(
     out_dir.mkdir(parents=True)
     known = set(class_names)
     skipped: Counter[str] = Counter()
-    per_class: dict[str, dict[str, int]] = {c: {"train": 0, "val": 0} for c in class_names}
+    per_class: dict[str, dict[str, int]] = {c: {"train": 0, "val": 0} for c in class_names}  # + test if any
     lines: list[str] = []
-    counts = {"train": 0, "val": 0}
+    counts = {"train": 0, "val": 0, "test": 0}
     items: list[ExportedItem] = []
     hashes: dict[str, str] = {}
     for e in examples:
@@ -219,7 +228,7 @@ def export_dataset(
                 skipped[label] += 1
                 continue
             dst = class_folder(out_dir, split, label) / name
-            per_class[label][split] += 1
+            per_class[label][split] = per_class[label].get(split, 0) + 1
             lines.append(f"{e.content_id} {split} {label}")
         else:
             rows = _yolo_rows(task, e, class_names, skipped)
@@ -228,7 +237,8 @@ def export_dataset(
             dst = yolo_image_path(out_dir, split, name)
             write_labels(out_dir, split, e.content_id, rows)
             for r in rows:
-                per_class[class_names[int(r.split()[0])]][split] += 1
+                counted = per_class[class_names[int(r.split()[0])]]
+                counted[split] = counted.get(split, 0) + 1
             label = "|".join(dict.fromkeys(class_names[int(r.split()[0])] for r in rows))
             lines.append(f"{e.content_id} {split} " + "|".join(rows))
         relative = dst.relative_to(out_dir).as_posix()
@@ -244,9 +254,16 @@ def export_dataset(
             hashes[relative] = digest
         items.append(ExportedItem(relative, e, split, label))
         counts[split] += 1
-    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-    data = out_dir if task == "classify" else write_data_yaml(out_dir, class_names, portable=portable)
-    return ExportedDataset(data, counts["train"], counts["val"], digest, skipped, per_class, items, hashes)
+    # the hash is the training data's: test items (evaluation only) are not part of it
+    digest = hashlib.sha256("\n".join(sorted(line for line in lines if line.split()[1] != "test")).encode()).hexdigest()
+    data = (
+        out_dir
+        if task == "classify"
+        else write_data_yaml(out_dir, class_names, portable=portable, test=counts["test"] > 0)
+    )
+    return ExportedDataset(
+        data, counts["train"], counts["val"], digest, skipped, per_class, items, hashes, n_test=counts["test"]
+    )
 
 
 def place(src: Path, dst: Path, mode: str, *, hashed: bool = False) -> str | None:

@@ -3,10 +3,12 @@ it is better.
 
 The steps (``train_round``):
 
-1. the labeled items (latest non-cancelled annotation each) get their fixed train/val split (``splits``);
+1. the labeled items (latest non-cancelled annotation each) get their fixed train/val split (``splits``); the
+   labels of test-set items (``testset``) are set aside: evaluation only;
 2. they are exported as an Ultralytics dataset of symlinks (``dataset``, the exporter ``curate export`` uses);
    without enough data the round stops with the reason;
-3. the current model is fine-tuned, then candidate and current are evaluated on the same validation split;
+3. the current model is fine-tuned, then candidate and current are evaluated on the same items: the labeled part
+   of ``train.eval_dataset``, else of the random test set, else the held-out split;
 4. ``decide_promotion`` compares the two (``promotion``);
 5. the weights are saved under the models folder (atomically) and the version is registered with its metrics,
    parent, dataset hash, the exported items (split and labels as they were: ``curate export --model-version``)
@@ -35,8 +37,9 @@ from curation.training.promotion import (
     mean_metrics,
     paired_bootstrap,
 )
-from curation.training.reference import ReferenceSet, load_reference, replay_sample
+from curation.training.reference import load_reference, replay_sample
 from curation.training.splits import assign_splits
+from curation.training.testset import split_test
 from curation.training.trainer import (
     TrainingError,
     TrainResult,
@@ -57,6 +60,9 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 
+TEST_SET_SOURCE = "test set"  # eval_source when the random test set (train.test_set_size) was the evaluation set
+
+
 @dataclass
 class TrainReport(Report):
     trained: bool
@@ -73,7 +79,7 @@ class TrainReport(Report):
     dataset_hash: str | None = None
     skipped_labels: dict[str, int] = field(default_factory=dict)
     base_items: int = 0  # train.base_dataset images replayed in this round
-    eval_source: str = "held-out split"  # or train.eval_dataset's path
+    eval_source: str = "held-out split"  # or train.eval_dataset's path, or "test set" (train.test_set_size)
     n_eval: int = 0  # items both models were evaluated on
     excluded_eval_items: int = 0  # training items left out because they are in the evaluation set
     interval: dict[str, Any] | None = None  # the paired bootstrap (PairedInterval) the promotion read
@@ -128,8 +134,17 @@ def train_round(
         held = {e.content_id for e in evaluation.examples}
         kept = [e for e in examples if e.content_id not in held]
         excluded, examples = len(examples) - len(kept), kept
+    test_items = store.selections.test_items()
+    examples, test_examples = split_test(examples, test_items)  # the test set's labels: evaluation only
+    excluded += len(test_examples)
+    held |= {e.content_id for e in test_examples}  # nor replayed from the base set
     if not examples:
-        return TrainReport(False, "no labeled items yet: pull annotations first", parent=current.version)
+        reason = (
+            f"only test-set items are labeled ({len(test_examples)}, evaluation only): label selected items too"
+            if test_examples
+            else "no labeled items yet: pull annotations first"
+        )
+        return TrainReport(False, reason, parent=current.version)
     splits = assign_splits(store, examples, task, train.val_fraction, train.seed)
     replay: list[LabeledExample] = []
     if replayable is not None:
@@ -171,9 +186,22 @@ def train_round(
         device = training_device(train.device)
         result = _fine_tune(base, current.version, dataset, work / "run", train, imgsz, device, progress)
         if evaluation is not None:
-            eval_examples, eval_data = evaluation.examples, _eval_dataset(evaluation, task, class_names, work / "eval")
+            eval_examples = evaluation.examples
+            eval_data = _eval_dataset(eval_examples, task, class_names, work / "eval")
             report.eval_source = evaluation.path
+        elif test_examples:  # the random test set (train.test_set_size): unbiased, unlike the held-out split
+            eval_examples, eval_data = test_examples, _eval_dataset(test_examples, task, class_names, work / "eval")
+            report.eval_source = TEST_SET_SOURCE
+            if len(test_examples) < len(test_items):
+                report.warnings.append(
+                    f"the test set is {len(test_examples)} of {len(test_items)} items labeled so far: evaluated on "
+                    "those (they are served in random draw order, so they are still a random sample)"
+                )
         else:
+            if test_items:
+                report.warnings.append(
+                    f"none of the {len(test_items)} test-set items is labeled yet: evaluated on the held-out split"
+                )
             eval_examples, eval_data = [e for e in examples if splits.get(e.item_id) == "val"], dataset.data
         progress.start(f"evaluating candidate and current model on {len(eval_examples)} items", None)
         try:
@@ -282,12 +310,10 @@ def _new_classes(task: str, known: list[str], examples: list[LabeledExample]) ->
     return grown
 
 
-def _eval_dataset(evaluation: ReferenceSet, task: str, class_names: list[str], out: Path) -> Path:
-    """The evaluation set as an Ultralytics dataset whose ``val`` split is the whole set (detection validates on
+def _eval_dataset(examples: list[LabeledExample], task: str, class_names: list[str], out: Path) -> Path:
+    """An evaluation set as an Ultralytics dataset whose ``val`` split is the whole set (detection validates on
     it; classification is scored by curate from the examples)."""
-    exported = export_dataset(
-        evaluation.examples, {e.item_id: "val" for e in evaluation.examples}, task, class_names, out
-    )
+    exported = export_dataset(examples, {e.item_id: "val" for e in examples}, task, class_names, out)
     (out / "images" / "train").mkdir(parents=True, exist_ok=True)
     return exported.data
 
