@@ -126,6 +126,7 @@ def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path
     local engine stores."""
     ray_db, local_db = f"sqlite:///{tmp_path / 'ray.db'}", f"sqlite:///{tmp_path / 'local.db'}"
     common = ["--pool", str(pool), "--model", MODEL, "--no-push", "--json", "--budget", "8", "--strategy", "hybrid"]
+    common += ["--batch-size", "4"]  # 40 items in 10 blocks: work for both nodes' actors (ray_engine.block_rows)
     on_ray = _json(
         _curate(
             "select",
