@@ -1,8 +1,9 @@
 """``scoring.engine: ray``: the scoring pipeline as a Ray Data job, for pools that outgrow one machine.
 
-The items the store says are missing become a dataset; read + decode run as Ray tasks (``PoolDataset``, the local
-engine's decoder); inference runs in an actor pool (``map_batches`` with a callable class and
-``ActorPoolStrategy``) whose actors load the model once and reduce each output to a store row
+The items the store says are missing become a dataset (slices of one Arrow table); read + decode run with the
+local engine's decoder (``PoolDataset``) — inside the inference actors on a CPU-only cluster, as Ray tasks ahead of
+them where the actors hold GPUs (``scoring.ray.decode``); inference runs in an actor pool (``map_batches`` with a
+callable class and ``ActorPoolStrategy``) whose actors load the model once and reduce each output to a store row
 (``prediction_row``, the local engine's reduction). The rows stream back to this process, which commits them in
 chunks with ``commit_results`` — the local engine's code path — so a killed driver loses at most a chunk, a rerun
 scores only what is missing, and unreadable items are recorded the same way.
