@@ -149,15 +149,21 @@ class RaySettings(_Section):
     address: str | None = None
     """A running cluster (``ray://host:10001`` or ``host:6379``); unset: ``RAY_ADDRESS``, else a local Ray started
     for the run and stopped after it."""
+    decode: Literal["auto", "actors", "tasks"] = "auto"
+    """Where items are read and decoded. ``tasks``: Ray tasks of ``decode_cpus`` each, ahead of the actors, so a
+    GPU actor never waits on a CPU. ``actors``: inside each inference actor, fused with inference, so no decoded
+    pixels cross Ray's object store (on CPUs decoding and inference share the cores anyway). ``auto``: tasks where
+    the actors hold GPUs, else actors."""
     actors: int | None = Field(default=None, ge=1, le=4096)
     """Inference actors (each loads the model once); default: the cluster's GPUs / ``gpus_per_actor``, or on a
-    CPU-only cluster two thirds of its CPUs / ``cpus_per_actor`` (at least 1)."""
+    CPU-only cluster its CPUs / ``cpus_per_actor`` (decoding in the actors) or two thirds of that (decoding as
+    tasks), at least 1."""
     cpus_per_actor: float = Field(default=1.0, gt=0.0, le=256.0)
     """CPUs each actor reserves (fractions allowed); its torch threads: this rounded, at least 1."""
     gpus_per_actor: float | None = Field(default=None, ge=0.0, le=8.0)
     """GPUs each actor reserves: 0.5 puts two actors on a GPU; default 1 where the cluster has GPUs, else 0."""
     decode_cpus: float = Field(default=1.0, gt=0.0, le=64.0)
-    """CPUs each read-and-decode task reserves."""
+    """CPUs each read-and-decode task reserves (``decode: tasks``)."""
 
 
 class ScoringSettings(_Section):

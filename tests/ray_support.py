@@ -53,12 +53,13 @@ def processes_with(marker: str) -> list[psutil.Process]:
 class RayCluster:
     """Head + one more node. ``address`` is what ``--ray-address`` takes."""
 
-    def __init__(self, cpus_per_node: float = 1.0) -> None:
+    def __init__(self, cpus_per_node: float = 1.0, env: dict[str, str] | None = None) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # short: Ray's socket paths have a length limit
-        self.env = {**os.environ, **RAY_ENV}
+        self.env = {**os.environ, **RAY_ENV, **(env or {})}
         self.cpus = cpus_per_node
         self.seen: dict[int, psutil.Process] = {}
         self.address = ""
+        self.second_node_port = 0  # the second node's raylet (node manager) port
 
     def _node_args(self, ports: list[int]) -> list[str]:
         return [
@@ -77,6 +78,7 @@ class RayCluster:
     def start(self) -> RayCluster:
         head_ports, node_ports = free_ports(7), free_ports(7)
         gcs, dashboard = free_ports(2)
+        self.second_node_port = node_ports[0]
         self.address = f"127.0.0.1:{gcs}"
         head = [
             RAY,
@@ -144,6 +146,16 @@ class RayCluster:
             except psutil.Error:
                 continue
         return out
+
+    def second_raylet(self) -> psutil.Process:
+        """The second node's raylet (found by its node manager port): killing it takes that node down."""
+        for proc in processes_with(self.temp_dir):
+            try:
+                if proc.name() == "raylet" and f"--node_manager_port={self.second_node_port}" in proc.cmdline():
+                    return proc
+            except psutil.Error:
+                continue
+        raise RuntimeError(f"no raylet with node manager port {self.second_node_port}")
 
     def stop(self) -> list[str]:
         """Kill every process of this cluster (TERM, then KILL); returns what is still alive (should be [])."""

@@ -49,7 +49,11 @@ def _env(**extra: str) -> dict[str, str]:
     from tests.ray_support import RAY_ENV
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATE_", "RAY_ADDRESS"))}
-    return {**env, **RAY_ENV, "YOLO_OFFLINE": "1", "PYTHONPATH": str(REPO), **RAY_OPTS, **extra}
+    # Ray Data hands blocks to the first actor that is up; these pools are scored in a second or two, less than
+    # an actor's model load on this machine, so without this wait one actor may score everything and the tests
+    # could not show both nodes (or a node's actor) working
+    wait = {"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}
+    return {**env, **RAY_ENV, **wait, "YOLO_OFFLINE": "1", "PYTHONPATH": str(REPO), **RAY_OPTS, **extra}
 
 
 def _curate(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.Popen[str]:
@@ -116,9 +120,13 @@ def pool(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", ["actors", "tasks"])
+def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path, tmp_path: Path, decode: str) -> None:
+    """Both places to decode (inside the actors — the CPU default — or as Ray tasks ahead of them) store what the
+    local engine stores."""
     ray_db, local_db = f"sqlite:///{tmp_path / 'ray.db'}", f"sqlite:///{tmp_path / 'local.db'}"
     common = ["--pool", str(pool), "--model", MODEL, "--no-push", "--json", "--budget", "8", "--strategy", "hybrid"]
+    common += ["--batch-size", "4"]  # 40 items in 10 blocks: work for both nodes' actors (ray_engine.block_rows)
     on_ray = _json(
         _curate(
             "select",
@@ -131,7 +139,7 @@ def test_score_on_two_nodes_matches_the_local_engine(cluster: object, pool: Path
             "ray",
             "--ray-address",
             cluster.address,  # type: ignore[attr-defined]
-            env=_env(),
+            env=_env(CURATE_SCORING__RAY__DECODE=decode),
         )
     )
     local = _json(_curate("select", *common, "--db", local_db, "--out", str(tmp_path / "local.jsonl"), env=_env()))
@@ -207,9 +215,9 @@ def test_a_killed_actor_is_retried_and_every_item_scored_once(cluster: object, t
         "--engine",
         "ray",
         "--ray-address",
-        cluster.address,
+        cluster.address,  # type: ignore[attr-defined]
         "--batch-size",
-        "4",  # type: ignore[attr-defined]
+        "4",
         env=_env(CURATE_SCORING__CHUNK_SIZE="4"),
     )
     workers: list[psutil.Process] = []
@@ -226,6 +234,50 @@ def test_a_killed_actor_is_retried_and_every_item_scored_once(cluster: object, t
     assert report["scored"] == 48
     counts = _predictions(db)
     assert len(counts) == 48 and set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+def test_a_killed_node_is_survived_and_every_item_scored_once(tmp_path: Path) -> None:
+    """SIGKILL of the second node's raylet mid-job (its own cluster: the node does not come back). The GCS declares
+    the node dead, Ray Data restarts its actor on the head and re-runs what was lost there; the run completes
+    with every item scored exactly once, and every Ray process of the cluster is stopped afterwards."""
+    pytest.importorskip("ray")
+    from curation.devtools.synthetic import make_pool
+    from tests.ray_support import RayCluster
+
+    # a dead node is declared dead after period x threshold (Ray's default: 3 s x 5)
+    fast_health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+    own = RayCluster(cpus_per_node=1.0, env=fast_health).start()
+    try:
+        pool = tmp_path / "pool"
+        make_pool(pool, n=120, size=64, seed=14)
+        db = f"sqlite:///{tmp_path / 'n.db'}"
+        proc = _curate(
+            "score",
+            *("--pool", str(pool), "--model", MODEL, "--db", db, "--json"),
+            *("--engine", "ray", "--ray-address", own.address, "--batch-size", "4"),
+            env=_env(CURATE_SCORING__CHUNK_SIZE="4"),
+        )
+        raylet = own.second_raylet()
+
+        def second_node_scoring() -> bool:
+            try:
+                on_node = [" ".join(c.cmdline()) for c in raylet.children(recursive=True)]
+            except psutil.Error:
+                return False
+            return any("MapWorker" in c for c in on_node) and 0 < _count(db) < 80
+
+        _wait(second_node_scoring, 300, "an actor scoring on the second node", proc)
+        raylet.send_signal(signal.SIGKILL)
+        report = _json(proc)
+        assert not raylet.is_running()
+        assert report["scored"] == 120 and report["failed"] == 0
+        counts = _predictions(db)
+        assert len(counts) == 120 and set(counts.values()) == {1}
+        assert len(own.nodes()) == 1  # the node really is gone, not merely slow
+    finally:
+        left = own.stop()
+    assert left == [], f"Ray processes left running: {left}"
 
 
 @pytest.mark.slow
@@ -247,10 +299,10 @@ def test_kill_9_of_the_driver_then_rerun_loses_and_duplicates_nothing(cluster: o
         "--engine",
         "ray",
         "--ray-address",
-        cluster.address,
+        cluster.address,  # type: ignore[attr-defined]
         "--batch-size",
         "4",
-    ]  # type: ignore[attr-defined]
+    ]
     env = _env(CURATE_SCORING__CHUNK_SIZE="4")
     proc = _curate(*args, env=env)
     _wait(lambda: _count(db) >= 8, 300, "two committed chunks", proc)
@@ -332,8 +384,9 @@ def test_without_ray_installed_the_engine_is_one_clear_error(pool: Path, tmp_pat
 
 
 def test_resources_default_from_the_cluster() -> None:
-    """One actor per GPU where there are GPUs (two per GPU at 0.5); on CPUs two thirds of them run inference; an
-    actor the cluster cannot fit is a ClusterError (exit 13), not a job that waits forever."""
+    """One actor per GPU where there are GPUs (two per GPU at 0.5), decoding as tasks; on CPUs one actor per CPU
+    that decodes its own batches (with ``decode: tasks`` two thirds of the CPUs run inference); an actor the
+    cluster cannot fit is a ClusterError (exit 13), not a job that waits forever."""
     from curation.config import RaySettings
     from curation.errors import ClusterError, ExitCode
     from curation.scoring.ray_engine import plan_resources
@@ -342,8 +395,12 @@ def test_resources_default_from_the_cluster() -> None:
     assert (gpu.actors, gpu.gpus_per_actor, gpu.batch_size) == (8, 1.0, 64)
     half = plan_resources(RaySettings(gpus_per_actor=0.5), None, "detect", {"CPU": 64.0, "GPU": 8.0})
     assert (half.actors, half.batch_size) == (16, 32)
+    assert not gpu.fused and not half.fused  # GPU actors: CPU tasks decode for them
     cpu = plan_resources(RaySettings(), None, "classify", {"CPU": 12.0})
-    assert (cpu.actors, cpu.gpus_per_actor, cpu.threads, cpu.batch_size) == (8, 0.0, 1, 32)
+    assert (cpu.actors, cpu.gpus_per_actor, cpu.threads, cpu.batch_size, cpu.fused) == (12, 0.0, 1, 32, True)
+    tasks = plan_resources(RaySettings(decode="tasks"), None, "classify", {"CPU": 12.0})
+    assert (tasks.actors, tasks.fused) == (8, False)  # a third of the CPUs left to the decoding tasks
+    assert plan_resources(RaySettings(decode="actors"), None, "classify", {"CPU": 8.0, "GPU": 1.0}).fused
     fractional = plan_resources(RaySettings(cpus_per_actor=0.5, actors=3), 4, "detect", {"CPU": 2.0})
     assert (fractional.actors, fractional.threads, fractional.batch_size) == (3, 1, 4)
     with pytest.raises(ClusterError, match="gpus_per_actor") as err:
@@ -351,3 +408,24 @@ def test_resources_default_from_the_cluster() -> None:
     assert err.value.exit_code == ExitCode.CLUSTER == 13
     with pytest.raises(ClusterError, match="cpus_per_actor"):
         plan_resources(RaySettings(cpus_per_actor=4.0), None, "classify", {"CPU": 2.0})
+    with pytest.raises(ClusterError, match="decode_cpus"):
+        plan_resources(RaySettings(decode="tasks", decode_cpus=4.0), None, "classify", {"CPU": 2.0})
+
+
+def test_input_blocks_are_arrow_tables_in_the_batch_order() -> None:
+    """The driver hands Ray the items as slices of one Arrow table (no dict per item): every item once, in
+    ``order``, ``block`` rows a block, an unknown canvas shape as 0."""
+    from curation.scoring.engine import ScoreJob
+    from curation.scoring.ray_engine import block_rows, input_blocks
+
+    # whole batches, ~16 blocks per actor, at most 1,024 rows, at least one batch
+    assert (block_rows(2000, 2, 32), block_rows(60, 2, 4), block_rows(10, 2, 32)) == (64, 4, 32)
+    assert block_rows(10**8, 64, 64) == 1024
+    items = [ScoreJob(10 + i, f"/pool/{i}.jpg") for i in range(7)]
+    shapes = [None, (224, 160), None, None, (160, 224), None, None]
+    blocks = input_blocks(items, [6, 5, 4, 3, 2, 1, 0], shapes, 3)
+    assert [b.num_rows for b in blocks] == [3, 3, 1]
+    rows = [row for b in blocks for row in b.to_pylist()]
+    assert [r["item_id"] for r in rows] == [16, 15, 14, 13, 12, 11, 10]
+    assert rows[2] == {"item_id": 14, "path": "/pool/4.jpg", "shape_h": 160, "shape_w": 224}
+    assert rows[0]["shape_h"] == rows[0]["shape_w"] == 0

@@ -455,6 +455,8 @@ def commit_results(
 
     try:
         for batch in results:
+            if report.first_batch_s is None:
+                report.first_batch_s = time.perf_counter() - start
             changed: set[int] = set()
             for item_id, content_id in batch.read.items():
                 was = recorded.get(item_id)

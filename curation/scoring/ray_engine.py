@@ -1,8 +1,9 @@
 """``scoring.engine: ray``: the scoring pipeline as a Ray Data job, for pools that outgrow one machine.
 
-The items the store says are missing become a dataset; read + decode run as Ray tasks (``PoolDataset``, the local
-engine's decoder); inference runs in an actor pool (``map_batches`` with a callable class and
-``ActorPoolStrategy``) whose actors load the model once and reduce each output to a store row
+The items the store says are missing become a dataset (slices of one Arrow table); read + decode run with the
+local engine's decoder (``PoolDataset``) — inside the inference actors on a CPU-only cluster, as Ray tasks ahead of
+them where the actors hold GPUs (``scoring.ray.decode``); inference runs in an actor pool (``map_batches`` with a
+callable class and ``ActorPoolStrategy``) whose actors load the model once and reduce each output to a store row
 (``prediction_row``, the local engine's reduction). The rows stream back to this process, which commits them in
 chunks with ``commit_results`` — the local engine's code path — so a killed driver loses at most a chunk, a rerun
 scores only what is missing, and unreadable items are recorded the same way.
@@ -34,7 +35,8 @@ from curation.scoring.summary import ScoringReport
 if TYPE_CHECKING:
     from curation.config import Settings
     from curation.objects.source import ObjectSource
-    from curation.scoring.engine import ResultBatch, ScoreJob
+    from curation.scoring.engine import ResultBatch, Sample, ScoreJob
+    from curation.scoring.images import Geometry
     from curation.scoring.runtime import ModelInfo
     from store import Store
 
@@ -132,12 +134,14 @@ class Resources:
     decode_cpus: float
     batch_size: int
     threads: int
+    fused: bool = False  # read + decode inside the inference actors (``scoring.ray.decode: actors``)
 
 
 def plan_resources(ray_settings: Any, batch_size: int | None, task: str, cluster: dict[str, float]) -> Resources:
     """Defaults from the cluster's resources (``ray.cluster_resources()``): one actor per GPU (per
-    ``gpus_per_actor``) where there are GPUs; on a CPU-only cluster two thirds of the CPUs run inference and the
-    rest decode, as the local engine splits one machine's cores."""
+    ``gpus_per_actor``) where there are GPUs, decoding as CPU tasks ahead of them. On a CPU-only cluster the actors
+    decode too (``decode: auto``): every CPU runs an actor. With ``decode: tasks`` on CPUs two thirds of the CPUs
+    run inference and the rest decode, as the local engine splits one machine's cores."""
     import torch
 
     from curation.scoring.engine import default_batch_size
@@ -146,15 +150,17 @@ def plan_resources(ray_settings: Any, batch_size: int | None, task: str, cluster
     cpus = float(cluster.get("CPU", 0.0))
     per_gpu = ray_settings.gpus_per_actor if ray_settings.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     per_cpu = ray_settings.cpus_per_actor
+    decode = getattr(ray_settings, "decode", "auto")
+    fused = decode == "actors" or (decode == "auto" and per_gpu == 0)
     if ray_settings.actors is not None:
         actors = ray_settings.actors
     elif per_gpu > 0:
         actors = max(1, int(gpus / per_gpu))
     else:
-        actors = max(1, int(cpus * 2 / 3 / per_cpu))
+        actors = max(1, int(cpus / per_cpu if fused else cpus * 2 / 3 / per_cpu))
     if per_gpu > gpus:
         raise ClusterError(f"scoring.ray.gpus_per_actor is {per_gpu:g} but the cluster has {gpus:g} GPU(s)")
-    if per_cpu > cpus or ray_settings.decode_cpus > cpus:
+    if per_cpu > cpus or (not fused and ray_settings.decode_cpus > cpus):
         raise ClusterError(
             f"the cluster has {cpus:g} CPU(s): an actor asks for {per_cpu:g} (scoring.ray.cpus_per_actor) and a "
             f"decoding task for {ray_settings.decode_cpus:g} (scoring.ray.decode_cpus)"
@@ -167,6 +173,7 @@ def plan_resources(ray_settings: Any, batch_size: int | None, task: str, cluster
         decode_cpus=ray_settings.decode_cpus,
         batch_size=default_batch_size(batch_size, task, device),
         threads=max(1, round(per_cpu)),
+        fused=fused,
     )
 
 
@@ -179,33 +186,43 @@ def _column(values: Sequence[Any], dtype: Any = object) -> np.ndarray:
     return out
 
 
-def decode_rows(
-    batch: Any,  # dict[str, np.ndarray] (batch_format="numpy")
-    *,
-    preprocess: str,
-    imgsz: int,
-    max_pixels: int,
-    max_aspect: float,
-    objects: ObjectSource | None,
-) -> dict[str, np.ndarray]:
-    """Ray task: read and decode a batch of items with the local engine's ``PoolDataset``. Each decoded image
-    travels as its uint8 CHW bytes with its shape and ``Geometry``; an undecodable one as its reason."""
-    import ray
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a worker reads and decodes items: the model's input and the pool's limits (the local engine's)."""
 
-    from curation.scoring.engine import PoolDataset, _worker_init
+    preprocess: str
+    imgsz: int
+    max_pixels: int
+    max_aspect: float
+    objects: ObjectSource | None = None
 
-    _worker_init(0)  # one thread per decoder, as in the local engine's workers
+
+def _decode(batch: Any, options: DecodeOptions) -> list[Sample]:
+    """Read and decode a batch of input rows with the local engine's ``PoolDataset``, one sample per row."""
+    from curation.scoring.engine import PoolDataset
+
     paths = [str(p) for p in batch["path"]]
     shapes = [(int(h), int(w)) if h else None for h, w in zip(batch["shape_h"], batch["shape_w"], strict=True)]
-    dataset = PoolDataset(paths, preprocess, imgsz, max_pixels, shapes, max_aspect, objects=objects)
+    dataset = PoolDataset(
+        paths, options.preprocess, options.imgsz, options.max_pixels, shapes, options.max_aspect, options.objects
+    )
     entries: list[Any] = list(range(len(paths)))
-    if objects is not None:
-        entries = list(enumerate(objects.read_many(paths)))
-    samples = dataset.__getitems__(entries)
-    images, dims, geometries, errors, transient, hashes, read = [], [], [], [], [], [], []
+    if options.objects is not None:
+        entries = list(enumerate(options.objects.read_many(paths)))
+    return dataset.__getitems__(entries)
+
+
+def decode_rows(batch: Any, *, options: DecodeOptions) -> dict[str, np.ndarray]:
+    """Ray task (``decode: tasks``): read and decode a batch of items. Each decoded image travels to the actors as
+    its uint8 CHW bytes with its shape and ``Geometry``; an undecodable one as its reason."""
+    import ray
+
+    from curation.scoring.engine import _worker_init
+
+    _worker_init(0)  # one thread per decoder, as in the local engine's workers
+    samples = _decode(batch, options)
+    images, dims, geometries = [], [], []
     for sample in samples:
-        hashes.append("" if sample.phash is None else format(sample.phash, "x"))  # 64 unsigned bits: as text
-        read.append(sample.content_id or "")  # object-store bytes: their content id (``commit_results`` checks it)
         if sample.image is None:
             images.append(b"")
             dims.append((0, 0))
@@ -214,27 +231,59 @@ def decode_rows(
             images.append(sample.image.numpy().tobytes())
             dims.append((int(sample.image.shape[1]), int(sample.image.shape[2])))
             geometries.append(pickle.dumps(sample.geometry))
-        errors.append(sample.error or "")
-        transient.append(sample.transient)
     return {
         "item_id": batch["item_id"],
-        "path": _column(paths),
+        "path": batch["path"],
         "image": _column(images),
         "h": np.array([d[0] for d in dims], dtype=np.int32),
         "w": np.array([d[1] for d in dims], dtype=np.int32),
         "geometry": _column(geometries),
-        "error": _column(errors),
-        "transient": np.array(transient, dtype=bool),
-        "phash": _column(hashes),
-        "content_id": _column(read),
-        "decoded_on": _column([ray.get_runtime_context().get_node_id()] * len(paths)),
+        "error": _column([s.error or "" for s in samples]),
+        "transient": np.array([s.transient for s in samples], dtype=bool),
+        # 64 unsigned bits: as text
+        "phash": _column(["" if s.phash is None else format(s.phash, "x") for s in samples]),
+        # object-store bytes: their content id (``commit_results`` checks it)
+        "content_id": _column([s.content_id or "" for s in samples]),
+        "decoded_on": _column([ray.get_runtime_context().get_node_id()] * len(samples)),
     }
 
 
-class InferenceActor:
-    """Ray actor: loads the model once, then turns decoded batches into store rows (pickled ``ScoredItem``)."""
+def _decoded_samples(batch: dict[str, np.ndarray]) -> list[Sample]:
+    """The samples ``decode_rows`` sent, rebuilt from their columns."""
+    import torch
 
-    def __init__(self, settings: Settings, version: str, digest: str, threads: int) -> None:
+    from curation.scoring.engine import Sample
+
+    out = []
+    for i in range(len(batch["item_id"])):
+        error, phash, content_id = str(batch["error"][i]), str(batch["phash"][i]), str(batch["content_id"][i])
+        image = geometry = None
+        if not error:
+            h, w = int(batch["h"][i]), int(batch["w"][i])
+            image = torch.from_numpy(np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(3, h, w))
+            geometry = pickle.loads(batch["geometry"][i])
+        out.append(
+            Sample(
+                i,
+                image,
+                geometry,
+                error or None,
+                bool(batch["transient"][i]),
+                int(phash, 16) if phash else None,
+                content_id or None,
+            )
+        )
+    return out
+
+
+class InferenceActor:
+    """Ray actor: loads the model once, then turns batches into store rows (pickled ``ScoredItem``). With
+    ``decode`` (``scoring.ray.decode: actors``) it reads and decodes its batches of items itself, as one local
+    engine would; without, it takes the images ``decode_rows`` tasks decoded."""
+
+    def __init__(
+        self, settings: Settings, version: str, digest: str, threads: int, decode: DecodeOptions | None = None
+    ) -> None:
         import ray
 
         from curation.jobs.model import load_runtime
@@ -247,7 +296,13 @@ class InferenceActor:
             )
         self.runtime.info = replace(self.runtime.info, version=version)
         self.threads = threads
+        self.decode = decode
         self.node_id = ray.get_runtime_context().get_node_id()
+        if decode is not None:
+            with contextlib.suppress(ImportError):
+                import cv2
+
+                cv2.setNumThreads(1)  # decoding in this process: as in the local engine's workers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -255,31 +310,58 @@ class InferenceActor:
         from curation.scoring.engine import prediction_row
 
         n = len(batch["item_id"])
+        samples = _decode(batch, self.decode) if self.decode is not None else _decoded_samples(batch)
         rows: list[bytes] = [b""] * n
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i in range(n):
-            if not batch["error"][i]:
-                groups.setdefault((int(batch["h"][i]), int(batch["w"][i])), []).append(i)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, sample in enumerate(samples):
+            if sample.image is not None:
+                groups.setdefault(tuple(sample.image.shape), []).append(i)
         with self.runtime.threads(self.threads):
-            for (h, w), members in groups.items():
-                images = torch.from_numpy(
-                    np.stack([np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(3, h, w) for i in members])
-                )
-                geometries = [pickle.loads(batch["geometry"][i]) for i in members]
+            for members in groups.values():
+                images = torch.stack([cast(torch.Tensor, samples[i].image) for i in members])
+                geometries = [cast("Geometry", samples[i].geometry) for i in members]
                 outputs = self.runtime.infer(images, geometries)
                 for i, geometry, output in zip(members, geometries, outputs, strict=True):
-                    phash = int(batch["phash"][i], 16) if batch["phash"][i] else None
-                    rows[i] = pickle.dumps(prediction_row(int(batch["item_id"][i]), output, geometry, phash))
+                    row = prediction_row(int(batch["item_id"][i]), output, geometry, samples[i].phash)
+                    rows[i] = pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
+        node = np.full(n, self.node_id, dtype=object)
         return {
             "item_id": batch["item_id"],
             "path": batch["path"],
             "row": _column(rows),
-            "error": batch["error"],
-            "transient": batch["transient"],
-            "content_id": batch["content_id"],
-            "node_id": _column([self.node_id] * n),
-            "decoded_on": batch["decoded_on"],
+            "error": _column([s.error or "" for s in samples]),
+            "transient": np.array([s.transient for s in samples], dtype=bool),
+            "content_id": _column([s.content_id or "" for s in samples]),
+            "node_id": node,
+            "decoded_on": node if self.decode is not None else batch["decoded_on"],
         }
+
+
+def input_blocks(items: Sequence[ScoreJob], order: Sequence[int], shapes: Sequence[Any], block: int) -> list[Any]:
+    """The items to score as Arrow tables of ``block`` rows each (item id, path, canvas shape), in ``order``: one
+    table built column by column straight from the jobs — no dict per row, as ``ray.data.from_items`` holds —
+    then sliced (zero-copy), so the driver's extra memory is the Arrow data itself (the paths' bytes + ~16 bytes
+    an item)."""
+    import pyarrow as pa
+
+    square = (0, 0)  # an unknown canvas shape: the square one (``shape_batches``)
+    table = pa.table(
+        {
+            "item_id": pa.array([items[p].item_id for p in order], type=pa.int64()),
+            "path": pa.array([str(items[p].path) for p in order], type=pa.string()),
+            "shape_h": pa.array([(shapes[p] or square)[0] for p in order], type=pa.int32()),
+            "shape_w": pa.array([(shapes[p] or square)[1] for p in order], type=pa.int32()),
+        }
+    )
+    return [table.slice(start, block) for start in range(0, len(order), block)]
+
+
+def block_rows(todo: int, actors: int, batch_size: int) -> int:
+    """Rows per input block: a whole number of batches, about 16 blocks per actor (so the actors finish together
+    — the last block is the tail — and results reach the driver as they go), at most 1,024 rows (what one dead
+    actor's retry redoes) and at least one batch."""
+    batches = math.ceil(todo / max(1, 16 * actors) / batch_size)
+    return batch_size * max(1, min(batches, max(1, 1024 // batch_size)))
 
 
 # -- the driver ------------------------------------------------------------------------------------------------------
@@ -330,19 +412,12 @@ def score_items_ray(
         # Items in the local engine's batch order (grouped by canvas shape), so each actor batch mostly stacks whole.
         shapes, batches = shape_batches(items, info.preprocess, info.imgsz, info.stride, plan.batch_size)
         order = [position for batch in batches for position in batch]
-        rows = [
-            {
-                "item_id": items[p].item_id,
-                "path": str(items[p].path),
-                "shape_h": (shapes[p] or (0, 0))[0],
-                "shape_w": (shapes[p] or (0, 0))[1],
-            }
-            for p in order
-        ]
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours is on the driver (img/s)
         context.print_on_execution_start = False
-        decode_batch = max(1, min(plan.batch_size, math.ceil(len(rows) / max(1, 2 * plan.actors))))
+        options = DecodeOptions(
+            info.preprocess, info.imgsz, settings.pool.max_pixels, settings.pool.max_aspect_ratio, objects
+        )
         actor_settings = settings.model_copy(
             update={
                 "scoring": settings.scoring.model_copy(
@@ -350,36 +425,36 @@ def score_items_ray(
                 )
             }
         )
-        dataset = (
-            ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / decode_batch)))
-            .map_batches(
+        actor_args: dict[str, Any] = {
+            "settings": actor_settings,
+            "version": info.version,
+            "digest": info.digest,
+            "threads": plan.threads,
+        }
+        dataset: Any  # ray.data.Dataset
+        if plan.fused:
+            # the actors read, decode and infer each block, batch by batch
+            block = block_rows(len(order), plan.actors, plan.batch_size)
+            dataset = ray.data.from_arrow(input_blocks(items, order, shapes, block))
+            actor_args["decode"] = options
+        else:
+            decode_batch = max(1, min(plan.batch_size, math.ceil(len(order) / max(1, 2 * plan.actors))))
+            dataset = ray.data.from_arrow(input_blocks(items, order, shapes, decode_batch)).map_batches(
                 cast(Any, decode_rows),  # its options come as fn_kwargs
-                fn_kwargs={
-                    "preprocess": info.preprocess,
-                    "imgsz": info.imgsz,
-                    "max_pixels": settings.pool.max_pixels,
-                    "max_aspect": settings.pool.max_aspect_ratio,
-                    "objects": objects,
-                },
+                fn_kwargs={"options": options},
                 batch_size=decode_batch,
                 batch_format="numpy",
                 num_cpus=plan.decode_cpus,
             )
-            .map_batches(
-                InferenceActor,
-                fn_constructor_kwargs={
-                    "settings": actor_settings,
-                    "version": info.version,
-                    "digest": info.digest,
-                    "threads": plan.threads,
-                },
-                batch_size=plan.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=plan.actors),
-                scheduling_strategy="SPREAD",  # one actor per node before two on one: nodes fail independently
-                num_cpus=plan.cpus_per_actor,
-                num_gpus=plan.gpus_per_actor or None,
-            )
+        dataset = dataset.map_batches(
+            InferenceActor,
+            fn_constructor_kwargs=actor_args,
+            batch_size=plan.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            scheduling_strategy="SPREAD",  # one actor per node before two on one: nodes fail independently
+            num_cpus=plan.cpus_per_actor,
+            num_gpus=plan.gpus_per_actor or None,
         )
         device = f"ray:{plan.actors}x{'cuda' if plan.gpus_per_actor > 0 else 'cpu'}"
         run_id = store.runs.start(model_version_id, pool_id, len(items), device, plan.batch_size)

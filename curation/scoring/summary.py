@@ -18,6 +18,9 @@ class ScoringReport:
     retry_later: int = 0  # unreadable this time (gone, no permission, I/O error): not marked failed
     device: str | None = None  # scoring.engine ray: the actors' pool, e.g. "ray:2xcpu"
     nodes: list[str] = field(default_factory=list)  # scoring.engine ray: the Ray node ids that decoded or inferred
+    # seconds from the start until the engine's first batch of results arrived: its start-up (decoding workers;
+    # on Ray the actors' model loads) plus one batch — what a bigger pool does not pay again
+    first_batch_s: float | None = None
     duplicates: int = 0  # object-store items found, when read, to hold content the database already had
 
     @property
