@@ -203,6 +203,7 @@ def main() -> None:
 
     result: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "load_before": [round(x, 1) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory(prefix="s3-bench-") as tmp:
         work = Path(tmp)
@@ -212,6 +213,7 @@ def main() -> None:
                 print(json.dumps(result["scoring"]), flush=True)
             if args.objects:
                 result["listing"] = listing_and_rerun(server, work, args.objects)
+    result["load_after"] = [round(x, 1) for x in os.getloadavg()]  # 1, 5 and 15 min averages; the machine is shared
     print(json.dumps(result, indent=2))
 
 

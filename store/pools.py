@@ -26,6 +26,7 @@ def pool_items(pool_id: int) -> Any:
 class Pools:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._range_compiled: tuple[str, tuple[str, ...] | None] | None = None
 
     def get_or_create(self, location: str, kind: str, root: str) -> int:
         with self._db.tx() as conn:
@@ -88,16 +89,55 @@ class Pools:
 
     def known_in_range(self, pool_id: int, after: str | None, upto: str) -> list[tuple[str, int, int, str | None]]:
         """(path, path row id, size, etag) of the pool's paths in ``(after, upto]`` (byte order), one query: what
-        an object-store listing page must be compared with. Plain tuples: an unchanged rerun of a large prefix
-        reads every row once and writes none."""
-        path = self._bytewise(ItemPath.path)
-        stmt = select(ItemPath.path, ItemPath.id, ItemPath.size, ItemPath.etag).where(
-            ItemPath.pool_id == pool_id, path <= upto
-        )
-        if after is not None:
-            stmt = stmt.where(path > after)
+        an object-store listing page must be compared with. An unchanged rerun of a large prefix asks once per
+        listing page and writes nothing, so the rows come straight from the driver's cursor as plain tuples (no
+        ``Row`` per path: a third of this call's time on 100,000 paths)."""
         with self._db.tx(write=False) as conn:
-            return [tuple(r) for r in conn.execute(stmt).all()]  # type: ignore[misc]
+            sql, order = self._range_sql(conn)
+            values = {"pool_id": pool_id, "after": after or "", "upto": upto}  # every stored path is > ""
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, tuple(values[n] for n in order) if order else values)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def _range_sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+        """``known_in_range``'s statement compiled once for the dialect: its text and, for positional driver
+        parameters, their order."""
+        if self._range_compiled is None:
+            path = self._bytewise(ItemPath.path)
+            stmt = select(ItemPath.path, ItemPath.id, ItemPath.size, ItemPath.etag).where(
+                ItemPath.pool_id == bindparam("pool_id"), path > bindparam("after"), path <= bindparam("upto")
+            )
+            compiled = stmt.compile(dialect=conn.dialect)
+            order = tuple(compiled.positiontup) if compiled.positiontup else None
+            self._range_compiled = (str(compiled), order)
+        return self._range_compiled
+
+    def split_points(self, pool_id: int, parts: int, min_part: int) -> list[str]:
+        """Up to ``parts - 1`` of the pool's stored paths, ascending in byte order, that cut its paths into ranges
+        of about equal size and at least ``min_part`` paths each (none for a small pool): where an object-store
+        rescan can split its listing into ranges listed concurrently. Two queries; only the points leave the
+        database."""
+        path = self._bytewise(ItemPath.path)
+        with self._db.tx(write=False) as conn:
+            n = int(
+                conn.execute(select(func.count()).select_from(ItemPath).where(ItemPath.pool_id == pool_id)).scalar_one()
+            )
+            parts = min(parts, n // max(1, min_part))
+            if parts < 2:
+                return []
+            step = -(-n // parts)
+            numbered = (
+                select(path.label("path"), func.row_number().over(order_by=path).label("rn"))
+                .where(ItemPath.pool_id == pool_id)
+                .subquery()
+            )
+            rows = conn.execute(
+                select(numbered.c.path).where(numbered.c.rn % step == 0, numbered.c.rn < n).order_by(numbered.c.rn)
+            )
+            return [str(p) for p in rows.scalars()]
 
     def ids_after(self, pool_id: int, after: str | None) -> list[int]:
         """Path row ids of the pool's paths after ``after`` in byte order (all of them for None)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from curation.errors import ConfigError, ObjectStoreError
-from curation.objects.source import ObjectInfo, ObjectReadError
+from curation.objects.source import ObjectInfo, ObjectReadError, ranged_pages
 
 _T = TypeVar("_T")
 
@@ -198,9 +198,19 @@ class S3ObjectSource:
             raise self._fatal(exc) from None
 
     def list_pages(self, prefix: str) -> Iterator[Sequence[ObjectInfo]]:
+        return self._pages_after(prefix, None)
+
+    def list_ranges(self, prefix: str, boundaries: Sequence[str]) -> Iterator[Sequence[ObjectInfo]]:
+        """``ranged_pages`` over ``start-after`` listings (obstore's ``offset``), ``max_concurrency`` ranges in
+        flight. Boundaries must be object keys, not "directories": SeaweedFS (4.48, checked) skips every key
+        under ``a/`` when ``start-after`` is ``a`` or ``a/``; an object key, even one deleted since, is honoured."""
+        self._client()  # made once here, shared by the listing threads
+        return ranged_pages(lambda after: self._pages_after(prefix, after), boundaries, self.max_concurrency)
+
+    def _pages_after(self, prefix: str, after: str | None) -> Iterator[Sequence[ObjectInfo]]:
         import obstore
 
-        stream = obstore.list(self._client(), prefix=prefix or None, chunk_size=PAGE_SIZE)
+        stream = obstore.list(self._client(), prefix=prefix or None, offset=after, chunk_size=PAGE_SIZE)
         while True:
             try:
                 chunk = next(stream)
@@ -299,7 +309,12 @@ def _run_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
 
 
 def _info(meta: Mapping[str, Any]) -> ObjectInfo:
+    """obstore's dict of one listed object (``path`` a str, ``size`` an int) as an ``ObjectInfo``."""
     modified = meta.get("last_modified")
-    mtime_ns = int(modified.timestamp() * 1e9) if modified is not None else 0
     etag = meta.get("e_tag")
-    return ObjectInfo(str(meta["path"]), int(meta["size"]), etag.strip('"') if etag else None, mtime_ns)
+    return ObjectInfo(
+        meta["path"],
+        meta["size"],
+        etag.strip('"') if etag else None,
+        int(modified.timestamp() * 1e9) if modified is not None else 0,
+    )

@@ -18,10 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from curation.objects.source import ObjectInfo, ObjectSource, S3Location, parse_s3_uri
+from curation.objects.source import ListingOrderError, ObjectInfo, ObjectSource, S3Location, parse_s3_uri
 from curation.scoring.images import DEFAULT_MAX_PIXELS
 from curation.scoring.pool import ScanReport
 from store import Store
+
+# A rescan lists the prefix in up to this many key ranges at once, cut at keys the last scan stored (each range at
+# least MIN_RANGE keys, so that the page each range lists past its end is a small part of it).
+LIST_RANGES = 8
+MIN_RANGE = 4000
 
 
 @dataclass(frozen=True)
@@ -101,19 +106,39 @@ def _scan(
     """One pass over the listing. Without ``by_marks`` each page is compared with the stored paths of its key
     range, which is right only if the whole listing is in byte order: the first page that is not ends the pass
     (None; pending items registered so far stay, nothing is forgotten) and the caller lists again ``by_marks``."""
+    try:
+        return _scan_pages(store, pool_id, pool, source, extensions, on_progress, by_marks=by_marks)
+    except ListingOrderError:  # a ranged listing found the server out of byte order: list again by marks
+        return None
+
+
+def _scan_pages(
+    store: Store,
+    pool_id: int,
+    pool: ObjectPool,
+    source: ObjectSource,
+    extensions: tuple[str, ...],
+    on_progress: Callable[[int, int], None] | None,
+    *,
+    by_marks: bool,
+) -> ScanReport | None:
     report = ScanReport()
     mark = time.time_ns()
     cut = len(pool.prefix)
     after: str | None = None  # the last stored path of the pages compared so far (byte order)
     gone: list[int] = []
     listed = 0
-    for page in source.list_pages(pool.prefix):
+    wanted_suffixes = frozenset(e.lower() for e in extensions)
+    # a rescan lists key ranges concurrently (cut at keys the last scan stored); a first scan has none to cut at
+    points = [] if by_marks else store.pools.split_points(pool_id, LIST_RANGES, MIN_RANGE)
+    pages = source.list_ranges(pool.prefix, [pool.key(p) for p in points]) if points else None
+    for page in pages if pages is not None else source.list_pages(pool.prefix):
         if not page:
             continue
         if not by_marks and not _ascending(page, after, cut):
             return None
         last = page[-1].key[cut:]
-        wanted = [o for o in page if not o.key.endswith("/") and _suffix(o.key) in extensions]
+        wanted = [o for o in page if _wanted(o.key, wanted_suffixes)]
         paths = [o.key[cut:] for o in wanted]
         unchanged: list[str] = []
         new: list[tuple[str, int, int, str | None]] = []
@@ -160,7 +185,8 @@ def _ascending(page: Sequence[ObjectInfo], after: str | None, cut: int) -> bool:
     return True
 
 
-def _suffix(key: str) -> str:
-    name = key.rsplit("/", 1)[-1]
-    dot = name.rfind(".")
-    return name[dot:].lower() if dot > 0 else ""
+def _wanted(key: str, suffixes: frozenset[str]) -> bool:
+    """Whether a listed key names an image file: its name (after the last ``/``) has one of ``suffixes`` after
+    a dot that does not start it; a "directory" key (``a/``) has no name."""
+    dot = key.rfind(".")
+    return dot > key.rfind("/") + 1 and key[dot:].lower() in suffixes
