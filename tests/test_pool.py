@@ -181,10 +181,10 @@ def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_is_registered(db_
 def test_a_large_folder_is_stat_ed_in_chunks_and_an_in_place_edit_is_still_noticed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bulk pass (chunks of a folder stat-ed over threads, compared as sets) finds exactly what the file-by-file
+    """The bulk pass (a folder's files stat-ed in chunks, compared as sets) finds exactly what the file-by-file
     pass found: the one file rewritten in place (same size, same directory mtime), the one removed, and an entry
     that is not a regular file, reported by name while the rest of its chunk is registered."""
-    monkeypatch.setattr(pool_module, "STAT_CHUNK", 3)  # 10 files: four chunks, three of them on the thread pool
+    monkeypatch.setattr(pool_module, "STAT_CHUNK", 3)  # 10 files: four chunks, one of them with the fifo
     store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
     root = tmp_path / "pool"
     root.mkdir()

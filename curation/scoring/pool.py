@@ -32,8 +32,7 @@ if TYPE_CHECKING:
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
 REMOTE_PAGE = 256  # a manifest's URI lines read per round (bytes in memory: at most this many images)
 HASH_CHUNK = 1 << 20
-STAT_WORKERS = 2  # threads that stat a large folder's files (os.stat releases the GIL during the system call)
-STAT_CHUNK = 2048  # files per stat task: one task per file would cost more in hand-offs than the stat itself
+STAT_CHUNK = 2048  # files stat-ed and compared at once: a huge folder's stat results are never all held in memory
 
 
 @dataclass(frozen=True)
@@ -388,41 +387,36 @@ def scan_pool(
         if (key, st.st_size, st.st_mtime_ns) not in unchanged:
             to_hash.append((key, Path(path), st.st_size, st.st_mtime_ns))
 
-    with ThreadPoolExecutor(max_workers=STAT_WORKERS) as stat_pool:
-        if directory:
-            for folder, names in _walk_folders(source.location, extensions, report.skipped):
-                base = os.path.join(folder, "")
-                rel = base[len(prefix) :]
-                if not base.startswith(prefix) or not (rel + "".join(names)).isascii():
-                    for name in names:  # file by file: keys checked for UTF-8 one by one
+    if directory:
+        for folder, names in _walk_folders(source.location, extensions, report.skipped):
+            base = os.path.join(folder, "")
+            rel = base[len(prefix) :]
+            if not base.startswith(prefix) or not (rel + "".join(names)).isascii():
+                for name in names:  # file by file: keys checked for UTF-8 one by one
+                    consider(base + name)
+                continue
+            chunks = [names[i : i + STAT_CHUNK] for i in range(0, len(names), STAT_CHUNK)]
+            for part in chunks:
+                stated = _stat_chunk(base, rel, part)
+                if stated is None:  # something unusual in this chunk: file by file, with the reasons
+                    for name in part:
                         consider(base + name)
                     continue
-                chunks = [names[i : i + STAT_CHUNK] for i in range(0, len(names), STAT_CHUNK)]
-                results = (
-                    stat_pool.map(_stat_chunk, [base] * len(chunks), [rel] * len(chunks), chunks)
-                    if len(chunks) > 1
-                    else [_stat_chunk(base, rel, names)]
-                )
-                for part, stated in zip(chunks, results, strict=True):
-                    if stated is None:  # something unusual in this chunk: file by file, with the reasons
-                        for name in part:
-                            consider(base + name)
-                        continue
-                    keys, current = stated
-                    seen.update(keys)
-                    to_hash.extend((k, Path(prefix + k), size, mtime) for k, size, mtime in current - unchanged)
-        else:
-            for entry in read_manifest(source.location):
-                if isinstance(entry, str) and (scheme := uri_scheme(entry)) is not None:
-                    problem = remote_entry_problem(entry, scheme, extensions, remote)
-                    if problem is not None:
-                        report.skipped.append((shown_path(entry), problem))
-                    else:
-                        uris[entry] = None
-                    continue
-                consider(entry)
-        report.files = len(seen)
-        to_hash.sort()  # new files get item ids in path order, whatever order the directory listed them in
+                keys, current = stated
+                seen.update(keys)
+                to_hash.extend((k, Path(prefix + k), size, mtime) for k, size, mtime in current - unchanged)
+    else:
+        for entry in read_manifest(source.location):
+            if isinstance(entry, str) and (scheme := uri_scheme(entry)) is not None:
+                problem = remote_entry_problem(entry, scheme, extensions, remote)
+                if problem is not None:
+                    report.skipped.append((shown_path(entry), problem))
+                else:
+                    uris[entry] = None
+                continue
+            consider(entry)
+    report.files = len(seen)
+    to_hash.sort()  # new files get item ids in path order, whatever order the directory listed them in
 
     changed: list[ScannedFile] = []
 
