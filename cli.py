@@ -33,6 +33,10 @@ from rich.table import Table as _RichTable
 
 from curation.redact import redact, register_secrets_from_env, safe
 
+# httpx imports its own command-line client (click, pygments: ~0.1 s per process) unless that module is missing, in
+# which case it falls back to a stub; curate never runs httpx's command line, so each curate process skips it.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 app = typer.Typer(
     name="curate",
     help="Decide which images to label next, and keep Label Studio's queue in that order.",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -293,4 +293,8 @@ class Database:
 
     def insert(self, table: Any) -> Any:
         """An INSERT with the dialect's ``on_conflict_do_nothing``/``on_conflict_do_update``."""
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql  # imported for Postgres databases only (~0.06 s)
+
+            return postgresql.insert(table)
+        return sqlite.insert(table)

@@ -176,3 +176,44 @@ def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_is_registered(db_
     assert "warning: skipped" in result.stderr and "bad\\xff\\xfe.jpg" in result.stderr
     status = CliRunner().invoke(app, ["status", "--json", "--db", db_url, "--pool", str(pool)])
     assert status.exit_code == 0 and json.loads(status.stdout)["counts"]["items"] == 1, status.stderr
+
+
+def test_a_large_folder_is_stat_ed_in_chunks_and_an_in_place_edit_is_still_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk pass (a folder's files stat-ed in chunks, compared as sets) finds exactly what the file-by-file
+    pass found: the one file rewritten in place (same size, same directory mtime), the one removed, and an entry
+    that is not a regular file, reported by name while the rest of its chunk is registered."""
+    monkeypatch.setattr(pool_module, "STAT_CHUNK", 3)  # 10 files: four chunks, one of them with the fifo
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    root = tmp_path / "pool"
+    root.mkdir()
+    files = [root / f"img_{i:02d}.jpg" for i in range(10)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 64)
+    (root / "sub").mkdir()
+    (root / "sub" / "deep.png").write_bytes(b"deep" * 16)
+    source = resolve_pool(root)
+    pool_id, report = scan_pool(store, source, EXT)
+    assert report.files == 11 and report.new_items == 11 and not report.skipped
+    before = {p: k.item_id for p, k in store.pools.known_paths(pool_id).items()}
+
+    _, report = scan_pool(store, source, EXT)
+    assert report.hashed == 0 and report.files == 11
+
+    folder_mtime = os.stat(root).st_mtime_ns
+    files[4].write_bytes(b"\xff" * 64)  # rewritten in place: same size, same name
+    os.utime(files[4], ns=(10**18, 10**18))
+    assert os.stat(root).st_mtime_ns == folder_mtime  # the folder does not tell
+    files[7].unlink()
+    os.mkfifo(root / "img_07.jpg")  # same name, no longer a regular file
+    _, report = scan_pool(store, source, EXT)
+    assert report.hashed == 1 and report.new_items == 1
+    assert report.removed == 1 and report.files == 10
+    assert report.skipped == [(str(root / "img_07.jpg"), "not a regular file")]
+    after = {p: k.item_id for p, k in store.pools.known_paths(pool_id).items()}
+    assert after["img_04.jpg"] != before["img_04.jpg"]
+    assert {p: i for p, i in after.items() if p != "img_04.jpg"} == {
+        p: i for p, i in before.items() if p not in ("img_04.jpg", "img_07.jpg")
+    }
+    store.close()

@@ -7,7 +7,7 @@ from typing import Any
 from curation.config import Settings
 from curation.errors import ModelLoadError, NothingToSelectError, UnknownReferenceError
 from curation.jobs.model import load_runtime, register_model
-from curation.jobs.score import ScoreOutcome, score, with_pool_project
+from curation.jobs.score import ScanAhead, ScoreOutcome, score, with_pool_project
 from curation.labelstudio import push as push_module
 from curation.labelstudio import reprioritize as reprioritize_module
 from curation.labelstudio.client import LabelStudioAPI
@@ -95,16 +95,18 @@ def reprioritize(
     force: bool = False,
     progress: Progress | None = None,
     ls: LabelStudioAPI | None = None,
+    scanned: ScanAhead | None = None,
 ) -> tuple[ScoreOutcome, reprioritize_module.ReprioritizeReport]:
     """Score with the current model, then re-rank the project's queue (topping it up to ``queue_size``).
 
     Without a pool (``--pool`` / ``pool.path``) it uses the pools this database selected for the project from:
-    each is scored, and the queue is topped up from the most recent one."""
+    each is scored, and the queue is topped up from the most recent one. ``scanned``: the pool's scan, already
+    started (``loop``)."""
     build_strategy(settings.strategy)  # fail on a bad strategy before spending time on scoring
     settings = with_pool_project(settings)
     ls = ls or connect(settings.label_studio)
     if settings.pool.path:
-        scored = score(store, settings, progress=progress)
+        scored = score(store, settings, progress=progress, scanned=scanned)
     else:
         pools = _project_pools(store, ls, settings)
         if not pools:

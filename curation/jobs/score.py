@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from curation.config import Settings
-from curation.errors import ConfigError
+from curation.errors import ConfigError, PoolError
 from curation.jobs.model import load_runtime, register_model, registered_model
 from curation.progress import NullProgress, Progress
 from curation.scoring.pool import (
@@ -122,6 +123,14 @@ def _scan(
     store: Store, settings: Settings, progress: Progress | None, objects: Any
 ) -> tuple[PoolSource | ObjectPool | LabelStudioPool, int, ScanReport, dict[str, Any] | None]:
     progress = progress or NullProgress()
+    scanned = _scan_quietly(store, settings, progress, objects)
+    _warn_about(scanned[0], scanned[2], settings, progress)
+    return scanned
+
+
+def _scan_quietly(
+    store: Store, settings: Settings, progress: Progress, objects: Any
+) -> tuple[PoolSource | ObjectPool | LabelStudioPool, int, ScanReport, dict[str, Any] | None]:
     source = resolve_pool(settings.pool.path)
     if objects is None:
         objects = objects_for(source, settings)
@@ -154,13 +163,43 @@ def _scan(
             )
     finally:
         progress.finish()
+    return source, pool_id, report, tasks
+
+
+def _warn_about(
+    source: PoolSource | ObjectPool | LabelStudioPool, report: ScanReport, settings: Settings, progress: Progress
+) -> None:
     for path, reason in report.skipped:
         progress.warn(f"skipped {path}: {reason}")
     if report.files == 0 and not report.skipped:
         kinds = ", ".join(ext.lstrip(".") for ext in settings.pool.extensions)
         what = "lists no files" if source.kind != "directory" else f"has no image files ({kinds})"
         progress.warn(f"the pool {source.location} {what}")
-    return source, pool_id, report, tasks
+
+
+class ScanAhead:
+    """A local pool's scan started in a thread before it is needed: ``loop`` scans while Label Studio answers
+    the pull (the scan is this process's work, the pull mostly the server's), instead of one after the other.
+    ``score(scanned=...)`` takes the result; the skipped-file warnings are printed then, in the caller's thread.
+    Only directories and manifests are scanned ahead, with the local engine (``ahead`` says when it applies)."""
+
+    def __init__(self, store: Store, settings: Settings, executor: Executor) -> None:
+        self.location = settings.pool.path
+        self._future = executor.submit(_scan_quietly, store, settings, NullProgress(), None)
+
+    @staticmethod
+    def applies(settings: Settings) -> bool:
+        """Whether the configured pool is one ``ScanAhead`` scans (a local directory or manifest, local engine)."""
+        if settings.scoring.engine != "local" or not settings.pool.path:
+            return False
+        try:
+            return isinstance(resolve_pool(settings.pool.path), PoolSource)
+        except PoolError:
+            return False  # reported where the pool is scanned, as without a scan ahead
+
+    def result(self) -> tuple[PoolSource | ObjectPool | LabelStudioPool, int, ScanReport, dict[str, Any] | None]:
+        """The scan's outcome; its error, if it failed (raised here, where the scan would have run)."""
+        return self._future.result()
 
 
 def _scan_label_studio(
@@ -211,8 +250,10 @@ def score(
     progress: Progress | None = None,
     runtime: ModelRuntime | None = None,
     objects: Any = None,
+    scanned: ScanAhead | None = None,
 ) -> ScoreOutcome:
-    """Scan the pool and score every item the current model version has not scored yet.
+    """Scan the pool and score every item the current model version has not scored yet. ``scanned``: the pool's
+    scan, already started (``ScanAhead``), used instead of scanning again when it is of the same pool.
 
     When the registry already knows the model and every item has its score, the model is never loaded (nor torch
     imported): an idle cron turn costs a pool scan and a few queries."""
@@ -228,8 +269,13 @@ def score(
             f"scoring.engine ray scores directories, manifests and s3:// pools; {source.location} is scored with "
             "the local engine (--engine local)"
         )
-    objects = objects or objects_for(source, settings)
-    source, pool_id, scan_report, tasks = _scan(store, settings, progress, objects)
+    if scanned is not None and scanned.location == settings.pool.path:
+        source, pool_id, scan_report, tasks = scanned.result()
+        _warn_about(source, scan_report, settings, progress)
+        objects = objects or objects_for(source, settings)
+    else:
+        objects = objects or objects_for(source, settings)
+        source, pool_id, scan_report, tasks = _scan(store, settings, progress, objects)
     if runtime is None and not rescore:
         known = registered_model(settings, store)
         if known is not None and not store.items.any_to_score(pool_id, known.id):

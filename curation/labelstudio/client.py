@@ -2,9 +2,10 @@
 in-memory fake), with errors made typed and safe.
 
 - The official SDK makes the calls it has public methods for; the few endpoints it lacks (task listing with
-  ``fields``/``include`` restricted — the fast path —, prediction versions) go through an httpx client of our own,
-  built from the same URL, key and timeout, with the SDK's retry rule (5xx/408/409/429 and dropped connections,
-  exponential backoff).
+  ``fields``/``include`` restricted — the fast path —, prediction versions) and the reads every cron turn makes
+  (the key check, the project) go through an httpx client of our own, built from the same URL, key and timeout,
+  with the SDK's retry rule (5xx/408/409/429 and dropped connections, exponential backoff). The SDK itself is
+  imported only when a call needs it: a turn with nothing to do never loads it.
 - Every failure becomes a ``LabelStudioError`` (``LabelStudioAuthError`` for a refused key) that names the server
   and what was being done; the API key never appears in a message (the SDK's own exception text includes
   response headers, so messages are built from the status code and the body's ``detail`` only).
@@ -16,6 +17,7 @@ in-memory fake), with errors made typed and safe.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -233,17 +235,8 @@ class LabelStudioClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self._secret = api_key
-        # The generated client without the SDK's extensions: those import its labeling-interface and JSON-schema
-        # helpers (1.5-2 s per process), which curate never uses; every endpoint curate calls is generated.
-        from label_studio_sdk.base_client import LabelStudioBase as LabelStudio
-
-        sdk_http = None if transport is None else httpx.Client(transport=transport, timeout=timeout)
-        self._sdk = self._call(
-            "connecting",
-            lambda: LabelStudio(
-                base_url=url, api_key=api_key, timeout=timeout, max_retries=max_retries, httpx_client=sdk_http
-            ),
-        )
+        self._transport = transport
+        self._sdk_client: Any = None  # built on first use (``_sdk``): an idle turn makes only raw calls
         auth = _KeyAuth(api_key, lambda: str(self._sdk.tokens.refresh(refresh=api_key).access))
         self._http = httpx.Client(
             base_url=url + "/", auth=auth, timeout=timeout, follow_redirects=True, transport=transport
@@ -251,6 +244,27 @@ class LabelStudioClient:
 
     def __repr__(self) -> str:
         return f"LabelStudioClient({self.url!r})"
+
+    @property
+    def _sdk(self) -> Any:
+        """The SDK's generated client, built (and imported, ~0.3 s) the first time a call needs it. Without the
+        SDK's extensions: those import its labeling-interface and JSON-schema helpers (1.5-2 s per process), which
+        curate never uses; every endpoint curate calls through the SDK is generated."""
+        if self._sdk_client is None:
+            from label_studio_sdk.base_client import LabelStudioBase as LabelStudio
+
+            http = None if self._transport is None else httpx.Client(transport=self._transport, timeout=self.timeout)
+            self._sdk_client = self._call(
+                "connecting",
+                lambda: LabelStudio(
+                    base_url=self.url,
+                    api_key=self._secret,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                    httpx_client=http,
+                ),
+            )
+        return self._sdk_client
 
     # -- error handling ----------------------------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
@@ -271,12 +285,8 @@ class LabelStudioClient:
         return LabelStudioError(message, status)
 
     def _call(self, what: str, fn: Callable[[], T], *, import_call: bool = False) -> T:
-        from label_studio_sdk.core.api_error import ApiError
-
         try:
             return fn()
-        except ApiError as exc:
-            raise self._refused(exc.status_code or 0, exc.body, what, import_call) from None
         except _Refused as exc:
             raise self._refused(exc.status, exc.body, what, import_call) from None
         except httpx.TimeoutException:
@@ -288,6 +298,13 @@ class LabelStudioClient:
         except httpx.HTTPError as exc:
             message = f"connection to Label Studio at {self.url} failed while {what}: {self._redact(_reason(exc))}"
             raise (ImportOutcomeUnknown if import_call else LabelStudioError)(message) from None
+        except Exception as exc:
+            api_error = _sdk_api_error()  # only the SDK raises it, so it is loaded whenever one is raised
+            if api_error is not None and isinstance(exc, api_error):
+                raise self._refused(
+                    getattr(exc, "status_code", 0) or 0, getattr(exc, "body", None), what, import_call
+                ) from None
+            raise
 
     def _raw(
         self,
@@ -332,13 +349,17 @@ class LabelStudioClient:
     # -- identity and projects ---------------------------------------------------------------------------------------
     def whoami(self) -> str:
         """The key's user (email or username); also the check that the server answers and accepts the key."""
-        user = self._call("checking the API key", lambda: self._sdk.users.whoami())
-        self.user = str(getattr(user, "email", "") or getattr(user, "username", ""))
+        user = self._raw("GET", "api/current-user/whoami", what="checking the API key")
+        user = user if isinstance(user, dict) else {}
+        self.user = str(user.get("email") or user.get("username") or "")
         return self.user
 
     def project(self, project_id: int) -> dict[str, Any]:
-        result = self._call(f"reading project {project_id}", lambda: self._sdk.projects.get(id=project_id))
-        return dict(result.dict())
+        """The project as the API returns it (the SDK's ``projects.get`` answers the same fields)."""
+        result = self._raw("GET", f"api/projects/{int(project_id)}/", what=f"reading project {project_id}")
+        if not isinstance(result, dict):
+            raise LabelStudioError(f"Label Studio at {self.url} answered project {project_id} with no object")
+        return result
 
     def projects_titled(self, title: str) -> list[dict[str, Any]]:
         """One request per page of ``PROJECT_PAGE`` projects, following ``next`` only while the server says there
@@ -596,6 +617,13 @@ class LabelStudioClient:
                 return b"".join(chunks)
 
         return self._call(f"downloading {path}", fetch)
+
+
+def _sdk_api_error() -> type[Exception] | None:
+    """The SDK's ``ApiError`` if the SDK was imported (this process made an SDK call), else None."""
+    module = sys.modules.get("label_studio_sdk.core.api_error")
+    error = getattr(module, "ApiError", None)
+    return error if isinstance(error, type) else None
 
 
 def _detail(body: Any) -> str:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl")
 REMOTE_PAGE = 256  # a manifest's URI lines read per round (bytes in memory: at most this many images)
 HASH_CHUNK = 1 << 20
+STAT_CHUNK = 2048  # files stat-ed and compared at once: a huge folder's stat results are never all held in memory
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,15 @@ def resolve_local_pool(path: str | Path) -> PoolSource:
 
 def walk_directory(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[Path]:
     """Recursive walk. Symlinks are followed only while they stay inside ``root``; loops are visited once."""
-    return (Path(p) for p in _walk(root, extensions, skipped))
+    return (Path(folder, name) for folder, names in _walk_folders(root, extensions, skipped) for name in names)
 
 
-def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]) -> Iterator[str]:
-    """``walk_directory`` as path strings (``os.path.join`` of the root and the names): an idle scan of a large
-    pool spends its time here, and building a ``Path`` per file costs more than the ``stat`` itself."""
+def _walk_folders(
+    root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]]
+) -> Iterator[tuple[str, list[str]]]:
+    """``walk_directory`` one folder at a time: (the folder's path as text, the names of its image files). An idle
+    scan of a large pool spends its time here and in the ``stat`` that follows, so a folder's files are handed over
+    as one list of plain names (stat-ed and compared in bulk) rather than one ``Path`` or string per file."""
     real_root = root.resolve()
     visited: set[tuple[int, int]] = set()
     stack = [str(root)]
@@ -149,6 +153,7 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
             skipped.append((shown_path(directory), f"cannot read directory: {exc.strerror or exc}"))
             continue
         subdirs = []
+        names = []
         for entry in entries:
             try:
                 if entry.is_symlink():
@@ -166,9 +171,12 @@ def _walk(root: Path, extensions: tuple[str, ...], skipped: list[tuple[str, str]
             if is_dir:
                 subdirs.append(entry.path)
             else:
-                dot = entry.name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
-                if dot > 0 and entry.name[dot:].lower() in extensions:
-                    yield entry.path
+                name = entry.name
+                dot = name.rfind(".")  # Path.suffix without building a Path: a leading dot is no suffix
+                if dot > 0 and name[dot:].lower() in extensions:
+                    names.append(name)
+        if names:
+            yield directory, names
         stack.extend(sorted(subdirs, reverse=True))  # walked in name order: symlinked aliases resolve the same way
 
 
@@ -305,6 +313,22 @@ def manifest_entry_problem(
     return None
 
 
+def _stat_chunk(base: str, rel: str, names: list[str]) -> tuple[list[str], set[tuple[str, int, int]]] | None:
+    """The stored keys of ``names`` (files of the folder ``base``, whose key prefix is ``rel``) and their
+    ``(key, size, mtime_ns)``; None if any of them cannot be stat-ed or is not a regular file (the caller then goes
+    file by file, to report which and why)."""
+    st = os.stat
+    try:
+        stats = [st(base + name) for name in names]
+    except OSError:
+        return None
+    is_reg = stat.S_ISREG
+    if not all(is_reg(s.st_mode) for s in stats):
+        return None
+    keys = [rel + name for name in names] if rel else names
+    return keys, {(k, s.st_size, s.st_mtime_ns) for k, s in zip(keys, stats, strict=True)}
+
+
 def scan_pool(
     store: Store,
     source: PoolSource,
@@ -325,20 +349,13 @@ def scan_pool(
     unchanged = set(known_rows)  # (path, size, mtime_ns) as the last scan saw them
     directory = source.kind == "directory"
     prefix = os.path.join(str(source.root), "")
-    paths: Iterator[str | Path] = (
-        _walk(source.location, extensions, report.skipped) if directory else read_manifest(source.location)
-    )
     seen: set[str] = set()
     to_hash: list[tuple[str, Path, int, int]] = []
     uris: dict[str, None] = {}  # a manifest's URI lines, in order, once each
-    for path in paths:
-        if not directory and isinstance(path, str) and (scheme := uri_scheme(path)) is not None:
-            problem = remote_entry_problem(path, scheme, extensions, remote)
-            if problem is not None:
-                report.skipped.append((shown_path(path), problem))
-            else:
-                uris[path] = None
-            continue
+
+    def consider(path: str | Path) -> None:
+        """One file, with every check and a reason for each refusal (manifest entries; a folder whose bulk pass
+        met anything unusual)."""
         # a walked path is the root joined with plain names: its stored key is the rest of the string
         key = (
             path[len(prefix) :]
@@ -346,29 +363,58 @@ def scan_pool(
             else stored_path(source, Path(path))
         )
         if key in seen:
-            continue
+            return
         if not key.isascii() and not _is_utf8(key):  # one such name must not stop the pool from being registered
             report.skipped.append((shown_path(path), NOT_UTF8))
-            continue
+            return
         if not directory:
             problem = manifest_entry_problem(Path(path), source, extensions, allow_outside_root)
             if problem is not None:
                 report.skipped.append((shown_path(path), problem))
-                continue
+                return
         try:
             st = os.stat(path)
         except FileNotFoundError:
             report.skipped.append((shown_path(path), "file not found"))
-            continue
+            return
         except OSError as exc:
             report.skipped.append((shown_path(path), f"cannot stat: {exc.strerror or exc}"))
-            continue
+            return
         if not stat.S_ISREG(st.st_mode):
             report.skipped.append((shown_path(path), "not a regular file"))
-            continue
+            return
         seen.add(key)
         if (key, st.st_size, st.st_mtime_ns) not in unchanged:
             to_hash.append((key, Path(path), st.st_size, st.st_mtime_ns))
+
+    if directory:
+        for folder, names in _walk_folders(source.location, extensions, report.skipped):
+            base = os.path.join(folder, "")
+            rel = base[len(prefix) :]
+            if not base.startswith(prefix) or not (rel + "".join(names)).isascii():
+                for name in names:  # file by file: keys checked for UTF-8 one by one
+                    consider(base + name)
+                continue
+            chunks = [names[i : i + STAT_CHUNK] for i in range(0, len(names), STAT_CHUNK)]
+            for part in chunks:
+                stated = _stat_chunk(base, rel, part)
+                if stated is None:  # something unusual in this chunk: file by file, with the reasons
+                    for name in part:
+                        consider(base + name)
+                    continue
+                keys, current = stated
+                seen.update(keys)
+                to_hash.extend((k, Path(prefix + k), size, mtime) for k, size, mtime in current - unchanged)
+    else:
+        for entry in read_manifest(source.location):
+            if isinstance(entry, str) and (scheme := uri_scheme(entry)) is not None:
+                problem = remote_entry_problem(entry, scheme, extensions, remote)
+                if problem is not None:
+                    report.skipped.append((shown_path(entry), problem))
+                else:
+                    uris[entry] = None
+                continue
+            consider(entry)
     report.files = len(seen)
     to_hash.sort()  # new files get item ids in path order, whatever order the directory listed them in
 
