@@ -58,17 +58,7 @@ def push(
     project = open_project(store, ls, mv, settings.label_studio.project, add_labels=settings.train.allow_new_classes)
     if selection_id is not None:
         store.selections.mark_for_push(selection_id, project.record.id)
-    return push_module.push(
-        store,
-        ls,
-        mv,
-        project,
-        settings.label_studio,
-        settings.strategy,
-        pool_path=settings.pool.path,
-        progress=progress,
-        s3=settings.pool.s3,
-    )
+    return push_module.push_with(store, ls, mv, project, settings, progress)
 
 
 def _model_for_push(store: Store, settings: Settings) -> ModelVersionRecord:

@@ -11,7 +11,7 @@ from curation.errors import ConfigError
 from curation.jobs.score import ScoreOutcome, is_ls_pool, score, with_pool_project
 from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.project import connect, open_project
-from curation.labelstudio.push import push as push_queue
+from curation.labelstudio.push import push_with
 from curation.progress import Progress
 from curation.selection import (
     SelectionResult,
@@ -108,17 +108,7 @@ def select(
         write_selection(out, rows)
     outcome = SelectOutcome(scored, result, rows, out)
     if ls is not None and project is not None:
-        report = push_queue(
-            store,
-            ls,
-            scored.model,
-            project,
-            settings.label_studio,
-            settings.strategy,
-            pool_path=settings.pool.path,
-            progress=progress,
-            s3=settings.pool.s3,  # the pool.s3.* keys, not only the AWS environment, reach the project's storage
-        )
+        report = push_with(store, ls, scored.model, project, settings, progress)
         outcome.extra["push"] = report.summary()
     return outcome
 

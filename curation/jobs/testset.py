@@ -7,7 +7,7 @@ from curation.errors import ConfigError
 from curation.jobs.score import ScoreOutcome, is_ls_pool, score, with_pool_project
 from curation.labelstudio.client import LabelStudioAPI
 from curation.labelstudio.project import connect, open_project
-from curation.labelstudio.push import push as push_queue
+from curation.labelstudio.push import push_with
 from curation.progress import Progress
 from curation.training.testset import TestSetReport, draw_test_set, target_size
 from store import Store
@@ -73,17 +73,7 @@ def top_up(
             if not drawn["push"]:
                 store.selections.mark_for_push(drawn["id"], project.record.id)
     if ls is not None and project is not None and (report.drawn or store.label_studio.pending(project.record.id)):
-        pushed = push_queue(
-            store,
-            ls,
-            scored.model,
-            project,
-            settings.label_studio,
-            settings.strategy,
-            pool_path=settings.pool.path,
-            progress=progress,
-            s3=settings.pool.s3,
-        )
+        pushed = push_with(store, ls, scored.model, project, settings, progress)
         report.push = pushed.summary()
     _count(store, report)
     return report

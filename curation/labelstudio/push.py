@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import LabelStudioSettings, S3Settings, StrategySettings
+from curation.config import LabelStudioSettings, S3Settings, Settings, StrategySettings
 from curation.errors import LabelStudioError, UnservableImageError
 from curation.faults import checkpoint
 from curation.labelstudio.client import ImportOutcomeUnknown, LabelStudioAPI
@@ -186,6 +186,30 @@ def push(
     report.first = _describe_first(final)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def push_with(
+    store: Store,
+    ls: LabelStudioAPI,
+    mv: ModelVersionRecord,
+    project: ProjectHandle,
+    settings: Settings,
+    progress: Progress | None = None,
+) -> PushReport:
+    """``push`` under ``settings``' one reading of the Label Studio, strategy, pool and ``pool.s3.*`` keys (the
+    S3 keys, not only the AWS environment, reach the project's storage): what ``select --push``, ``push`` and
+    ``testset draw`` call."""
+    return push(
+        store,
+        ls,
+        mv,
+        project,
+        settings.label_studio,
+        settings.strategy,
+        pool_path=settings.pool.path,
+        progress=progress,
+        s3=settings.pool.s3,
+    )
 
 
 def _servable(
