@@ -350,7 +350,10 @@ def test_real_s3_reads_and_heads_work_from_code_that_already_runs_an_event_loop(
     async def inside_a_loop() -> tuple[list[Any], list[Any]]:
         return source.read_many(keys), source.stat_many(keys)
 
-    data, infos = asyncio.run(inside_a_loop())
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as thread:  # a thread of its own: this test session's thread may run a loop already
+        data, infos = thread.submit(lambda: asyncio.run(inside_a_loop())).result()
     assert data == [f.read_bytes() for f in files]
     assert [i.size for i in infos] == [f.stat().st_size for f in files]  # type: ignore[union-attr]
 
