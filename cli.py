@@ -1039,7 +1039,7 @@ def testset_draw(
     """Draw the test set uniformly at random from the pool (seeded; never twice) and queue it as test tasks."""
     with _handled(debug, json_out):
         overrides = _common(db, pool, model, model_version)
-        overrides.update(_ls_overrides(db, project))
+        overrides[("label_studio", "project")] = (project, "--project")
         settings = _settings(config, overrides)
         with _store(settings, lock=True) as store:
             from curation.jobs import testset as job  # once the lock is held: a refused run never loads torch

@@ -388,3 +388,20 @@ def test_an_unknown_curate_variable_is_a_warning_on_stderr(tmp_path: Path) -> No
     assert result.exit_code == 0, result.stderr
     assert "warning: environment variable CURATE_BD matches no config key" in result.stderr
     assert "did you mean CURATE_DB?" in result.stderr
+
+
+@pytest.mark.heavy
+def test_testset_draw_takes_its_pool_and_model_from_the_command_line(tmp_path: Path) -> None:
+    # --pool and --model must reach the draw (the Label Studio options once replaced them with "not given")
+    from tests.models import save_thumbnail_model
+
+    make_pool(tmp_path / "pool", n=8, size=32, seed=3)
+    model, model_cfg = save_thumbnail_model(tmp_path)
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    common = ("--pool", str(tmp_path / "pool"), "--model", str(model), "--config", str(model_cfg), "--db", db)
+    code, out, err = run("testset", "draw", "--size", "3", "--no-push", "--json", *common)
+    assert code == 0, err
+    assert json.loads(out)["drawn"] == 3
+    code, out, err = run("testset", "status", "--json", "--db", db)
+    assert code == 0, err
+    assert json.loads(out)["size"] == 3
