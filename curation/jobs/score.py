@@ -181,7 +181,7 @@ class ScanAhead:
     """A local pool's scan started in a thread before it is needed: ``loop`` scans while Label Studio answers
     the pull (the scan is this process's work, the pull mostly the server's), instead of one after the other.
     ``score(scanned=...)`` takes the result; the skipped-file warnings are printed then, in the caller's thread.
-    Only directories and manifests are scanned ahead, with the local engine (``ahead`` says when it applies)."""
+    Only directories and manifests are scanned ahead, with the local engine (``applies`` says when)."""
 
     def __init__(self, store: Store, settings: Settings, executor: Executor) -> None:
         self.location = settings.pool.path

@@ -72,9 +72,8 @@ def top_up(
         for drawn in store.selections.test_selections():  # a draw made with --no-push is queued now
             if not drawn["push"]:
                 store.selections.mark_for_push(drawn["id"], project.record.id)
-    if ls is not None and project is not None and (report.drawn or store.label_studio.pending(project.record.id)):
-        pushed = push_with(store, ls, scored.model, project, settings, progress)
-        report.push = pushed.summary()
+        if report.drawn or store.label_studio.pending(project.record.id):
+            report.push = push_with(store, ls, scored.model, project, settings, progress).summary()
     _count(store, report)
     return report
 
