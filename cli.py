@@ -1580,8 +1580,19 @@ def _terminate_like_ctrl_c() -> None:
 
 
 def main() -> None:
+    import gc
+
+    # Why: a command imports several hundred modules, and at the default gen-0 threshold (700 allocations) the
+    # cyclic collector runs hundreds of times during that start-up for almost no garbage (~0.1 s of an idle cron
+    # turn); a higher threshold keeps it collecting, less often.
+    gc.set_threshold(20_000, 20, 20)
     _terminate_like_ctrl_c()
-    app()
+    try:
+        app()
+    finally:
+        # the process is about to end: its last collections would walk every object only to free what the OS
+        # frees anyway (~0.25 s of an idle turn). Everything that needs closing was closed by its own `with`.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -217,3 +217,36 @@ def test_a_large_folder_is_stat_ed_in_chunks_and_an_in_place_edit_is_still_notic
         p: i for p, i in before.items() if p not in ("img_04.jpg", "img_07.jpg")
     }
     store.close()
+
+
+@pytest.mark.parametrize("by_folder", [True, False], ids=["stat-in-folder", "stat-full-path"])
+def test_a_rescan_notices_a_removal_alone_and_a_removal_with_an_addition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_folder: bool
+) -> None:
+    """An idle rescan skips building the set of known paths only when nothing can be gone (nothing new, as many
+    files as known): a file removed alone, or removed while another is added (the same count), is still gone.
+    Both ways of stat-ing a folder's files (by name in the opened folder, or by full path) agree."""
+    if not by_folder:
+        monkeypatch.setattr(pool_module, "_open_folder", lambda path: None)
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    root = tmp_path / "pool"
+    (root / "sub").mkdir(parents=True)
+    for i in range(4):
+        (root / ("sub" if i == 3 else "") / f"img_{i}.jpg").write_bytes(bytes([i]) * 64)
+    source = resolve_pool(root)
+    pool_id, report = scan_pool(store, source, EXT)
+    assert (report.files, report.new_items, report.removed) == (4, 4, 0)
+    _, report = scan_pool(store, source, EXT)
+    assert (report.files, report.hashed, report.removed) == (4, 0, 0)
+
+    (root / "sub" / "img_3.jpg").unlink()  # removed alone: nothing to hash
+    _, report = scan_pool(store, source, EXT)
+    assert (report.files, report.hashed, report.removed) == (3, 0, 1)
+    assert set(store.pools.known_paths(pool_id)) == {"img_0.jpg", "img_1.jpg", "img_2.jpg"}
+
+    (root / "img_1.jpg").unlink()  # one removed, one added: as many files as before
+    (root / "sub" / "new.jpg").write_bytes(b"\x07" * 64)
+    _, report = scan_pool(store, source, EXT)
+    assert (report.files, report.hashed, report.removed, report.new_items) == (3, 1, 1, 1)
+    assert set(store.pools.known_paths(pool_id)) == {"img_0.jpg", "img_2.jpg", "sub/new.jpg"}
+    store.close()

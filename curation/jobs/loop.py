@@ -54,22 +54,24 @@ def loop(
     started = time.perf_counter()
     report = LoopReport()
     settings = with_pool_project(settings)  # --pool ls://<project>: the loop works in that project
-    ls = turn_reads(connect(settings.label_studio))  # the project is read once for the whole turn
-    if settings.model.path:
-        existing = store.models.current()
-        if existing is None:
-            register_model(store, load_runtime(settings, store))  # first run: the configured model becomes current
-        elif Path(settings.model.path).resolve() != Path(existing.source).resolve():
-            report.notes.append(
-                f"model.path {settings.model.path} only seeds an empty registry: the loop follows the current "
-                f"model {existing.version} (`curate models promote` changes it)"
-            )
-    # the loop always follows the registry: a promoted model takes over the queue from the next step on
-    settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": None, "version": None})})
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-scan") as executor:
-        # a local pool is scanned while Label Studio answers the pull; a turn that trains scans again afterwards,
-        # so that files added during training are scored in this turn, as before
+        # a local pool is scanned while this process talks to Label Studio (key check, project, pull); a turn
+        # that trains scans again afterwards, so that files added during training are scored in this turn
         ahead = ScanAhead(store, settings, executor) if ScanAhead.applies(settings) else None
+        ls = turn_reads(connect(settings.label_studio))  # the project is read once for the whole turn
+        if settings.model.path:
+            existing = store.models.current()
+            if existing is None:
+                register_model(store, load_runtime(settings, store))  # first run: the configured model is current
+            elif Path(settings.model.path).resolve() != Path(existing.source).resolve():
+                report.notes.append(
+                    f"model.path {settings.model.path} only seeds an empty registry: the loop follows the current "
+                    f"model {existing.version} (`curate models promote` changes it)"
+                )
+        # the loop always follows the registry: a promoted model takes over the queue from the next step on
+        settings = settings.model_copy(
+            update={"model": settings.model.model_copy(update={"path": None, "version": None})}
+        )
         try:
             report.pulled = pull(store, ls, settings.label_studio.project, progress=progress).summary()
         except ProjectNotFoundError as exc:
