@@ -161,6 +161,12 @@ class ModelRegistry:
         """The first version registered with these weights."""
         return self._one(MV.c.digest == digest)
 
+    def latest_from(self, source: str) -> ModelVersionRecord | None:
+        """The newest version registered from ``source`` (a weights file's resolved path, or a model spec)."""
+        with self._db.tx(write=False) as conn:
+            row = conn.execute(select(MV).where(MV.c.source == source).order_by(MV.c.id.desc()).limit(1)).one_or_none()
+            return None if row is None else _record(row)
+
     def latest_trained(self) -> ModelVersionRecord | None:
         with self._db.tx(write=False) as conn:
             row = conn.execute(

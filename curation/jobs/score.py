@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curation.config import Settings
@@ -330,30 +332,53 @@ def _score_on_ray(
     tasks: dict[str, Any] | None,
 ) -> ScoreOutcome:
     """``scoring.engine: ray``. This process loads the model once on its CPU (to learn its version and register
-    it, exactly as the local engine would); the actors load the same file and check its digest."""
+    it, exactly as the local engine would); the actors load the same file and check its digest. When there is
+    likely work (``_likely_work``), Ray starts (``ray.init``: seconds of process start-up) while this process
+    loads its copy of the model, instead of after it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from curation.jobs.model import model_settings
-    from curation.scoring.ray_engine import score_items_ray
+    from curation.scoring.ray_engine import ray_cluster, score_items_ray, score_on_cluster
 
     here = settings.model_copy(
         update={"scoring": settings.scoring.model_copy(update={"device": "cpu", "runtime": "torch"})}
     )
-    runtime = load_runtime(here, store)
-    mv = register_model(store, runtime)
-    chosen = model_settings(settings, store).model_copy(update={"version": mv.version})
-    items, objects = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
-    report = score_items_ray(
-        store,
-        runtime.info,
-        mv.id,
-        pool_id,
-        items,
-        settings.model_copy(update={"model": chosen}),
-        progress,
-        objects=objects,
-    )
+    ahead = _likely_work(store, settings, pool_id, rescore)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-model") as executor:
+        # the load runs in a thread so that ray.init keeps the main thread (where Ray installs its handlers)
+        loading = executor.submit(load_runtime, here, store)
+        with ray_cluster(settings.scoring.ray.address) if ahead else contextlib.nullcontext():
+            runtime = loading.result()
+            mv = register_model(store, runtime)
+            chosen = model_settings(settings, store).model_copy(update={"version": mv.version})
+            items, objects = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
+            scorer = score_on_cluster if ahead else score_items_ray
+            report = scorer(
+                store,
+                runtime.info,
+                mv.id,
+                pool_id,
+                items,
+                settings.model_copy(update={"model": chosen}),
+                progress,
+                objects=objects,
+            )
     return ScoreOutcome(
         source, pool_id, scan_report, mv, report.device, report, settings.scoring.runtime, engine="ray", tasks=tasks
     )
+
+
+def _likely_work(store: Store, settings: Settings, pool_id: int, rescore: bool) -> bool:
+    """Whether to start Ray before the model is loaded: not when the newest version registered from this model
+    file has already scored the whole pool (a rerun with nothing to do then costs no Ray start-up). Only a guess:
+    when wrong (the file was rewritten), Ray simply starts after the load, as it would without the guess."""
+    if rescore:
+        return True
+    known = registered_model(settings, store)
+    if known is None and settings.model.path:
+        path = Path(settings.model.path)
+        known = store.models.latest_from(str(path.resolve()) if path.is_file() else settings.model.path)
+    return known is None or store.items.any_to_score(pool_id, known.id)
 
 
 def object_source_required(source: ObjectPool, settings: Settings) -> ObjectSource:

@@ -399,6 +399,24 @@ def score_items_ray(
 
     ``settings.model`` must name the model file the driver loaded (``info``): every actor loads it and checks
     its digest."""
+    if not items:
+        return ScoringReport(todo=0)
+    with ray_cluster(settings.scoring.ray.address):
+        return score_on_cluster(store, info, model_version_id, pool_id, items, settings, progress, objects)
+
+
+def score_on_cluster(
+    store: Store,
+    info: ModelInfo,
+    model_version_id: int,
+    pool_id: int,
+    items: Sequence[ScoreJob],
+    settings: Settings,
+    progress: Progress | None = None,
+    objects: ObjectSource | None = None,
+) -> ScoringReport:
+    """``score_items_ray`` inside a ``ray_cluster`` block the caller holds (it started the cluster while
+    loading its own copy of the model)."""
     import ray
 
     from curation.scoring.engine import commit_results, shape_batches
@@ -407,82 +425,81 @@ def score_items_ray(
     report = ScoringReport(todo=len(items))
     if not items:
         return report
-    with ray_cluster(settings.scoring.ray.address):
-        plan = plan_resources(settings.scoring.ray, settings.scoring.batch_size, info.task, ray.cluster_resources())
-        # Items in the local engine's batch order (grouped by canvas shape), so each actor batch mostly stacks whole.
-        shapes, batches = shape_batches(items, info.preprocess, info.imgsz, info.stride, plan.batch_size)
-        order = [position for batch in batches for position in batch]
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # ours is on the driver (img/s)
-        context.print_on_execution_start = False
-        options = DecodeOptions(
-            info.preprocess, info.imgsz, settings.pool.max_pixels, settings.pool.max_aspect_ratio, objects
-        )
-        actor_settings = settings.model_copy(
-            update={
-                "scoring": settings.scoring.model_copy(
-                    update={"device": settings.scoring.device if plan.gpus_per_actor > 0 else "cpu"}
-                )
-            }
-        )
-        actor_args: dict[str, Any] = {
-            "settings": actor_settings,
-            "version": info.version,
-            "digest": info.digest,
-            "threads": plan.threads,
-        }
-        dataset: Any  # ray.data.Dataset
-        if plan.fused:
-            # the actors read, decode and infer each block, batch by batch
-            block = block_rows(len(order), plan.actors, plan.batch_size)
-            dataset = ray.data.from_arrow(input_blocks(items, order, shapes, block))
-            actor_args["decode"] = options
-        else:
-            decode_batch = max(1, min(plan.batch_size, math.ceil(len(order) / max(1, 2 * plan.actors))))
-            dataset = ray.data.from_arrow(input_blocks(items, order, shapes, decode_batch)).map_batches(
-                cast(Any, decode_rows),  # its options come as fn_kwargs
-                fn_kwargs={"options": options},
-                batch_size=decode_batch,
-                batch_format="numpy",
-                num_cpus=plan.decode_cpus,
+    plan = plan_resources(settings.scoring.ray, settings.scoring.batch_size, info.task, ray.cluster_resources())
+    # Items in the local engine's batch order (grouped by canvas shape), so each actor batch mostly stacks whole.
+    shapes, batches = shape_batches(items, info.preprocess, info.imgsz, info.stride, plan.batch_size)
+    order = [position for batch in batches for position in batch]
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours is on the driver (img/s)
+    context.print_on_execution_start = False
+    options = DecodeOptions(
+        info.preprocess, info.imgsz, settings.pool.max_pixels, settings.pool.max_aspect_ratio, objects
+    )
+    actor_settings = settings.model_copy(
+        update={
+            "scoring": settings.scoring.model_copy(
+                update={"device": settings.scoring.device if plan.gpus_per_actor > 0 else "cpu"}
             )
-        dataset = dataset.map_batches(
-            InferenceActor,
-            fn_constructor_kwargs=actor_args,
-            batch_size=plan.batch_size,
+        }
+    )
+    actor_args: dict[str, Any] = {
+        "settings": actor_settings,
+        "version": info.version,
+        "digest": info.digest,
+        "threads": plan.threads,
+    }
+    dataset: Any  # ray.data.Dataset
+    if plan.fused:
+        # the actors read, decode and infer each block, batch by batch
+        block = block_rows(len(order), plan.actors, plan.batch_size)
+        dataset = ray.data.from_arrow(input_blocks(items, order, shapes, block))
+        actor_args["decode"] = options
+    else:
+        decode_batch = max(1, min(plan.batch_size, math.ceil(len(order) / max(1, 2 * plan.actors))))
+        dataset = ray.data.from_arrow(input_blocks(items, order, shapes, decode_batch)).map_batches(
+            cast(Any, decode_rows),  # its options come as fn_kwargs
+            fn_kwargs={"options": options},
+            batch_size=decode_batch,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=plan.actors),
-            scheduling_strategy="SPREAD",  # one actor per node before two on one: nodes fail independently
-            num_cpus=plan.cpus_per_actor,
-            num_gpus=plan.gpus_per_actor or None,
+            num_cpus=plan.decode_cpus,
         )
-        device = f"ray:{plan.actors}x{'cuda' if plan.gpus_per_actor > 0 else 'cpu'}"
-        run_id = store.runs.start(model_version_id, pool_id, len(items), device, plan.batch_size)
-        report.run_id = run_id
-        report.device = device
-        start = time.perf_counter()
-        progress.start(f"scoring with {info.version} on Ray ({plan.actors} actor(s))", len(items))
-        status = "failed"
-        nodes: set[str] = set()
+    dataset = dataset.map_batches(
+        InferenceActor,
+        fn_constructor_kwargs=actor_args,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        scheduling_strategy="SPREAD",  # one actor per node before two on one: nodes fail independently
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor or None,
+    )
+    device = f"ray:{plan.actors}x{'cuda' if plan.gpus_per_actor > 0 else 'cpu'}"
+    run_id = store.runs.start(model_version_id, pool_id, len(items), device, plan.batch_size)
+    report.run_id = run_id
+    report.device = device
+    start = time.perf_counter()
+    progress.start(f"scoring with {info.version} on Ray ({plan.actors} actor(s))", len(items))
+    status = "failed"
+    nodes: set[str] = set()
+    try:
+        results = _results(dataset.iter_batches(batch_size=None, batch_format="numpy"), nodes)
         try:
-            results = _results(dataset.iter_batches(batch_size=None, batch_format="numpy"), nodes)
-            try:
-                commit_results(
-                    store, run_id, model_version_id, results, report, settings.scoring.chunk_size, progress, items
-                )
-            except (KeyboardInterrupt, ModelLoadError):
-                raise
-            except Exception as exc:
-                if isinstance(exc, ray.exceptions.RayError):
-                    raise ClusterError(f"the Ray job failed: {_first_line(exc)}") from exc
-                raise
-            status = "completed"
-        except KeyboardInterrupt:
-            status = "interrupted"
+            commit_results(
+                store, run_id, model_version_id, results, report, settings.scoring.chunk_size, progress, items
+            )
+        except (KeyboardInterrupt, ModelLoadError):
             raise
-        finally:
-            report.seconds = time.perf_counter() - start
-            report.nodes = sorted(nodes)
-            progress.finish()
-            store.runs.finish(run_id, status, report.images_per_s if status == "completed" else None)
+        except Exception as exc:
+            if isinstance(exc, ray.exceptions.RayError):
+                raise ClusterError(f"the Ray job failed: {_first_line(exc)}") from exc
+            raise
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        report.seconds = time.perf_counter() - start
+        report.nodes = sorted(nodes)
+        progress.finish()
+        store.runs.finish(run_id, status, report.images_per_s if status == "completed" else None)
     return report
