@@ -2,9 +2,10 @@
 
 Scores (``uncertainty``, ``detection``) are computed apart from selection (``selectors``). Each strategy lives in
 the module named after it (``uncertainty_sampling``, ``random_sampling``, ``kcenter``, ``kmeans_sampling``,
-``hybrid``, ``class_balance``, ``badge``, ``cluster_margin``, ``typiclust``), inherits the validating template
-``StrategyBase`` (``base``), and is built by name from the ``registry``; ``cover`` is the near-duplicate
-bookkeeping of the strategies that pick one item at a time, ``duplicates`` the perceptual-hash matching.
+``hybrid``, ``class_balance``, ``badge``, ``cluster_margin``, ``typiclust``, ``cold_hybrid``), inherits the
+validating template ``StrategyBase`` (``base``), and is built by name from the ``registry``; ``cover`` is the
+near-duplicate bookkeeping of the strategies that pick one item at a time, ``duplicates`` the perceptual-hash
+matching.
 ``greedy`` is the exact lazy greedy k-center and the hybrid share; ``index`` the vector search and k-means
 backends. Nothing here touches a model, a database or Label Studio, and importing the package
 imports neither FAISS nor torch.
@@ -14,6 +15,7 @@ from strategies.badge import BadgeStrategy, gradient_embeddings
 from strategies.base import PoolView, Selection, Strategy, StrategyBase
 from strategies.class_balance import ClassBalanced
 from strategies.cluster_margin import ClusterMarginStrategy, round_robin
+from strategies.cold_hybrid import ColdHybridStrategy
 from strategies.detection import EXCLUDE, REDUCERS, aggregate_boxes
 from strategies.duplicates import MAX_HASH_DISTANCE, hamming, hash_duplicates
 from strategies.errors import (
@@ -69,6 +71,7 @@ __all__ = [
     "BadgeStrategy",
     "ClassBalanced",
     "ClusterMarginStrategy",
+    "ColdHybridStrategy",
     "EmptyPoolError",
     "GreedyResult",
     "HybridStrategy",

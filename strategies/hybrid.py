@@ -3,10 +3,12 @@
 The candidate-then-diversify scheme of diverse mini-batch active learning (F. Zhdanov, "Diverse mini-batch Active
 Learning", 2019) and of Cluster-Margin (G. Citovsky et al., "Batch Active Learning at Scale", NeurIPS 2021): take
 the M most uncertain items (M = ``candidates`` × budget), cluster them into ``budget`` groups with k-means and take
-each group's most uncertain member. The alternative ``diversify: greedy`` chooses the subset by the greedy of
-``strategies.greedy`` with key uncertainty^(1-w) · distance^w (``w = 1``: k-center restricted to the candidates).
-``weight = 0`` is exactly uncertainty ranking in both modes. On the digits benchmark (docs/BENCHMARKS.md) the
-k-means mode needed 27–43 % of random's labels, the greedy mode 37–56 %.
+each group's most uncertain member (``pick: uncertain``), or the member nearest the group's centroid (``pick:
+centroid``, the representative pick of Zhdanov's paper: it passes over the outliers a young model is unsure of,
+which is what ``cold_hybrid`` uses while few items are labeled). The alternative ``diversify: greedy`` chooses the
+subset by the greedy of ``strategies.greedy`` with key uncertainty^(1-w) · distance^w (``w = 1``: k-center
+restricted to the candidates). ``weight = 0`` is exactly uncertainty ranking in both modes. On the digits benchmark
+(docs/BENCHMARKS.md) the k-means mode needed 27–43 % of random's labels, the greedy mode 37–56 %.
 
 It composes the other strategies instead of re-implementing them: the k-means mode runs ``KMeansStrategy`` on the
 candidates, ``weight = 0`` is ``rank_by`` (what uncertainty sampling runs).
@@ -27,9 +29,10 @@ from strategies.kmeans_sampling import KMeansStrategy
 from strategies.selectors import rank_by
 from strategies.uncertainty import check_measure
 
-__all__ = ["DIVERSIFY_MODES", "HybridStrategy"]
+__all__ = ["DIVERSIFY_MODES", "HYBRID_PICKS", "HybridStrategy"]
 
 DIVERSIFY_MODES = ("kmeans", "greedy")
+HYBRID_PICKS = ("uncertain", "centroid")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class HybridStrategy(StrategyBase):
     """Uncertainty first, then diversity among the most uncertain: see the module docstring.
 
     ``diversify``: ``kmeans`` (default) clusters the candidates into ``budget`` groups and takes each group's most
-    uncertain member (diverse mini-batch active learning); ``greedy`` picks by uncertainty^(1-w) · distance^w,
+    uncertain member, or with ``pick: centroid`` the member nearest its centroid (diverse mini-batch active
+    learning); ``greedy`` picks by uncertainty^(1-w) · distance^w,
     where the distance is to everything selected, queued or labeled. ``weight`` 0 turns diversity off (exactly
     uncertainty ranking) in both modes; it sets the trade-off of the greedy mode.
     """
@@ -46,6 +50,7 @@ class HybridStrategy(StrategyBase):
     candidates: float = 10.0
     weight: float = 0.5
     diversify: str = "kmeans"
+    pick: str = "uncertain"
     name: str = field(default="hybrid", init=False)
     needs_embeddings: bool = field(default=True, init=False)
     needs_uncertainty: bool = field(default=True, init=False)
@@ -61,6 +66,13 @@ class HybridStrategy(StrategyBase):
             raise InvalidOptionError(f"hybrid option 'weight' must be in [0, 1], got {self.weight}", option="weight")
         if self.diversify not in DIVERSIFY_MODES:
             raise UnknownStrategyError(self.diversify, DIVERSIFY_MODES, kind="hybrid diversify mode")
+        if self.pick not in HYBRID_PICKS:
+            raise UnknownStrategyError(self.pick, HYBRID_PICKS, kind="hybrid pick mode")
+        if self.pick != "uncertain" and self.diversify != "kmeans":
+            raise InvalidOptionError(
+                f"hybrid option 'pick: {self.pick}' needs 'diversify: kmeans' (the greedy mode has no clusters)",
+                option="pick",
+            )
 
     def _select(self, pool: PoolView, budget: int) -> Selection:
         x = pool.embeddings_for(self.name)
@@ -90,8 +102,10 @@ class HybridStrategy(StrategyBase):
                 seed=pool.seed,
                 min_distance=pool.min_distance,
             )
-            chosen = KMeansStrategy(measure=self.measure, clusters=1.0, pick="uncertain").select(candidates, budget)
-            return replace(chosen, indices=order[chosen.indices])
+            chosen = KMeansStrategy(measure=self.measure, clusters=1.0, pick=self.pick).select(candidates, budget)
+            indices = order[chosen.indices]
+            # a centroid pick is ranked by its cluster's size; report each item's uncertainty, as the other modes do
+            return replace(chosen, indices=indices, scores=u[indices].astype(np.float64))
         picked = greedy_rows(
             x[order],
             budget,

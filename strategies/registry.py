@@ -20,6 +20,7 @@ from strategies._validate import canonical_name, check_name, coerce_option
 from strategies.badge import BadgeStrategy
 from strategies.base import Strategy
 from strategies.cluster_margin import ClusterMarginStrategy
+from strategies.cold_hybrid import ColdHybridStrategy
 from strategies.errors import InvalidOptionError
 from strategies.hybrid import HybridStrategy
 from strategies.kcenter import KCenterStrategy
@@ -45,6 +46,7 @@ STRATEGIES: Mapping[str, StrategyFactory] = MappingProxyType(
         "badge": BadgeStrategy,
         "cluster_margin": ClusterMarginStrategy,
         "typiclust": TypiClustStrategy,
+        "cold_hybrid": ColdHybridStrategy,
     }
 )
 

@@ -241,7 +241,7 @@ def test_override_errors_name_the_override() -> None:
             [
                 "unknown config key 'strategy.options.hybrid.wieght'",
                 "did you mean 'weight'?",
-                "valid options: candidates, diversify, measure, weight",
+                "valid options: candidates, diversify, measure, pick, weight",
             ],
         ),
         ("random: {weight: 1}", ["unknown config key 'strategy.options.random.weight'", "valid options: none"]),

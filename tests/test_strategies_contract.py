@@ -43,7 +43,7 @@ from strategies import (
     top_k,
 )
 from strategies.cluster_margin import CLUSTER_MARGIN_PICKS
-from strategies.hybrid import DIVERSIFY_MODES
+from strategies.hybrid import DIVERSIFY_MODES, HYBRID_PICKS
 from strategies.kmeans_sampling import PICK_MODES
 
 N_ITEMS = 60
@@ -76,6 +76,8 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
         {"diversify": "greedy"},
         {"diversify": "greedy", "weight": 0.3, "candidates": 2},
         {"diversify": "greedy", "weight": 0.0},
+        {"pick": "centroid"},
+        {"pick": "centroid", "candidates": 2, "measure": "entropy"},
     ],
     "badge": [{}],
     "cluster_margin": [
@@ -86,6 +88,13 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
         {"pick": "uncertain"},
     ],
     "typiclust": [{}, {"neighbors": 3}, {"max_clusters": 4}],
+    # the contract pool has 5 reference items and 3 classes: per_class 1 is warm, the default (10) cold
+    "cold_hybrid": [
+        {},
+        {"per_class": 1},
+        {"per_class": 0, "candidates": 1.5},
+        {"cold_candidates": 2, "measure": "entropy"},
+    ],
 }
 # ClassBalanced around every registered strategy (default options), and its own option.
 BALANCED: list[tuple[str, dict[str, Any]]] = [
@@ -94,6 +103,7 @@ BALANCED: list[tuple[str, dict[str, Any]]] = [
     ("kcenter", {"oversample": 5}),
     ("random", {"oversample": 1.5}),
     ("badge", {"oversample": 1.0}),
+    ("cold_hybrid", {"oversample": 1.0}),
 ]
 
 
@@ -191,6 +201,7 @@ def test_every_strategy_and_option_has_a_case() -> None:
     for name, option, modes in [
         ("kmeans", "pick", PICK_MODES),
         ("hybrid", "diversify", DIVERSIFY_MODES),
+        ("hybrid", "pick", HYBRID_PICKS),
         ("cluster_margin", "pick", CLUSTER_MARGIN_PICKS),
     ]:
         default = _options(STRATEGIES[name])[option].default
@@ -375,6 +386,7 @@ def test_registered_names() -> None:
     assert strategy_names() == [
         "badge",
         "cluster_margin",
+        "cold_hybrid",
         "entropy",
         "hybrid",
         "kcenter",
@@ -392,8 +404,8 @@ def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(UnknownStrategyError) as info:
         get_strategy("foo")
     assert str(info.value) == (
-        "unknown strategy 'foo'; valid: badge, cluster_margin, entropy, hybrid, kcenter, kmeans, least_confidence, "
-        "margin, random, ratio, typiclust"
+        "unknown strategy 'foo'; valid: badge, cluster_margin, cold_hybrid, entropy, hybrid, kcenter, kmeans, "
+        "least_confidence, margin, random, ratio, typiclust"
     )
     assert info.value.name == "foo"
     assert info.value.valid == tuple(strategy_names())
@@ -528,6 +540,12 @@ def test_the_template_checks_budget_needs_and_pool_state_before_the_rule() -> No
         (lambda: get_strategy("hybrid", weight=1.5), "'weight' must be in"),
         (lambda: get_strategy("hybrid", diversify="spectral"), "unknown hybrid diversify mode 'spectral'"),
         (lambda: get_strategy("hybrid", measure="variance"), "unknown uncertainty measure 'variance'"),
+        (lambda: get_strategy("hybrid", pick="medoid"), "unknown hybrid pick mode 'medoid'"),
+        (lambda: get_strategy("hybrid", pick="centroid", diversify="greedy"), "needs 'diversify: kmeans'"),
+        (lambda: get_strategy("cold_hybrid", candidates=0.5), "'candidates' must be >= 1"),
+        (lambda: get_strategy("cold_hybrid", cold_candidates=0), "'cold_candidates' must be >= 1"),
+        (lambda: get_strategy("cold_hybrid", per_class=-1), "'per_class' must be >= 0"),
+        (lambda: get_strategy("cold_hybrid", measure="variance"), "unknown uncertainty measure 'variance'"),
         (lambda: get_strategy("kmeans", clusters=0), "'clusters' must be >= 1"),
         (lambda: get_strategy("kmeans", pick="medoid"), "unknown kmeans pick mode 'medoid'"),
         (lambda: get_strategy("kmeans", measure="variance"), "unknown uncertainty measure 'variance'"),
