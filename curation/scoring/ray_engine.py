@@ -65,15 +65,25 @@ def _descendants() -> list[Any]:
 
 
 def _stop_leftovers(processes: Sequence[Any]) -> None:
-    """Kill what the run started and ``ray.shutdown()`` left running (a ``MapWorker`` may outlive it). psutil
-    checks each process's start time, so a recycled pid is never hit."""
+    """Kill what the run started and ``ray.shutdown()`` left running. Ray's worker processes (``ray::...``: the
+    inference actors, idle workers) have nothing left to do once their cluster is shut down, yet an actor that
+    loaded torch takes ~2 s to notice: they are killed at once. The cluster's own processes (GCS, raylet) get
+    ``_STOP_WAIT_S`` to exit before they are killed. psutil checks each process's start time, so a recycled pid is
+    never hit."""
     import psutil
 
-    _gone, alive = psutil.wait_procs(list(processes), timeout=_STOP_WAIT_S)
+    workers, others = [], []
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            (workers if proc.name().startswith("ray::") else others).append(proc)
+    for proc in workers:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    _gone, alive = psutil.wait_procs(others, timeout=_STOP_WAIT_S)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=_STOP_WAIT_S)
+    psutil.wait_procs([*workers, *alive], timeout=_STOP_WAIT_S)
 
 
 @contextlib.contextmanager
