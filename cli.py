@@ -394,6 +394,20 @@ def _print_scoring(summary: dict[str, Any]) -> None:
     if summary["duplicate_paths"]:
         line += f"; {summary['duplicate_paths']} exact-duplicate path(s)"
     err_console.print(line, highlight=False, markup=True)
+    embedding = summary.get("embedding")
+    if embedding is not None:
+        ran = embedding["device"] or "encoder not loaded: nothing missing"
+        more = f"; [yellow]{embedding['failed']} unreadable[/yellow]" if embedding["failed"] else ""
+        if embedding["invalid"]:
+            more += f"; [yellow]{embedding['invalid']} non-finite (left out)[/yellow]"
+        if embedding["retry_later"]:
+            more += f"; [yellow]{embedding['retry_later']} unreadable for now (retried next run)[/yellow]"
+        err_console.print(
+            f"Embedded {embedding['embedded']} item(s) with [bold]{escape(embedding['model_version'])}[/bold] "
+            f"(embedding.model, {escape(ran)}){more}",
+            highlight=False,
+            markup=True,
+        )
 
 
 def _common(

@@ -143,6 +143,28 @@ class ModelSettings(_Section):
     torchscript: TorchScriptSettings = Field(default_factory=TorchScriptSettings)
 
 
+class EmbeddingSettings(_Section):
+    """A separate image encoder for diversity and near-duplicates (``embedding.model``): a young scoring model's
+    embeddings say little about which images look alike, a pretrained encoder's do. Unset: the scoring model's."""
+
+    model: str | None = None
+    """A TorchScript file (``torch.jit.load``; never a pickle) or an ``.onnx`` file (needs onnxruntime) mapping a
+    float (N, 3, imgsz, imgsz) batch to (N, D) features (or a tuple whose last element is)."""
+    imgsz: int = Field(default=224, gt=0, le=4096)
+    """Input side: the short side is resized to this, then the centre is cropped (as for classifiers)."""
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """Per-channel normalisation of the [0, 1] RGB input, ``(x - mean) / std`` (default: ImageNet's)."""
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(v > 0 for v in value):
+            raise ValueError("every std value must be > 0")
+        return value
+
+
 class RaySettings(_Section):
     """``scoring.engine: ray``: where the Ray cluster is and what each part of the pipeline asks of it."""
 
@@ -429,6 +451,7 @@ class Settings(BaseSettings):
     db: str = "sqlite:///curate.db"
     pool: PoolSettings = Field(default_factory=PoolSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     strategy: StrategySettings = Field(default_factory=StrategySettings)
     select: SelectSettings = Field(default_factory=SelectSettings)
@@ -793,6 +816,7 @@ def _did_you_mean(name: str, valid: list[str]) -> str:
 _FILE_PATHS = [
     ("pool", "path"),
     ("model", "path"),
+    ("embedding", "model"),
     ("db",),
     ("select", "out"),
     ("train", "models_dir"),

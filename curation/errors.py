@@ -162,12 +162,13 @@ def exit_code_for(exc: BaseException) -> int:
     """
     if isinstance(exc, CurateError):
         return exc.exit_code
-    from store.errors import DatabaseError, DatabaseURLError, LockHeldError
+    from store.errors import DatabaseError, DatabaseURLError, LockHeldError, RegistryConflictError
     from strategies.errors import EmptyPoolError, PoolExhaustedError, StrategyError
 
     codes: dict[type[BaseException], int] = {
         LockHeldError: ExitCode.LOCKED,
         DatabaseURLError: ExitCode.USAGE,
+        RegistryConflictError: ExitCode.USAGE,
         DatabaseError: ExitCode.DATABASE,
         EmptyPoolError: ExitCode.NOTHING_TO_SELECT,
         PoolExhaustedError: ExitCode.NOTHING_TO_SELECT,

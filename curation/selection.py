@@ -265,22 +265,32 @@ def pool_view(
     strategy: Strategy,
     settings: StrategySettings,
     reference_ids: NDArray[np.int64],
-) -> PoolView:
+    encoder: ModelVersionRecord | None = None,
+) -> tuple[PoolView, int]:
     """Everything the strategy may need, loaded once: embeddings only when the strategy or near-duplicate
-    suppression needs them (items without one are then excluded), and the reference set's embeddings."""
+    suppression needs them (items without one are then excluded), and the reference set's embeddings.
+
+    With an image ``encoder`` (``embedding.model``) the embeddings are the encoder's, for the candidates and the
+    reference set alike; a strategy that reads the model's probabilities (BADGE: its gradient embedding pairs them
+    with the model's own penultimate features) keeps the model's. Returns the view and how many otherwise
+    selectable candidates were left out for lacking an encoder embedding (0 without an encoder)."""
     uncertainty = cands.uncertainty
     embeddings = reference = None
+    missing = 0
     if needs_embeddings(strategy, settings):
-        if not mv.embedding_dim:
-            raise NothingToSelectError(f"model version {mv.version} has no stored embeddings; score again")
-        embeddings, found = store.scores.embeddings(mv.id, cands.item_ids, mv.embedding_dim)
+        source = mv if encoder is None or strategy.needs_probs else encoder
+        if not source.embedding_dim:
+            raise NothingToSelectError(f"model version {source.version} has no stored embeddings; score again")
+        embeddings, found = store.scores.embeddings(source.id, cands.item_ids, source.embedding_dim)
         finite = np.isfinite(embeddings).all(axis=1)  # scoring stores finite ones only: an edited row
         if not finite.all():
             found &= finite
             embeddings[~finite] = 0.0
+        if source is encoder:
+            missing = int(np.count_nonzero(~found & ~np.isnan(uncertainty)))
         uncertainty = np.where(found, uncertainty, np.nan)
         if len(reference_ids):
-            ref, ref_found = store.scores.embeddings(mv.id, reference_ids, mv.embedding_dim)
+            ref, ref_found = store.scores.embeddings(source.id, reference_ids, source.embedding_dim)
             ref_found &= np.isfinite(ref).all(axis=1)
             reference = np.ascontiguousarray(ref[ref_found])
     probs = None
@@ -291,7 +301,12 @@ def pool_view(
                 f"(model version {mv.version} is a {mv.task} model)"
             )
         probs = cands.probs
-    return build_view(uncertainty, cands.classes, embeddings, reference, settings, probs)
+    return build_view(uncertainty, cands.classes, embeddings, reference, settings, probs), missing
+
+
+def uses_encoder(strategy: Strategy, settings: StrategySettings, encoder: ModelVersionRecord | None) -> bool:
+    """Whether ``pool_view`` reads ``encoder``'s embeddings for this strategy (see there)."""
+    return encoder is not None and needs_embeddings(strategy, settings) and not strategy.needs_probs
 
 
 def run_selection(
@@ -302,9 +317,11 @@ def run_selection(
     budget: int,
     *,
     push_to: int | None = None,
+    encoder: ModelVersionRecord | None = None,
 ) -> SelectionResult:
     """Select up to ``budget`` new items and record them (meant for the Label Studio project ``push_to``, an
-    ``ls_projects`` id, if given). Fewer are selected (with a warning) if fewer remain."""
+    ``ls_projects`` id, if given). Fewer are selected (with a warning) if fewer remain. ``encoder``: the image
+    encoder whose embeddings diversity and near-duplicates use (``pool_view``)."""
     settings, note = resolve_auto(settings, store)
     strategy = build_strategy(settings)
     warnings: list[str] = [note] if note else []
@@ -316,7 +333,12 @@ def run_selection(
             f"skipped {copies} copy(ies) by perceptual hash (within {settings.hash_distance} bits of a selected, "
             "queued or labeled item anywhere in the database, or of a more uncertain candidate)"
         )
-    view = pool_view(store, mv, cands, strategy, settings, taken)
+    view, missing = pool_view(store, mv, cands, strategy, settings, taken, encoder)
+    if missing and encoder is not None:
+        warnings.append(
+            f"left out {missing} item(s) without an embedding by embedding.model ({encoder.version}): "
+            "`curate score` computes them"
+        )
     uncertainty = view.uncertainty if view.uncertainty is not None else cands.uncertainty
     available = int(np.count_nonzero(~np.isnan(uncertainty)))
     if available == 0:
@@ -352,6 +374,8 @@ def run_selection(
     item_ids = cands.item_ids[picked.indices]
     options: dict[str, Any] = settings.options_for(settings.name)
     options["min_distance"] = view.min_distance
+    if encoder is not None and uses_encoder(strategy, settings, encoder):
+        options["embedding_model"] = encoder.version
     if mv.task != "classify":
         options["detection"] = settings.detection.model_dump()
     selection_id = store.selections.record(

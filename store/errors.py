@@ -17,3 +17,7 @@ class DatabaseURLError(DatabaseError):
 
 class LockHeldError(Exception):
     """Another curate run holds this database's run lock."""
+
+
+class RegistryConflictError(Exception):
+    """A model version name or id given as a scoring model names a registered image encoder (``embedding.model``)."""

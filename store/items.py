@@ -13,7 +13,7 @@ from sqlalchemy import exists, func, select, union
 from store.db import BATCH, Database
 from store.pools import pool_items
 from store.records import ItemToScore
-from store.schema import Annotation, Item, ItemPath, LSTask, Pool, Prediction, SelectionItem
+from store.schema import Annotation, Embedding, Item, ItemPath, LSTask, Pool, Prediction, SelectionItem
 
 
 def to_signed(phash: int) -> int:
@@ -58,6 +58,39 @@ class Items:
                 ~exists().where(
                     Prediction.item_id == ItemPath.item_id, Prediction.model_version_id == model_version_id
                 ),
+            )
+            .limit(1)
+        )
+        with self._db.tx(write=False) as conn:
+            return conn.execute(stmt).first() is not None
+
+    def to_embed(self, pool_id: int, model_version_id: int) -> list[ItemToScore]:
+        """Items of the pool that scoring decoded (status ok) without an embedding under this version (an image
+        encoder's): unreadable items stay out, and so do items scoring has not read yet."""
+        in_pool = pool_items(pool_id)
+        stmt = (
+            select(in_pool.c.item_id, in_pool.c.path, Item.width, Item.height, Item.content_id)
+            .join(Item, Item.id == in_pool.c.item_id)
+            .where(Item.status == "ok")
+            .where(
+                ~exists().where(Embedding.item_id == in_pool.c.item_id, Embedding.model_version_id == model_version_id)
+            )
+            .order_by(in_pool.c.item_id)
+        )
+        with self._db.tx(write=False) as conn:
+            return [
+                ItemToScore(int(r.item_id), str(r.path), r.width, r.height, r.content_id) for r in conn.execute(stmt)
+            ]
+
+    def any_to_embed(self, pool_id: int, model_version_id: int) -> bool:
+        """Whether ``to_embed`` would return anything: one EXISTS, as ``any_to_score``."""
+        stmt = (
+            select(ItemPath.item_id)
+            .join(Item, Item.id == ItemPath.item_id)
+            .where(
+                ItemPath.pool_id == pool_id,
+                Item.status == "ok",
+                ~exists().where(Embedding.item_id == ItemPath.item_id, Embedding.model_version_id == model_version_id),
             )
             .limit(1)
         )

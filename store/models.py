@@ -1,4 +1,9 @@
-"""The model registry: every model version a database used or trained, and which one is current."""
+"""The model registry: every model version a database used or trained, and which one is current.
+
+Image encoders (``embedding.model``) are registered here too, with status ``encoder``, so that their embeddings
+can sit in the ``embeddings`` table under a version id of their own. They are never a scoring model: every lookup
+below except ``by_id`` and ``encoder`` leaves them out, so no listing, ``--model-version``, promotion, digest
+match or push ever sees one."""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from store.db import BATCH, Database
+from store.errors import RegistryConflictError
 from store.records import ModelVersionRecord, TrainedModel
 from store.schema import ModelVersion, Prediction, Setting, TrainingBaseExample, TrainingExample, utcnow
 
 MV = ModelVersion.__table__
 CURRENT_KEY = "current_model_version"
+ENCODER = "encoder"  # the status (and task) of an image encoder's version
+NOT_ENCODER = MV.c.status != ENCODER
 
 
 def _record(row: Any) -> ModelVersionRecord:
@@ -76,6 +84,8 @@ class ModelRegistry:
                 .on_conflict_do_nothing(index_elements=["version"])
             )
             row = conn.execute(select(MV).where(MV.c.version == version)).one()
+            if row.status == ENCODER:
+                raise RegistryConflictError(f"model version {version!r} is the name of a registered image encoder")
             changes: dict[str, Any] = {}
             if embedding_dim is not None and row.embedding_dim != embedding_dim:
                 changes["embedding_dim"] = embedding_dim
@@ -151,20 +161,56 @@ class ModelRegistry:
                 self._set_current(conn, mv_id, None)
             return _record(conn.execute(select(MV).where(MV.c.id == mv_id)).one())
 
+    def register_encoder(
+        self, *, version: str, source: str, format: str, imgsz: int, embedding_dim: int, digest: str
+    ) -> ModelVersionRecord:
+        """Register an image encoder (idempotent by ``digest``, the SHA-256 of its file): a version that only
+        holds embeddings, never current, never listed with the scoring models."""
+        with self._db.tx() as conn:
+            row = conn.execute(
+                select(MV).where(MV.c.digest == digest, MV.c.status == ENCODER).order_by(MV.c.id).limit(1)
+            ).one_or_none()
+            if row is None:
+                mv_id = conn.execute(
+                    self._db.insert(ModelVersion)
+                    .values(
+                        version=version,
+                        source=source,
+                        format=format,
+                        task=ENCODER,
+                        class_names=[],
+                        imgsz=imgsz,
+                        embedding_dim=embedding_dim,
+                        digest=digest,
+                        weights_path=source,
+                        status=ENCODER,
+                        created_at=utcnow(),
+                    )
+                    .returning(ModelVersion.id)
+                ).scalar_one()
+                row = conn.execute(select(MV).where(MV.c.id == mv_id)).one()
+            return _record(row)
+
+    def encoder(self, digest: str) -> ModelVersionRecord | None:
+        """The image encoder registered with this file digest (``register_encoder``)."""
+        return self._one((MV.c.digest == digest) & (MV.c.status == ENCODER))
+
     def get(self, version: str) -> ModelVersionRecord | None:
-        return self._one(MV.c.version == version)
+        return self._one((MV.c.version == version) & NOT_ENCODER)
 
     def by_id(self, model_version_id: int) -> ModelVersionRecord | None:
         return self._one(MV.c.id == model_version_id)
 
     def by_digest(self, digest: str) -> ModelVersionRecord | None:
         """The first version registered with these weights."""
-        return self._one(MV.c.digest == digest)
+        return self._one((MV.c.digest == digest) & NOT_ENCODER)
 
     def latest_from(self, source: str) -> ModelVersionRecord | None:
         """The newest version registered from ``source`` (a weights file's resolved path, or a model spec)."""
         with self._db.tx(write=False) as conn:
-            row = conn.execute(select(MV).where(MV.c.source == source).order_by(MV.c.id.desc()).limit(1)).one_or_none()
+            row = conn.execute(
+                select(MV).where(MV.c.source == source, NOT_ENCODER).order_by(MV.c.id.desc()).limit(1)
+            ).one_or_none()
             return None if row is None else _record(row)
 
     def latest_trained(self) -> ModelVersionRecord | None:
@@ -180,14 +226,14 @@ class ModelRegistry:
             return None if row is None else _record(row)
 
     def versions(self) -> list[tuple[ModelVersionRecord, int]]:
-        """Every model version with its number of stored predictions, newest first."""
+        """Every model version (image encoders left out) with its number of stored predictions, newest first."""
         with self._db.tx(write=False) as conn:
             counts = dict(
                 conn.execute(
                     select(Prediction.model_version_id, func.count()).group_by(Prediction.model_version_id)
                 ).all()
             )
-            rows = conn.execute(select(MV).order_by(MV.c.id.desc())).all()
+            rows = conn.execute(select(MV).where(NOT_ENCODER).order_by(MV.c.id.desc())).all()
             return [(_record(r), int(counts.get(r.id, 0))) for r in rows]
 
     def current(self) -> ModelVersionRecord | None:
@@ -203,6 +249,9 @@ class ModelRegistry:
             self._set_current(conn, model_version_id, note)
 
     def _set_current(self, conn: Connection, model_version_id: int, note: str | None) -> None:
+        status = conn.execute(select(MV.c.status).where(MV.c.id == model_version_id)).scalar_one_or_none()
+        if status == ENCODER:
+            raise RegistryConflictError(f"model version #{model_version_id} is an image encoder: it cannot be current")
         conn.execute(update(ModelVersion).where(ModelVersion.status == "current").values(status="retired"))
         values: dict[str, Any] = {"status": "current"}
         if note is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Select, bindparam, exists, func, insert, select, update
 
 from store import blobs
@@ -132,6 +135,36 @@ class Runs:
                 n_invalid=ScoringRun.n_invalid + chunk.n_invalid,
             )
         )
+
+    def write_embeddings(
+        self,
+        model_version_id: int,
+        vectors: Sequence[tuple[int, NDArray[np.float32]]],
+        failures: Sequence[tuple[int, str]] = (),
+    ) -> int:
+        """Commit one chunk of an image encoder's embeddings (and the items it found undecodable, marked failed as
+        scoring marks them) in one transaction; a vector that is not finite as stored is left out. Returns how many
+        vectors were stored. No scoring run is recorded: an encoder has no predictions."""
+        rows = []
+        for item_id, vector in vectors:
+            blob = blobs.EMBEDDING.encode_finite(vector)
+            if blob is not None:
+                rows.append({"item_id": int(item_id), "model_version_id": model_version_id, "vector": blob})
+        with self._db.tx() as conn:
+            if failures:
+                conn.execute(
+                    update(Item)
+                    .where(Item.id == bindparam("b_id"))
+                    .values(status="failed", failure=bindparam("b_reason")),
+                    [{"b_id": i, "b_reason": r} for i, r in failures],
+                )
+            if rows:
+                stmt = self._db.insert(Embedding)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["item_id", "model_version_id"], set_={"vector": stmt.excluded.vector}
+                )
+                conn.execute(stmt, rows)
+        return len(rows)
 
     def finish(self, run_id: int, status: str, images_per_s: float | None) -> None:
         with self._db.tx() as conn:

@@ -108,7 +108,8 @@ class ModelVersion(Base):
     weights_path: Mapped[str | None] = mapped_column(Text)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(16), default="external", server_default="external")
-    """external (used, not trained here) | candidate | current | retired"""
+    """external (used, not trained here) | candidate | current | retired | encoder (an ``embedding.model``: embeddings
+    only, never a scoring model; ``store.models``)"""
     metric_name: Mapped[str | None] = mapped_column(String(32))
     metric_value: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -44,6 +44,7 @@ def rank_queue(
         progress=progress,
         s3=settings.pool.s3,
         add_labels=settings.train.allow_new_classes,
+        encoder=scored.encoder,
     )
 
 

@@ -21,7 +21,7 @@ from curation.scoring.pool import (
     resolve_pool,
     scan_pool,
 )
-from curation.scoring.summary import ScoringReport
+from curation.scoring.summary import EmbeddingReport, ScoringReport
 from store import Store
 from store.records import ModelVersionRecord
 
@@ -44,9 +44,17 @@ class ScoreOutcome:
     runtime: str | None = None  # what ran the forward pass (scoring.runtime resolved); None: nothing scored
     engine: str = "local"  # scoring.engine
     tasks: dict[str, Any] | None = None  # ls:// pools: what the scan linked (see ``curation.labelstudio.pool``)
+    embedding: EmbeddingReport | None = None  # the image encoder's part (``embedding.model``); None: not set
+
+    @property
+    def encoder(self) -> ModelVersionRecord | None:
+        """The image encoder whose embeddings selection uses instead of the model's (None: the model's)."""
+        return self.embedding.model if self.embedding is not None else None
 
     def summary(self) -> dict[str, Any]:
-        more = {"tasks": self.tasks} if self.tasks is not None else {}
+        more: dict[str, Any] = {"tasks": self.tasks} if self.tasks is not None else {}
+        if self.embedding is not None:
+            more["embedding"] = self.embedding.summary()
         return {
             **more,
             "pool": str(self.pool.location),
@@ -281,14 +289,16 @@ def score(
     if runtime is None and not rescore:
         known = registered_model(settings, store)
         if known is not None and not store.items.any_to_score(pool_id, known.id):
-            return ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport(), engine=engine, tasks=tasks)
+            idle = ScoreOutcome(source, pool_id, scan_report, known, None, ScoringReport(), engine=engine, tasks=tasks)
+            return _with_embeddings(store, settings, idle, objects, progress)
     from curation.scoring.engine import score_items
 
     if engine == "ray" and runtime is None:
-        return _score_on_ray(store, settings, source, pool_id, scan_report, rescore, progress, objects, tasks)
+        scored = _score_on_ray(store, settings, source, pool_id, scan_report, rescore, progress, objects, tasks)
+        return _with_embeddings(store, settings, scored, objects, progress)
     runtime = runtime or load_runtime(settings, store)
     mv = register_model(store, runtime)
-    items, objects = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
+    items, readers = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
     report = score_items(
         store,
         runtime,
@@ -299,9 +309,23 @@ def score(
         settings.pool.max_pixels,
         progress,
         max_aspect=settings.pool.max_aspect_ratio,
-        objects=objects,
+        objects=readers,
     )
-    return ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name, tasks=tasks)
+    outcome = ScoreOutcome(source, pool_id, scan_report, mv, str(runtime.device), report, runtime.name, tasks=tasks)
+    return _with_embeddings(store, settings, outcome, objects, progress)
+
+
+def _with_embeddings(
+    store: Store, settings: Settings, outcome: ScoreOutcome, objects: Any, progress: Progress
+) -> ScoreOutcome:
+    """After the model's scoring: the image encoder's embeddings (``embedding.model``) of every readable item
+    that lacks one, read through the same ``objects``."""
+    from curation.jobs.embed import embed_pool
+
+    outcome.embedding = embed_pool(
+        store, settings, outcome.pool_id, lambda todo: _jobs(outcome.pool, todo, objects), progress
+    )
+    return outcome
 
 
 def _jobs(source: PoolSource | ObjectPool | LabelStudioPool, todo: list[Any], objects: Any) -> tuple[list[Any], Any]:

@@ -102,6 +102,7 @@ def select(
         settings.strategy,
         budget,
         push_to=project.record.id if project is not None else None,
+        encoder=scored.encoder,
     )
     rows = selection_rows(result, str(scored.pool.root))
     if out is not None:

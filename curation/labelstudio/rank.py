@@ -18,15 +18,20 @@ from store.records import ModelVersionRecord, QueuedTask
 from strategies import Strategy
 
 
-def ranking_options(cfg: StrategySettings, mv: ModelVersionRecord, n_labeled: int) -> dict[str, Any]:
+def ranking_options(
+    cfg: StrategySettings, mv: ModelVersionRecord, n_labeled: int, encoder: ModelVersionRecord | None = None
+) -> dict[str, Any]:
     """Every setting that changes the order: a changed setting must re-rank, not be a no-op."""
-    return {
+    options = {
         **cfg.options_for(cfg.name),
         "_balance": cfg.balance,
         "_min_distance": cfg.min_distance,
         "_detection": cfg.detection.model_dump() if mv.task != "classify" else None,
         "_labeled": n_labeled,  # diversity is measured against labeled items
     }
+    if encoder is not None:  # only when set: an unchanged setup keeps its signature
+        options["_embedding_model"] = encoder.version
+    return options
 
 
 def ranking_signature(
@@ -46,14 +51,16 @@ def rank_queue(
     queue: Sequence[QueuedTask],
     strategy: Strategy,
     labeled: NDArray[np.int64],
+    encoder: ModelVersionRecord | None = None,
 ) -> tuple[list[QueuedTask], dict[int, int | None]]:
     """Order the queued tasks with the strategy, diversity measured against the ``labeled`` items. Tasks the
     strategy does not place (no valid model output, or a near-duplicate of a better-placed task) keep their
     relative order at the end: they are tasks already, so they stay in the queue. Returns the order and each
-    item's cluster."""
+    item's cluster. ``encoder``: the image encoder whose embeddings diversity uses (``pool_view``); a task without
+    one is placed at the end too."""
     item_ids = np.array([q.item_id for q in queue], dtype=np.int64)
     cands = items_uncertainty(store, mv, item_ids, strategy.measure or FALLBACK_MEASURE, cfg.detection)
-    view = pool_view(store, mv, cands, strategy, cfg, labeled)
+    view, _ = pool_view(store, mv, cands, strategy, cfg, labeled, encoder)
     valid = ~np.isnan(view.uncertainty if view.uncertainty is not None else cands.uncertainty)
     order: list[int] = []
     clusters: dict[int, int | None] = {}

@@ -65,9 +65,11 @@ def reprioritize(
     progress: Progress | None = None,
     s3: S3Settings | None = None,
     add_labels: bool = False,
+    encoder: ModelVersionRecord | None = None,
 ) -> ReprioritizeReport:
     """Re-rank the queue of project ``cfg.project`` with ``strategy_cfg`` (its ``name`` is the strategy); with
-    ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``."""
+    ``queue_size``, first top the queue up with newly selected items from pool ``pool_id``. ``encoder``: the image
+    encoder whose embeddings diversity and near-duplicates use (``embedding.model``)."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     strategy_cfg, _ = resolve_auto(strategy_cfg, store)
@@ -79,7 +81,9 @@ def reprioritize(
     queue = store.label_studio.queue(project.record.id, skipped=project.requeues_skipped)
     if queue_size is not None and len(queue) < queue_size:
         try:
-            result = run_selection(store, pool_id, mv, strategy_cfg, queue_size - len(queue), push_to=project.record.id)
+            result = run_selection(
+                store, pool_id, mv, strategy_cfg, queue_size - len(queue), push_to=project.record.id, encoder=encoder
+            )
         except NothingToSelectError:
             result = None
         if result is not None or store.label_studio.pending(project.record.id):
@@ -91,7 +95,7 @@ def reprioritize(
     strategy = build_strategy(strategy_cfg)
     labeled = store.labels.item_ids()
     tests = store.selections.test_items()
-    options = ranking_options(strategy_cfg, mv, len(labeled))
+    options = ranking_options(strategy_cfg, mv, len(labeled), encoder)
     if tests:
         options["_test_set_every"] = cfg.test_set_every
     signature = ranking_signature(mv, strategy.name, options, strategy_cfg.seed, [q.item_id for q in queue])
@@ -128,7 +132,7 @@ def reprioritize(
             )
 
     active = [q for q in queue if q.item_id not in tests]  # test tasks are placed by rule, not by the strategy
-    ordered, clusters = rank_queue(store, strategy_cfg, mv, active, strategy, labeled) if active else ([], {})
+    ordered, clusters = rank_queue(store, strategy_cfg, mv, active, strategy, labeled, encoder) if active else ([], {})
     ordered = place_tests(
         [*ordered, *(q for q in queue if q.item_id in tests)], tests, cfg.test_set_every, lambda q: q.item_id
     )
