@@ -72,7 +72,8 @@ def _stop_leftovers(processes: Sequence[Any]) -> None:
     never hit."""
     import psutil
 
-    workers, others = [], []
+    workers: list[Any] = []
+    others: list[Any] = []
     for proc in processes:
         with contextlib.suppress(psutil.Error):
             (workers if proc.name().startswith("ray::") else others).append(proc)
