@@ -362,7 +362,7 @@ def _score_on_ray(
     from concurrent.futures import ThreadPoolExecutor
 
     from curation.jobs.model import model_settings
-    from curation.scoring.ray_engine import ray_cluster, score_items_ray, score_on_cluster
+    from curation.scoring.ray_engine import ray_cluster, score_items_ray
 
     here = settings.model_copy(
         update={"scoring": settings.scoring.model_copy(update={"device": "cpu", "runtime": "torch"})}
@@ -376,17 +376,17 @@ def _score_on_ray(
             mv = register_model(store, runtime)
             chosen = model_settings(settings, store).model_copy(update={"version": mv.version})
             items, objects = _jobs(source, store.items.to_score(pool_id, mv.id, rescore=rescore), objects)
-            scorer = score_on_cluster if ahead else score_items_ray
-            report = scorer(
-                store,
-                runtime.info,
-                mv.id,
-                pool_id,
-                items,
-                settings.model_copy(update={"model": chosen}),
-                progress,
-                objects=objects,
-            )
+            with contextlib.nullcontext() if ahead or not items else ray_cluster(settings.scoring.ray.address):
+                report = score_items_ray(
+                    store,
+                    runtime.info,
+                    mv.id,
+                    pool_id,
+                    items,
+                    settings.model_copy(update={"model": chosen}),
+                    progress,
+                    objects=objects,
+                )
     return ScoreOutcome(
         source, pool_id, scan_report, mv, report.device, report, settings.scoring.runtime, engine="ray", tasks=tasks
     )

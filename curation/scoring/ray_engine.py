@@ -406,28 +406,12 @@ def score_items_ray(
     progress: Progress | None = None,
     objects: ObjectSource | None = None,
 ) -> ScoringReport:
-    """Score ``items`` on the Ray cluster of ``scoring.ray`` and store every result here, in chunks.
+    """Score ``items`` on the Ray cluster of ``scoring.ray`` and store every result here, in chunks. Called
+    inside the caller's ``ray_cluster`` block (the driver starts the cluster while it loads its own copy of the
+    model); with no items it returns at once, without touching Ray.
 
     ``settings.model`` must name the model file the driver loaded (``info``): every actor loads it and checks
     its digest."""
-    if not items:
-        return ScoringReport(todo=0)
-    with ray_cluster(settings.scoring.ray.address):
-        return score_on_cluster(store, info, model_version_id, pool_id, items, settings, progress, objects)
-
-
-def score_on_cluster(
-    store: Store,
-    info: ModelInfo,
-    model_version_id: int,
-    pool_id: int,
-    items: Sequence[ScoreJob],
-    settings: Settings,
-    progress: Progress | None = None,
-    objects: ObjectSource | None = None,
-) -> ScoringReport:
-    """``score_items_ray`` inside a ``ray_cluster`` block the caller holds (it started the cluster while
-    loading its own copy of the model)."""
     import ray
 
     from curation.scoring.engine import commit_results, shape_batches
