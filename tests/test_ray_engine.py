@@ -429,3 +429,49 @@ def test_input_blocks_are_arrow_tables_in_the_batch_order() -> None:
     assert [r["item_id"] for r in rows] == [16, 15, 14, 13, 12, 11, 10]
     assert rows[2] == {"item_id": 14, "path": "/pool/4.jpg", "shape_h": 160, "shape_w": 224}
     assert rows[0]["shape_h"] == rows[0]["shape_w"] == 0
+
+
+def test_ray_starts_with_the_model_load_unless_this_file_already_scored_the_pool(tmp_path: Path) -> None:
+    """``_likely_work``: Ray starts while the driver loads the model when there may be something to score — a
+    file never registered, a pool with an item the newest version from this file lacks, ``--rescore`` — and not
+    on a rerun whose model file (the newest version registered from it) has scored the whole pool."""
+    from curation.config import load_settings
+    from curation.jobs.score import _likely_work
+    from store import Store
+    from store.records import ScannedFile, ScoredChunk, ScoredItem
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights")
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    pool_id = store.pools.get_or_create(str(tmp_path / "pool"), "directory", str(tmp_path / "pool"))
+    store.pools.apply_scan(pool_id, [ScannedFile(f"{i}.jpg", 8, 1, f"{i:032x}", 4, 4) for i in range(3)], [])
+    settings = load_settings(overrides={"model.path": str(weights)}, environ={})
+    assert _likely_work(store, settings, pool_id, rescore=False)  # never registered
+
+    def register(version: str) -> int:
+        mv = store.models.register(
+            version=version, source=str(weights.resolve()), format="ultralytics", task="classify",
+            class_names=["a", "b"], imgsz=32, embedding_dim=2,
+        )  # fmt: skip
+        return mv.id
+
+    def score(mv_id: int, ids: list[int]) -> None:
+        run = store.runs.start(mv_id, pool_id, len(ids), "cpu", 8)
+        chunk = ScoredChunk()
+        for item_id in ids:
+            probs = np.array([0.5, 0.5], np.float32)
+            emb = np.array([1.0, 0.0], np.float32)
+            chunk.scored.append(ScoredItem(item_id=item_id, width=4, height=4, probs=probs, embedding=emb))
+        store.runs.write_chunk(run, mv_id, chunk)
+        store.runs.finish(run, "completed", 1.0)
+
+    ids = [k.item_id for k in store.pools.known_paths(pool_id).values()]
+    old = register("old")
+    score(old, ids[:2])
+    assert _likely_work(store, settings, pool_id, rescore=False)  # one item left
+    score(old, ids[2:])
+    assert not _likely_work(store, settings, pool_id, rescore=False)  # a rerun with nothing to do
+    assert _likely_work(store, settings, pool_id, rescore=True)
+    register("new")  # the file was rewritten: its newest version has scored nothing yet
+    assert _likely_work(store, settings, pool_id, rescore=False)
+    store.close()
