@@ -118,7 +118,8 @@ def _top_up_tasks(
             before_record=lambda chosen: mark_test_tasks(ls, [untouched[i] for i in chosen]),
         )
     if report.drawn:
-        report.push = {"marked_tasks": report.drawn, "queue": rank_queue(store, ls, scored, settings).summary()}
+        report.marked = report.drawn
+        report.queue = rank_queue(store, ls, scored, settings).summary()
     _count(store, report)
     return report
 

@@ -94,6 +94,8 @@ class TestSetReport(Report):
     queued: int = 0  # test items that are tasks in a project, not labeled yet
     warnings: list[str] = field(default_factory=list)
     push: dict[str, object] | None = None
+    marked: int = 0  # existing tasks marked as test tasks (an ls:// pool: nothing is pushed)
+    queue: dict[str, object] | None = None  # the re-ranking that placed them (an ls:// pool)
 
 
 def draw_test_set(
