@@ -5,7 +5,8 @@ Why: the held-out split of actively selected items is small and biased (the stra
 promote-if-better on it is noise. A random sample of the pool measures what the model will meet.
 
 - **Draw** (``draw_test_set``): the eligible items are the pool's selectable ones (decoded, a valid prediction by
-  the current model, never selected, queued or labeled), minus perceptual-hash copies of taken items (a copy of a
+  the current model, never selected, queued or labeled; from an ``ls://`` pool, whose tasks are all queued, its
+  tasks no annotation or selection touched), minus perceptual-hash copies of taken items (a copy of a
   training image would flatter the model). Each gets a random key, a hash of (``train.seed``, content id); the
   smallest keys are drawn. The key does not depend on the order items were scanned, and a top-up draws the next
   keys of the same order, so reruns and crashes never draw twice: the set only grows to its target size, and each
