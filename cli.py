@@ -1088,6 +1088,13 @@ def _print_testset(r: dict[str, Any]) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {escape(safe(warning))}", highlight=False, markup=True)
     if r.get("push"):
         _print_push(r["push"])
+    if r.get("marked"):
+        reason = (r.get("queue") or {}).get("reason", "")
+        err_console.print(
+            f"Label Studio: marked {r['marked']} existing task(s) as test tasks (none created); "
+            f"queue: {escape(reason)}",
+            highlight=False,
+        )
 
 
 ls_app = typer.Typer(help="Label Studio project set-up.", no_args_is_help=True)

@@ -162,6 +162,19 @@ class LabelStudioRecords:
         with self._db.tx(write=False) as conn:
             return [QueuedTask(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in conn.execute(stmt)]
 
+    def untouched(self, ls_project_id: int) -> dict[int, int]:
+        """item id → task id of the project's queued tasks that no annotation (skips included) and no selection
+        ever touched: what a test set may be drawn from when the project's own tasks are the pool (``ls://``)."""
+        stmt = (
+            select(LSTask.item_id, LSTask.task_id)
+            .where(LSTask.ls_project_id == ls_project_id, LSTask.status == "queued")
+            .where(~exists().where(Annotation.item_id == LSTask.item_id))
+            .where(~exists().where(SelectionItem.item_id == LSTask.item_id))
+            .order_by(LSTask.item_id)
+        )
+        with self._db.tx(write=False) as conn:
+            return {int(r[0]): int(r[1]) for r in conn.execute(stmt)}
+
     def task_history(self, pool_id: int | None = None) -> list[dict[str, Any]]:
         """Every task not deleted (its item in the pool, if given), oldest push first: when it was pushed, its
         status, and when it was resolved (its first labeled-or-skipped annotation's time; None while queued or when

@@ -340,6 +340,16 @@ class FakeLabelStudio:
             if self.tasks.get(tid, {}).get("project") == project_id:
                 self.delete_task(tid)
 
+    def task(self, task_id: int) -> dict[str, Any]:
+        self.calls.append("task")
+        task = self.tasks[task_id]
+        return {k: copy.deepcopy(v) for k, v in task.items() if k in ("id", "project", "data", "meta", "updated_at")}
+
+    def update_task(self, task_id: int, *, data: dict[str, Any], meta: dict[str, Any]) -> None:
+        self.calls.append("update_task")
+        task = self.tasks[task_id]
+        task.update(data=copy.deepcopy(data), meta=copy.deepcopy(meta), updated_at=self._tick())
+
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None:
         self.calls.append("import_predictions")
         unknown = [p["task"] for p in predictions if self.tasks.get(p["task"], {}).get("project") != project_id]

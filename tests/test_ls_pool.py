@@ -238,3 +238,75 @@ def test_a_project_curate_pushed_to_takes_foreign_tasks_too(
     tag = out["ranking"]["model_version_tag"]
     assert {p["task"] for p in api.predictions(pid) if p["model_version"] == tag} == {t["id"] for t in tasks}
     assert out["items"][0]["task_id"] == fresh_annotator(label_studio.url).get(f"/api/projects/{pid}/next")["id"]
+
+
+def test_an_ls_pools_test_set_is_its_own_tasks_marked_in_place(
+    label_studio: Any,
+    ls_root: Path,
+    api: LSApi,
+    tiny_cls_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from curation.training.resolve import labeled_examples
+    from curation.training.testset import split_test
+    from store import Store
+
+    folder = ls_root / f"ext-{uuid.uuid4().hex[:8]}"
+    files = make_pool(folder, n=10, size=64, seed=41)
+    title, pid = _project(api)
+    api.post("/api/storages/localfiles", {"project": pid, "path": str(folder), "use_blob_urls": True, "title": "x"})
+    rel = folder.relative_to(ls_root).as_posix()
+    api.post(f"/api/projects/{pid}/import", [{"image": f"/data/local-files/?d={rel}/{p.name}"} for p in files])
+    before = {t["id"]: t for t in api.tasks(pid)}
+    annotated = min(before)
+    api.annotate(annotated, _choice("circle"))  # labeled before the draw: never drawn
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.api_key)
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    common = ("--pool", f"ls://{title}", "--model", str(tiny_cls_model), "--db", db)
+    drawn = curate_json("testset", "draw", "--size", "4", *common)
+    assert drawn["drawn"] == 4 and drawn["size"] == 4 and drawn["marked"] == 4 and drawn["push"] is None
+    assert drawn["queue"]["changed"] and drawn["queue"]["queue_size"] == 9
+
+    after = {t["id"]: t for t in api.tasks(pid)}
+    assert sorted(after) == sorted(before)  # no task created, none deleted
+    marked = {t for t, task in after.items() if task["data"].get("curate_set") == "test"}
+    assert len(marked) == 4 and annotated not in marked
+    assert all((after[t].get("meta") or {}).get("curate_set") == "test" for t in marked)
+    assert all(after[t]["data"]["image"] == before[t]["data"]["image"] for t in after)  # the image is kept
+    # label_studio.test_set_every 1 (the default): Label Studio's own label stream serves a test task first
+    assert fresh_annotator(label_studio.url).get(f"/api/projects/{pid}/next")["id"] in marked
+
+    again = curate_json("testset", "draw", "--size", "4", *common)  # a rerun draws and marks none more
+    assert again["drawn"] == 0 and again["size"] == 4 and again["marked"] == 0
+    refused = runner.invoke(app, ["testset", "draw", "--size", "5", "--no-push", *common, "--json"])
+    assert refused.exit_code != 0 and "--no-push" in refused.output
+    # train.test_set_size: the loop tops it up from the project's tasks too
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text("train:\n  test_set_size: 5\n")
+    turn = curate_json("loop", "--config", str(cfg), "--pool", f"ls://{title}", "--min-new-labels", "1000", "--db", db)
+    assert turn["test_set"]["drawn"] == 1 and turn["test_set"]["size"] == 5 and turn["test_set"]["marked"] == 1
+    after = {t["id"]: t for t in api.tasks(pid)}
+    assert sorted(after) == sorted(before)
+    marked = {t for t, task in after.items() if task["data"].get("curate_set") == "test"}
+    assert len(marked) == 5 and annotated not in marked
+
+    # a test task's label is evaluation-only; another task's label is training data
+    test_task = min(marked)
+    other = min(set(after) - marked - {annotated})
+    api.annotate(test_task, _choice("square"))
+    api.annotate(other, _choice("square"))
+    curate_json("pull", "--project", title, "--db", db)
+    status = curate_json("testset", "status", "--db", db)
+    assert status["size"] == 5 and status["labeled"] == 1 and status["queued"] == 4
+    store = Store.open(db)
+    try:
+        tests = store.selections.test_items()
+        train, test = split_test(labeled_examples(store, "classify", "latest"), tests)
+        assert len(test) == 1 and len(train) == 2 and not {e.item_id for e in train} & set(tests)
+    finally:
+        store.close()
+    exported = curate_json("export", "--out", str(tmp_path / "dataset"), "--db", db)
+    assert exported["n_test"] == 1 and exported["n_train"] + exported["n_val"] == 2, exported

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from curation.config import StrategySettings, TrainSettings
 from curation.errors import ConfigError, NothingToSelectError
+from curation.labelstudio.pool import mark_test_tasks
 from curation.labelstudio.pull import pull
 from curation.labelstudio.rank import place_tests
 from curation.labelstudio.reprioritize import reprioritize
@@ -208,3 +209,60 @@ def test_a_draw_made_without_push_is_queued_by_the_next_draw_with_push(world: Wo
     assert report.queued == 3 and report.labeled == 0
     again = top_up(world.store, settings, scored, world.ls)
     assert again.push is None and len(world.ls.project_tasks(project.record.id)) == 3
+
+
+def test_an_ls_pools_test_set_marks_existing_untouched_tasks_and_creates_none(world: World) -> None:
+    # the project's own tasks as the pool (what an ls:// scan leaves): each item linked to a task curate did not make
+    project = world.project()
+    pid = project.record.project_id
+    tasks = {i: world.ls.add_task(pid, {"image": f"/data/local-files/?d=pool/{k}.jpg"}) for k, i in
+             enumerate(world.item_ids)}  # fmt: skip
+    rows = [
+        {"item_id": i, "task_id": t, "position": None, "cluster": None, "selection_id": None} for i, t in tasks.items()
+    ]
+    world.store.label_studio.record_tasks(project.record.id, rows)
+    world.ls.annotate(tasks[world.item_ids[0]], CHOICE)  # labeled before the draw: never drawn
+    world.ls.annotate(tasks[world.item_ids[1]], [], cancelled=True)  # skipped: has an annotation, never drawn
+    pull(world.store, world.ls, world.cfg.project)
+    world.ls.calls.clear()
+
+    def draw() -> TestSetReport:
+        untouched = world.store.label_studio.untouched(project.record.id)
+        return draw_test_set(
+            world.store, world.pool_id, world.mv, 3, STRATEGY, seed=0, among=list(untouched),
+            before_record=lambda chosen: mark_test_tasks(world.ls, [untouched[i] for i in chosen]),
+        )  # fmt: skip
+
+    report = draw()
+    assert report.drawn == 3 and report.eligible == len(world.item_ids) - 2
+    tests = list(world.store.selections.test_items())
+    assert not set(tests) & set(world.item_ids[:2])
+    assert "import_tasks" not in world.ls.calls and len(world.ls.project_tasks(pid)) == len(world.item_ids)
+    for k, i in enumerate(world.item_ids):
+        task = world.ls.tasks[tasks[i]]
+        marked = i in tests
+        assert task["data"]["image"] == f"/data/local-files/?d=pool/{k}.jpg"  # the image reference is kept
+        assert (task["data"].get("curate_set") == "test") is marked and (
+            task["meta"].get("curate_set") == "test"
+        ) is marked
+    assert world.ls.calls.count("update_task") == 3
+    again = draw()  # a rerun draws none more, and writes no task
+    assert again.drawn == 0 and again.size == 3 and world.ls.calls.count("update_task") == 3
+    assert mark_test_tasks(world.ls, [tasks[i] for i in tests]) == 0  # marked already: left alone
+
+    # the queue rule places them among the strategy's ranking (the grown test set re-ranks the same queue)
+    ranked = reprioritize(
+        world.store, world.ls, world.mv, world.pool_id, world.cfg.model_copy(update={"test_set_every": 2}),
+        STRATEGY, pool_path=None,
+    )  # fmt: skip
+    assert ranked.changed
+    by_task = {t: i for i, t in tasks.items()}
+    served = [by_task[t] for t in world.served(pid)]
+    assert served[0:6:2] == tests and not set(served[1:6:2]) & set(tests)
+
+    # their labels are evaluation-only
+    for i in [*tests, served[1]]:
+        world.ls.annotate(tasks[i], CHOICE)
+    pull(world.store, world.ls, world.cfg.project)
+    train, test = split_test(labeled_examples(world.store, "classify", "latest"), world.store.selections.test_items())
+    assert [e.item_id for e in test] == tests and not {e.item_id for e in train} & set(tests) and train

@@ -12,7 +12,7 @@ from curation.errors import ProjectNotFoundError
 from curation.faults import checkpoint
 from curation.jobs.model import load_runtime, register_model
 from curation.jobs.queue import reprioritize
-from curation.jobs.score import ScanAhead, is_ls_pool, with_pool_project
+from curation.jobs.score import ScanAhead, with_pool_project
 from curation.jobs.testset import top_up
 from curation.jobs.train import fine_tune
 from curation.labelstudio.project import connect
@@ -108,9 +108,7 @@ def loop(
     report.scoring = scored.summary()
     report.queue = ranked.summary()
     if settings.train.test_set_size is not None:
-        if is_ls_pool(settings):
-            report.notes.append("train.test_set_size: no test set is drawn from an ls:// pool")
-        else:  # grown to its size with the current model's scores, and its new tasks placed by the queue rule
-            report.test_set = top_up(store, settings, scored, ls, progress=progress).summary()
+        # grown to its size with the current model's scores, and its new tasks placed by the queue rule
+        report.test_set = top_up(store, settings, scored, ls, progress=progress).summary()
     report.seconds = time.perf_counter() - started
     return report

@@ -6,6 +6,7 @@ from curation.config import Settings
 from curation.errors import ConfigError
 from curation.jobs.score import ScoreOutcome, is_ls_pool, score, with_pool_project
 from curation.labelstudio.client import LabelStudioAPI
+from curation.labelstudio.pool import mark_test_tasks
 from curation.labelstudio.project import connect, open_project
 from curation.labelstudio.push import push_with
 from curation.progress import Progress
@@ -21,12 +22,13 @@ def draw(
     push: bool = True,
     progress: Progress | None = None,
 ) -> TestSetReport:
-    """Score what is unscored, grow the test set to ``size`` (else ``train.test_set_size``) and push it."""
+    """Score what is unscored, grow the test set to ``size`` (else ``train.test_set_size``) and push it (an
+    ``ls://`` pool: mark the drawn tasks, which exist already)."""
     settings = with_pool_project(settings)
-    if is_ls_pool(settings):
+    if is_ls_pool(settings) and not push:
         raise ConfigError(
-            f"--pool {settings.pool.path}: a test set is drawn from a folder, manifest or bucket pool (an ls:// "
-            "project's tasks are queued already; curate cannot keep a drawn part of it out of training)"
+            f"--pool {settings.pool.path}: the test set of an ls:// pool is made of the project's own tasks, marked "
+            "as it is drawn: drop --no-push"
         )
     wanted = target_size(settings.train, store.models.current(), size)
     if wanted is None:
@@ -48,6 +50,8 @@ def top_up(
     """Grow the test set to ``size`` (else ``train.test_set_size``) from the scored pool, then push whatever of it
     is not a task yet (a draw an earlier run recorded but did not push included)."""
     wanted = size if size is not None else target_size(settings.train, store.models.current())
+    if is_ls_pool(settings) and ls is not None:
+        return _top_up_tasks(store, settings, scored, ls, wanted, progress)
     project = (
         open_project(
             store, ls, scored.model, settings.label_studio.project, add_labels=settings.train.allow_new_classes
@@ -74,6 +78,48 @@ def top_up(
                 store.selections.mark_for_push(drawn["id"], project.record.id)
         if report.drawn or store.label_studio.pending(project.record.id):
             report.push = push_with(store, ls, scored.model, project, settings, progress).summary()
+    _count(store, report)
+    return report
+
+
+def _top_up_tasks(
+    store: Store,
+    settings: Settings,
+    scored: ScoreOutcome,
+    ls: LabelStudioAPI,
+    wanted: int | None,
+    progress: Progress | None,
+) -> TestSetReport:
+    """An ``ls://`` pool: draw among the project's linked tasks that nothing touched yet (no annotation, no
+    selection), mark the drawn tasks in Label Studio — no task is created — and re-rank the queue so that the
+    queue rule places them."""
+    from curation.jobs.queue import rank_queue
+
+    project = open_project(
+        store,
+        ls,
+        scored.model,
+        settings.label_studio.project,
+        create=False,
+        add_labels=settings.train.allow_new_classes,
+    )
+    if wanted is None:
+        report = TestSetReport(size=len(store.selections.test_items()), target=None, seed=settings.train.seed)
+    else:
+        untouched = store.label_studio.untouched(project.record.id)
+        report = draw_test_set(
+            store,
+            scored.pool_id,
+            scored.model,
+            wanted,
+            settings.strategy,
+            seed=settings.train.seed,
+            among=list(untouched),
+            before_record=lambda chosen: mark_test_tasks(ls, [untouched[i] for i in chosen]),
+        )
+    if report.drawn:
+        report.marked = report.drawn
+        report.queue = rank_queue(store, ls, scored, settings).summary()
     _count(store, report)
     return report
 

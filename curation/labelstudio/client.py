@@ -114,6 +114,14 @@ class LabelStudioAPI(Protocol):
         """Delete tasks (and their predictions) of the project; ids already gone are ignored."""
         ...
 
+    def task(self, task_id: int) -> dict[str, Any]:
+        """One task as stored (``data`` unresolved: s3:// URIs as imported, ``meta``)."""
+        ...
+
+    def update_task(self, task_id: int, *, data: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Replace the task's ``data`` and ``meta`` (PATCH: annotations, predictions and storage links stay)."""
+        ...
+
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None: ...
 
     def model_versions(self, project_id: int) -> dict[str, int]:
@@ -516,6 +524,13 @@ class LabelStudioClient:
             json_body={"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}},
             what=f"deleting {len(task_ids)} duplicate task(s)",
         )
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        body = self._raw("GET", f"api/tasks/{int(task_id)}", what="reading a task", params={"resolve_uri": "false"})
+        return dict(body or {})
+
+    def update_task(self, task_id: int, *, data: dict[str, Any], meta: dict[str, Any]) -> None:
+        self._raw("PATCH", f"api/tasks/{int(task_id)}", what="marking a task", json_body={"data": data, "meta": meta})
 
     # -- predictions -------------------------------------------------------------------------------------------------
     def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> None:

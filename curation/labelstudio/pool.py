@@ -4,7 +4,8 @@ The tasks may come from cloud-storage sync, a person's import, another tool. A s
 (keyset-paged on the id, ids/data/annotation counts only), reads the image of each task whose reference it has
 not seen (``images.pool_task_image`` decides where from; a foreign host is refused, never fetched), registers it
 as an item of the pool (path = the task's image reference; content id = SHA-256 of the bytes) and **links the
-task to the item** in curate's task table — the task's data is never rewritten and no task is ever created. From
+task to the item** in curate's task table — no task is ever created, and the task's data is never rewritten
+except to mark a task drawn into the test set (``mark_test_tasks``: the ``curate_set`` field added). From
 then on the task is an ordinary queued task for ``push``/``reprioritize``/``pull``/``loop``: ranking writes
 predictions to it under a fresh model_version. A task that already has annotations has them pulled at once, so
 it counts as labeled (never selected, used for training).
@@ -27,7 +28,7 @@ from typing import Any
 
 from curation.errors import LabelStudioError, PoolError, ProjectNotFoundError
 from curation.labelstudio.client import LabelStudioAPI
-from curation.labelstudio.formats import CONTROL_TAG, curation_id_of
+from curation.labelstudio.formats import CONTROL_TAG, TEST_SET_FIELD, TEST_SET_VALUE, curation_id_of
 from curation.labelstudio.images import pool_task_image
 from curation.labelstudio.project import find_project
 from curation.labelstudio.tasks import SWEEP_INCLUDE, _annotation_count, _id_filter, _query
@@ -222,6 +223,23 @@ def scan_ls_pool(
     if gone:
         links.deleted = store.label_studio.mark_deleted(record.id, gone)
     return pool_id, report, links
+
+
+def mark_test_tasks(ls: LabelStudioAPI, task_ids: Sequence[int]) -> int:
+    """Mark existing tasks as test-set tasks, as pushed test tasks are: ``curate_set: "test"`` in their ``meta``
+    and their ``data`` (the Data Manager column). Each task is read first and written back whole with the field
+    added (Label Studio replaces ``data`` on PATCH), so its image reference is kept; a task marked already is left
+    alone (a rerun after a crash). How many tasks were written."""
+    written = 0
+    for tid in task_ids:
+        task = ls.task(int(tid))
+        data, meta = dict(task.get("data") or {}), dict(task.get("meta") or {})
+        if data.get(TEST_SET_FIELD) == TEST_SET_VALUE and meta.get(TEST_SET_FIELD) == TEST_SET_VALUE:
+            continue
+        data[TEST_SET_FIELD] = meta[TEST_SET_FIELD] = TEST_SET_VALUE
+        ls.update_task(int(tid), data=data, meta=meta)
+        written += 1
+    return written
 
 
 def task_images(ls: LabelStudioAPI, pool_settings: Any, *, project_id: int | None = None) -> TaskImages:

@@ -96,8 +96,9 @@ def reprioritize(
     labeled = store.labels.item_ids()
     tests = store.selections.test_items()
     options = ranking_options(strategy_cfg, mv, len(labeled), encoder)
-    if tests:
+    if tests:  # a test set that grew re-ranks even when the queue holds the same tasks (ls:// pools)
         options["_test_set_every"] = cfg.test_set_every
+        options["_test_set_size"] = len(tests)
     signature = ranking_signature(mv, strategy.name, options, strategy_cfg.seed, [q.item_id for q in queue])
 
     def report(changed: bool, reason: str, tag: str | None, **more: Any) -> ReprioritizeReport:

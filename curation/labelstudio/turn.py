@@ -20,6 +20,7 @@ READS = frozenset(
         "whoami",
         "local_storage_paths",
         "s3_storage_buckets",
+        "task",
         "task_page",
         "model_versions",
         "task_predictions",

@@ -5,7 +5,8 @@ Why: the held-out split of actively selected items is small and biased (the stra
 promote-if-better on it is noise. A random sample of the pool measures what the model will meet.
 
 - **Draw** (``draw_test_set``): the eligible items are the pool's selectable ones (decoded, a valid prediction by
-  the current model, never selected, queued or labeled), minus perceptual-hash copies of taken items (a copy of a
+  the current model, never selected, queued or labeled; from an ``ls://`` pool, whose tasks are all queued, its
+  tasks no annotation or selection touched), minus perceptual-hash copies of taken items (a copy of a
   training image would flatter the model). Each gets a random key, a hash of (``train.seed``, content id); the
   smallest keys are drawn. The key does not depend on the order items were scanned, and a top-up draws the next
   keys of the same order, so reruns and crashes never draw twice: the set only grows to its target size, and each
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from curation.errors import ConfigError, NothingToSelectError
 from curation.reports import Report
@@ -93,6 +95,8 @@ class TestSetReport(Report):
     queued: int = 0  # test items that are tasks in a project, not labeled yet
     warnings: list[str] = field(default_factory=list)
     push: dict[str, object] | None = None
+    marked: int = 0  # existing tasks marked as test tasks (an ls:// pool: nothing is pushed)
+    queue: dict[str, object] | None = None  # the re-ranking that placed them (an ls:// pool)
 
 
 def draw_test_set(
@@ -104,24 +108,37 @@ def draw_test_set(
     *,
     seed: int,
     push_to: int | None = None,
+    among: Sequence[int] | None = None,
+    before_record: Callable[[list[int]], object] | None = None,
 ) -> TestSetReport:
     """Grow the test set to ``target`` items with a uniform random draw from pool ``pool_id`` (see the module
     docstring), recorded as one ``test`` selection meant for project ``push_to``. Nothing is drawn when the set
-    is that large already."""
-    from curation.selection import FALLBACK_MEASURE, candidate_uncertainty, exclude_copies
+    is that large already.
+
+    ``among``: the items eligible instead of the pool's selectable ones (an ``ls://`` pool's untouched tasks,
+    queued already); they still need a valid prediction. ``before_record`` gets the drawn items before the draw
+    is recorded (an ``ls://`` pool marks their tasks: a crash in between draws the same items again)."""
+    from curation.selection import FALLBACK_MEASURE, candidate_uncertainty, exclude_copies, items_uncertainty
 
     have = store.selections.test_items()
     report = TestSetReport(size=len(have), target=target, seed=seed)
     need = target - len(have)
     if need <= 0:
         return report
-    cands = candidate_uncertainty(store, pool_id, mv, FALLBACK_MEASURE, strategy.detection)
-    usable = ~np.isin(cands.item_ids, cands.corrupt)
-    ids = cands.item_ids[usable]
+    taken = store.items.taken()
+    if among is None:
+        cands = candidate_uncertainty(store, pool_id, mv, FALLBACK_MEASURE, strategy.detection)
+        ids: NDArray[np.int64] = cands.item_ids[~np.isin(cands.item_ids, cands.corrupt)]
+        valid: NDArray[np.bool_] = np.ones(len(ids), dtype=bool)
+    else:
+        ids = np.asarray(sorted({int(i) for i in among}), dtype=np.int64)
+        cands = items_uncertainty(store, mv, ids, FALLBACK_MEASURE, strategy.detection)
+        valid = ~np.isnan(cands.uncertainty)
+        taken = taken[~np.isin(taken, ids)]  # queued is not taken here: every eligible task is queued
     keys = np.array([random_key(c, seed) for c in store.items.content_ids([int(i) for i in ids])], dtype=np.float64)
     # exclude_copies keeps the candidate with the higher priority of a group of copies: the smaller random key
-    cands.item_ids, cands.uncertainty = ids, 1.0 - keys
-    report.skipped_copies = exclude_copies(store, cands, store.items.taken(), strategy.hash_distance)
+    cands.item_ids, cands.uncertainty = ids, np.where(valid, 1.0 - keys, np.nan)
+    report.skipped_copies = exclude_copies(store, cands, taken, strategy.hash_distance)
     eligible = ~np.isnan(cands.uncertainty)
     report.eligible = int(eligible.sum())
     if report.eligible == 0:
@@ -133,6 +150,8 @@ def draw_test_set(
     if len(order) < need:
         report.warnings.append(f"only {len(order)} eligible items remain; the test set holds {len(have) + len(order)}")
     chosen = [int(i) for i in ids[order]]
+    if before_record is not None:
+        before_record(chosen)
     report.selection_id = store.selections.record(
         pool_id=pool_id,
         model_version_id=mv.id,
