@@ -50,63 +50,28 @@ def top_up(
     """Grow the test set to ``size`` (else ``train.test_set_size``) from the scored pool, then push whatever of it
     is not a task yet (a draw an earlier run recorded but did not push included)."""
     wanted = size if size is not None else target_size(settings.train, store.models.current())
-    if is_ls_pool(settings) and ls is not None:
-        return _top_up_tasks(store, settings, scored, ls, wanted, progress)
-    project = (
-        open_project(
-            store, ls, scored.model, settings.label_studio.project, add_labels=settings.train.allow_new_classes
-        )
-        if ls is not None
-        else None
-    )
-    report = (
-        draw_test_set(
+    # an ls:// pool's own tasks are the pool: the test set is drawn among those nothing touched yet and marked in
+    # place (no task is created); any other pool's draw is pushed as new tasks
+    in_place = ls is not None and is_ls_pool(settings)
+    project = None
+    if ls is not None:
+        project = open_project(
             store,
-            scored.pool_id,
+            ls,
             scored.model,
-            wanted,
-            settings.strategy,
-            seed=settings.train.seed,
-            push_to=project.record.id if project is not None else None,
+            settings.label_studio.project,
+            create=not in_place,
+            add_labels=settings.train.allow_new_classes,
         )
-        if wanted is not None
-        else TestSetReport(size=len(store.selections.test_items()), target=None, seed=settings.train.seed)
-    )
-    if ls is not None and project is not None:
-        for drawn in store.selections.test_selections():  # a draw made with --no-push is queued now
-            if not drawn["push"]:
-                store.selections.mark_for_push(drawn["id"], project.record.id)
-        if report.drawn or store.label_studio.pending(project.record.id):
-            report.push = push_with(store, ls, scored.model, project, settings, progress).summary()
-    _count(store, report)
-    return report
+    untouched = store.label_studio.untouched(project.record.id) if in_place and project is not None else {}
 
+    def mark(chosen: list[int]) -> None:
+        assert ls is not None
+        mark_test_tasks(ls, [untouched[i] for i in chosen])
 
-def _top_up_tasks(
-    store: Store,
-    settings: Settings,
-    scored: ScoreOutcome,
-    ls: LabelStudioAPI,
-    wanted: int | None,
-    progress: Progress | None,
-) -> TestSetReport:
-    """An ``ls://`` pool: draw among the project's linked tasks that nothing touched yet (no annotation, no
-    selection), mark the drawn tasks in Label Studio — no task is created — and re-rank the queue so that the
-    queue rule places them."""
-    from curation.jobs.queue import rank_queue
-
-    project = open_project(
-        store,
-        ls,
-        scored.model,
-        settings.label_studio.project,
-        create=False,
-        add_labels=settings.train.allow_new_classes,
-    )
     if wanted is None:
         report = TestSetReport(size=len(store.selections.test_items()), target=None, seed=settings.train.seed)
     else:
-        untouched = store.label_studio.untouched(project.record.id)
         report = draw_test_set(
             store,
             scored.pool_id,
@@ -114,12 +79,23 @@ def _top_up_tasks(
             wanted,
             settings.strategy,
             seed=settings.train.seed,
-            among=list(untouched),
-            before_record=lambda chosen: mark_test_tasks(ls, [untouched[i] for i in chosen]),
+            push_to=project.record.id if project is not None and not in_place else None,
+            among=list(untouched) if in_place else None,
+            before_record=mark if in_place else None,
         )
-    if report.drawn:
-        report.marked = report.drawn
-        report.queue = rank_queue(store, ls, scored, settings).summary()
+    if ls is not None and project is not None:
+        if in_place:
+            if report.drawn:  # re-ranked so that the queue rule places them
+                from curation.jobs.queue import rank_queue
+
+                report.marked = report.drawn
+                report.queue = rank_queue(store, ls, scored, settings).summary()
+        else:
+            for drawn in store.selections.test_selections():  # a draw made with --no-push is queued now
+                if not drawn["push"]:
+                    store.selections.mark_for_push(drawn["id"], project.record.id)
+            if report.drawn or store.label_studio.pending(project.record.id):
+                report.push = push_with(store, ls, scored.model, project, settings, progress).summary()
     _count(store, report)
     return report
 
