@@ -278,7 +278,7 @@ def pool_view(
     embeddings = reference = None
     missing = 0
     if needs_embeddings(strategy, settings):
-        source = mv if encoder is None or strategy.needs_probs else encoder
+        source = encoder if encoder is not None and uses_encoder(strategy, settings, encoder) else mv
         if not source.embedding_dim:
             raise NothingToSelectError(f"model version {source.version} has no stored embeddings; score again")
         embeddings, found = store.scores.embeddings(source.id, cands.item_ids, source.embedding_dim)

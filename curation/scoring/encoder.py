@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import io
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,15 @@ from curation.errors import ModelLoadError, ModelOutputError, RuntimeUnavailable
 from curation.progress import NullProgress, Progress
 from curation.scoring.engine import ScoreJob, decoded_batches, default_threads, default_workers
 from curation.scoring.images import DEFAULT_MAX_ASPECT
-from curation.scoring.runtime import ModelInfo, resolve_device, torch_threads
+from curation.scoring.runtime import ModelInfo, _first_line, is_torchscript_archive, resolve_device, torch_threads
 from curation.scoring.summary import EmbeddingReport
 from store import Store
+from store.models import ENCODER
 
 if TYPE_CHECKING:
     from curation.objects.source import ObjectSource
 
 ONNX_SUFFIXES = (".onnx",)
-ENCODER_TASK = "encoder"
 
 
 def encoder_format(path: Path) -> str:
@@ -92,16 +91,8 @@ def _features(out: Any, n: int, source: str) -> NDArray[np.float32]:
     return features
 
 
-def _is_torchscript(data: bytes) -> bool:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def _torchscript_runner(path: Path, data: bytes, device: torch.device) -> Callable[[torch.Tensor], Any]:
-    if not _is_torchscript(data):
+    if not is_torchscript_archive(io.BytesIO(data)):
         raise ModelLoadError(
             f"embedding.model {path} is not a TorchScript archive (torch.jit.save) nor an .onnx file: curate never "
             "unpickles model files (save the encoder with torch.jit.script(...).save or torch.jit.trace(...).save)"
@@ -162,7 +153,7 @@ def load_encoder(settings: EmbeddingSettings, scoring: ScoringSettings) -> Encod
     info = ModelInfo(
         source=str(path.resolve()),
         format=fmt,
-        task=ENCODER_TASK,
+        task=ENCODER,
         class_names=[],
         version=path.stem,  # the registry names it (``curation.jobs.embed``: digest and preprocessing)
         imgsz=settings.imgsz,
@@ -268,8 +259,3 @@ def embed_items(
         report.seconds = time.perf_counter() - start
         progress.finish()
     return report
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

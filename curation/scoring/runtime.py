@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -161,11 +161,13 @@ def yolo_class_names(names: Any) -> list[str]:
     return [str(names[i]) for i in range(len(names))] if isinstance(names, dict) else [str(n) for n in names]
 
 
-def _is_torchscript_archive(path: Path) -> bool:
+def is_torchscript_archive(source: Path | IO[bytes]) -> bool:
+    """Whether ``source`` (a file, or its bytes as a stream) is a ``torch.jit.save`` archive: checked before
+    ``torch.jit.load`` so that a pickle is refused, never loaded."""
     import zipfile
 
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
@@ -416,7 +418,7 @@ def model_format(settings: ModelSettings) -> str:
     if settings.format != "auto":
         return settings.format
     path = Path(settings.path or "").expanduser()
-    if path.suffix.lower() in TORCHSCRIPT_SUFFIXES or (path.is_file() and _is_torchscript_archive(path)):
+    if path.suffix.lower() in TORCHSCRIPT_SUFFIXES or (path.is_file() and is_torchscript_archive(path)):
         return "torchscript"
     return "ultralytics"
 
