@@ -34,6 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# both engines score with the same model, input size, precision and runtime
+BASE: dict[str, object] = {
+    "model.path": "yolov8n-cls.yaml",
+    "model.imgsz": 224,
+    "scoring.precision": "fp32",
+    "scoring.runtime": "torch",
+}
+
+
 def run(work: Path, name: str, pool: Path, overrides: dict[str, object]) -> dict[str, object]:
     from curation.config import load_settings
     from curation.jobs.score import score
@@ -42,14 +51,7 @@ def run(work: Path, name: str, pool: Path, overrides: dict[str, object]) -> dict
     (work / name).mkdir()
     store = Store.open(f"sqlite:///{work / name / 'c.db'}")
     settings = load_settings(
-        overrides={
-            "pool.path": str(pool),
-            "model.path": "yolov8n-cls.yaml",
-            "model.imgsz": 224,
-            "scoring.precision": "fp32",
-            "scoring.runtime": "torch",
-            **overrides,
-        },
+        overrides={"pool.path": str(pool), **BASE, **overrides},
         environ={k: v for k, v in os.environ.items() if not k.startswith("CURATE_")},
     )
     load_before = os.getloadavg()[0]
@@ -75,34 +77,16 @@ def run(work: Path, name: str, pool: Path, overrides: dict[str, object]) -> dict
 def run_process(work: Path, name: str, pool: Path, overrides: dict[str, object]) -> dict[str, object]:
     """One run as a user runs it: a fresh ``curate score --json`` process (so the local engine pays its torch
     import and model load too, as Ray's driver and actors do). ``end_to_end_s`` is the process's wall time."""
-    import subprocess
+    from serve_bench import curate
 
     (work / name).mkdir()
-    settings = {
-        "pool.path": str(pool),
-        "model.path": "yolov8n-cls.yaml",
-        "model.imgsz": 224,
-        "scoring.precision": "fp32",
-        "scoring.runtime": "torch",
-        **overrides,
-    }
+    settings = {"pool.path": str(pool), **BASE, **overrides}
     env = {k: v for k, v in os.environ.items() if not k.startswith("CURATE_")}
     env.update({"CURATE_" + key.upper().replace(".", "__"): str(value) for key, value in settings.items()})
     env["CURATE_DB"] = f"sqlite:///{work / name / 'c.db'}"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", "import cli; cli.main()", "score", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    total = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"curate score failed ({done.returncode}): {done.stderr[-2000:]}")
-    summary = json.loads(done.stdout)
+    total, summary = curate("score", env=env)  # a fresh process; its wall time
     return {
         "images": summary["scored"],
         "device": summary["device"],
